@@ -1,0 +1,30 @@
+# The two commands of the README: `make test` and `make demo`. Each sets up what it needs.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint typecheck unit demo demo-down bench clean
+
+setup:
+	@./scripts/setup.sh
+
+lint: setup
+	@$(BIN)/ruff check reconciler states api lab tests bench
+
+typecheck: setup
+	@$(BIN)/mypy
+
+test: setup lint typecheck
+	@$(BIN)/pytest -q
+
+demo: setup
+	@./scripts/demo.sh
+
+demo-down: setup
+	@$(BIN)/shoal lab down --lab-id demo
+
+bench: setup
+	@$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

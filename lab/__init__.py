@@ -1,0 +1,1 @@
+"""Real test hosts on one machine: network namespaces, a bridge, OpenSSH sshd per host."""

@@ -1,0 +1,1 @@
+"""shoal's engine: the desired-state model, facts, planning, applying and the watch loop."""

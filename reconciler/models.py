@@ -1,0 +1,248 @@
+"""The desired state of a config repository as frozen pydantic models.
+
+This module owns the shape and the per-field rules (names, addresses, ranges). Reading TOML
+files and the checks that span files (unknown hosts, duplicate VIP:port:proto, ...) live in
+`reconciler.loader`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# A name is something we put on a command line or in a file path: no shell metacharacters,
+# no leading dash (it would read as an option), bounded length.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+# Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are refused by the kernel, ':' is
+# only an alias label, which we do not accept as an interface.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; "
+            "must not start with '-' or '.'; at most 63 characters)"
+        )
+    return value
+
+
+def _check_ifname(value: str) -> str:
+    if value in (".", "..") or not _IFNAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid interface name (at most 15 characters)")
+    return value
+
+
+def _check_ipv4(value: str) -> str:
+    try:
+        addr = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        raise ValueError(f"{value!r} cannot be used as a host or virtual address")
+    return str(addr)
+
+
+def _check_scheduler(value: str) -> str:
+    if value not in SCHEDULERS:
+        raise ValueError(f"{value!r} is not an IPVS scheduler (one of {' '.join(SCHEDULERS)})")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+InterfaceName = Annotated[str, AfterValidator(_check_ifname)]
+IPv4 = Annotated[str, AfterValidator(_check_ipv4)]
+Scheduler = Annotated[str, AfterValidator(_check_scheduler)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Weight = Annotated[int, Field(ge=0, le=65535)]
+
+ArpMethod = Literal["sysctl", "arptables", "nft-arp", "redirect"]
+DirectorBackend = Literal["keepalived", "ipvsadm", "nftables"]
+Approval = Literal["manual", "auto"]
+DriftPolicy = Literal["report", "heal"]
+Protocol = Literal["tcp", "udp"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- shoal.toml -------------------------------------------------------------------------------
+
+
+class ApplySettings(_Model):
+    """How plans are applied."""
+
+    batch_size: int = Field(default=1, ge=1, description="real servers changed at once")
+    finished_batches: Literal["keep", "rollback"] = "rollback"
+    unreachable_hosts: Literal["stop", "continue"] = Field(
+        default="stop", description="stop the whole apply, or go on with the reachable hosts"
+    )
+    lockout_timeout: int = Field(default=60, ge=5, le=3600, description="seconds")
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    command_timeout: float = Field(default=60.0, gt=0, le=3600)
+    max_concurrent_hosts: int = Field(default=64, ge=1, le=4096)
+    drain_timeout: float = Field(default=30.0, ge=0, le=3600)
+
+
+class VerifySettings(_Model):
+    """The verification phase after every apply."""
+
+    enabled: bool = True
+    clients: tuple[Name, ...] = Field(default=(), description="inventory hosts that send probes")
+    requests_per_server: int = Field(default=10, ge=1, le=10000)
+    timeout: float = Field(default=5.0, gt=0, le=300)
+
+
+class Settings(_Model):
+    """`shoal.toml`: repository-wide settings."""
+
+    approval: Approval = "manual"
+    drift: DriftPolicy = "report"
+    apply: ApplySettings = ApplySettings()
+    verify: VerifySettings = VerifySettings()
+
+
+# --- inventory.toml ---------------------------------------------------------------------------
+
+
+class Host(_Model):
+    """One machine shoal manages or uses (directors, real servers, clients)."""
+
+    name: Name
+    address: IPv4
+    interface: InterfaceName = "eth0"
+    user: Name = "root"
+    port: Port = 22
+    prefix: int = Field(default=24, ge=8, le=32, description="prefix of the interface's subnet")
+
+
+class Inventory(_Model):
+    hosts: dict[Name, Host]
+
+
+# --- clusters/<name>.toml ---------------------------------------------------------------------
+
+
+class HealthCheck(_Model):
+    type: Literal["tcp", "http", "none"] = "tcp"
+    path: str = Field(default="/", pattern=r"^/[A-Za-z0-9_./~%-]*$")
+    expect: int = Field(default=200, ge=100, le=599)
+    interval: int = Field(default=5, ge=1, le=3600)
+    timeout: int = Field(default=3, ge=1, le=3600)
+
+
+class RealServer(_Model):
+    host: Name
+    weight: Weight = 1
+
+
+class Service(_Model):
+    """One virtual service: VIP, port and protocol, with its real servers."""
+
+    name: Name
+    vip: IPv4
+    port: Port
+    protocol: Protocol = "tcp"
+    scheduler: Scheduler = "wlc"
+    persistence: int = Field(default=0, ge=0, le=2678400, description="seconds, 0 = off")
+    check: HealthCheck = HealthCheck()
+    real_servers: tuple[RealServer, ...] = Field(default=(), alias="real_server")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Vrrp(_Model):
+    """VRRP settings for the keepalived backend."""
+
+    virtual_router_id: int = Field(default=51, ge=1, le=255)
+    priority_primary: int = Field(default=150, ge=1, le=254)
+    priority_backup: int = Field(default=100, ge=1, le=254)
+    advert_interval: int = Field(default=1, ge=1, le=255)
+
+
+StateFunction = Literal[
+    "sysctl.present",
+    "addr.present",
+    "arptables.rule_present",
+    "nft.table_present",
+    "iptables.rule_present",
+    "ipvs.service_present",
+    "ipvs.real_server_present",
+    "file.managed",
+    "service.running",
+    "pkg.installed",
+]
+
+
+class ExtraState(_Model):
+    """A low state declared directly in a cluster file (`[[state]]`), Salt-style."""
+
+    id: Name
+    function: StateFunction
+    hosts: tuple[Name, ...]
+    args: dict[str, Any] = Field(default_factory=dict)
+    require: tuple[Name, ...] = ()
+    watch: tuple[Name, ...] = ()
+    onchanges: tuple[Name, ...] = ()
+
+
+class ClusterHeader(_Model):
+    name: Name
+    directors: tuple[Name, ...] = Field(min_length=1, max_length=2)
+    director: DirectorBackend = "keepalived"
+    arp_method: ArpMethod = "sysctl"
+    approval: Approval | None = None
+    drift: DriftPolicy | None = None
+    vrrp: Vrrp = Vrrp()
+
+    @property
+    def primary(self) -> str:
+        return self.directors[0]
+
+    @property
+    def backup(self) -> str | None:
+        return self.directors[1] if len(self.directors) > 1 else None
+
+
+class Cluster(_Model):
+    """`clusters/<name>.toml`."""
+
+    cluster: ClusterHeader
+    services: tuple[Service, ...] = Field(default=(), alias="service")
+    states: tuple[ExtraState, ...] = Field(default=(), alias="state")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_service_names(self) -> Cluster:
+        seen: set[str] = set()
+        for svc in self.services:
+            if svc.name in seen:
+                raise ValueError(f'service name "{svc.name}" is used twice')
+            seen.add(svc.name)
+        return self
+
+
+# --- the whole repository ---------------------------------------------------------------------
+
+
+class Desired(_Model):
+    """A validated config repository at one revision."""
+
+    settings: Settings
+    inventory: Inventory
+    clusters: dict[Name, Cluster]
+    known_hosts: str = Field(description="OpenSSH known_hosts text from the repo")
+    revision: str = ""
+
+    def approval_for(self, cluster: str) -> Approval:
+        return self.clusters[cluster].cluster.approval or self.settings.approval
+
+    def drift_for(self, cluster: str) -> DriftPolicy:
+        return self.clusters[cluster].cluster.drift or self.settings.drift

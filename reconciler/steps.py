@@ -1,0 +1,150 @@
+"""The plan's value types: low states, steps, phases, and the plan itself.
+
+A low state (Salt's term) is one addressable unit of desired state: an id, a function such as
+`sysctl.present`, its arguments and its requisites. States (`states/`) turn one low state plus a
+host's facts into zero or more Steps; an empty list means in sync. Planning across hosts and
+ordering live in `reconciler.plan`; running steps lives in `reconciler.executor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Argv = tuple[str, ...]
+
+Subsystem = Literal[
+    "pkg", "arp", "addr", "sysctl", "iptables", "nft", "ipvs", "keepalived", "file", "service"
+]
+
+
+class Phase(IntEnum):
+    """Cross-host order, from DESIGN.md's LVS-DR safety rules.
+
+    Real servers are prepared (ARP suppression, then VIP) before any director sends them
+    traffic; the backup director changes before the primary; real servers leave the directors
+    (drained) before their VIP and ARP suppression go away.
+    """
+
+    PACKAGES = 10
+    REAL_SERVERS_PREPARE = 20
+    DIRECTOR_BACKUP = 30
+    DIRECTOR_PRIMARY = 40
+    REAL_SERVERS_CLEANUP = 50
+    EXTRA = 60
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LowState(_Value):
+    """One compiled state: `function` applied with `args` on `host`."""
+
+    id: str
+    function: str
+    host: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    require: tuple[str, ...] = ()
+    watch: tuple[str, ...] = ()
+    onchanges: tuple[str, ...] = ()
+    phase: Phase = Phase.EXTRA
+    origin: str = "compiled"  # "compiled" from the cluster model, or "file:key" for [[state]]
+
+
+class FileWrite(_Value):
+    """A file the executor writes on the host (atomically: temp file, then rename)."""
+
+    path: str
+    content: str
+    mode: str = "0644"
+
+
+class Change(_Value):
+    """Before/after for the diff (text, one item per line)."""
+
+    before: str | None = None
+    after: str | None = None
+
+
+class Step(_Value):
+    """One ordered, explainable change on one host, with how to undo it."""
+
+    id: str  # "<host>/<state id>/<action>", stable across runs
+    host: str
+    state_id: str
+    function: str
+    subsystem: Subsystem
+    phase: Phase
+    description: str
+    change: Change = Change()
+    commands: tuple[Argv, ...] = ()
+    writes: tuple[FileWrite, ...] = ()
+    undo: tuple[Argv, ...] = ()
+    require: tuple[str, ...] = ()  # step ids that must run first
+    # Seconds to wait after the commands, e.g. a drain; the executor turns it into a poll.
+    drain: DrainWait | None = None
+
+
+class DrainWait(_Value):
+    """Wait until an IPVS destination has no connections, or the timeout passes."""
+
+    service: str  # e.g. "tcp 10.77.0.100:80"
+    real_server: str  # "10.77.0.21:80"
+    timeout: float
+
+
+class SkippedRemoval(_Value):
+    """A removal the planner did not plan because a fact was unknown; shown with the plan."""
+
+    host: str
+    state_id: str
+    reason: str
+
+
+class HostPlan(_Value):
+    host: str
+    facts_digest: str
+    reachable: bool = True
+    unknown_reason: str | None = None
+    steps: tuple[Step, ...] = ()
+    skipped: tuple[SkippedRemoval, ...] = ()
+
+
+class Plan(_Value):
+    """Every host's steps for one revision, ordered by phase; `id` hashes all of it."""
+
+    id: str
+    revision: str
+    clusters: tuple[str, ...]
+    hosts: dict[str, HostPlan]
+    low_states: tuple[LowState, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return all(not hp.steps for hp in self.hosts.values())
+
+    def steps_in_phase(self, phase: Phase) -> dict[str, tuple[Step, ...]]:
+        out: dict[str, tuple[Step, ...]] = {}
+        for host, hp in self.hosts.items():
+            steps = tuple(s for s in hp.steps if s.phase == phase)
+            if steps:
+                out[host] = steps
+        return out
+
+
+def plan_id(revision: str, digests: dict[str, str], hosts: dict[str, HostPlan]) -> str:
+    """Hash of the revision, every host's fact digest, and every step."""
+    body = {
+        "revision": revision,
+        "digests": dict(sorted(digests.items())),
+        "steps": {h: [s.model_dump(mode="json") for s in hp.steps] for h, hp in sorted(hosts.items())},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+Step.model_rebuild()

@@ -1,0 +1,1 @@
+"""State functions: each plans pure Steps from one low state and one host's facts."""
