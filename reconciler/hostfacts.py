@@ -11,7 +11,8 @@ must not plan the removal and must say why.
 from __future__ import annotations
 
 import hashlib
-from typing import Generic, Literal, TypeVar
+import json
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +49,8 @@ class Address(_Value):
     address: str
     prefix: int
     label: str | None = None
+    family: Literal["inet", "inet6"] = "inet"
+    scope: str | None = None
 
 
 class Interface(_Value):
@@ -63,7 +66,12 @@ FirewallBackend = Literal["nft", "legacy"]
 
 
 class ArpRule(_Value):
-    """One arptables rule in a canonical form (chain, target, matches)."""
+    """One arptables rule in a canonical form (chain, target, matches).
+
+    Addresses lose a `/32` (arptables-save drops it too) and opcodes are numbers, as both
+    backends print them. `spec` is the rule's argv after `-A CHAIN` with the target moved to the
+    end, the order a person writes it in; `extra` holds options no field covers.
+    """
 
     chain: str
     target: str
@@ -74,12 +82,23 @@ class ArpRule(_Value):
     interface_out: str | None = None
     opcode: str | None = None
     raw: str = ""
+    source_mac: str | None = None
+    destination_mac: str | None = None
+    mangle_ip_d: str | None = None
+    mangle_mac_s: str | None = None
+    mangle_mac_d: str | None = None
+    spec: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
 
 
 class ArptablesRules(_Value):
     backend: FirewallBackend | None = None
     chains: tuple[str, ...] = ()
     rules: tuple[ArpRule, ...] = ()
+    # Built-in chains map to their policy, user chains to "-".
+    policies: dict[str, str] = {}
+    # The nft tools warn when the other backend also holds tables: both are then in force.
+    legacy_tables_present: bool = False
 
 
 # --- iptables nat ---------------------------------------------------------------------------------
@@ -94,11 +113,19 @@ class IptablesRule(_Value):
     protocol: str | None = None
     dport: int | None = None
     target: str | None = None
+    source: str | None = None
+    in_interface: str | None = None
+    out_interface: str | None = None
+    to_ports: str | None = None
+    comment: str | None = None
 
 
 class IptablesNat(_Value):
     backend: FirewallBackend | None = None
     rules: tuple[IptablesRule, ...] = ()
+    chains: tuple[str, ...] = ()
+    policies: dict[str, str] = {}
+    legacy_tables_present: bool = False
 
 
 # --- nftables -------------------------------------------------------------------------------------
@@ -126,18 +153,34 @@ class NftRuleset(_Value):
 # --- IPVS -----------------------------------------------------------------------------------------
 
 
+IpvsProtocol = Literal["tcp", "udp", "sctp", "fwmark"]
+# (protocol, address, port, fwmark): one virtual service. Address and port are "" and 0 for a
+# fwmark service, fwmark is 0 for the others.
+IpvsServiceKey = tuple[str, str, int, int]
+
+
 class IpvsService(_Value):
-    protocol: Literal["tcp", "udp", "sctp", "fwmark"]
+    """One virtual service as `ipvsadm -Sn` saves it (IPv6 addresses without brackets)."""
+
+    protocol: IpvsProtocol
     address: str
     port: int
     scheduler: str
     persistence: int | None = None
     netmask: str | None = None
     flags: tuple[str, ...] = ()
+    fwmark: int | None = None
+    family: Literal["inet", "inet6"] = "inet"
+    pe: str | None = None
+    one_packet: bool = False
+
+    @property
+    def key(self) -> IpvsServiceKey:
+        return (self.protocol, self.address, self.port, self.fwmark or 0)
 
 
 class IpvsDestination(_Value):
-    protocol: Literal["tcp", "udp", "sctp", "fwmark"]
+    protocol: IpvsProtocol
     service_address: str
     service_port: int
     address: str
@@ -146,15 +189,30 @@ class IpvsDestination(_Value):
     weight: int
     active_connections: int | None = None
     inactive_connections: int | None = None
+    service_fwmark: int | None = None
+    tunnel_options: tuple[str, ...] = ()
+
+    @property
+    def service_key(self) -> IpvsServiceKey:
+        return (self.protocol, self.service_address, self.service_port, self.service_fwmark or 0)
 
 
 class IpvsTable(_Value):
+    """The kernel's IPVS table.
+
+    `available` says the kernel can do IPVS (the module is loaded or installed); `loaded` says
+    the table exists now. An unloaded module holds no services, which is a known, empty table.
+    """
+
     available: bool
     services: tuple[IpvsService, ...] = ()
     destinations: tuple[IpvsDestination, ...] = ()
+    loaded: bool = False
+    # Why the table is empty or partial (module not loaded, counters unreadable, ...).
+    detail: str = ""
 
 
-# --- keepalived, files, tools ----------------------------------------------------------------------
+# --- keepalived, files, tools ---------------------------------------------------------------------
 
 
 class KeepalivedInfo(_Value):
@@ -169,6 +227,20 @@ class FileInfo(_Value):
     exists: bool
     sha256: str | None = None
     mode: str | None = None  # octal, e.g. "0644"
+    kind: str | None = None  # "regular file", "directory", "symbolic link", ... as stat(1) says
+
+
+class Ledger(_Value):
+    """What shoal created on this host (read from /var/lib/shoal/ledger.json).
+
+    Only what the ledger lists is ever removed: anything else on the host is someone else's and
+    survives. `entries` maps a state function (e.g. "addr.present") to canonical keys of the
+    objects shoal owns; `sysctl_originals` keeps each sysctl's value from before shoal changed it,
+    so a real server that leaves gets its own values back.
+    """
+
+    entries: dict[str, tuple[str, ...]] = {}
+    sysctl_originals: dict[str, str] = {}
 
 
 class HostFacts(_Value):
@@ -186,7 +258,47 @@ class HostFacts(_Value):
     files: Fact[dict[str, FileInfo]]
     tools: Fact[dict[str, bool]]
     services: Fact[dict[str, bool]]
+    # Filled from /var/lib/shoal/ledger.json; absent file = empty ledger (known),
+    # unreadable = unknown.
+    ledger: Fact[Ledger] = Fact[Ledger].unknown("not gathered")
+    services_enabled: Fact[dict[str, bool]] = Fact[dict[str, bool]].unknown("not gathered")
+    kernel_release: Fact[str] = Fact[str].unknown("not gathered")
+
+    @classmethod
+    def all_unknown(cls, host: str, reason: str) -> HostFacts:
+        """Facts of a host that could not be read at all (unreachable, script failed)."""
+        fields: dict[str, Any] = {
+            name: Fact[Any].unknown(reason) for name in cls.model_fields if name != "host"
+        }
+        return cls(host=host, **fields)
+
+    @property
+    def unknown_facts(self) -> dict[str, str]:
+        """Name -> reason of every fact that could not be read."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Fact) and value.unknown_reason is not None:
+                out[name] = value.unknown_reason
+        return out
 
     def digest(self) -> str:
-        """A stable digest of every fact; part of a plan's id."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """A stable digest of every fact; part of a plan's id.
+
+        Connection counters are left out: they move with traffic, and a plan must not go stale
+        because a client opened a connection.
+        """
+        data = _drop_keys(self.model_dump(mode="json"), _VOLATILE_KEYS)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+_VOLATILE_KEYS = frozenset({"active_connections", "inactive_connections"})
+
+
+def _drop_keys(data: Any, keys: frozenset[str]) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_keys(v, keys) for k, v in data.items() if k not in keys}
+    if isinstance(data, list):
+        return [_drop_keys(v, keys) for v in data]
+    return data

@@ -8,10 +8,13 @@ files and the checks that span files (unknown hosts, duplicate VIP:port:proto, .
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 # A name is something we put on a command line or in a file path: no shell metacharacters,
 # no leading dash (it would read as an option), bounded length.
@@ -20,21 +23,44 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 # only an alias label, which we do not accept as an interface.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
 
+# A health check URL path goes into keepalived.conf and probe argv: no quotes, spaces or '?'.
+_URL_PATH_RE = re.compile(r"/[A-Za-z0-9_./~%-]*")
+
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
 
 
+def quoted(value: object) -> str:
+    """A value as it would be written in TOML (double quotes for strings), for messages."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+
+
+# fullmatch, not match with `$`: `$` also matches before a trailing newline, and "web1\n" is
+# exactly the kind of name that must not reach a command line.
+def is_valid_name(value: str) -> bool:
+    """True if `value` may be used as a host, cluster, service or state name."""
+    return _NAME_RE.fullmatch(value) is not None
+
+
+def is_valid_interface_name(value: str) -> bool:
+    """True if `value` is a Linux interface name we accept (no alias labels)."""
+    return value not in (".", "..") and _IFNAME_RE.fullmatch(value) is not None
+
+
 def _check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not is_valid_name(value):
         raise ValueError(
-            f"{value!r} is not a valid name (letters, digits, '_', '.', '-'; "
+            f"{quoted(value)} is not a valid name (letters, digits, '_', '.', '-'; "
             "must not start with '-' or '.'; at most 63 characters)"
         )
     return value
 
 
 def _check_ifname(value: str) -> str:
-    if value in (".", "..") or not _IFNAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid interface name (at most 15 characters)")
+    if not is_valid_interface_name(value):
+        raise ValueError(
+            f"{quoted(value)} is not a valid interface name (letters, digits, '_', '.', '-'; "
+            "must not start with '-' or '.'; at most 15 characters)"
+        )
     return value
 
 
@@ -42,16 +68,53 @@ def _check_ipv4(value: str) -> str:
     try:
         addr = ipaddress.IPv4Address(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address") from None
-    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
-        raise ValueError(f"{value!r} cannot be used as a host or virtual address")
+        raise ValueError(f"{quoted(value)} is not an IPv4 address") from None
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_reserved:
+        raise ValueError(f"{quoted(value)} cannot be used as a host or virtual address")
     return str(addr)
 
 
 def _check_scheduler(value: str) -> str:
     if value not in SCHEDULERS:
-        raise ValueError(f"{value!r} is not an IPVS scheduler (one of {' '.join(SCHEDULERS)})")
+        raise ValueError(
+            f"{quoted(value)} is not an IPVS scheduler (one of: {' '.join(SCHEDULERS)})"
+        )
     return value
+
+
+def _check_url_path(value: str) -> str:
+    if _URL_PATH_RE.fullmatch(value) is None:
+        raise ValueError(
+            f"{quoted(value)} is not a URL path (starts with '/'; letters, digits, '_', '.', "
+            "'/', '~', '%', '-')"
+        )
+    return value
+
+
+_T = TypeVar("_T")
+
+
+def _unique_by(key: str, what: str, get: Callable[[_T], str]) -> Callable[[Sequence[_T]], Any]:
+    """An after-validator refusing two items with the same `get(item)`.
+
+    The error carries the index of the second item and the key inside it, so the loader can point
+    at the exact line instead of at the whole array.
+    """
+
+    def check(items: Sequence[_T]) -> Sequence[_T]:
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            value = get(item)
+            if value in seen:
+                raise PydanticCustomError(
+                    "duplicate",
+                    "{what} {value} is listed twice",
+                    {"what": what, "value": quoted(value), "index": index, "key": key},
+                )
+            seen.add(value)
+        return items
+
+    return check
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
@@ -69,7 +132,9 @@ Protocol = Literal["tcp", "udp"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: TOML is typed, so `port = "80"` or `enabled = 1` is a mistake to report, not to
+    # coerce. Array fields opt out (strict=False) only to accept lists for tuples.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 # --- shoal.toml -------------------------------------------------------------------------------
@@ -94,7 +159,9 @@ class VerifySettings(_Model):
     """The verification phase after every apply."""
 
     enabled: bool = True
-    clients: tuple[Name, ...] = Field(default=(), description="inventory hosts that send probes")
+    clients: Annotated[tuple[Name, ...], AfterValidator(_unique_by("", "client", lambda c: c))] = (
+        Field(default=(), strict=False, description="inventory hosts that send probes")
+    )
     requests_per_server: int = Field(default=10, ge=1, le=10000)
     timeout: float = Field(default=5.0, gt=0, le=300)
 
@@ -123,7 +190,16 @@ class Host(_Model):
 
 
 class Inventory(_Model):
+    """`inventory.toml`: every host by name (the `[hosts.<name>]` table key)."""
+
     hosts: dict[Name, Host]
+
+    @model_validator(mode="after")
+    def _keys_are_names(self) -> Inventory:
+        for key, host in self.hosts.items():
+            if key != host.name:
+                raise ValueError(f"host {quoted(key)} has name {quoted(host.name)}")
+        return self
 
 
 # --- clusters/<name>.toml ---------------------------------------------------------------------
@@ -131,7 +207,7 @@ class Inventory(_Model):
 
 class HealthCheck(_Model):
     type: Literal["tcp", "http", "none"] = "tcp"
-    path: str = Field(default="/", pattern=r"^/[A-Za-z0-9_./~%-]*$")
+    path: Annotated[str, AfterValidator(_check_url_path)] = "/"
     expect: int = Field(default=200, ge=100, le=599)
     interval: int = Field(default=5, ge=1, le=3600)
     timeout: int = Field(default=3, ge=1, le=3600)
@@ -152,9 +228,11 @@ class Service(_Model):
     scheduler: Scheduler = "wlc"
     persistence: int = Field(default=0, ge=0, le=2678400, description="seconds, 0 = off")
     check: HealthCheck = HealthCheck()
-    real_servers: tuple[RealServer, ...] = Field(default=(), alias="real_server")
+    real_servers: Annotated[
+        tuple[RealServer, ...], AfterValidator(_unique_by("host", "real server", lambda r: r.host))
+    ] = Field(default=(), alias="real_server", strict=False)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
 
 class Vrrp(_Model):
@@ -164,6 +242,12 @@ class Vrrp(_Model):
     priority_primary: int = Field(default=150, ge=1, le=254)
     priority_backup: int = Field(default=100, ge=1, le=254)
     advert_interval: int = Field(default=1, ge=1, le=255)
+
+    @model_validator(mode="after")
+    def _primary_wins(self) -> Vrrp:
+        if self.priority_primary <= self.priority_backup:
+            raise ValueError("priority_primary must be higher than priority_backup")
+        return self
 
 
 StateFunction = Literal[
@@ -185,16 +269,18 @@ class ExtraState(_Model):
 
     id: Name
     function: StateFunction
-    hosts: tuple[Name, ...]
+    hosts: tuple[Name, ...] = Field(min_length=1, strict=False)
     args: dict[str, Any] = Field(default_factory=dict)
-    require: tuple[Name, ...] = ()
-    watch: tuple[Name, ...] = ()
-    onchanges: tuple[Name, ...] = ()
+    require: tuple[Name, ...] = Field(default=(), strict=False)
+    watch: tuple[Name, ...] = Field(default=(), strict=False)
+    onchanges: tuple[Name, ...] = Field(default=(), strict=False)
 
 
 class ClusterHeader(_Model):
     name: Name
-    directors: tuple[Name, ...] = Field(min_length=1, max_length=2)
+    directors: Annotated[
+        tuple[Name, ...], AfterValidator(_unique_by("", "director", lambda d: d))
+    ] = Field(min_length=1, max_length=2, strict=False)
     director: DirectorBackend = "keepalived"
     arp_method: ArpMethod = "sysctl"
     approval: Approval | None = None
@@ -214,19 +300,14 @@ class Cluster(_Model):
     """`clusters/<name>.toml`."""
 
     cluster: ClusterHeader
-    services: tuple[Service, ...] = Field(default=(), alias="service")
-    states: tuple[ExtraState, ...] = Field(default=(), alias="state")
+    services: Annotated[
+        tuple[Service, ...], AfterValidator(_unique_by("name", "service", lambda s: s.name))
+    ] = Field(default=(), alias="service", strict=False)
+    states: Annotated[
+        tuple[ExtraState, ...], AfterValidator(_unique_by("id", "state id", lambda s: s.id))
+    ] = Field(default=(), alias="state", strict=False)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _unique_service_names(self) -> Cluster:
-        seen: set[str] = set()
-        for svc in self.services:
-            if svc.name in seen:
-                raise ValueError(f'service name "{svc.name}" is used twice')
-            seen.add(svc.name)
-        return self
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
 
 # --- the whole repository ---------------------------------------------------------------------

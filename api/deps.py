@@ -1,0 +1,45 @@
+"""What a route needs from the app: the controller, the store and the settings.
+
+`ControllerPort` is the part of `reconciler.controller.Controller` the API uses; routes depend
+on it, not on the engine, so the API stays a thin layer over the store and the controller.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+from fastapi import Request
+
+from reconciler.server_settings import ServerSettings
+from reconciler.store import PlanRecord, RunRecord, Store
+
+
+class ControllerPort(Protocol):
+    ready: bool
+    head: str | None
+    head_errors: list[dict[str, Any]]
+    last_source_error: str | None
+    last_pass_at: str | None
+    passes: int
+
+    def wake(self, reason: str) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def approve(self, plan_id: str, *, actor: str, comment: str = "") -> RunRecord: ...
+
+    async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord: ...
+
+
+def get_store(request: Request) -> Store:
+    return cast(Store, request.app.state.store)
+
+
+def get_controller(request: Request) -> ControllerPort:
+    return cast(ControllerPort, request.app.state.controller)
+
+
+def get_settings(request: Request) -> ServerSettings:
+    return cast(ServerSettings, request.app.state.settings)

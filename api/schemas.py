@@ -1,0 +1,427 @@
+"""Response and request bodies of the HTTP API.
+
+Separate from the domain models on purpose: the API promises these shapes to its clients, and
+the engine's models may change without breaking them. Conversion from store records and domain
+values lives here too (`*_out` functions), so routes stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.steps import HostPlan, Step
+from reconciler.store import (
+    ApprovalRecord,
+    AuditRecord,
+    BackupRecord,
+    ClusterRecord,
+    HostFactsRecord,
+    PlanRecord,
+    RunRecord,
+    StepResultRecord,
+)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Problem(_Out):
+    detail: str
+
+
+class Conflict(_Out):
+    """409: the plan cannot be approved or rejected as asked."""
+
+    detail: str
+    plan_id: str
+    state: str
+    reason: str = ""
+    hosts: list[str] = []
+    new_plan_id: str | None = None
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(_Out):
+    ready: bool
+    checks: dict[str, bool]
+
+
+# --- clusters -------------------------------------------------------------------------------------
+
+
+class ConfigIssueOut(_Out):
+    file: str
+    line: int | None = None
+    column: int | None = None
+    key_path: str = ""
+    message: str
+    text: str
+
+
+class DriftOut(_Out):
+    hosts: list[str]
+    plan_id: str | None = None
+    revision: str | None = None
+    detected_at: str | None = None
+
+
+class PlanSummary(_Out):
+    id: str
+    clusters: list[str]
+    revision: str
+    kind: str
+    state: str
+    reason: str | None = None
+    created_at: str
+    updated_at: str
+    changed_hosts: list[str]
+    step_count: int
+
+
+class ClusterOut(_Out):
+    name: str
+    head_revision: str | None
+    planned_revision: str | None
+    applied_revision: str | None
+    in_sync: bool | None
+    last_plan: PlanSummary | None
+    drift: DriftOut | None
+    errors: list[ConfigIssueOut]
+    errors_revision: str | None
+    last_error: str | None
+    checked_at: str | None
+
+
+class RepositoryOut(_Out):
+    url: str
+    branch: str
+    head: str | None
+    head_valid: bool | None
+    head_errors: list[ConfigIssueOut]
+    last_source_error: str | None
+    last_pass_at: str | None
+
+
+class ClustersResponse(_Out):
+    repository: RepositoryOut
+    clusters: list[ClusterOut]
+
+
+# --- plans ----------------------------------------------------------------------------------------
+
+
+class FileWriteOut(_Out):
+    path: str
+    mode: str
+    sha256: str
+    size: int
+
+
+class StepOut(_Out):
+    id: str
+    host: str
+    state_id: str
+    function: str
+    subsystem: str
+    phase: str
+    description: str
+    before: str | None
+    after: str | None
+    commands: list[str]
+    writes: list[FileWriteOut]
+    undo: list[str]
+    require: list[str]
+
+
+class SkippedOut(_Out):
+    state_id: str
+    reason: str
+
+
+class HostPlanOut(_Out):
+    host: str
+    facts_digest: str
+    reachable: bool
+    unknown_reason: str | None
+    diff: str
+    steps: list[StepOut]
+    skipped: list[SkippedOut]
+
+
+class ApprovalOut(_Out):
+    decision: str
+    actor: str
+    comment: str
+    at: str
+
+
+class PlanDetail(PlanSummary):
+    fact_digests: dict[str, str]
+    hosts: dict[str, HostPlanOut]
+    approvals: list[ApprovalOut]
+    runs: list[str]
+
+
+class Decision(BaseModel):
+    """Body of approve/reject."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(default="", max_length=4000)
+
+
+class ApproveResponse(_Out):
+    plan_id: str
+    state: str
+    run_id: str
+
+
+class RejectResponse(_Out):
+    plan_id: str
+    state: str
+
+
+# --- runs, hosts, audit, webhooks ---------------------------------------------------------------
+
+
+class StepResultOut(_Out):
+    seq: int
+    host: str
+    step_id: str
+    name: str
+    result: str
+    comment: str
+    changes: dict[str, Any] | None
+    output: str
+    rollback: bool
+    at: str
+
+
+class BackupOut(_Out):
+    host: str
+    location: str
+    detail: dict[str, Any]
+    at: str
+
+
+class RunOut(_Out):
+    id: str
+    plan_id: str
+    clusters: list[str]
+    state: str
+    actor: str
+    started_at: str
+    finished_at: str | None
+    ok: bool | None
+    error: str | None
+    steps: list[StepResultOut]
+    rollbacks: list[StepResultOut]
+    result: dict[str, Any] | None
+    recovery: dict[str, Any] | None
+    backups: list[BackupOut]
+
+
+class HostFactsOut(_Out):
+    host: str
+    digest: str
+    gathered_at: str
+    facts: dict[str, Any]
+
+
+class AuditOut(_Out):
+    id: int
+    at: str
+    actor: str
+    action: str
+    cluster: str | None
+    plan_id: str | None
+    run_id: str | None
+    detail: dict[str, Any]
+
+
+class WebhookAccepted(_Out):
+    queued: bool
+    scheme: str
+
+
+class ReconcileAccepted(_Out):
+    queued: bool
+
+
+# --- conversions ----------------------------------------------------------------------------------
+
+
+def plan_summary(record: PlanRecord) -> PlanSummary:
+    hosts = record.plan.hosts
+    return PlanSummary(
+        id=record.id,
+        clusters=record.cluster.split(","),
+        revision=record.revision,
+        kind=record.kind,
+        state=record.state,
+        reason=record.reason,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        changed_hosts=sorted(h for h, hp in hosts.items() if hp.steps),
+        step_count=sum(len(hp.steps) for hp in hosts.values()),
+    )
+
+
+def _step_out(step: Step) -> StepOut:
+    return StepOut(
+        id=step.id,
+        host=step.host,
+        state_id=step.state_id,
+        function=step.function,
+        subsystem=step.subsystem,
+        phase=step.phase.name,
+        description=step.description,
+        before=step.change.before,
+        after=step.change.after,
+        commands=[shlex.join(argv) for argv in step.commands],
+        writes=[
+            FileWriteOut(
+                path=w.path,
+                mode=w.mode,
+                sha256=hashlib.sha256(w.content.encode()).hexdigest(),
+                size=len(w.content.encode()),
+            )
+            for w in step.writes
+        ],
+        undo=[shlex.join(argv) for argv in step.undo],
+        require=list(step.require),
+    )
+
+
+def host_diff(host_plan: HostPlan) -> str:
+    """A unified diff per step: the host as it is (---) against the desired state (+++)."""
+    chunks: list[str] = []
+    for step in host_plan.steps:
+        before = (step.change.before or "").splitlines()
+        after = (step.change.after or "").splitlines()
+        lines = list(
+            difflib.unified_diff(
+                before,
+                after,
+                fromfile=f"{host_plan.host}: {step.state_id} (now)",
+                tofile=f"{host_plan.host}: {step.state_id} (desired)",
+                lineterm="",
+            )
+        )
+        chunks.append(f"# {step.id}: {step.description}")
+        chunks.extend(lines)
+    return "\n".join(chunks)
+
+
+def plan_detail(
+    record: PlanRecord, approvals: list[ApprovalRecord], run_ids: list[str]
+) -> PlanDetail:
+    summary = plan_summary(record)
+    hosts = {
+        name: HostPlanOut(
+            host=hp.host,
+            facts_digest=hp.facts_digest,
+            reachable=hp.reachable,
+            unknown_reason=hp.unknown_reason,
+            diff=host_diff(hp),
+            steps=[_step_out(s) for s in hp.steps],
+            skipped=[SkippedOut(state_id=s.state_id, reason=s.reason) for s in hp.skipped],
+        )
+        for name, hp in sorted(record.plan.hosts.items())
+    }
+    return PlanDetail(
+        **summary.model_dump(),
+        fact_digests={n: hp.facts_digest for n, hp in sorted(record.plan.hosts.items())},
+        hosts=hosts,
+        approvals=[
+            ApprovalOut(decision=a.decision, actor=a.actor, comment=a.comment, at=a.at)
+            for a in approvals
+        ],
+        runs=run_ids,
+    )
+
+
+def issues_out(errors: list[dict[str, Any]]) -> list[ConfigIssueOut]:
+    return [ConfigIssueOut.model_validate(e) for e in errors]
+
+
+def cluster_out(record: ClusterRecord, last_plan: PlanRecord | None) -> ClusterOut:
+    return ClusterOut(
+        name=record.name,
+        head_revision=record.head_revision,
+        planned_revision=record.planned_revision,
+        applied_revision=record.applied_revision,
+        in_sync=record.in_sync,
+        last_plan=plan_summary(last_plan) if last_plan else None,
+        drift=DriftOut.model_validate(record.drift) if record.drift else None,
+        errors=issues_out(record.errors),
+        errors_revision=record.errors_revision,
+        last_error=record.last_error,
+        checked_at=record.checked_at,
+    )
+
+
+def _result_out(r: StepResultRecord) -> StepResultOut:
+    return StepResultOut(
+        seq=r.seq,
+        host=r.host,
+        step_id=r.step_id,
+        name=r.name,
+        result=r.result,
+        comment=r.comment,
+        changes=r.changes,
+        output=r.output,
+        rollback=r.rollback,
+        at=r.at,
+    )
+
+
+def run_out(
+    run: RunRecord, results: list[StepResultRecord], backups: list[BackupRecord]
+) -> RunOut:
+    return RunOut(
+        id=run.id,
+        plan_id=run.plan_id,
+        clusters=run.cluster.split(","),
+        state=run.state,
+        actor=run.actor,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        ok=run.ok,
+        error=run.error,
+        steps=[_result_out(r) for r in results if not r.rollback],
+        rollbacks=[_result_out(r) for r in results if r.rollback],
+        result=run.result,
+        recovery=run.recovery,
+        backups=[
+            BackupOut(host=b.host, location=b.location, detail=b.detail, at=b.at) for b in backups
+        ],
+    )
+
+
+def facts_out(record: HostFactsRecord) -> HostFactsOut:
+    return HostFactsOut(
+        host=record.host, digest=record.digest, gathered_at=record.gathered_at, facts=record.facts
+    )
+
+
+def audit_out(record: AuditRecord) -> AuditOut:
+    return AuditOut(
+        id=record.id,
+        at=record.at,
+        actor=record.actor,
+        action=record.action,
+        cluster=record.cluster,
+        plan_id=record.plan_id,
+        run_id=record.run_id,
+        detail=record.detail,
+    )

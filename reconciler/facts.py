@@ -1,0 +1,518 @@
+"""Gathering a host's facts: one POSIX sh script, one SSH channel, one round trip per host.
+
+`build_facts_script` writes the script, `parse_facts_output` turns its output into `HostFacts`
+(both pure), and `gather_facts` runs it on many hosts at once through a `Transport`.
+
+The script prints one section per fact:
+
+    #shoal-facts# begin NAME
+    <the command's stdout>
+    #shoal-facts# end NAME RC
+    <the command's stderr, if any>
+
+A section whose command failed (RC != 0, tool missing, output the parser does not understand)
+becomes `Fact.unknown(reason)`, never an empty value: an empty value would read as "absent" and
+could make a state remove things. The script reads /proc/sys and pid files with shell builtins
+and runs each tool once, since it runs on every plan for every host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from reconciler.errors import FactParseError, ShoalError
+from reconciler.hostfacts import (
+    ArptablesRules,
+    Fact,
+    FileInfo,
+    HostFacts,
+    IptablesNat,
+    IpvsTable,
+    KeepalivedInfo,
+    Ledger,
+)
+from reconciler.parsers.arptables import parse_arptables_save
+from reconciler.parsers.backend import parse_xtables_version
+from reconciler.parsers.ip_addr import parse_ip_addr
+from reconciler.parsers.iptables import parse_iptables_save
+from reconciler.parsers.ipvsadm import ipvs_table
+from reconciler.parsers.keepalived import parse_keepalived_version
+from reconciler.parsers.nft import parse_nft_ruleset, parse_nft_table_comments
+from reconciler.parsers.stat import parse_file_lines
+from reconciler.parsers.sysctl import parse_sysctls
+from reconciler.parsers.systemctl import parse_systemctl_show
+
+MARKER = "#shoal-facts#"
+SCRIPT_VERSION = "1"
+
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+LEDGER_PATH = "/var/lib/shoal/ledger.json"
+
+# Files every host reports, whatever the caller manages (DESIGN.md's on-host layout).
+DEFAULT_FILES: tuple[str, ...] = (
+    KEEPALIVED_CONF,
+    "/etc/sysctl.d/90-shoal-lvs-dr.conf",
+    "/usr/local/sbin/shoal-restore",
+    "/etc/systemd/system/shoal-restore.service",
+)
+TOOLS: tuple[str, ...] = (
+    "ip",
+    "sysctl",
+    "arptables",
+    "arptables-save",
+    "arptables-legacy",
+    "arptables-nft",
+    "iptables",
+    "iptables-save",
+    "iptables-legacy",
+    "iptables-nft",
+    "nft",
+    "ipvsadm",
+    "keepalived",
+    "arping",
+    "systemctl",
+    "systemd-run",
+    "sha256sum",
+    "curl",
+)
+SERVICES: tuple[str, ...] = (
+    "keepalived",
+    "nftables",
+    "shoal-restore",
+    "arptables",
+    "iptables",
+    "netfilter-persistent",
+    "ipvsadm",
+)
+SYSCTL_CONF_KEYS: tuple[str, ...] = ("arp_ignore", "arp_announce", "rp_filter")
+IPVS_SYSCTLS: tuple[str, ...] = (
+    "expire_nodest_conn",
+    "expire_quiescent_template",
+    "conn_reuse_mode",
+    "backup_only",
+    "conntrack",
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+
+# The script's fixed part. Sections run as `sec NAME CMD...`: CMD's stdout goes straight to
+# ours, its stderr is captured (the `2>&1 1>&3` swap) and printed after the end marker.
+_PRELUDE = r"""
+M='#shoal-facts#'
+tab=$(printf '\t')
+sec() {
+  _n=$1; shift
+  printf '%s begin %s\n' "$M" "$_n"
+  { _e=$("$@" 2>&1 1>&3 3>&-); _r=$?; } 3>&1
+  printf '\n%s end %s %s\n' "$M" "$_n" "$_r"
+  [ -z "$_e" ] || printf '%s\n' "$_e"
+}
+need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed" >&2; return 127; }; }
+f_hostname() { rd /proc/sys/kernel/hostname && printf '%s\n' "$_v"; }
+f_kernel() { rd /proc/sys/kernel/osrelease && printf '%s\n' "$_v"; }
+f_addr() { need ip && ip -j addr; }
+# /proc/sys files answer a read at a non-zero offset with EOF, and sh's read takes one byte at
+# a time: it gets the value, then EOF instead of the newline. A value read is a value.
+rd() { _v=; read -r _v < "$1" || [ -n "$_v" ]; }
+f_sysctl() {
+  _rc=0
+  rd /proc/sys/net/ipv4/ip_forward && printf 'net.ipv4.ip_forward=%s\n' "$_v" || _rc=1
+  for _d in /proc/sys/net/ipv4/conf/*/; do
+    _i=${_d%/}; _i=${_i##*/}
+    for _k in $SYSCTL_CONF_KEYS; do
+      rd "$_d$_k" && printf 'net.ipv4.conf.%s.%s=%s\n' "$_i" "$_k" "$_v" || _rc=1
+    done
+  done
+  for _k in $IPVS_SYSCTLS; do
+    [ -r "/proc/sys/net/ipv4/vs/$_k" ] || continue
+    rd "/proc/sys/net/ipv4/vs/$_k" && printf 'net.ipv4.vs.%s=%s\n' "$_k" "$_v" || _rc=1
+  done
+  return $_rc
+}
+f_arp_version() { need arptables && arptables -V; }
+f_arp_save() { need arptables-save && arptables-save; }
+f_ipt_version() { need iptables && iptables -V; }
+f_ipt_save() {
+  need iptables-save || return
+  # The legacy tool creates the nat table (and loads its module) just by listing it; an absent
+  # legacy nat table holds no rules, so it is reported empty without touching the kernel.
+  case $(iptables -V 2>/dev/null) in
+    *nf_tables*) ;;
+    *)
+      _t=
+      [ -r /proc/net/ip_tables_names ] && while read -r _x; do
+        [ "$_x" = nat ] && _t=1
+      done < /proc/net/ip_tables_names
+      [ -n "$_t" ] || return 0
+      ;;
+  esac
+  iptables-save -t nat
+}
+f_nft() {
+  need nft || return
+  _j=$(nft -j list ruleset) || return
+  printf '%s\n' "$_j"
+  case $_j in *'"name": "shoal_'*) ;; *) return 0 ;; esac
+  # nft 1.0.6 JSON has no table comments: add the text listing's table/comment lines.
+  _t=$(nft -t list ruleset) || return
+  printf '%s comments\n' "$M"
+  printf '%s\n' "$_t" | while IFS= read -r _l; do
+    case $_l in "table "* | "${tab}comment "*) printf '%s\n' "$_l" ;; esac
+  done
+}
+f_ipvs() {
+  # ipvsadm would load ip_vs just by listing; without /proc/net/ip_vs there is no table.
+  _m=0
+  rd /proc/sys/kernel/osrelease || return
+  for _f in /lib/modules/"$_v"/kernel/net/netfilter/ipvs/ip_vs.ko*; do
+    [ -e "$_f" ] && _m=1
+  done
+  [ -d /sys/module/ip_vs ] && _m=1
+  if [ ! -e /proc/net/ip_vs ]; then printf 'loaded=0 module=%s\n' "$_m"; return 0; fi
+  printf 'loaded=1 module=%s\n' "$_m"
+}
+f_ipvs_save() { need ipvsadm && ipvsadm -Sn; }
+f_ipvs_list() { need ipvsadm && ipvsadm -Ln; }
+f_keepalived() {
+  if ! command -v keepalived >/dev/null 2>&1; then echo installed=0; return 0; fi
+  echo installed=1
+  _v=$(keepalived -v 2>&1)
+  printf 'version=%s\n' "${_v%%
+*}"
+  _run=0
+  for _p in /run/keepalived.pid /var/run/keepalived.pid; do
+    [ -r "$_p" ] && read -r _pid < "$_p" || continue
+    # The pid must be a keepalived in this host's network namespace (lab hosts share /proc).
+    [ -r "/proc/$_pid/comm" ] && read -r _c < "/proc/$_pid/comm" || continue
+    [ "$_c" = keepalived ] && [ "/proc/$_pid/ns/net" -ef /proc/self/ns/net ] && _run=1
+  done
+  printf 'running=%s\n' "$_run"
+}
+f_files() {
+  _s=; _h=
+  set -- $FILES
+  for _p do
+    if [ -e "$_p" ] || [ -L "$_p" ]; then
+      _s="$_s $_p"
+      [ -f "$_p" ] && _h="$_h $_p"
+    else
+      printf 'missing %s\n' "$_p"
+    fi
+  done
+  [ -z "$_s" ] || stat -c 'stat %a %F|%n' -- $_s || return
+  [ -z "$_h" ] || sha256sum -- $_h
+}
+f_tools() {
+  for _t in $TOOLS; do
+    if command -v "$_t" >/dev/null 2>&1; then echo "$_t=1"; else echo "$_t=0"; fi
+  done
+}
+f_services() {
+  if [ ! -d /run/systemd/system ]; then echo "systemd is not running" >&2; return 3; fi
+  systemctl show -p Id -p ActiveState -p UnitFileState -- $SERVICES
+}
+f_ledger() {
+  [ -e "$LEDGER" ] || { echo absent; return 0; }
+  echo present
+  while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done < "$LEDGER"
+}
+"""
+
+_BODY = """
+printf '%s facts v{version}\\n' "$M"
+sec hostname f_hostname
+sec kernel f_kernel
+sec addr f_addr
+sec sysctl f_sysctl
+sec arptables-version f_arp_version
+sec arptables-save f_arp_save
+sec iptables-version f_ipt_version
+sec iptables-save f_ipt_save
+sec nft f_nft
+sec ipvs f_ipvs
+if [ -e /proc/net/ip_vs ]; then
+  sec ipvs-save f_ipvs_save
+  sec ipvs-list f_ipvs_list
+fi
+sec keepalived f_keepalived
+sec files f_files
+sec tools f_tools
+sec services f_services
+sec ledger f_ledger
+printf '%s done\\n' "$M"
+"""
+
+
+def _check_path(path: str) -> str:
+    if not path.startswith("/") or any(c in path for c in "\n\\\t *?[") or "|" in path:
+        raise ValueError(f"managed path {path!r} must be absolute, without blanks or glob chars")
+    return path
+
+
+def build_facts_script(
+    managed_paths: Iterable[str] = (),
+    *,
+    services: Sequence[str] = SERVICES,
+    tools: Sequence[str] = TOOLS,
+) -> str:
+    """The facts script for one host; `managed_paths` are reported as `files` facts.
+
+    Paths and names are validated and quoted: nothing from the config reaches the shell as
+    code. They are word-split on purpose (the script uses no arrays), hence no blanks allowed.
+    """
+    paths = list(dict.fromkeys([*DEFAULT_FILES, *(_check_path(p) for p in managed_paths)]))
+    for name in (*services, *tools):
+        if not _NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a plain unit or tool name")
+    assignments = {
+        "FILES": " ".join(paths),
+        "TOOLS": " ".join(tools),
+        "SERVICES": " ".join(services),
+        "SYSCTL_CONF_KEYS": " ".join(SYSCTL_CONF_KEYS),
+        "IPVS_SYSCTLS": " ".join(IPVS_SYSCTLS),
+        "LEDGER": LEDGER_PATH,
+    }
+    head = "".join(f"{k}={shlex.quote(v)}\n" for k, v in assignments.items())
+    return head + _PRELUDE + _BODY.replace("{version}", SCRIPT_VERSION)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    name: str
+    stdout: str
+    exit_status: int
+    stderr: str
+
+    def reason(self, what: str) -> str:
+        detail = self.stderr.strip().splitlines()
+        tail = f": {detail[-1]}" if detail else ""
+        if self.exit_status == 127:
+            return f"{what}: not installed{tail}"
+        return f"{what} exited {self.exit_status}{tail}"
+
+
+_SECTION_RE = re.compile(
+    rf"^{re.escape(MARKER)} begin (?P<name>[\w-]+)\n(?P<out>.*?)\n"
+    rf"{re.escape(MARKER)} end (?P=name) (?P<rc>\d+)\n(?P<err>.*?)"
+    rf"(?=^{re.escape(MARKER)} (?:begin|done))",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def split_sections(stdout: str) -> dict[str, Section]:
+    """The sections of a facts script's output, by name."""
+    if not stdout.startswith(f"{MARKER} facts v{SCRIPT_VERSION}\n"):
+        raise FactParseError("facts", "output does not start with the facts header")
+    sections: dict[str, Section] = {}
+    for m in _SECTION_RE.finditer(stdout):
+        sections[m.group("name")] = Section(
+            name=m.group("name"),
+            stdout=m.group("out"),
+            exit_status=int(m.group("rc")),
+            stderr=m.group("err"),
+        )
+    return sections
+
+
+T = TypeVar("T")
+
+
+def _fact(
+    sections: dict[str, Section],
+    name: str,
+    what: str,
+    parse: Callable[[Section], T],
+) -> Fact[T]:
+    section = sections.get(name)
+    if section is None:
+        return Fact[T].unknown(f"{what}: no output (script cut short?)")
+    if section.exit_status != 0:
+        return Fact[T].unknown(section.reason(what))
+    try:
+        return Fact[T].of(parse(section))
+    except FactParseError as exc:
+        return Fact[T].unknown(str(exc))
+    except (ValueError, KeyError, ValidationError) as exc:
+        return Fact[T].unknown(f"cannot parse {what}: {exc}")
+
+
+def _kv(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value
+    return out
+
+
+def _arptables(sections: dict[str, Section]) -> Fact[ArptablesRules]:
+    version = _fact(sections, "arptables-version", "arptables -V", lambda s: s.stdout)
+    if not version.known or version.value is None:
+        return Fact[ArptablesRules].unknown(version.unknown_reason or "arptables -V")
+    backend = parse_xtables_version(version.value)
+    return _fact(
+        sections,
+        "arptables-save",
+        "arptables-save",
+        lambda s: parse_arptables_save(s.stdout, backend, stderr=s.stderr),
+    )
+
+
+def _iptables(sections: dict[str, Section]) -> Fact[IptablesNat]:
+    version = _fact(sections, "iptables-version", "iptables -V", lambda s: s.stdout)
+    if not version.known or version.value is None:
+        return Fact[IptablesNat].unknown(version.unknown_reason or "iptables -V")
+    backend = parse_xtables_version(version.value)
+    return _fact(
+        sections,
+        "iptables-save",
+        "iptables-save -t nat",
+        lambda s: parse_iptables_save(s.stdout, backend, stderr=s.stderr),
+    )
+
+
+def _nft(section: Section) -> Any:
+    text, _, comments = section.stdout.partition(f"\n{MARKER} comments\n")
+    return parse_nft_ruleset(text, parse_nft_table_comments(comments))
+
+
+def _ipvs(sections: dict[str, Section]) -> Fact[IpvsTable]:
+    state = _fact(sections, "ipvs", "ipvs module", lambda s: _kv(s.stdout.replace(" ", "\n")))
+    if not state.known or state.value is None:
+        return Fact[IpvsTable].unknown(state.unknown_reason or "ipvs")
+    module = state.value.get("module") == "1"
+    if state.value.get("loaded") != "1":
+        detail = "ip_vs is not loaded" if module else "this kernel has no ip_vs module"
+        return Fact.of(IpvsTable(available=module, loaded=False, detail=detail))
+    listing = sections.get("ipvs-list")
+    list_text = listing.stdout if listing is not None and listing.exit_status == 0 else None
+    return _fact(sections, "ipvs-save", "ipvsadm -Sn", lambda s: ipvs_table(s.stdout, list_text))
+
+
+def _keepalived(
+    sections: dict[str, Section], files: Fact[dict[str, FileInfo]]
+) -> Fact[KeepalivedInfo]:
+    def parse(section: Section) -> KeepalivedInfo:
+        kv = _kv(section.stdout)
+        if kv.get("installed") != "1":
+            return KeepalivedInfo(installed=False)
+        if files.value is None:
+            raise FactParseError("keepalived", f"config digest unknown: {files.unknown_reason}")
+        conf = files.value.get(KEEPALIVED_CONF)
+        return KeepalivedInfo(
+            installed=True,
+            version=parse_keepalived_version(kv.get("version", "")),
+            config_sha256=conf.sha256 if conf is not None else None,
+            running=kv.get("running") == "1",
+        )
+
+    return _fact(sections, "keepalived", "keepalived", parse)
+
+
+def _tools(section: Section) -> dict[str, bool]:
+    return {k: v == "1" for k, v in _kv(section.stdout).items()}
+
+
+def _ledger(section: Section) -> Ledger:
+    head, _, body = section.stdout.partition("\n")
+    if head == "absent":
+        return Ledger()
+    if head != "present":
+        raise FactParseError("ledger", f"unexpected {head!r}")
+    return Ledger.model_validate_json(body)
+
+
+def _one_line(section: Section) -> str:
+    value = section.stdout.strip()
+    if not value or "\n" in value:
+        raise FactParseError(section.name, f"expected one line, got {section.stdout!r}")
+    return value
+
+
+def parse_facts_output(host: str, stdout: str) -> HostFacts:
+    """Every fact of `host` from the facts script's stdout (pure)."""
+    try:
+        sections = split_sections(stdout)
+    except FactParseError as exc:
+        return HostFacts.all_unknown(host, str(exc))
+    files = _fact(sections, "files", "file digests", lambda s: parse_file_lines(s.stdout))
+    services = _fact(
+        sections, "services", "systemctl show", lambda s: parse_systemctl_show(s.stdout)
+    )
+    return HostFacts(
+        host=host,
+        hostname=_fact(sections, "hostname", "hostname", _one_line),
+        kernel_release=_fact(sections, "kernel", "kernel release", _one_line),
+        interfaces=_fact(sections, "addr", "ip -j addr", lambda s: parse_ip_addr(s.stdout)),
+        sysctls=_fact(sections, "sysctl", "sysctls", lambda s: parse_sysctls(s.stdout)),
+        arptables=_arptables(sections),
+        iptables_nat=_iptables(sections),
+        nft=_fact(sections, "nft", "nft -j list ruleset", _nft),
+        ipvs=_ipvs(sections),
+        keepalived=_keepalived(sections, files),
+        files=files,
+        tools=_fact(sections, "tools", "command -v", _tools),
+        services=_split(services, 0),
+        services_enabled=_split(services, 1),
+        ledger=_fact(sections, "ledger", LEDGER_PATH, _ledger),
+    )
+
+
+def _split(
+    pair: Fact[tuple[dict[str, bool], dict[str, bool]]], index: int
+) -> Fact[dict[str, bool]]:
+    if pair.value is None:
+        return Fact[dict[str, bool]].unknown(pair.unknown_reason or "unknown")
+    return Fact.of(pair.value[index])
+
+
+# --- gathering --------------------------------------------------------------------------------
+
+
+class ScriptRunner(Protocol):
+    """What `gather_facts` needs from a transport (SSHTransport is one)."""
+
+    async def run_script(
+        self, host_name: str, script: str, *, timeout: float | None = None
+    ) -> Any: ...
+
+
+async def gather_host_facts(
+    transport: ScriptRunner, host: str, managed_paths: Sequence[str] = ()
+) -> HostFacts:
+    """One host's facts; a host that cannot be asked gets every fact unknown, with why."""
+    script = build_facts_script(managed_paths)
+    try:
+        result = await transport.run_script(host, script)
+    except ShoalError as exc:
+        return HostFacts.all_unknown(host, f"host unreachable: {exc}")
+    if not str(result.stdout).rstrip().endswith(f"{MARKER} done"):
+        stderr = str(result.stderr).strip().splitlines()
+        why = stderr[-1] if stderr else "no output"
+        return HostFacts.all_unknown(
+            host, f"facts script exited {result.exit_status} before it finished: {why}"
+        )
+    return parse_facts_output(host, str(result.stdout))
+
+
+async def gather_facts(
+    transport: ScriptRunner,
+    hosts: list[str],
+    managed_paths: dict[str, list[str]] | None = None,
+) -> dict[str, HostFacts]:
+    """Facts of every host, gathered concurrently: one script on one SSH channel per host."""
+    paths = managed_paths or {}
+    results = await asyncio.gather(
+        *(gather_host_facts(transport, h, paths.get(h, ())) for h in hosts)
+    )
+    return dict(zip(hosts, results, strict=True))

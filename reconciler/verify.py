@@ -1,0 +1,704 @@
+"""The verification phase: prove, with real traffic and real ARP, that each cluster works.
+
+Run after every apply (the executor rolls back when it fails) and by `shoal verify`. From each
+client host named in `settings.verify.clients`, over SSH:
+
+1. Traffic. Enough requests to every VIP:port that each real server with weight > 0 gets some
+   (`reconciler.verify_probe` runs on the client). Arrivals are counted where they land: a
+   short-lived netdev ingress table (`shoal_verify_<run>`, named counters only, policy accept) on
+   each real server counts the client's connection openings to the VIP, and the same kind of
+   table on the active director counts the client's packets to the VIP (forward) and any reply
+   from the VIP to the client (return). In Direct Routing the replies go straight from the real
+   servers to the client, so the director's return counter must stay at 0. The tables are
+   removed when the phase ends, whatever happens.
+2. ARP. `arping` for each VIP from the client must be answered by exactly one MAC, the active
+   director's (the director whose client-facing interface holds the VIP); any other responder is
+   named ("web2 answers ARP for 10.77.0.100"). The client's neighbour entry for the VIP
+   (`ip -j neigh`) must point at the active director too.
+
+The result is a typed `VerificationResult`; a failure names the host at fault where one is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.errors import TransportError
+from reconciler.hostfacts import HostFacts
+from reconciler.models import Desired, Service
+from reconciler.verify_probe import probe_source
+
+# How many probe rounds at most before a weighted real server that got nothing is reported;
+# a hashing director spreads by source port, so one unlucky round is possible, three are not.
+MAX_ROUNDS = 3
+MAX_REQUESTS = 5000
+ARP_COUNT = 3
+_ARP_REPLY_RE = re.compile(r"reply from (\d+\.\d+\.\d+\.\d+) \[([0-9A-Fa-f:]{17})\]")
+_NO_MAC = "00:00:00:00:00:00"
+_PROBE_PRIORITY = -300  # before any director chain (the DSR backend's runs at 101 and ends in fwd)
+
+
+# --- the transport this phase needs ---------------------------------------------------------------
+
+
+class _Result(Protocol):
+    @property
+    def exit_status(self) -> int | None: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+class Runner(Protocol):
+    """The part of `reconciler.transport.SSHTransport` verification uses."""
+
+    async def run(
+        self,
+        host: str,
+        argv: tuple[str, ...],
+        /,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> Any: ...
+
+
+# --- the result -----------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+CheckKind = Literal["setup", "probe", "traffic", "director", "arp", "neighbour"]
+
+
+class VerificationFailure(_Out):
+    check: CheckKind
+    host: str | None = Field(description="the host at fault, where one is known")
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RealServerTraffic(_Out):
+    host: str
+    weight: int
+    received: int | None = Field(description="connections counted on the host; None = unknown")
+    answered: int = Field(default=0, description="replies whose body named this host")
+
+
+class ServiceTraffic(_Out):
+    cluster: str
+    service: str
+    vip: str
+    port: int
+    protocol: str
+    client: str
+    director: str | None
+    requests: int
+    ok: int
+    failed: int
+    errors: dict[str, int] = {}
+    rounds: int
+    real_servers: tuple[RealServerTraffic, ...]
+    forward_packets: int | None = Field(description="client -> VIP packets seen by the director")
+    return_packets: int | None = Field(description="VIP -> client packets seen by the director")
+
+    @property
+    def distribution(self) -> dict[str, int]:
+        """Requests per real server (counted on the host, or by the replies' bodies)."""
+        return {
+            rs.host: rs.received if rs.received is not None else rs.answered
+            for rs in self.real_servers
+        }
+
+
+class ArpResponder(_Out):
+    mac: str
+    host: str | None
+
+
+class ArpCheck(_Out):
+    client: str
+    vip: str
+    director: str | None = Field(description="the active director: it holds the VIP")
+    expected_mac: str | None
+    responders: tuple[ArpResponder, ...]
+    neighbour_mac: str | None
+    neighbour_host: str | None
+
+
+class VerificationResult(_Out):
+    ok: bool
+    revision: str = ""
+    clients: tuple[str, ...] = ()
+    services: tuple[ServiceTraffic, ...] = ()
+    arp: tuple[ArpCheck, ...] = ()
+    failures: tuple[VerificationFailure, ...] = ()
+    notes: tuple[str, ...] = ()
+    elapsed: float = 0.0
+
+    def distribution(self) -> dict[str, dict[str, int]]:
+        """`vip:port/proto (client)` -> real server -> requests."""
+        return {
+            f"{s.vip}:{s.port}/{s.protocol} ({s.client})": s.distribution for s in self.services
+        }
+
+
+# --- what the hosts look like right now -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Link:
+    name: str
+    mac: str | None
+    addresses: tuple[str, ...]
+
+
+def parse_ip_addr_json(text: str) -> list[_Link]:
+    """`ip -j addr show` -> interfaces with MAC and IPv4 addresses."""
+    links = []
+    for item in json.loads(text or "[]"):
+        addrs = tuple(
+            str(a["local"]) for a in item.get("addr_info", []) if a.get("family") == "inet"
+        )
+        mac = item.get("address")
+        links.append(_Link(str(item["ifname"]), str(mac).lower() if mac else None, addrs))
+    return links
+
+
+def parse_arping(text: str) -> list[str]:
+    """iputils `arping` output -> the replying MACs (lower case), first-seen order, no repeats."""
+    macs: list[str] = []
+    for m in _ARP_REPLY_RE.finditer(text):
+        mac = m.group(2).lower()
+        if mac not in macs:
+            macs.append(mac)
+    return macs
+
+
+def parse_neigh_json(text: str) -> str | None:
+    """`ip -j neigh show to VIP dev IF` -> the entry's MAC, or None (absent/incomplete)."""
+    for item in json.loads(text or "[]"):
+        mac = item.get("lladdr")
+        if mac:
+            return str(mac).lower()
+    return None
+
+
+def parse_counters_json(text: str) -> dict[str, int]:
+    """`nft -j list counters table ...` -> counter name -> packets."""
+    out: dict[str, int] = {}
+    for item in json.loads(text).get("nftables", []):
+        counter = item.get("counter")
+        if counter is not None:
+            out[str(counter["name"])] = int(counter["packets"])
+    return out
+
+
+# --- the probe counter tables ---------------------------------------------------------------------
+
+
+@dataclass
+class _CounterTable:
+    host: str
+    device: str
+    table: str
+    rules: list[tuple[str, str]] = field(default_factory=list)  # (counter name, match)
+    installed: bool = False
+
+    def add(self, match: str) -> str:
+        name = f"c{len(self.rules)}"
+        self.rules.append((name, match))
+        return name
+
+    def ruleset(self) -> str:
+        # Every value here is validated by the models (IPv4 addresses, ports, interface names).
+        lines = [f"table netdev {self.table} {{"]
+        lines += [f"\tcounter {name} {{ }}" for name, _ in self.rules]
+        lines += [
+            "\tchain probe {",
+            f'\t\ttype filter hook ingress device "{self.device}" priority {_PROBE_PRIORITY};'
+            " policy accept;",
+        ]
+        lines += [f'\t\t{match} counter name "{name}"' for name, match in self.rules]
+        lines += ["\t}", "}", ""]
+        return "\n".join(lines)
+
+
+def _to_vip(client_addr: str, svc: Service, *, syn_only: bool) -> str:
+    base = f"ip saddr {client_addr} ip daddr {svc.vip} {svc.protocol} dport {svc.port}"
+    if svc.protocol == "tcp" and syn_only:
+        # One connection = one SYN; counting SYNs counts requests, not packets.
+        return base + " tcp flags & (syn | ack) == syn"
+    return base
+
+
+def _from_vip(client_addr: str, svc: Service) -> str:
+    return f"ip saddr {svc.vip} ip daddr {client_addr} {svc.protocol} sport {svc.port}"
+
+
+# --- the phase ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    cluster: str
+    svc: Service
+    client: str
+    director: str | None
+    rs_counters: dict[str, tuple[str, str]]  # real server -> (host, counter)
+    fwd_counter: str | None = None
+    ret_counter: str | None = None
+
+
+class _Verifier:
+    def __init__(
+        self,
+        desired: Desired,
+        transport: Runner,
+        facts: Mapping[str, HostFacts] | None,
+        clusters: Iterable[str] | None,
+    ) -> None:
+        self.desired = desired
+        self.t = transport
+        self.facts = facts or {}
+        self.cfg = desired.settings.verify
+        names = list(clusters) if clusters is not None else list(desired.clusters)
+        self.clusters = {n: desired.clusters[n] for n in names}
+        self.failures: list[VerificationFailure] = []
+        self.notes: list[str] = []
+        self.links: dict[str, list[_Link]] = {}
+        self.run_id = secrets.token_hex(4)
+        self.tables: dict[str, _CounterTable] = {}
+
+    # -- helpers
+
+    def fail(self, check: CheckKind, host: str | None, message: str) -> None:
+        self.failures.append(VerificationFailure(check=check, host=host, message=message))
+
+    def iface(self, host: str) -> str:
+        return self.desired.inventory.hosts[host].interface
+
+    def addr(self, host: str) -> str:
+        return self.desired.inventory.hosts[host].address
+
+    async def run(
+        self, host: str, argv: Sequence[str], *, input: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int | None, str, str]:
+        res = await self.t.run(host, tuple(argv), input=input, timeout=timeout, check=False)
+        return res.exit_status, str(res.stdout), str(res.stderr)
+
+    def mac_owner(self, mac: str) -> str | None:
+        for host, links in self.links.items():
+            if any(link.mac == mac for link in links):
+                return host
+        for host, hf in self.facts.items():
+            if hf.interfaces.known and any(
+                (i.mac or "").lower() == mac for i in hf.interfaces.value or ()
+            ):
+                return host
+        return None
+
+    def host_mac(self, host: str) -> str | None:
+        for link in self.links.get(host, []):
+            if link.name == self.iface(host):
+                return link.mac
+        return None
+
+    # -- step 1: what holds what
+
+    async def inspect(self, hosts: Iterable[str]) -> None:
+        async def one(host: str) -> None:
+            try:
+                rc, out, err = await self.run(host, ("ip", "-j", "addr", "show"))
+            except TransportError as exc:
+                self.fail("setup", host, f"{host} cannot be inspected: {exc}")
+                return
+            if rc != 0:
+                self.fail("setup", host, f"{host}: ip -j addr show failed: {err.strip()}")
+                return
+            self.links[host] = parse_ip_addr_json(out)
+
+        await asyncio.gather(*(one(h) for h in sorted(set(hosts))))
+
+    def active_director(self, cluster: str, vip: str) -> str | None:
+        header = self.clusters[cluster].cluster
+        holders = [
+            d
+            for d in header.directors
+            if any(
+                link.name == self.iface(d) and vip in link.addresses
+                for link in self.links.get(d, [])
+            )
+        ]
+        if len(holders) == 1:
+            return holders[0]
+        if not holders:
+            unknown = [d for d in header.directors if d not in self.links]
+            if not unknown:
+                self.fail(
+                    "director",
+                    header.primary,
+                    f"no director of cluster {cluster} holds {vip} "
+                    f"(checked {', '.join(header.directors)})",
+                )
+        else:
+            self.fail(
+                "director",
+                holders[-1],
+                f"{' and '.join(holders)} all hold {vip}: only the active director may",
+            )
+        return None
+
+    # -- step 2: counters
+
+    def table_for(self, host: str) -> _CounterTable:
+        if host not in self.tables:
+            self.tables[host] = _CounterTable(
+                host, self.iface(host), f"shoal_verify_{self.run_id}"
+            )
+        return self.tables[host]
+
+    async def install_tables(self) -> None:
+        async def one(tab: _CounterTable) -> None:
+            try:
+                rc, _, err = await self.run(tab.host, ("nft", "-f", "-"), input=tab.ruleset())
+            except TransportError as exc:
+                self.notes.append(f"{tab.host}: cannot count arrivals: {exc}")
+                return
+            if rc == 0:
+                tab.installed = True
+            else:
+                self.notes.append(f"{tab.host}: cannot count arrivals (nft): {err.strip()}")
+
+        await asyncio.gather(*(one(t) for t in self.tables.values()))
+
+    async def read_counters(self, host: str) -> dict[str, int] | None:
+        tab = self.tables.get(host)
+        if tab is None or not tab.installed:
+            return None
+        try:
+            rc, out, _ = await self.run(
+                host, ("nft", "-j", "list", "counters", "table", "netdev", tab.table)
+            )
+        except TransportError:
+            return None
+        return parse_counters_json(out) if rc == 0 else None
+
+    async def remove_tables(self) -> None:
+        async def one(tab: _CounterTable) -> None:
+            try:
+                rc, _, err = await self.run(
+                    tab.host, ("nft", "delete", "table", "netdev", tab.table)
+                )
+            except TransportError as exc:
+                self.notes.append(f"{tab.host}: probe table {tab.table} left behind: {exc}")
+                return
+            if rc != 0:
+                self.notes.append(f"{tab.host}: probe table {tab.table} left behind: {err}")
+
+        await asyncio.gather(*(one(t) for t in self.tables.values() if t.installed))
+
+    # -- step 3: traffic
+
+    def request_count(self, svc: Service) -> int:
+        weights = [rs.weight for rs in svc.real_servers if rs.weight > 0]
+        # Enough that the lightest server expects `requests_per_server` of them.
+        total = self.cfg.requests_per_server * math.ceil(sum(weights) / min(weights))
+        return min(total, MAX_REQUESTS)
+
+    async def probe(self, client: str, svc: Service, count: int) -> dict[str, Any] | None:
+        argv = [
+            "python3", "-", "--vip", svc.vip, "--port", str(svc.port),
+            "--protocol", svc.protocol, "--count", str(count),
+            "--timeout", str(self.cfg.timeout),
+            "--max-failures", str(max(3, count // 10)),
+            "--deadline", str(self.deadline(count)),
+        ]
+        if svc.protocol == "tcp" and svc.check.type == "http":
+            argv += ["--http", svc.check.path]
+        try:
+            rc, out, err = await self.run(
+                client, argv, input=probe_source(), timeout=self.deadline(count) + 30
+            )
+        except TransportError as exc:
+            self.fail("probe", client, f"{client} cannot send requests: {exc}")
+            return None
+        if rc != 0:
+            self.fail("probe", client, f"{client}: the probe failed: {err.strip()[-400:]}")
+            return None
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def deadline(self, count: int) -> float:
+        return min(600.0, 10.0 + count * 0.2)
+
+    async def traffic(self, job: _Job) -> ServiceTraffic:
+        svc = job.svc
+        count = self.request_count(svc)
+        weighted = {rs.host for rs in svc.real_servers if rs.weight > 0}
+        totals: dict[str, int] = {}
+        answered: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        requests = ok = failed = rounds = 0
+        received: dict[str, int | None] = {}
+        while rounds < MAX_ROUNDS:
+            rounds += 1
+            res = await self.probe(job.client, svc, count)
+            if res is None:
+                break
+            requests += int(res["requested"])
+            ok += int(res["ok"])
+            failed += int(res["failed"])
+            for k, v in res["errors"].items():
+                errors[k] = errors.get(k, 0) + int(v)
+            for k, v in res["answered_by"].items():
+                totals[k] = totals.get(k, 0) + int(v)
+            received = await self.rs_received(job)
+            answered = {rs.host: totals.get(rs.host, 0) for rs in svc.real_servers}
+            missing = [
+                h for h in weighted
+                if (received.get(h) if received.get(h) is not None else answered[h]) == 0
+            ]
+            if failed or not missing:
+                break
+        fwd = ret = None
+        if job.director is not None and (job.fwd_counter or job.ret_counter):
+            counters = await self.read_counters(job.director)
+            if counters is not None:
+                fwd = counters.get(job.fwd_counter or "")
+                ret = counters.get(job.ret_counter or "")
+        return ServiceTraffic(
+            cluster=job.cluster,
+            service=svc.name,
+            vip=svc.vip,
+            port=svc.port,
+            protocol=svc.protocol,
+            client=job.client,
+            director=job.director,
+            requests=requests,
+            ok=ok,
+            failed=failed,
+            errors=errors,
+            rounds=rounds,
+            real_servers=tuple(
+                RealServerTraffic(
+                    host=rs.host,
+                    weight=rs.weight,
+                    received=received.get(rs.host),
+                    answered=answered.get(rs.host, 0),
+                )
+                for rs in svc.real_servers
+            ),
+            forward_packets=fwd,
+            return_packets=ret,
+        )
+
+    async def rs_received(self, job: _Job) -> dict[str, int | None]:
+        hosts = sorted({h for h, _ in job.rs_counters.values()})
+        read = await asyncio.gather(*(self.read_counters(h) for h in hosts))
+        by_host = dict(zip(hosts, read, strict=True))
+        out: dict[str, int | None] = {}
+        for rs, (host, counter) in job.rs_counters.items():
+            counters = by_host[host]
+            out[rs] = counters.get(counter) if counters is not None else None
+        return out
+
+    def judge_traffic(self, t: ServiceTraffic) -> None:
+        where = f"{t.service} {t.vip}:{t.port}/{t.protocol}"
+        if t.failed:
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(t.errors.items()))
+            self.fail(
+                "traffic",
+                None,
+                f"{t.client}: {t.failed} of {t.requests} requests to {where} failed ({detail})",
+            )
+        for rs in t.real_servers:
+            got = rs.received if rs.received is not None else rs.answered
+            if rs.weight > 0 and got == 0 and t.ok:
+                self.fail(
+                    "traffic",
+                    rs.host,
+                    f"{rs.host} (weight {rs.weight}) received none of {t.requests} requests to "
+                    f"{where} from {t.client}",
+                )
+            if rs.weight == 0 and got:
+                self.fail(
+                    "traffic",
+                    rs.host,
+                    f"{rs.host} has weight 0 but received {got} requests to {where}",
+                )
+        if t.director is not None and t.return_packets:
+            self.fail(
+                "traffic",
+                t.director,
+                f"replies from {where} to {t.client} passed through the director {t.director} "
+                f"({t.return_packets} packets): the real servers do not answer directly",
+            )
+        if t.director is not None and t.forward_packets == 0 and t.ok:
+            self.fail(
+                "traffic",
+                None,
+                f"requests from {t.client} to {where} did not pass through the active director "
+                f"{t.director}",
+            )
+
+    # -- step 4: ARP
+
+    async def arp(self, client: str, cluster: str, vip: str, director: str | None) -> ArpCheck:
+        iface = self.iface(client)
+        responders: list[ArpResponder] = []
+        neighbour: str | None = None
+        try:
+            rc, out, err = await self.run(
+                client,
+                # -b: iputils switches to unicast after the first reply, so a second responder
+                # would be asked only once; broadcasting every request asks every host each time.
+                ("arping", "-b", "-c", str(ARP_COUNT), "-I", iface, vip),
+                timeout=ARP_COUNT + 20,
+            )
+            if rc not in (0, 1) or (rc == 1 and "reply from" not in out and err.strip()):
+                self.fail("arp", client, f"{client}: arping {vip} failed: {err.strip()}")
+            for mac in parse_arping(out):
+                responders.append(ArpResponder(mac=mac, host=self.mac_owner(mac)))
+            rc, out, err = await self.run(
+                client, ("ip", "-j", "neigh", "show", "to", vip, "dev", iface)
+            )
+            neighbour = parse_neigh_json(out) if rc == 0 else None
+        except TransportError as exc:
+            self.fail("arp", client, f"{client} cannot probe ARP: {exc}")
+        expected = self.host_mac(director) if director else None
+        check = ArpCheck(
+            client=client,
+            vip=vip,
+            director=director,
+            expected_mac=expected,
+            responders=tuple(responders),
+            neighbour_mac=neighbour,
+            neighbour_host=self.mac_owner(neighbour) if neighbour else None,
+        )
+        if not responders:
+            self.fail(
+                "arp", director, f"nobody answers ARP for {vip} (asked from {client}): VIP is down"
+            )
+        for r in responders:
+            if expected is None or r.mac != expected:
+                who = r.host or f"an unknown host ({r.mac})"
+                if r.host is not None and r.host == director:
+                    continue
+                self.fail("arp", r.host, f"{who} answers ARP for {vip}")
+        if expected is not None and check.neighbour_mac not in (None, expected):
+            who = check.neighbour_host or "an unknown host"
+            self.fail(
+                "neighbour",
+                check.neighbour_host,
+                f"{client}'s neighbour entry for {vip} points at {who} "
+                f"({check.neighbour_mac}), not at the active director {director}",
+            )
+        return check
+
+
+async def verify_desired(
+    desired: Desired,
+    transport: Runner,
+    facts: Mapping[str, HostFacts] | None = None,
+    *,
+    clusters: Iterable[str] | None = None,
+) -> VerificationResult:
+    """Verify every cluster of `desired` (or `clusters`) from the configured client hosts.
+
+    `facts` (from the last gathering) are used only to name a MAC that no inspected host has.
+    Never raises for a host that misbehaves: that is a failure in the result.
+    """
+    started = time.monotonic()
+    v = _Verifier(desired, transport, facts, clusters)
+    if not v.cfg.enabled:
+        return VerificationResult(ok=True, revision=desired.revision,
+                                  notes=("verification is disabled in shoal.toml",))
+    clients = tuple(v.cfg.clients)
+    if not clients:
+        return VerificationResult(
+            ok=True,
+            revision=desired.revision,
+            notes=("no verify.clients in shoal.toml: nothing was verified",),
+        )
+    hosts: set[str] = set(clients)
+    for cl in v.clusters.values():
+        hosts.update(cl.cluster.directors)
+        for svc in cl.services:
+            hosts.update(rs.host for rs in svc.real_servers)
+    await v.inspect(hosts)
+
+    jobs: list[_Job] = []
+    vips: dict[tuple[str, str], str | None] = {}  # (cluster, vip) -> active director
+    for cname, cl in v.clusters.items():
+        for svc in cl.services:
+            key = (cname, svc.vip)
+            if key not in vips:
+                vips[key] = v.active_director(cname, svc.vip)
+            director = vips[key]
+            if not any(rs.weight > 0 for rs in svc.real_servers):
+                v.notes.append(f"{svc.name} {svc.vip}:{svc.port}: no real server has weight > 0")
+                continue
+            for client in clients:
+                caddr = v.addr(client)
+                job = _Job(cname, svc, client, director, {})
+                for rs in svc.real_servers:
+                    job.rs_counters[rs.host] = (
+                        rs.host,
+                        v.table_for(rs.host).add(_to_vip(caddr, svc, syn_only=True)),
+                    )
+                if director is not None:
+                    tab = v.table_for(director)
+                    job.fwd_counter = tab.add(_to_vip(caddr, svc, syn_only=False))
+                    job.ret_counter = tab.add(_from_vip(caddr, svc))
+                jobs.append(job)
+
+    services: list[ServiceTraffic] = []
+    arp_checks: list[ArpCheck] = []
+    reachable_clients = [c for c in clients if c in v.links]
+    try:
+        await v.install_tables()
+        for job in jobs:
+            if job.client not in reachable_clients:
+                continue
+            traffic = await v.traffic(job)
+            v.judge_traffic(traffic)
+            services.append(traffic)
+        arp_checks = list(
+            await asyncio.gather(
+                *(
+                    v.arp(client, cname, vip, director)
+                    for (cname, vip), director in sorted(vips.items())
+                    for client in reachable_clients
+                )
+            )
+        )
+    finally:
+        await v.remove_tables()
+    return VerificationResult(
+        ok=not v.failures,
+        revision=desired.revision,
+        clients=clients,
+        services=tuple(services),
+        arp=tuple(arp_checks),
+        failures=tuple(v.failures),
+        notes=tuple(v.notes),
+        elapsed=round(time.monotonic() - started, 3),
+    )

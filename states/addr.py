@@ -1,0 +1,115 @@
+"""`addr.present` / `addr.absent`: one IPv4 address on one interface (`ip addr add|del`).
+
+A VIP is added as /32: on `lo` for the sysctl ARP method, on the client-facing interface for
+the arptables and nft-arp methods (whose rules already silence it). `ip addr add` sends no
+gratuitous ARP, and neither add nor del is idempotent, so both are planned only from the facts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from reconciler.models import InterfaceName, IPv4
+from reconciler.steps import LowState
+from states.base import Claim, PlanContext, StateResult
+from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+
+FUNCTION = "addr.present"
+_KEY_RE = re.compile(r"^(?P<address>[0-9.]+)/(?P<prefix>[0-9]{1,2}) dev (?P<interface>\S+)$")
+
+
+class AddrArgs(Args):
+    address: IPv4
+    prefix: int = Field(default=32, ge=1, le=32)
+    interface: InterfaceName
+
+
+class AddrAbsentArgs(Args):
+    key: str
+
+
+def key_of(args: AddrArgs) -> str:
+    return f"{args.address}/{args.prefix} dev {args.interface}"
+
+
+def ledger_key(args: Mapping[str, Any]) -> str:
+    return key_of(AddrArgs.model_validate(args))
+
+
+def _from_key(key: str) -> AddrArgs | None:
+    """The address a ledger key names, or None if it is not a key this module writes."""
+    m = _KEY_RE.match(key)
+    if m is None:
+        return None
+    try:
+        args = AddrArgs.model_validate(m.groupdict())
+    except ValidationError:
+        return None
+    return args if key_of(args) == key else None
+
+
+def _argv(verb: str, args: AddrArgs) -> tuple[str, ...]:
+    return ("ip", "addr", verb, f"{args.address}/{args.prefix}", "dev", args.interface)
+
+
+def _state(low: LowState, ctx: PlanContext, args: AddrArgs) -> bool | None:
+    """Whether the address is on the interface; None if the interface does not exist."""
+    interfaces = known(host_facts(low, ctx).interfaces, "interfaces")
+    for iface in interfaces:
+        if iface.name == args.interface:
+            return any(
+                a.address == args.address and a.prefix == args.prefix for a in iface.addresses
+            )
+    return None
+
+
+def present(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(AddrArgs, low)
+    try:
+        state = _state(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan {key_of(args)}: {exc.reason}")
+    if state is None:
+        return skip(low, f"cannot plan {key_of(args)}: interface {args.interface} does not exist")
+    if state:
+        return StateResult()
+    step = make_step(
+        low,
+        "add",
+        "addr",
+        f"add {args.address}/{args.prefix} to {args.interface}",
+        before=None,
+        after=key_of(args),
+        commands=(_argv("add", args),),
+        undo=(_argv("del", args),),
+    )
+    return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
+
+
+def absent(low: LowState, ctx: PlanContext) -> StateResult:
+    key = parse_args(AddrAbsentArgs, low).key
+    args = _from_key(key)
+    if args is None:
+        return skip(low, f"not removing address {key!r}: not a key shoal writes")
+    try:
+        state = _state(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"not removing {key_of(args)}: {exc.reason}")
+    release = (Claim(FUNCTION, key_of(args)),)
+    if not state:  # gone already, or its interface is
+        return StateResult(releases=release)
+    step = make_step(
+        low,
+        "delete",
+        "addr",
+        f"remove {args.address}/{args.prefix} from {args.interface}",
+        before=key_of(args),
+        after=None,
+        commands=(_argv("del", args),),
+        undo=(_argv("add", args),),
+    )
+    return StateResult(steps=(step,), releases=release)

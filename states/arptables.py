@@ -1,0 +1,162 @@
+"""`arptables.rule_present` / `arptables.rule_absent`: one arptables rule, modern chain names.
+
+Real servers using the arptables ARP method get two rules per VIP (research notes, 4.4):
+`-A INPUT -d VIP -j DROP` and `-A OUTPUT -s VIP -j mangle --mangle-ip-s RIP`. The 2005
+HOWTO's `IN`/`OUT` chains fail on arptables 0.0.5 and arptables-nft, and its `-d` form of the
+OUTPUT rule leaks the VIP as ARP sender. `-A` appends duplicates and legacy arptables has no
+`-C`, so the comparison is against the parsed canonical rules from the facts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ValidationError, model_validator
+
+from reconciler.hostfacts import ArpRule
+from reconciler.models import IPv4
+from reconciler.steps import LowState
+from states.base import Claim, PlanContext, StateResult
+from states.common import (
+    Args,
+    FactUnknown,
+    host_facts,
+    known,
+    make_step,
+    parse_args,
+    skip,
+    strip_host_prefix,
+    tool_missing,
+)
+
+FUNCTION = "arptables.rule_present"
+
+
+class ArpRuleArgs(Args):
+    chain: Literal["INPUT", "OUTPUT"]
+    target: Literal["DROP", "mangle"]
+    source: IPv4 | None = None
+    destination: IPv4 | None = None
+    mangle_ip_s: IPv4 | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArpRuleArgs:
+        if self.source is None and self.destination is None:
+            raise ValueError("an ARP rule must match a source or a destination address")
+        if (self.target == "mangle") != (self.mangle_ip_s is not None):
+            raise ValueError("mangle_ip_s goes with target mangle, and only with it")
+        if self.target == "mangle" and self.chain != "OUTPUT":
+            raise ValueError("the mangle target belongs in the OUTPUT chain")
+        return self
+
+
+class ArpRuleAbsentArgs(Args):
+    key: str
+
+
+def spec(args: ArpRuleArgs) -> tuple[str, ...]:
+    """The rule after `-A`/`-D`: chain, matches, target, target options."""
+    out: list[str] = [args.chain]
+    if args.source:
+        out += ["-s", args.source]
+    if args.destination:
+        out += ["-d", args.destination]
+    out += ["-j", args.target]
+    if args.mangle_ip_s:
+        out += ["--mangle-ip-s", args.mangle_ip_s]
+    return tuple(out)
+
+
+def key_of(args: ArpRuleArgs) -> str:
+    return shlex.join(spec(args))
+
+
+def ledger_key(args: Mapping[str, Any]) -> str:
+    return key_of(ArpRuleArgs.model_validate(args))
+
+
+_FLAGS = {"-s": "source", "-d": "destination", "-j": "target", "--mangle-ip-s": "mangle_ip_s"}
+
+
+def _from_key(key: str) -> ArpRuleArgs | None:
+    """The rule a ledger key names, or None if it is not a key this module writes."""
+    words = shlex.split(key)
+    if len(words) % 2 != 1:
+        return None
+    fields: dict[str, Any] = {"chain": words[0]}
+    for flag, value in zip(words[1::2], words[2::2], strict=True):
+        fields[_FLAGS.get(flag, flag)] = value
+    try:
+        args = ArpRuleArgs.model_validate(fields)
+    except ValidationError:
+        return None
+    return args if key_of(args) == key else None
+
+
+def matches(rule: ArpRule, args: ArpRuleArgs) -> bool:
+    """Whether a parsed rule is exactly this rule (no extra interface or opcode match)."""
+    return (
+        rule.chain == args.chain
+        and rule.target.lower() == args.target.lower()
+        and strip_host_prefix(rule.source_ip) == args.source
+        and strip_host_prefix(rule.destination_ip) == args.destination
+        and strip_host_prefix(rule.mangle_ip_s) == args.mangle_ip_s
+        and rule.interface_in is None
+        and rule.interface_out is None
+        and rule.opcode is None
+    )
+
+
+def _count(low: LowState, ctx: PlanContext, args: ArpRuleArgs) -> int:
+    facts = host_facts(low, ctx)
+    if not facts.arptables.known and tool_missing(facts, "arptables"):
+        return 0  # no arptables, so no rule: installing it comes first (pkg.installed)
+    rules = known(facts.arptables, "arptables rules").rules
+    return sum(1 for r in rules if matches(r, args))
+
+
+def present(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(ArpRuleArgs, low)
+    try:
+        count = _count(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan arptables {key_of(args)}: {exc.reason}")
+    if count:
+        return StateResult()
+    step = make_step(
+        low,
+        "add",
+        "arp",
+        f"add arptables rule {key_of(args)}",
+        after=f"-A {key_of(args)}",
+        commands=(("arptables", "-A", *spec(args)),),
+        undo=(("arptables", "-D", *spec(args)),),
+    )
+    return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
+
+
+def absent(low: LowState, ctx: PlanContext) -> StateResult:
+    key = parse_args(ArpRuleAbsentArgs, low).key
+    args = _from_key(key)
+    if args is None:
+        return skip(low, f"not removing arptables rule {key!r}: not a key shoal writes")
+    try:
+        count = _count(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"not removing arptables {key_of(args)}: {exc.reason}")
+    release = (Claim(FUNCTION, key_of(args)),)
+    if not count:
+        return StateResult(releases=release)
+    # -D removes one instance; a rule appended twice (by hand) needs two.
+    step = make_step(
+        low,
+        "delete",
+        "arp",
+        f"remove arptables rule {key_of(args)}",
+        before="\n".join([f"-A {key_of(args)}"] * count),
+        commands=tuple(("arptables", "-D", *spec(args)) for _ in range(count)),
+        undo=tuple(("arptables", "-A", *spec(args)) for _ in range(count)),
+    )
+    return StateResult(steps=(step,), releases=release)

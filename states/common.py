@@ -1,0 +1,115 @@
+"""Helpers every state module shares: argument parsing, fact access, step and skip builders.
+
+Nothing here knows a subsystem. A state module parses its low state's args with `parse_args`
+(bad args from a `[[state]]` become DesiredStateInvalid, located at the low state's origin),
+reads facts with `known` (an unknown fact raises FactUnknown, which the module turns into a
+SkippedRemoval with the reason), and builds Steps whose ids follow "<host>/<state id>/<action>".
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from reconciler.errors import ConfigIssue, DesiredStateInvalid
+from reconciler.hostfacts import Fact, HostFacts
+from reconciler.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step, Subsystem
+from states.base import PlanContext, StateResult
+
+A = TypeVar("A", bound=BaseModel)
+T = TypeVar("T")
+
+
+class Args(BaseModel):
+    """Base of every state's argument model: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FactUnknown(Exception):
+    """A fact a state needs could not be read; the state skips and says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def parse_args(model: type[A], low: LowState) -> A:
+    """Validate a low state's args; a bad `[[state]]` is an invalid desired state."""
+    try:
+        return model.model_validate(low.args)
+    except ValidationError as exc:
+        issues = [
+            ConfigIssue(
+                file=low.origin,
+                key_path=".".join(str(p) for p in ("args", *err["loc"])),
+                message=f"{low.function} {low.id!r} on {low.host}: {err['msg']}",
+            )
+            for err in exc.errors()
+        ]
+        raise DesiredStateInvalid(issues) from None
+
+
+def host_facts(low: LowState, ctx: PlanContext) -> HostFacts:
+    facts = ctx.facts.get(low.host)
+    if facts is None:
+        raise FactUnknown(f"no facts were gathered for {low.host}")
+    return facts
+
+
+def known(fact: Fact[T], what: str) -> T:
+    """The value of a known fact; FactUnknown (naming `what`) otherwise."""
+    if not fact.known or fact.value is None:
+        raise FactUnknown(f"{what} unknown: {fact.unknown_reason or 'no value'}")
+    return fact.value
+
+
+def tool_missing(facts: HostFacts, tool: str) -> bool:
+    """True only when the facts say for sure that `tool` is not installed."""
+    if not facts.tools.known or facts.tools.value is None:
+        return False
+    return facts.tools.value.get(tool) is False
+
+
+def skip(low: LowState, reason: str) -> StateResult:
+    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+
+
+def step_id(low: LowState, action: str) -> str:
+    return f"{low.host}/{low.id}/{action}"
+
+
+def make_step(
+    low: LowState,
+    action: str,
+    subsystem: Subsystem,
+    description: str,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+    commands: tuple[Argv, ...] = (),
+    undo: tuple[Argv, ...] = (),
+    writes: tuple[FileWrite, ...] = (),
+) -> Step:
+    """A step of `low`; the planner fills `require` from the low states' requisites."""
+    return Step(
+        id=step_id(low, action),
+        host=low.host,
+        state_id=low.id,
+        function=low.function,
+        subsystem=subsystem,
+        phase=low.phase,
+        description=description,
+        change=Change(before=before, after=after),
+        commands=commands,
+        undo=undo,
+        writes=writes,
+    )
+
+
+def strip_host_prefix(address: str | None) -> str | None:
+    """Tools print a single address as `A`, `A/32` or (legacy arptables) `0.0.0.0/0` for none."""
+    if address is None or address in ("0.0.0.0/0", ""):
+        return None
+    return address.removesuffix("/32")

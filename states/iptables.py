@@ -1,0 +1,147 @@
+"""`iptables.rule_present` / `iptables.rule_absent`: one nat-table REDIRECT rule.
+
+The redirect ARP method never puts the VIP on the real server: a `-t nat PREROUTING` REDIRECT
+rule per VIP, port and protocol makes the director's packets local. The argv is written in the
+form `iptables-save` prints back (`/32` added, `-m tcp` inserted; research notes 4.5), so the
+canonical rule from the facts compares equal.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from reconciler.models import IPv4, Port
+from reconciler.steps import LowState
+from states.base import Claim, PlanContext, StateResult
+from states.common import (
+    Args,
+    FactUnknown,
+    host_facts,
+    known,
+    make_step,
+    parse_args,
+    skip,
+    tool_missing,
+)
+
+FUNCTION = "iptables.rule_present"
+
+
+class RedirectArgs(Args):
+    table: Literal["nat"] = "nat"
+    chain: Literal["PREROUTING"] = "PREROUTING"
+    destination: IPv4
+    protocol: Literal["tcp", "udp"]
+    dport: Port
+    target: Literal["REDIRECT"] = "REDIRECT"
+    to_ports: Port | None = None
+
+
+class RedirectAbsentArgs(Args):
+    key: str
+
+
+def spec(args: RedirectArgs) -> tuple[str, ...]:
+    """The canonical rule after `-A CHAIN`, as iptables-save prints it."""
+    out = [
+        "-d", f"{args.destination}/32",
+        "-p", args.protocol,
+        "-m", args.protocol,
+        "--dport", str(args.dport),
+        "-j", args.target,
+    ]  # fmt: skip
+    if args.to_ports is not None:
+        out += ["--to-ports", str(args.to_ports)]
+    return tuple(out)
+
+
+def key_of(args: RedirectArgs) -> str:
+    return shlex.join((args.table, args.chain, *spec(args)))
+
+
+def ledger_key(args: Mapping[str, Any]) -> str:
+    return key_of(RedirectArgs.model_validate(args))
+
+
+_FLAGS = {"-d": "destination", "-p": "protocol", "--dport": "dport", "-j": "target",
+          "--to-ports": "to_ports"}  # fmt: skip
+
+
+def _from_key(key: str) -> RedirectArgs | None:
+    """The rule a ledger key names, or None if it is not a key this module writes."""
+    words = shlex.split(key)
+    if len(words) < 2 or len(words) % 2:
+        return None
+    fields: dict[str, Any] = {"table": words[0], "chain": words[1]}
+    for flag, value in zip(words[2::2], words[3::2], strict=True):
+        if flag != "-m":  # implied by -p
+            fields[_FLAGS.get(flag, flag)] = value
+    if isinstance(fields.get("destination"), str):
+        fields["destination"] = fields["destination"].removesuffix("/32")
+    try:
+        args = RedirectArgs.model_validate(fields)
+    except ValidationError:
+        return None
+    # Deleting "almost this rule" is not ours to do: the key must be exactly what we write.
+    return args if key_of(args) == key else None
+
+
+def _count(low: LowState, ctx: PlanContext, args: RedirectArgs) -> int:
+    facts = host_facts(low, ctx)
+    if not facts.iptables_nat.known and tool_missing(facts, "iptables"):
+        return 0
+    rules = known(facts.iptables_nat, "iptables nat rules").rules
+    return sum(1 for r in rules if r.chain == args.chain and tuple(r.spec) == spec(args))
+
+
+def _argv(verb: str, args: RedirectArgs) -> tuple[str, ...]:
+    return ("iptables", "-t", args.table, verb, args.chain, *spec(args))
+
+
+def present(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(RedirectArgs, low)
+    try:
+        count = _count(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan iptables {key_of(args)}: {exc.reason}")
+    if count:
+        return StateResult()
+    step = make_step(
+        low,
+        "add",
+        "iptables",
+        f"redirect {args.protocol} {args.destination}:{args.dport} to the local host",
+        after=f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}",
+        commands=(_argv("-A", args),),
+        undo=(_argv("-D", args),),
+    )
+    return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
+
+
+def absent(low: LowState, ctx: PlanContext) -> StateResult:
+    key = parse_args(RedirectAbsentArgs, low).key
+    args = _from_key(key)
+    if args is None:
+        return skip(low, f"not removing iptables rule {key!r}: not a key shoal writes")
+    try:
+        count = _count(low, ctx, args)
+    except FactUnknown as exc:
+        return skip(low, f"not removing iptables {key_of(args)}: {exc.reason}")
+    release = (Claim(FUNCTION, key_of(args)),)
+    if not count:
+        return StateResult(releases=release)
+    line = f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}"
+    step = make_step(
+        low,
+        "delete",
+        "iptables",
+        f"remove the redirect of {args.protocol} {args.destination}:{args.dport}",
+        before="\n".join([line] * count),
+        commands=tuple(_argv("-D", args) for _ in range(count)),
+        undo=tuple(_argv("-A", args) for _ in range(count)),
+    )
+    return StateResult(steps=(step,), releases=release)

@@ -1,0 +1,291 @@
+"""The `keepalived` director backend: render keepalived.conf and plan `keepalived.config`.
+
+keepalived owns the IPVS table and the VIPs (VRRP) on a keepalived director, so shoal manages
+only its config file: render (deterministic, sorted), validate on the host with
+`keepalived -t -f TMP` (exit 0 required), install, and reload only when the content changed.
+
+Facts that shape the output (research notes, section 2):
+- `lb_kind DR` is written explicitly and in upper case; a missing or lower-case method is NAT.
+- No `vrrp_strict`: it installs DROP rules for the VIPs. No scripts, so script security is moot
+  and `keepalived -t` returns 0.
+- The VIPs are `/32` on the director's interface: a /32 adds no prefix route and never becomes a
+  secondary of the interface's own subnet (removing a primary deletes its secondaries).
+- A SIGHUP deletes real servers missing from the new file at once, without draining; so a real
+  server that leaves is first rendered at weight 0 (a "drain" config), the executor waits for its
+  connections, and only then is the final file installed (both in one plan).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from reconciler.hostfacts import HostFacts
+from reconciler.models import Cluster, Desired, Service
+from reconciler.steps import Argv, Change, DrainWait, FileWrite, LowState, SkippedRemoval, Step
+from states.base import PlanContext, StateResult
+
+FUNCTION = "keepalived.config"
+CONF_PATH = "/etc/keepalived/keepalived.conf"
+# Only where no service manager runs keepalived; private to the host's /var/lib, which the lab
+# gives every host (its /run may be shared).
+PID_DIR = "/var/lib/shoal/keepalived"
+
+# Decided on the host at apply time: systemd as PID 1 -> systemctl; else SIGHUP through the pid
+# file when that process is alive; else start keepalived. Every value is a positional parameter.
+_RELOAD_SCRIPT = (
+    "conf=$1; dir=$2; "
+    "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then "
+    "exec systemctl reload-or-restart keepalived; fi; "
+    'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
+    'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exec kill -HUP "$pid"; fi; '
+    'mkdir -p "$dir" && exec keepalived -f "$conf" -p "$dir/keepalived.pid" '
+    '-r "$dir/vrrp.pid" -c "$dir/checkers.pid"'
+)
+
+
+def reload_argv(path: str = CONF_PATH) -> Argv:
+    return ("sh", "-c", _RELOAD_SCRIPT, "sh", path, PID_DIR)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _ip_key(ip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ip.split("."))
+
+
+def rs_key(protocol: str, vip: str, port: int, address: str) -> str:
+    """Ledger key of a real server in keepalived.conf (same shape as the IPVS destination key)."""
+    return f"{protocol} {vip}:{port} {address}:{port}"
+
+
+def parse_rs_key(key: str) -> tuple[str, str, int, str] | None:
+    try:
+        protocol, svc, rs = key.split(" ")
+        vip, port = svc.rsplit(":", 1)
+        address = rs.rsplit(":", 1)[0]
+        return protocol, vip, int(port), address
+    except ValueError:
+        return None
+
+
+def keepalived_clusters(desired: Desired, director: str) -> list[Cluster]:
+    return [
+        desired.clusters[n]
+        for n in sorted(desired.clusters)
+        if desired.clusters[n].cluster.director == "keepalived"
+        and director in desired.clusters[n].cluster.directors
+    ]
+
+
+def desired_rs_keys(desired: Desired, director: str) -> set[str]:
+    out = set()
+    for cl in keepalived_clusters(desired, director):
+        for svc in cl.services:
+            for rs in svc.real_servers:
+                address = desired.inventory.hosts[rs.host].address
+                out.add(rs_key(svc.protocol, svc.vip, svc.port, address))
+    return out
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def _checker(svc: Service, indent: str) -> list[str]:
+    c = svc.check
+    i2 = indent + "    "
+    if c.type == "none":
+        return []
+    if c.type == "http":
+        return [
+            f"{indent}HTTP_GET {{",
+            f"{i2}url {{",
+            f"{i2}    path {c.path}",
+            f"{i2}    status_code {c.expect}",
+            f"{i2}}}",
+            f"{i2}connect_port {svc.port}",
+            f"{i2}connect_timeout {c.timeout}",
+            f"{indent}}}",
+        ]
+    kind = "UDP_CHECK" if svc.protocol == "udp" else "TCP_CHECK"
+    return [
+        f"{indent}{kind} {{",
+        f"{i2}connect_port {svc.port}",
+        f"{i2}connect_timeout {c.timeout}",
+        f"{indent}}}",
+    ]
+
+
+def _real_server(address: str, port: int, weight: int, checker: list[str]) -> list[str]:
+    return [f"    real_server {address} {port} {{", f"        weight {weight}", *checker, "    }"]
+
+
+def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[str] = ()) -> str:
+    """keepalived.conf for `director`; `leaving` real server keys are kept at weight 0 (drain)."""
+    host = desired.inventory.hosts[director]
+    clusters = keepalived_clusters(desired, director)
+    lines = ["# Managed by shoal; changes here are overwritten.", "global_defs {"]
+    lines += [f"    router_id {director}", "}"]
+    # Each virtual server: (proto, vip, port) -> (scheduler, persistence, delay, [rs lines]).
+    servers: dict[tuple[str, str, int], tuple[str, int, int, list[tuple[str, list[str]]]]] = {}
+    for cl in clusters:
+        head = cl.cluster
+        primary = head.primary == director
+        vips = sorted({s.vip for s in cl.services}, key=_ip_key)
+        lines += [
+            "",
+            f"vrrp_instance VI_{head.name} {{",
+            f"    state {'MASTER' if primary else 'BACKUP'}",
+            f"    interface {host.interface}",
+            f"    virtual_router_id {head.vrrp.virtual_router_id}",
+            f"    priority {head.vrrp.priority_primary if primary else head.vrrp.priority_backup}",
+            f"    advert_int {head.vrrp.advert_interval}",
+            "    virtual_ipaddress {",
+            *(f"        {vip}/32 dev {host.interface}" for vip in vips),
+            "    }",
+            "}",
+        ]
+        for svc in cl.services:
+            rss = []
+            for rs in svc.real_servers:
+                address = desired.inventory.hosts[rs.host].address
+                rss.append((address, _real_server(address, svc.port, rs.weight, _checker(
+                    svc, "        "))))  # fmt: skip
+            servers[(svc.protocol, svc.vip, svc.port)] = (
+                svc.scheduler, svc.persistence, svc.check.interval, rss,
+            )  # fmt: skip
+    for key in sorted(set(leaving)):
+        parsed = parse_rs_key(key)
+        if parsed is None:
+            continue
+        protocol, vip, port, address = parsed
+        # A service that left entirely keeps a bare virtual server for the drain; its real
+        # servers have no checker (always up) and weight 0 (no new connections).
+        entry = servers.setdefault((protocol, vip, port), ("wlc", 0, 5, []))
+        if all(a != address for a, _ in entry[3]):
+            entry[3].append((address, _real_server(address, port, 0, [])))
+    for (protocol, vip, port), (sched, persistence, delay, rss) in sorted(
+        servers.items(), key=lambda kv: (_ip_key(kv[0][1]), kv[0][2], kv[0][0])
+    ):
+        lines += [
+            "",
+            f"virtual_server {vip} {port} {{",
+            f"    delay_loop {delay}",
+            f"    lb_algo {sched}",
+            "    lb_kind DR",
+            f"    protocol {protocol.upper()}",
+        ]
+        if persistence:
+            lines.append(f"    persistence_timeout {persistence}")
+        for _, rs_lines in sorted(rss, key=lambda r: _ip_key(r[0])):
+            lines += rs_lines
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# --- the state function ---------------------------------------------------------------------------
+
+
+def _skip(low: LowState, reason: str) -> StateResult:
+    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+
+
+def _install_steps(
+    low: LowState,
+    stage: str,
+    content: str,
+    path: str,
+    existed: bool,
+    before: str | None,
+    after: tuple[str, ...],
+) -> list[Step]:
+    """validate (temp file, `keepalived -t`), install (atomic rename), reload."""
+    tmp = f"{path}.shoal-new"
+    prev = f"{path}.shoal-prev"
+    base = f"{low.host}/{low.id}/{stage}"
+
+    def step(action: str, description: str, **kw: Any) -> Step:
+        return Step(
+            id=f"{base}/{action}", host=low.host, state_id=low.id, function=low.function,
+            subsystem="keepalived", phase=low.phase, description=description, **kw,
+        )  # fmt: skip
+
+    validate = step(
+        "validate", f"validate {stage} keepalived.conf with keepalived -t",
+        writes=(FileWrite(path=tmp, content=content, mode="0644"),),
+        commands=(("keepalived", "-t", "-f", tmp),),
+        undo=(("rm", "-f", tmp),),
+        require=after,
+    )  # fmt: skip
+    # The validated bytes are what gets installed: a rename, not a second write.
+    commands: tuple[Argv, ...] = (("mv", "-f", tmp, path),)
+    undo: tuple[Argv, ...] = (("rm", "-f", path),)
+    if existed:
+        commands = (("cp", "-p", path, prev), *commands)
+        undo = (("mv", "-f", prev, path), reload_argv(path))
+    install = step(
+        "install", f"install {stage} {path}",
+        change=Change(before=before, after=content),
+        commands=commands, undo=undo, require=(validate.id,),
+    )  # fmt: skip
+    reload = step(
+        "reload", "reload keepalived (SIGHUP, or start it)",
+        commands=(reload_argv(path),), require=(install.id,),
+    )  # fmt: skip
+    return [validate, install, reload]
+
+
+def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
+    """`keepalived.config`: args path, content, and for a drain: drain_content, drains, timeout."""
+    facts: HostFacts | None = ctx.facts.get(low.host)
+    if low.args.get("skip_reason"):
+        return _skip(low, str(low.args["skip_reason"]))
+    if facts is None or not facts.keepalived.known or facts.keepalived.value is None:
+        why = facts.keepalived.unknown_reason if facts is not None else "no facts"
+        return _skip(low, f"keepalived facts unknown ({why}); config not planned")
+    info = facts.keepalived.value
+    path = str(low.args.get("path", CONF_PATH))
+    content = str(low.args["content"])
+    current = info.config_sha256
+    existed = current is not None
+    before = f"sha256 {current}" if existed else None
+    if current == sha256_text(content):
+        if info.running:
+            return StateResult()
+        start = Step(
+            id=f"{low.host}/{low.id}/start", host=low.host, state_id=low.id,
+            function=low.function, subsystem="keepalived", phase=low.phase,
+            description="start keepalived (config in sync, daemon not running)",
+            commands=(reload_argv(path),),
+        )  # fmt: skip
+        return StateResult(steps=(start,))
+    steps: list[Step] = []
+    drain_content = low.args.get("drain_content")
+    drains: list[Mapping[str, Any]] = list(low.args.get("drains", []))
+    if drain_content and current != sha256_text(str(drain_content)):
+        steps += _install_steps(low, "drain", str(drain_content), path, existed, before, ())
+        existed, before = True, "drain config"
+    if drain_content:
+        timeout = float(low.args.get("drain_timeout", 30.0))
+        prior = steps[-1].id if steps else None
+        for d in drains:
+            steps.append(
+                Step(
+                    id=f"{low.host}/{low.id}/drain/{d['service']}/{d['real_server']}",
+                    host=low.host, state_id=low.id, function=low.function,
+                    subsystem="keepalived", phase=low.phase,
+                    description=f"drain {d['real_server']} of {d['service']}",
+                    drain=DrainWait(
+                        service=str(d["service"]), real_server=str(d["real_server"]),
+                        timeout=timeout,
+                    ),
+                    require=(prior,) if prior else (),
+                )
+            )  # fmt: skip
+    # The final file waits for the drain config and for every drain.
+    after = tuple(s.id for s in steps if s.id.endswith("/reload") or s.drain is not None)
+    steps += _install_steps(low, "final", content, path, existed, before, after)
+    return StateResult(steps=tuple(steps))

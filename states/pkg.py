@@ -1,0 +1,44 @@
+"""`pkg.installed`: install the packages whose tools the facts report missing (`apt-get`).
+
+Args map a tool (as the facts name it, e.g. "arptables") to the package that provides it.
+Packages are never removed: a leftover tool harms nothing, and removing one could take other
+software's dependencies with it. So the step has no undo and nothing goes into the ledger.
+"""
+
+from __future__ import annotations
+
+from reconciler.models import Name
+from reconciler.steps import LowState
+from states.base import PlanContext, StateResult
+from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+
+_APT_INSTALL = (
+    "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "--no-install-recommends"
+)  # fmt: skip
+
+
+class PkgArgs(Args):
+    packages: dict[Name, Name]  # tool -> package
+
+
+def installed(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(PkgArgs, low)
+    try:
+        tools = known(host_facts(low, ctx).tools, "installed tools")
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan packages: {exc.reason}")
+    not_gathered = sorted(t for t in args.packages if t not in tools)
+    if not_gathered:
+        return skip(low, f"cannot plan packages: tools not gathered: {', '.join(not_gathered)}")
+    missing = sorted({pkg for tool, pkg in args.packages.items() if not tools[tool]})
+    if not missing:
+        return StateResult()
+    step = make_step(
+        low,
+        "install",
+        "pkg",
+        f"install {' '.join(missing)}",
+        after="\n".join(missing),
+        commands=((*_APT_INSTALL, *missing),),
+    )
+    return StateResult(steps=(step,))

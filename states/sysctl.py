@@ -1,0 +1,121 @@
+"""`sysctl.present` / `sysctl.absent`: runtime kernel parameters (`sysctl -w`).
+
+Persistence (/etc/sysctl.d) is a separate file.managed state. The present form records the
+value it replaces, so the absent form can give the host its own value back; the absent form
+acts only on keys the ledger lists, restoring the recorded original.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
+
+from reconciler.steps import LowState
+from states.base import Claim, PlanContext, StateResult
+from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+
+FUNCTION = "sysctl.present"
+
+# procps form: dots separate levels, a dot inside an interface name is written as '/'.
+_KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_/-]+){1,7}$")
+_VALUE_RE = re.compile(r"^-?[0-9]+([ \t]+-?[0-9]+)*$")
+
+
+def _check_key(value: str) -> str:
+    if not _KEY_RE.match(value) or len(value) > 200:
+        raise ValueError(f"{value!r} is not a sysctl key (e.g. net.ipv4.conf.all.arp_ignore)")
+    return value
+
+
+def _check_value(value: Any) -> str:
+    text = str(value).strip()
+    if not _VALUE_RE.match(text):
+        raise ValueError(f"{value!r} is not a numeric sysctl value")
+    return normalize(text)
+
+
+SysctlKey = Annotated[str, AfterValidator(_check_key)]
+
+
+class SysctlArgs(Args):
+    key: SysctlKey
+    value: Annotated[str, AfterValidator(_check_value)]
+
+
+class SysctlAbsentArgs(Args):
+    key: SysctlKey
+
+
+def normalize(value: str) -> str:
+    """`sysctl -n` separates multiple values with tabs; compare them whitespace-insensitively."""
+    return " ".join(value.split())
+
+
+def interface_key(interface: str, name: str) -> str:
+    """The sysctl key of `net.ipv4.conf.<interface>.<name>` ('.' in a VLAN name becomes '/')."""
+    return f"net.ipv4.conf.{interface.replace('.', '/')}.{name}"
+
+
+def ledger_key(args: Mapping[str, Any]) -> str:
+    return SysctlAbsentArgs.model_validate({"key": args.get("key")}).key
+
+
+def _assign(key: str, value: str) -> tuple[str, ...]:
+    return ("sysctl", "-w", f"{key}={value}")
+
+
+def present(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(SysctlArgs, low)
+    try:
+        sysctls = known(host_facts(low, ctx).sysctls, "sysctls")
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan {args.key}: {exc.reason}")
+    current = sysctls.get(args.key)
+    if current is None:
+        return skip(low, f"cannot plan {args.key}: it was not gathered (no such key?)")
+    if normalize(current) == args.value:
+        return StateResult()
+    step = make_step(
+        low,
+        "set",
+        "sysctl",
+        f"set {args.key} = {args.value}",
+        before=f"{args.key} = {normalize(current)}",
+        after=f"{args.key} = {args.value}",
+        commands=(_assign(args.key, args.value),),
+        undo=(_assign(args.key, normalize(current)),),
+    )
+    return StateResult(steps=(step,), claims=(Claim(FUNCTION, args.key, normalize(current)),))
+
+
+def absent(low: LowState, ctx: PlanContext) -> StateResult:
+    args = parse_args(SysctlAbsentArgs, low)
+    try:
+        facts = host_facts(low, ctx)
+        ledger = known(facts.ledger, "ledger")
+        sysctls = known(facts.sysctls, "sysctls")
+    except FactUnknown as exc:
+        return skip(low, f"not restoring {args.key}: {exc.reason}")
+    original = ledger.sysctl_originals.get(args.key)
+    if original is None:
+        return skip(low, f"not restoring {args.key}: the ledger has no original value for it")
+    current = sysctls.get(args.key)
+    if current is None:
+        return skip(low, f"not restoring {args.key}: it was not gathered")
+    release = (Claim(FUNCTION, args.key, original),)
+    if normalize(current) == normalize(original):
+        return StateResult(releases=release)
+    step = make_step(
+        low,
+        "restore",
+        "sysctl",
+        f"restore {args.key} to its original {normalize(original)}",
+        before=f"{args.key} = {normalize(current)}",
+        after=f"{args.key} = {normalize(original)}",
+        commands=(_assign(args.key, normalize(original)),),
+        undo=(_assign(args.key, normalize(current)),),
+    )
+    return StateResult(steps=(step,), releases=release)
