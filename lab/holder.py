@@ -8,6 +8,7 @@ host-init.sh), so nothing is run against a namespace before it exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -53,9 +54,13 @@ class Holder:
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
         except TimeoutError:
-            raise HostStartError(f"{self.name}: no {word!r} in {timeout}s: {self.init_log()}")
+            raise HostStartError(
+                f"{self.name}: no {word!r} in {timeout}s: {self.init_log()}"
+            ) from None
         if line.decode().strip() != word:
-            raise HostStartError(f"{self.name}: init said {line!r}, not {word!r}: {self.init_log()}")
+            raise HostStartError(
+                f"{self.name}: init said {line!r}, not {word!r}: {self.init_log()}"
+            )
 
     async def send(self, word: str) -> None:
         assert self.process.stdin is not None
@@ -167,10 +172,8 @@ async def wait_sshd(holder: Holder, timeout: float) -> int:
             return pid
         if loop.time() > deadline:
             log = ""
-            try:
+            with contextlib.suppress(OSError):
                 log = (holder.host_dir / "sshd.log").read_text()[-2000:]
-            except OSError:
-                pass
             raise HostStartError(f"{holder.name}: sshd not listening after {timeout}s: {log}")
         if holder.process.returncode is not None or not os.path.exists(f"/proc/{holder.init_pid}"):
             raise HostStartError(f"{holder.name}: the host's init exited: {holder.init_log()}")

@@ -199,7 +199,9 @@ class Lab:
         await sshfiles.generate_keys(directory, host_dirs, lab_id)
         for name, d in host_dirs.items():
             (d / "sshd_config").write_text(sshfiles.sshd_config(name, lab_id, d, debug=sshd_debug))
-        (directory / "etc-hosts").write_text(sshfiles.etc_hosts([(h.address, h.name) for h in records]))
+        (directory / "etc-hosts").write_text(
+            sshfiles.etc_hosts([(h.address, h.name) for h in records])
+        )
 
         limit = asyncio.Semaphore(START_CONCURRENCY)
 
@@ -210,13 +212,11 @@ class Lab:
                 )
 
         started = await asyncio.gather(*(start(h) for h in records), return_exceptions=True)
-        lab_holders = [s for s in started if isinstance(s, holders.Holder)]
-        failures = [s for s in started if isinstance(s, BaseException)]
+        lab_holders = [r for r in started if isinstance(r, holders.Holder)]
+        failures = [r for r in started if isinstance(r, BaseException)]
         if failures:
-            for s in lab_holders:
-                s.process.kill()
-            raise failures[0]
-        by_name = {s.name: s for s in lab_holders}
+            raise failures[0]  # create() removes the hosts that did start
+        by_name = {r.name: r for r in lab_holders}
 
         await network.add_veths(
             lab_id,
@@ -225,17 +225,17 @@ class Lab:
         )
 
         async def finish(h: HostRecord) -> HostRecord:
-            s = by_name[h.name]
-            await s.send("go")
-            await s.expect("started", 30)
-            sshd_pid = await holders.wait_sshd(s, 30)
+            one = by_name[h.name]
+            await one.send("go")
+            await one.expect("started", 30)
+            sshd_pid = await holders.wait_sshd(one, 30)
             namespaces = {
-                k: ino for k in proc.NS_KINDS if (ino := proc.ns_inode(s.init_pid, k)) is not None
+                k: ino for k in proc.NS_KINDS if (ino := proc.ns_inode(one.init_pid, k)) is not None
             }
             return h.model_copy(
                 update={
-                    "holder_pid": s.process.pid,
-                    "init_pid": s.init_pid,
+                    "holder_pid": one.process.pid,
+                    "init_pid": one.init_pid,
                     "sshd_pid": sshd_pid,
                     "namespaces": namespaces,
                 }
@@ -250,7 +250,7 @@ class Lab:
         state.status = "up"
         save_state(state)
         lab = cls(state)
-        lab._holders = [s.process for s in lab_holders]
+        lab._holders = [r.process for r in lab_holders]
         return lab
 
     @classmethod

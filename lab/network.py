@@ -25,7 +25,9 @@ def subnet_of(index: int) -> ipaddress.IPv4Network:
 
 async def machine_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 prefix the machine already routes or holds (the default route excluded)."""
-    routes = json.loads((await proc.run(["ip", "-j", "-4", "route", "show", "table", "all"])).stdout)
+    routes = json.loads(
+        (await proc.run(["ip", "-j", "-4", "route", "show", "table", "all"])).stdout
+    )
     addrs = json.loads((await proc.run(["ip", "-j", "-4", "addr", "show"])).stdout)
     nets: list[ipaddress.IPv4Network] = []
     for r in routes:

@@ -19,9 +19,7 @@ KNOWN_HOSTS = "known_hosts"
 async def generate_key(path: Path, comment: str) -> None:
     path.unlink(missing_ok=True)
     path.with_name(path.name + ".pub").unlink(missing_ok=True)
-    await proc.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-    )
+    await proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
 
 
 async def generate_keys(lab_dir: Path, host_dirs: dict[str, Path], lab_id: str) -> None:

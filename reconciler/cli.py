@@ -42,5 +42,76 @@ def verify(
     )
 
 
+@app.command()
+def facts(
+    host: Annotated[str, typer.Argument(help="an inventory host name")],
+    repo: Annotated[Path, typer.Option("--repo", help="the config repository")] = Path("."),
+    key: Annotated[
+        Path,
+        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
+    ] = Path("~/.ssh/id_ed25519"),
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+) -> None:
+    """Gather one host's facts in one SSH round trip and print them."""
+    from reconciler.facts_cmd import run_facts
+
+    raise typer.Exit(
+        run_facts(repo, host, client_key=key.expanduser(), as_json=as_json, echo=typer.echo)
+    )
+
+
+@app.command()
+def serve(
+    repo: Annotated[str, typer.Option("--repo", help="config repository URL or path")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="the server's own state")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8080",
+    poll: Annotated[float, typer.Option("--poll", min=1.0, help="seconds between polls")] = 60.0,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH key [STATE_DIR/id_ed25519]"),
+    ] = None,
+    branch: Annotated[str, typer.Option("--branch", help="the watched branch")] = "main",
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option("--webhook-secret-file", help="else $SHOAL_WEBHOOK_SECRET[_FILE]"),
+    ] = None,
+) -> None:
+    """Watch the repository, plan, serve the API, apply approved plans."""
+    from reconciler.serve_cmd import run_serve
+    from reconciler.server_settings import ServerSettings, load_webhook_secret, parse_listen
+
+    host, port = parse_listen(listen)
+    settings = ServerSettings(
+        repo=repo,
+        state_dir=state_dir,
+        branch=branch,
+        listen_host=host,
+        listen_port=port,
+        poll_interval=poll,
+        client_key=key.expanduser() if key else None,
+        webhook_secret=load_webhook_secret(webhook_secret_file),
+    )
+    raise typer.Exit(run_serve(settings))
+
+
+token_app = typer.Typer(no_args_is_help=True)
+app.add_typer(token_app, name="token", help="API tokens (stored hashed in the state dir).")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option("--role", help="viewer | approver | admin")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="the server's state dir")],
+    name: Annotated[str, typer.Option("--name", help="a label for the audit log")] = "",
+) -> None:
+    """Create a token and print it once; only its hash is kept."""
+    from reconciler.serve_cmd import create_token
+    from reconciler.store import ROLES
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
+    typer.echo(create_token(state_dir, role, name))  # type: ignore[arg-type]
+
+
 def main() -> None:
     app()

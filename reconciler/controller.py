@@ -27,24 +27,28 @@ locks of its clusters (taken in name order, so two units cannot deadlock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from reconciler.compile import managed_paths
 from reconciler.errors import ConfigIssue, DesiredStateInvalid, SourceError
-from reconciler.executor import RunResult, apply_plan
+from reconciler.executor import apply_plan
 from reconciler.facts import gather_facts
 from reconciler.hostfacts import HostFacts
 from reconciler.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 from reconciler.plan import plan_desired
+from reconciler.recovery import restore_snapshots
 from reconciler.run_record import run_result_records
+from reconciler.runresult import RunResult
 from reconciler.source import GitSource
 from reconciler.steps import Plan
 from reconciler.store import (
@@ -113,10 +117,21 @@ def restrict(desired: Desired, unit: Sequence[str]) -> Desired:
     return desired.model_copy(update={"clusters": {c: desired.clusters[c] for c in unit}})
 
 
-def unit_hosts(desired: Desired, unit: Sequence[str]) -> list[str]:
+def orphan_hosts(desired: Desired) -> set[str]:
+    """Inventory hosts in no cluster: gathered too, so what shoal left there is removed."""
+    used: set[str] = set()
+    for name in desired.clusters:
+        used |= cluster_hosts(desired, name)
+    return set(desired.inventory.hosts) - used
+
+
+def unit_hosts(desired: Desired, unit: Sequence[str], *, with_orphans: bool) -> list[str]:
+    """The hosts a unit's plan covers; orphans go to exactly one unit (the first)."""
     hosts: set[str] = set()
     for name in unit:
         hosts |= cluster_hosts(desired, name)
+    if with_orphans:
+        hosts |= orphan_hosts(desired)
     return sorted(hosts)
 
 
@@ -176,6 +191,7 @@ class Controller:
         self.recovered = False
         self.wake_requests = 0
         self.passes = 0
+        self.passes_completed = 0
         self.last_pass_at: str | None = None
         self.last_source_error: str | None = None
         self.head: str | None = None
@@ -230,13 +246,12 @@ class Controller:
                 await self.reconcile_once()
             except Exception:
                 log.exception("reconciliation pass failed")
+            self.passes_completed += 1
             if self._stopping:
                 break
-            delay = self.poll_interval * random.uniform(1 - self.poll_jitter, 1 + self.poll_jitter)  # noqa: S311
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            jitter = random.uniform(1 - self.poll_jitter, 1 + self.poll_jitter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval * jitter)
 
     # --- locks --------------------------------------------------------------------------------
 
@@ -302,7 +317,8 @@ class Controller:
     async def _gather(
         self, transport: SSHTransport, desired: Desired, hosts: Sequence[str]
     ) -> dict[str, HostFacts]:
-        facts = await gather_facts(transport, list(hosts), managed_paths(desired, hosts))
+        paths = managed_paths(desired)
+        facts = await gather_facts(transport, list(hosts), {h: paths.get(h, []) for h in hosts})
         for name, host_facts in facts.items():
             # Fast local writes; kept for GET /hosts/{name}/facts.
             self.store.put_host_facts(
@@ -340,8 +356,9 @@ class Controller:
                     head_revision=sha,
                     last_error=f"not in the repository at {sha[:12]} (nothing is removed)",
                 )
+        units = cluster_units(desired)
         await asyncio.gather(
-            *(self._reconcile_unit(unit, desired) for unit in cluster_units(desired))
+            *(self._reconcile_unit(unit, desired, orphans=i == 0) for i, unit in enumerate(units))
         )
 
     def _record_invalid(self, sha: str, exc: DesiredStateInvalid) -> None:
@@ -366,24 +383,30 @@ class Controller:
                 extra={"revision": sha, "issues": len(errors)},
             )
 
-    async def _reconcile_unit(self, unit: tuple[str, ...], desired: Desired) -> None:
+    async def _reconcile_unit(
+        self, unit: tuple[str, ...], desired: Desired, *, orphans: bool
+    ) -> None:
         async with self._locked(unit):
             try:
-                await self._reconcile_unit_locked(unit, desired)
+                await self._reconcile_unit_locked(unit, desired, orphans=orphans)
             except Exception as exc:
                 log.exception("reconcile failed", extra={"clusters": unit_key(unit)})
                 for name in unit:
                     self.store.update_cluster(
-                        name, head_revision=desired.revision, last_error=str(exc), checked_at=utcnow()
+                        name,
+                        head_revision=desired.revision,
+                        last_error=str(exc),
+                        checked_at=utcnow(),
                     )
 
     async def _reconcile_unit_locked(
-        self, unit: tuple[str, ...], desired: Desired
+        self, unit: tuple[str, ...], desired: Desired, *, orphans: bool
     ) -> PlanRecord | None:
         sub = restrict(desired, unit)
         transport = self._transport(desired)
         try:
-            facts = await self._gather(transport, sub, unit_hosts(sub, unit))
+            hosts = unit_hosts(desired, unit, with_orphans=orphans)
+            facts = await self._gather(transport, sub, hosts)
             plan = plan_desired(sub, facts)
             return await self._decide(unit, sub, plan, transport)
         finally:
@@ -435,7 +458,9 @@ class Controller:
                     name, applied_revision=sha, in_sync=True, drift=None, **common
                 )
             if had_drift:
-                self.store.audit("drift.cleared", actor=ACTOR, cluster=key, detail={"revision": sha})
+                self.store.audit(
+                    "drift.cleared", actor=ACTOR, cluster=key, detail={"revision": sha}
+                )
             return None
 
         for record in self._open_plans(unit):
@@ -623,7 +648,10 @@ class Controller:
                 self._mark(record, "stale", reason, actor)
                 await transport.aclose()
                 transport = None
-                new = await self._reconcile_unit_locked(unit, await self.load(record.revision))
+                full = await self.load(record.revision)
+                new = await self._reconcile_unit_locked(
+                    unit, full, orphans=unit == cluster_units(full)[0]
+                )
                 raise StaleApproval(plan_id, changed, reason, new.id if new else None)
             run = self.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
             if run is None:
@@ -734,15 +762,17 @@ class Controller:
     async def _restore_hosts(self, record: PlanRecord) -> dict[str, Any]:
         """Converged already (a fresh plan is empty)? Otherwise restore every touched host from
         its on-host snapshot and compare its facts with the plan's pre-apply digests."""
-        desired = restrict(await self.load(record.revision), unit_of(record))
+        full = await self.load(record.revision)
+        desired = restrict(full, unit_of(record))
         hosts = sorted(record.plan.hosts)
         pre = {h: hp.facts_digest for h, hp in record.plan.hosts.items()}
         transport = self._transport(desired)
         try:
-            facts = await self._gather(transport, desired, unit_hosts(desired, unit_of(record)))
+            everything = unit_hosts(full, unit_of(record), with_orphans=True)
+            facts = await self._gather(transport, desired, everything)
             if plan_desired(desired, facts).empty:
                 return {"outcome": "converged", "hosts": hosts}
-            restored = await restore_snapshots(record.plan, desired, transport)
+            restored = await restore_snapshots(record.plan, transport)
             facts = await self._gather(transport, desired, hosts)
             at_pre = sorted(h for h in hosts if h in facts and facts[h].digest() == pre[h])
             converged = plan_desired(desired, facts).empty
@@ -755,8 +785,3 @@ class Controller:
             }
         finally:
             await transport.aclose()
-
-
-def managed_paths(desired: Desired, hosts: Sequence[str]) -> dict[str, list[str]] | None:
-    """Files whose digests the facts must include, per host (from the planner's view)."""
-    return planned_paths(desired, hosts)

@@ -114,7 +114,13 @@ sec() {
   printf '\n%s end %s %s\n' "$M" "$_n" "$_r"
   [ -z "$_e" ] || printf '%s\n' "$_e"
 }
+# emit NAME RC TEXT: a section whose command already ran (its output is needed twice).
+emit() {
+  if [ "$2" = 0 ]; then printf '%s begin %s\n%s\n\n%s end %s 0\n' "$M" "$1" "$3" "$M" "$1"
+  else printf '%s begin %s\n\n%s end %s %s\n%s\n' "$M" "$1" "$M" "$1" "$2" "$3"; fi
+}
 need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed" >&2; return 127; }; }
+version() { need "$1" && "$1" -V; }
 f_hostname() { rd /proc/sys/kernel/hostname && printf '%s\n' "$_v"; }
 f_kernel() { rd /proc/sys/kernel/osrelease && printf '%s\n' "$_v"; }
 f_addr() { need ip && ip -j addr; }
@@ -136,14 +142,12 @@ f_sysctl() {
   done
   return $_rc
 }
-f_arp_version() { need arptables && arptables -V; }
 f_arp_save() { need arptables-save && arptables-save; }
-f_ipt_version() { need iptables && iptables -V; }
 f_ipt_save() {
   need iptables-save || return
   # The legacy tool creates the nat table (and loads its module) just by listing it; an absent
   # legacy nat table holds no rules, so it is reported empty without touching the kernel.
-  case $(iptables -V 2>/dev/null) in
+  case $_iptv in
     *nf_tables*) ;;
     *)
       _t=
@@ -231,9 +235,9 @@ sec hostname f_hostname
 sec kernel f_kernel
 sec addr f_addr
 sec sysctl f_sysctl
-sec arptables-version f_arp_version
+_v=$(version arptables 2>&1); emit arptables-version $? "$_v"
 sec arptables-save f_arp_save
-sec iptables-version f_ipt_version
+_iptv=$(version iptables 2>&1); emit iptables-version $? "$_iptv"
 sec iptables-save f_ipt_save
 sec nft f_nft
 sec ipvs f_ipvs
@@ -250,9 +254,13 @@ printf '%s done\\n' "$M"
 """
 
 
+# Paths are word-split by the script (it has no arrays), so only plain path characters pass.
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+:,=-]*$")
+
+
 def _check_path(path: str) -> str:
-    if not path.startswith("/") or any(c in path for c in "\n\\\t *?[") or "|" in path:
-        raise ValueError(f"managed path {path!r} must be absolute, without blanks or glob chars")
+    if not _PATH_RE.match(path):
+        raise ValueError(f"managed path {path!r} must be absolute and use plain characters only")
     return path
 
 
@@ -265,7 +273,7 @@ def build_facts_script(
     """The facts script for one host; `managed_paths` are reported as `files` facts.
 
     Paths and names are validated and quoted: nothing from the config reaches the shell as
-    code. They are word-split on purpose (the script uses no arrays), hence no blanks allowed.
+    code.
     """
     paths = list(dict.fromkeys([*DEFAULT_FILES, *(_check_path(p) for p in managed_paths)]))
     for name in (*services, *tools):

@@ -97,6 +97,8 @@ class SnapshotTargets:
             names.append("iptables_nat")
         if self.nft:
             names.append("nft")
+        if self.nft or self.arptables or self.iptables_nat:
+            names.append("nft_tables")
         if self.ipvs:
             names.append("ipvs")
         if self.interfaces is not None:
@@ -314,18 +316,20 @@ restore_file() {
   fi
   mark restore-file "$_k" "$_rc"
 }
-# arptables-nft and iptables-nft create their table on first use; when it did not exist before
-# and nobody has a rule or a non-default chain in it now, it is ours: drop it.
+# arptables-nft and iptables-nft create their nft table on first use (the *-save output looks
+# the same either way). A table absent before the phase that holds no rule and no non-default
+# chain now is the phase's own leftover: drop it.
 drop_if_created() {
-  [ -f "$B/pre/$1" ] || return 0
-  grep -q '^[^#]' "$B/pre/$1" && return 0
-  _now=$($4 2>/dev/null) || return 0
+  [ -f "$B/pre/nft_tables" ] || return 0
+  grep -qx "table $1 $2" "$B/pre/nft_tables" && return 0
+  nft list table "$1" "$2" >/dev/null 2>&1 || return 0
+  _now=$($3 2>/dev/null) || return 0
   printf '%s\n' "$_now" | head -n 1 | grep -q nf_tables || return 0
   printf '%s\n' "$_now" | grep -v '^#' | grep -v '^\*' | grep -v '^COMMIT' | grep -v '^$' |
     grep -Evq '^:(PREROUTING|INPUT|OUTPUT|POSTROUTING|FORWARD) ACCEPT' && return 0
-  nft list table "$2" "$3" >/dev/null 2>&1 || return 0
-  nft delete table "$2" "$3" && mark dropped-table "$2" "$3"
+  nft delete table "$1" "$2" && mark dropped-table "$1" "$2"
 }
+nft_tables() { command -v nft >/dev/null 2>&1 || return 127; nft list tables | sort; }
 nft_ours() {
   command -v nft >/dev/null 2>&1 || return 127
   _t=$(nft list tables) || return 1
@@ -366,6 +370,8 @@ def _snapshot(hp: HostPhase) -> str:
         lines.append("snap iptables_nat iptables-save -t nat")
     if t.nft:
         lines.append("snap nft nft_ours")
+    if t.nft or t.arptables or t.iptables_nat:
+        lines.append("snap nft_tables nft_tables")
     if t.ipvs:
         lines.append("snap ipvs ipvsadm -Sn")
     if t.interfaces is not None:
@@ -380,11 +386,11 @@ def _snapshot(hp: HostPhase) -> str:
         p = _q(path)
         lines.append(
             f'rm -f "$D/file.{k}"\n'
-            f"if [ -f {p} ]; then cp -p -- {p} \"$D/file.{k}\" && "
+            f'if [ -f {p} ]; then cp -p -- {p} "$D/file.{k}" && '
             f"printf 'present %s %s\\n' \"$(stat -c %a -- {p})\" "
-            f"\"$(sha256sum <{p} | cut -d' ' -f1)\" >\"$D/file.{k}.meta\"\n"
-            f"elif [ -e {p} ]; then echo other >\"$D/file.{k}.meta\"\n"
-            f"else echo absent >\"$D/file.{k}.meta\"; fi\n"
+            f'"$(sha256sum <{p} | cut -d\' \' -f1)" >"$D/file.{k}.meta"\n'
+            f'elif [ -e {p} ]; then echo other >"$D/file.{k}.meta"\n'
+            f'else echo absent >"$D/file.{k}.meta"; fi\n'
             f'emit "$W.file.{k}" $? "$D/file.{k}.meta"'
         )
     return "\n".join(lines) + "\n"
@@ -417,9 +423,9 @@ def _restore(hp: HostPhase) -> str:
             lines.extend("  " + b for b in body)
             lines.append("fi")
     if t.arptables:
-        lines.append("drop_if_created arptables arp filter arptables-save")
+        lines.append("drop_if_created arp filter arptables-save")
     if t.iptables_nat:
-        lines.append("drop_if_created iptables_nat ip nat 'iptables-save -t nat'")
+        lines.append("drop_if_created ip nat 'iptables-save -t nat'")
     # Directories a write created, deepest first; rmdir leaves any that are not empty.
     lines.append(
         'if [ -f "$B/progress/dirs" ]; then sort -r "$B/progress/dirs" | '
@@ -452,7 +458,7 @@ def _write(i: int, k: int, path: str, content: str, mode: str) -> str:
         ]
     lines += [
         f"  {{ printf '%s' {_q(content)} >{tmp} && chmod {mode} {tmp} && "
-        f"mv -f -- {tmp} {_q(path)}; }} >\"$B/out/{name}\" 2>&1",
+        f'mv -f -- {tmp} {_q(path)}; }} >"$B/out/{name}" 2>&1',
         "  _rc=$?",
         f"  [ $_rc -eq 0 ] || rm -f -- {tmp}",
         f'  emit {name} $_rc "$B/out/{name}"',
@@ -509,12 +515,12 @@ def _phase(hp: HostPhase) -> str:
             '  echo systemd >"$B/lockout.mode"; mark lockout armed systemd\n'
             "else\n"
             '  setsid nohup sh "$B/lockout.sh" >/dev/null 2>&1 </dev/null &\n'
-            '  _i=0\n'
+            "  _i=0\n"
             '  while [ ! -s "$PIDFILE" ] && [ $_i -lt 50 ]; do sleep 0.1; _i=$((_i + 1)); done\n'
             '  if alive "$(cat "$PIDFILE" 2>/dev/null)" "$B/lockout.sh"; then\n'
             '    echo process >"$B/lockout.mode"; mark lockout armed process "$(cat "$PIDFILE")"\n'
             "  else\n"
-            '    mark lockout failed; failed=-1; frc=1\n'
+            "    mark lockout failed; failed=-1; frc=1\n"
             "  fi\n"
             "fi"
         )
@@ -602,7 +608,7 @@ def build_phase_script(hp: HostPhase) -> str:
         'if [ -d "$B" ]; then\n'
         '  for _f in "$B/phase.pid:phase.sh" "$PIDFILE:lockout.sh"; do\n'
         '    _p=$(cat "${_f%%:*}" 2>/dev/null) || continue\n'
-        '    if [ -n "$_p" ] && tr \'\\0\' \' \' <"/proc/$_p/cmdline" 2>/dev/null | '
+        "    if [ -n \"$_p\" ] && tr '\\0' ' ' <\"/proc/$_p/cmdline\" 2>/dev/null | "
         'grep -qF -- "$B/${_f##*:}"; then\n'
         f"      echo '@@shoal {hp.nonce} busy'; exit 75\n"
         "    fi\n"
@@ -610,7 +616,7 @@ def build_phase_script(hp: HostPhase) -> str:
         '  mv -- "$B" "$B.$(date +%s%N)"\n'
         "fi",
         'mkdir -p "$B/pre" "$B/post" "$B/out" "$B/progress" || exit 70',
-        f"echo {hp.nonce} >\"$B/nonce\"",
+        f'echo {hp.nonce} >"$B/nonce"',
         _install(hp, "lib.sh", _lib(hp)),
         _install(hp, "snapshot.sh", _snapshot(hp)),
         _install(hp, "restore.sh", _restore(hp)),
@@ -631,7 +637,7 @@ def _preamble(plan_id: str, phase: Phase) -> str:
         "set -u\n"
         f"if [ ! -f {b}/lib.sh ]; then echo '@@shoal-missing'; exit 3; fi\n"
         f". {b}/lib.sh\n"
-        "echo \"@@shoal-run $N\"\n"
+        'echo "@@shoal-run $N"\n'
     )
 
 
@@ -646,7 +652,7 @@ def build_confirm_script(plan_id: str, phase: Phase) -> str:
         "  disarm >/dev/null\n"
         "  echo '@@shoal-confirm confirmed'\n"
         "else\n"
-        '  _by=$(lock_owner)\n'
+        "  _by=$(lock_owner)\n"
         "  wait_done 600\n"
         '  echo "@@shoal-confirm restored $_by"\n'
         '  [ -s "$B/lockout.log" ] && cat "$B/lockout.log"\n'
@@ -682,7 +688,7 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
         '  sh "$B/snapshot.sh" post\n'
         '  touch "$B/restore.done"\n'
         'elif [ "$(lock_owner)" = confirmed ]; then\n'
-        '  mark recover-confirmed\n'
+        "  mark recover-confirmed\n"
         "else\n"
         '  mark restore-by "$(lock_owner)"\n'
         "  wait_done 600\n"
@@ -696,9 +702,7 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
 def build_status_script(plan_id: str, phase: Phase) -> str:
     """Read-only: the phase's logs as they are now (for a restarted controller)."""
     return _preamble(plan_id, phase) + (
-        'cat "$B/phase.log" 2>/dev/null\n'
-        '[ -s "$B/lockout.log" ] && cat "$B/lockout.log"\n'
-        "exit 0\n"
+        'cat "$B/phase.log" 2>/dev/null\n[ -s "$B/lockout.log" ] && cat "$B/lockout.log"\nexit 0\n'
     )
 
 

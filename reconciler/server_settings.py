@@ -46,9 +46,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def load_webhook_secret(secret_file: Path | None = None) -> str | None:
     """The secret from a file (argument or $SHOAL_WEBHOOK_SECRET_FILE) or $SHOAL_WEBHOOK_SECRET."""
-    path = secret_file or (
-        Path(os.environ[WEBHOOK_SECRET_FILE_ENV]) if os.environ.get(WEBHOOK_SECRET_FILE_ENV) else None
-    )
+    from_env = os.environ.get(WEBHOOK_SECRET_FILE_ENV)
+    path = secret_file or (Path(from_env) if from_env else None)
     if path is not None:
         text = path.read_text(encoding="utf-8").strip()
         return text or None

@@ -30,7 +30,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _BRANCH_RE = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 
 
-def _redact(text: str) -> str:
+def redact_url(text: str) -> str:
     """Drop credentials from URLs in git's messages (https://user:secret@host/...)."""
     return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
@@ -50,7 +50,7 @@ class GitSource:
 
     @property
     def display_url(self) -> str:
-        return _redact(self.url)
+        return redact_url(self.url)
 
     # --- synchronous (worker thread) ----------------------------------------------------------
 
@@ -68,7 +68,9 @@ class GitSource:
             if repo.remotes.origin.url != self.url:
                 repo.remotes.origin.set_url(self.url)
         except (git.GitError, OSError) as exc:
-            raise SourceError(f"cannot open mirror of {self.display_url}: {_redact(str(exc))}") from exc
+            raise SourceError(
+                f"cannot open mirror of {self.display_url}: {redact_url(str(exc))}"
+            ) from exc
         self._repo = repo
         return repo
 
@@ -83,7 +85,7 @@ class GitSource:
             except (git.GitError, ValueError, OSError) as exc:
                 raise SourceError(
                     f"cannot fetch branch {self.branch} of {self.display_url}: "
-                    f"{_redact(str(exc)).strip()}"
+                    f"{redact_url(str(exc)).strip()}"
                 ) from exc
 
     def head_sync(self) -> str | None:
@@ -105,7 +107,9 @@ class GitSource:
             try:
                 repo.archive(buf, treeish=sha, format="tar")
             except (git.GitError, ValueError) as exc:
-                raise SourceError(f"cannot read revision {sha[:12]}: {_redact(str(exc))}") from exc
+                raise SourceError(
+                    f"cannot read revision {sha[:12]}: {redact_url(str(exc))}"
+                ) from exc
         buf.seek(0)
         with tarfile.open(fileobj=buf, mode="r:") as tar:
             # "data" refuses absolute paths, links out of the tree and device files.

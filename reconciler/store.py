@@ -398,7 +398,7 @@ class Store:
         return int(rows[0][0] or 0)
 
     def ping(self) -> bool:
-        return self._query("SELECT 1")[0][0] == 1
+        return bool(self._query("SELECT 1")[0][0] == 1)
 
     # --- clusters ----------------------------------------------------------------------------
 
@@ -435,12 +435,13 @@ class Store:
         cols["updated_at"] = utcnow()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO clusters (name, updated_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO clusters (name, updated_at) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
                 (name, cols["updated_at"]),
             )
             assignments = ", ".join(f"{c} = ?" for c in cols)
             db.execute(
-                f"UPDATE clusters SET {assignments} WHERE name = ?",  # noqa: S608 - fixed names
+                f"UPDATE clusters SET {assignments} WHERE name = ?",
                 (*cols.values(), name),
             )
 
@@ -569,7 +570,7 @@ class Store:
         with self._tx() as db:
             cur = db.execute(
                 f"UPDATE plans SET state = ?, reason = COALESCE(?, reason), updated_at = ? "
-                f"WHERE id = ? AND state IN ({', '.join('?' for _ in from_states)})",  # noqa: S608
+                f"WHERE id = ? AND state IN ({', '.join('?' for _ in from_states)})",
                 (to_state, reason, utcnow(), plan_id, *from_states),
             )
             return cur.rowcount == 1
@@ -617,7 +618,9 @@ class Store:
             )
             return True
 
-    def approve_and_start_run(self, plan_id: str, *, actor: str, comment: str) -> RunRecord | None:
+    def approve_and_start_run(
+        self, plan_id: str, *, actor: str, comment: str
+    ) -> RunRecord | None:
         """pending -> approved (recorded) -> applying with a new run, in ONE transaction.
 
         A crash can therefore never leave a plan approved without its run: either nothing
@@ -807,14 +810,21 @@ class Store:
                 (run_id, plan_id, host, location, _dumps(detail), utcnow()),
             )
 
-    def backups(self, *, run_id: str | None = None, plan_id: str | None = None) -> list[BackupRecord]:
+    def backups(
+        self, *, run_id: str | None = None, plan_id: str | None = None
+    ) -> list[BackupRecord]:
         if run_id is not None:
             rows = self._query("SELECT * FROM backups WHERE run_id = ? ORDER BY id", (run_id,))
         else:
             rows = self._query("SELECT * FROM backups WHERE plan_id = ? ORDER BY id", (plan_id,))
         return [
             BackupRecord(
-                r["run_id"], r["plan_id"], r["host"], r["location"], _loads(r["detail_json"]), r["at"]
+                r["run_id"],
+                r["plan_id"],
+                r["host"],
+                r["location"],
+                _loads(r["detail_json"]),
+                r["at"],
             )
             for r in rows
         ]
@@ -855,7 +865,7 @@ class Store:
         if action is not None:
             where.append("action = ?")
             params.append(action)
-        sql = f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"  # noqa: S608
+        sql = f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
         params.append(limit)
         return [
             AuditRecord(

@@ -44,7 +44,7 @@ MAX_ROUNDS = 3
 MAX_REQUESTS = 5000
 ARP_COUNT = 3
 _ARP_REPLY_RE = re.compile(r"reply from (\d+\.\d+\.\d+\.\d+) \[([0-9A-Fa-f:]{17})\]")
-_NO_MAC = "00:00:00:00:00:00"
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PROBE_PRIORITY = -300  # before any director chain (the DSR backend's runs at 101 and ends in fwd)
 
 
@@ -99,6 +99,9 @@ class RealServerTraffic(_Out):
     weight: int
     received: int | None = Field(description="connections counted on the host; None = unknown")
     answered: int = Field(default=0, description="replies whose body named this host")
+    via_director: int | None = Field(
+        default=None, description="its replies seen by the director (must be 0); None = unknown"
+    )
 
 
 class ServiceTraffic(_Out):
@@ -176,8 +179,9 @@ def parse_ip_addr_json(text: str) -> list[_Link]:
         addrs = tuple(
             str(a["local"]) for a in item.get("addr_info", []) if a.get("family") == "inet"
         )
-        mac = item.get("address")
-        links.append(_Link(str(item["ifname"]), str(mac).lower() if mac else None, addrs))
+        # Only a well-formed MAC is kept: it goes into nft rules on other hosts.
+        mac = str(item.get("address") or "").lower()
+        links.append(_Link(str(item["ifname"]), mac if _MAC_RE.match(mac) else None, addrs))
     return links
 
 
@@ -264,6 +268,7 @@ class _Job:
     rs_counters: dict[str, tuple[str, str]]  # real server -> (host, counter)
     fwd_counter: str | None = None
     ret_counter: str | None = None
+    ret_by_rs: dict[str, str] = field(default_factory=dict)  # real server -> director counter
 
 
 class _Verifier:
@@ -362,7 +367,8 @@ class _Verifier:
             self.fail(
                 "director",
                 holders[-1],
-                f"{' and '.join(holders)} all hold {vip}: only the active director may",
+                f"{' and '.join(holders)} {'both' if len(holders) == 2 else 'all'} hold {vip}: "
+                "only the active director may",
             )
         return None
 
@@ -479,11 +485,13 @@ class _Verifier:
             if failed or not missing:
                 break
         fwd = ret = None
+        via: dict[str, int | None] = {}
         if job.director is not None and (job.fwd_counter or job.ret_counter):
             counters = await self.read_counters(job.director)
             if counters is not None:
                 fwd = counters.get(job.fwd_counter or "")
                 ret = counters.get(job.ret_counter or "")
+                via = {rs: counters.get(c) for rs, c in job.ret_by_rs.items()}
         return ServiceTraffic(
             cluster=job.cluster,
             service=svc.name,
@@ -503,6 +511,7 @@ class _Verifier:
                     weight=rs.weight,
                     received=received.get(rs.host),
                     answered=answered.get(rs.host, 0),
+                    via_director=via.get(rs.host),
                 )
                 for rs in svc.real_servers
             ),
@@ -544,7 +553,17 @@ class _Verifier:
                     rs.host,
                     f"{rs.host} has weight 0 but received {got} requests to {where}",
                 )
-        if t.director is not None and t.return_packets:
+        named = 0
+        for rs in t.real_servers:
+            if rs.via_director:
+                named += rs.via_director
+                self.fail(
+                    "traffic",
+                    rs.host,
+                    f"{rs.host} sends its replies for {where} through the director {t.director} "
+                    f"({rs.via_director} packets) instead of straight to {t.client}",
+                )
+        if t.director is not None and t.return_packets and t.return_packets > named:
             self.fail(
                 "traffic",
                 t.director,
@@ -561,7 +580,10 @@ class _Verifier:
 
     # -- step 4: ARP
 
-    async def arp(self, client: str, cluster: str, vip: str, director: str | None) -> ArpCheck:
+    async def arp(
+        self, client: str, vip: str, director: str | None, traffic_done: asyncio.Event
+    ) -> ArpCheck:
+        """arping runs while the traffic flows; the neighbour entry is read after it."""
         iface = self.iface(client)
         responders: list[ArpResponder] = []
         neighbour: str | None = None
@@ -577,6 +599,7 @@ class _Verifier:
                 self.fail("arp", client, f"{client}: arping {vip} failed: {err.strip()}")
             for mac in parse_arping(out):
                 responders.append(ArpResponder(mac=mac, host=self.mac_owner(mac)))
+            await traffic_done.wait()
             rc, out, err = await self.run(
                 client, ("ip", "-j", "neigh", "show", "to", vip, "dev", iface)
             )
@@ -668,28 +691,44 @@ async def verify_desired(
                     tab = v.table_for(director)
                     job.fwd_counter = tab.add(_to_vip(caddr, svc, syn_only=False))
                     job.ret_counter = tab.add(_from_vip(caddr, svc))
+                    for rs in svc.real_servers:
+                        mac = v.host_mac(rs.host)
+                        if mac is not None:
+                            # Which real server a reply came from: its own source MAC.
+                            job.ret_by_rs[rs.host] = tab.add(
+                                f"ether saddr {mac} " + _from_vip(caddr, svc)
+                            )
                 jobs.append(job)
 
     services: list[ServiceTraffic] = []
     arp_checks: list[ArpCheck] = []
     reachable_clients = [c for c in clients if c in v.links]
+    traffic_done = asyncio.Event()
+
+    async def all_traffic() -> None:
+        try:
+            for job in jobs:
+                if job.client in reachable_clients:
+                    traffic = await v.traffic(job)
+                    v.judge_traffic(traffic)
+                    services.append(traffic)
+        finally:
+            traffic_done.set()
+
     try:
         await v.install_tables()
-        for job in jobs:
-            if job.client not in reachable_clients:
-                continue
-            traffic = await v.traffic(job)
-            v.judge_traffic(traffic)
-            services.append(traffic)
-        arp_checks = list(
-            await asyncio.gather(
+        arp_vips = {vip: director for (_, vip), director in sorted(vips.items())}
+        _, arps = await asyncio.gather(
+            all_traffic(),
+            asyncio.gather(
                 *(
-                    v.arp(client, cname, vip, director)
-                    for (cname, vip), director in sorted(vips.items())
+                    v.arp(client, vip, director, traffic_done)
+                    for vip, director in arp_vips.items()
                     for client in reachable_clients
                 )
-            )
+            ),
         )
+        arp_checks = list(arps)
     finally:
         await v.remove_tables()
     return VerificationResult(

@@ -94,7 +94,7 @@ def run_probe(
             errors["deadline"] += count - sent
             break
         if max_failures is not None and sent - ok >= max_failures:
-            errors["not sent"] += count - sent
+            errors["skipped after failures"] += count - sent
             break
         sent += 1
         try:

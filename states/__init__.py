@@ -9,10 +9,10 @@ them and which function removes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from reconciler.steps import LowState
 from states import addr, arptables, file, iptables, nft, pkg, service, sysctl
 from states.base import StateFunction
 from states.director import DIRECTOR_STATES
@@ -49,7 +49,7 @@ class Ownership:
     suppression that guards it, a unit disabled before its file goes).
     """
 
-    key: Callable[[Mapping[str, Any]], str]
+    key: Callable[[LowState], str]
     absent: str
     removal_rank: int
 

@@ -8,8 +8,6 @@ gratuitous ARP, and neither add nor del is idempotent, so both are planned only 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -36,8 +34,8 @@ def key_of(args: AddrArgs) -> str:
     return f"{args.address}/{args.prefix} dev {args.interface}"
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return key_of(AddrArgs.model_validate(args))
+def ledger_key(low: LowState) -> str:
+    return key_of(parse_args(AddrArgs, low))
 
 
 def _from_key(key: str) -> AddrArgs | None:

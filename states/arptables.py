@@ -10,7 +10,6 @@ OUTPUT rule leaks the VIP as ARP sender. `-A` appends duplicates and legacy arpt
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError, model_validator
@@ -73,8 +72,8 @@ def key_of(args: ArpRuleArgs) -> str:
     return shlex.join(spec(args))
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return key_of(ArpRuleArgs.model_validate(args))
+def ledger_key(low: LowState) -> str:
+    return key_of(parse_args(ArpRuleArgs, low))
 
 
 _FLAGS = {"-s": "source", "-d": "destination", "-j": "target", "--mangle-ip-s": "mangle_ip_s"}
@@ -96,7 +95,7 @@ def _from_key(key: str) -> ArpRuleArgs | None:
 
 
 def matches(rule: ArpRule, args: ArpRuleArgs) -> bool:
-    """Whether a parsed rule is exactly this rule (no extra interface or opcode match)."""
+    """Whether a parsed rule is exactly this rule (no extra interface, opcode or MAC match)."""
     return (
         rule.chain == args.chain
         and rule.target.lower() == args.target.lower()
@@ -106,6 +105,12 @@ def matches(rule: ArpRule, args: ArpRuleArgs) -> bool:
         and rule.interface_in is None
         and rule.interface_out is None
         and rule.opcode is None
+        and rule.source_mac is None
+        and rule.destination_mac is None
+        and rule.mangle_ip_d is None
+        and rule.mangle_mac_s is None
+        and rule.mangle_mac_d is None
+        and not rule.extra
     )
 
 

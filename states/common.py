@@ -40,10 +40,12 @@ def parse_args(model: type[A], low: LowState) -> A:
     try:
         return model.model_validate(low.args)
     except ValidationError as exc:
+        # origin is "compiled" or "<file>:<key path>" for a [[state]] of a cluster file
+        file, _, where = low.origin.partition(":")
         issues = [
             ConfigIssue(
-                file=low.origin,
-                key_path=".".join(str(p) for p in ("args", *err["loc"])),
+                file=file,
+                key_path=".".join(str(p) for p in (where or low.id, "args", *err["loc"])),
                 message=f"{low.function} {low.id!r} on {low.host}: {err['msg']}",
             )
             for err in exc.errors()

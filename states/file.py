@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
@@ -51,8 +50,8 @@ class FileAbsentArgs(Args):
     key: FilePath
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return FileArgs.model_validate(args).path
+def ledger_key(low: LowState) -> str:
+    return parse_args(FileArgs, low).path
 
 
 def sha256(content: str) -> str:

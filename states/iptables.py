@@ -9,7 +9,6 @@ canonical rule from the facts compares equal.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -63,8 +62,8 @@ def key_of(args: RedirectArgs) -> str:
     return shlex.join((args.table, args.chain, *spec(args)))
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return key_of(RedirectArgs.model_validate(args))
+def ledger_key(low: LowState) -> str:
+    return key_of(parse_args(RedirectArgs, low))
 
 
 _FLAGS = {"-d": "destination", "-p": "protocol", "--dport": "dport", "-j": "target",

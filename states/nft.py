@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
@@ -119,8 +119,8 @@ def key_of(family: str, name: str) -> str:
     return f"{family} {name}"
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    t = NftTableArgs.model_validate(args)
+def ledger_key(low: LowState) -> str:
+    t = parse_args(NftTableArgs, low)
     return key_of(t.family, t.name)
 
 

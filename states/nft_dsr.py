@@ -130,13 +130,15 @@ def table_from_args(args: Mapping[str, Any]) -> DsrTable:
     services = []
     for s in args["services"]:
         members = [(str(m["mac"]), int(m["weight"])) for m in s["members"]]
+        buckets = weighted_buckets(members)
         services.append(
             DsrService(
                 protocol=str(s["protocol"]),
                 vip=str(s["vip"]),
                 port=int(s["port"]),
-                client_affinity=int(s.get("persistence", 0)) > 0,
-                buckets=weighted_buckets(members),
+                # Without buckets there is no hash, so affinity has no meaning (and no trace).
+                client_affinity=bool(buckets) and int(s.get("persistence", 0)) > 0,
+                buckets=buckets,
             )
         )
     services.sort(key=lambda x: (x.protocol, _ip_key(x.vip), x.port))

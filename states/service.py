@@ -2,14 +2,14 @@
 
 `service.running` starts a stopped unit; a `watch` requisite on it adds a reload or restart
 step (`mod_watch`, Salt's name) when a watched state changes something, e.g. a config file.
-`service.enabled` makes a unit start at boot (shoal-restore.service); its absent form,
-`service.disabled`, acts only on units the ledger lists.
+`service.enabled` makes a unit start at boot (shoal-restore.service), decided from the
+`multi-user.target.wants` link in the files facts, so it works where systemd is not running (lab
+hosts); its absent form, `service.disabled`, acts only on units the ledger lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,7 @@ from states.base import Claim, PlanContext, StateResult
 from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
 
 ENABLED = "service.enabled"
+DEFAULT_TARGET = "multi-user.target"
 UnitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,250}$")]
 
 
@@ -28,14 +29,15 @@ class RunningArgs(Args):
 
 class EnabledArgs(Args):
     name: UnitName
+    wanted_by: Literal["multi-user.target"] = "multi-user.target"
 
 
 class DisabledArgs(Args):
     key: UnitName
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return EnabledArgs.model_validate(args).name
+def ledger_key(low: LowState) -> str:
+    return parse_args(EnabledArgs, low).name
 
 
 def _lookup(table: dict[str, bool], name: str) -> bool | None:
@@ -85,10 +87,23 @@ def mod_watch(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,))
 
 
+def wants_link(name: str, wanted_by: str = DEFAULT_TARGET) -> str:
+    """The symlink `systemctl enable` creates; it also works where systemd is not running."""
+    return f"/etc/systemd/system/{wanted_by}.wants/{name}"
+
+
+def _is_enabled(low: LowState, ctx: PlanContext, name: str, wanted_by: str) -> bool:
+    files = known(host_facts(low, ctx).files, "files")
+    info = files.get(wants_link(name, wanted_by))
+    if info is None:
+        raise FactUnknown(f"{wants_link(name, wanted_by)} was not gathered")
+    return info.exists
+
+
 def enabled(low: LowState, ctx: PlanContext) -> StateResult:
     args = parse_args(EnabledArgs, low)
     try:
-        state = _lookup(known(host_facts(low, ctx).services_enabled, "enabled units"), args.name)
+        state = _is_enabled(low, ctx, args.name, args.wanted_by)
     except FactUnknown as exc:
         return skip(low, f"cannot plan enabling {args.name}: {exc.reason}")
     if state:
@@ -97,7 +112,7 @@ def enabled(low: LowState, ctx: PlanContext) -> StateResult:
         low,
         "enable",
         "service",
-        f"enable {args.name} at boot",
+        f"enable {args.name} at boot ({args.wanted_by})",
         before="disabled",
         after="enabled",
         commands=(("systemctl", "enable", args.name),),
@@ -109,7 +124,7 @@ def enabled(low: LowState, ctx: PlanContext) -> StateResult:
 def disabled(low: LowState, ctx: PlanContext) -> StateResult:
     name = parse_args(DisabledArgs, low).key
     try:
-        state = _lookup(known(host_facts(low, ctx).services_enabled, "enabled units"), name)
+        state = _is_enabled(low, ctx, name, DEFAULT_TARGET)
     except FactUnknown as exc:
         return skip(low, f"not disabling {name}: {exc.reason}")
     release = (Claim(ENABLED, name),)

@@ -8,7 +8,6 @@ acts only on keys the ledger lists, restoring the recorded original.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -59,8 +58,14 @@ def interface_key(interface: str, name: str) -> str:
     return f"net.ipv4.conf.{interface.replace('.', '/')}.{name}"
 
 
-def ledger_key(args: Mapping[str, Any]) -> str:
-    return SysctlAbsentArgs.model_validate({"key": args.get("key")}).key
+def lookup(sysctls: dict[str, str], key: str) -> str | None:
+    """A key's value; facts may spell a VLAN interface's key with its dot (`eth0.100`)."""
+    value = sysctls.get(key)
+    return sysctls.get(key.replace("/", ".")) if value is None else value
+
+
+def ledger_key(low: LowState) -> str:
+    return parse_args(SysctlArgs, low).key
 
 
 def _assign(key: str, value: str) -> tuple[str, ...]:
@@ -73,7 +78,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
         sysctls = known(host_facts(low, ctx).sysctls, "sysctls")
     except FactUnknown as exc:
         return skip(low, f"cannot plan {args.key}: {exc.reason}")
-    current = sysctls.get(args.key)
+    current = lookup(sysctls, args.key)
     if current is None:
         return skip(low, f"cannot plan {args.key}: it was not gathered (no such key?)")
     if normalize(current) == args.value:
@@ -102,7 +107,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     original = ledger.sysctl_originals.get(args.key)
     if original is None:
         return skip(low, f"not restoring {args.key}: the ledger has no original value for it")
-    current = sysctls.get(args.key)
+    current = lookup(sysctls, args.key)
     if current is None:
         return skip(low, f"not restoring {args.key}: it was not gathered")
     release = (Claim(FUNCTION, args.key, original),)

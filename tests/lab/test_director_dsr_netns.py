@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,9 +116,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 
 def _wait_http(n: Net, rs: str) -> None:
-    probe = f"import urllib.request;print(urllib.request.urlopen('http://{SUBNET}.{HOSTS[rs]}/', timeout=2).read().decode())"
+    url = f"http://{SUBNET}.{HOSTS[rs]}/"
+    probe = (
+        "import urllib.request as u, sys\n"
+        "print(u.urlopen(sys.argv[1], timeout=2).read().decode())\n"
+    )
     for _ in range(50):
-        if n.exec("cli", "python3", "-c", probe, check=False).strip() == rs:
+        if n.exec("cli", "python3", "-c", probe, url, check=False).strip() == rs:
             return
         time.sleep(0.1)
     raise AssertionError(f"http server on {rs} did not come up")
@@ -228,11 +232,12 @@ def test_dsr_balances_and_replies_bypass_director(net: Net, tmp_path: Path) -> N
 def test_weight_change_keeps_established_flow(net: Net, tmp_path: Path) -> None:
     low, ctx = _plan(net, 1, 1)
     _apply(net, low, ctx, tmp_path)
-    # An established connection, no request sent yet.
+    # An established connection, no request sent yet; it tells us its source port.
     conn = subprocess.Popen(
         ["ip", "netns", "exec", net.ns("cli"), "python3", "-c",
          "import socket,sys\n"
          f"s=socket.create_connection(('{VIP}',80),timeout=10)\n"
+         "print(s.getsockname()[1], flush=True)\n"
          "sys.stdin.readline()\n"
          "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
          "d=b''\n"
@@ -240,11 +245,13 @@ def test_weight_change_keeps_established_flow(net: Net, tmp_path: Path) -> None:
          "print(d.split(b'\\r\\n\\r\\n',1)[1].decode())\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(0.5)
+    assert conn.stdout is not None
+    sport = conn.stdout.readline().strip()
     flows = net.exec("dir", "nft", "list", "map", "netdev", nft_dsr.TABLE,
                      f"flows_tcp_{VIP.replace('.', '_')}_80")  # fmt: skip
-    first = "rs1" if net.macs["rs1"] in flows else "rs2"
-    assert net.macs[first] in flows
+    found = re.search(rf"{SUBNET}\.{HOSTS['cli']} \. {sport} [^:]*: ([0-9a-f:]{{17}})", flows)
+    assert found, flows
+    first = next(h for h in ("rs1", "rs2") if net.macs[h] == found.group(1))
     other = "rs2" if first == "rs1" else "rs1"
     # Drain `first`: every bucket goes to `other`; the update must keep the flow map.
     w1, w2 = (0, 1) if first == "rs1" else (1, 0)

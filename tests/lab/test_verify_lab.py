@@ -14,11 +14,16 @@ its setup first, so a failure leaves no half-configured cluster behind while the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import json
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +46,7 @@ from reconciler.verify import VerificationResult, verify_desired
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
-VIP_OCTET = 150
+VIP_OCTET = 100  # the fixture repo's VIP (10.77.0.100, moved into this lab's subnet)
 PORT = 80
 TABLE = "shoal_vtest_dsr"
 WEIGHTS = {"web1": 1, "web2": 2}
@@ -94,7 +99,9 @@ def _desired(lab: Lab, vip: str) -> Desired:
         services=(service,),
     )
     return Desired(
-        settings=Settings(verify=VerifySettings(clients=("client1",), requests_per_server=10)),
+        settings=Settings(
+            verify=VerifySettings(clients=("client1",), requests_per_server=10, timeout=1.0)
+        ),
         inventory=Inventory(hosts=hosts),
         clusters={"web": cluster},
         known_hosts=lab.known_hosts_path.read_text(encoding="utf-8"),
@@ -121,9 +128,9 @@ async def verify_lab() -> AsyncIterator[Lab]:
         yield lab
 
 
-@pytest.fixture(scope="module")
-async def dr(verify_lab: Lab) -> AsyncIterator[DrLab]:
-    lab = verify_lab
+@contextlib.asynccontextmanager
+async def hand_configured_cluster(lab: Lab) -> AsyncIterator[DrLab]:
+    """The DR cluster set up by hand on `lab` for the block, torn down after it."""
     vip = str(ipaddress.IPv4Network(lab.subnet)[VIP_OCTET])
     saved = {h: await _sysctls(lab, h) for h in WEIGHTS}
     try:
@@ -147,6 +154,12 @@ async def dr(verify_lab: Lab) -> AsyncIterator[DrLab]:
             await lab.exec(h, ["ip", "addr", "del", f"{vip}/32", "dev", "lo"], check=False)
             await _set_sysctls(lab, h, values)
         await lab.exec("client1", ["ip", "neigh", "del", vip, "dev", "eth0"], check=False)
+
+
+@pytest.fixture(scope="module")
+async def dr(verify_lab: Lab) -> AsyncIterator[DrLab]:
+    async with hand_configured_cluster(verify_lab) as cluster:
+        yield cluster
 
 
 def _explain(result: VerificationResult) -> str:
@@ -174,6 +187,7 @@ async def test_verification_passes_and_replies_bypass_the_director(dr: DrLab) ->
     # Direct return: the director saw the requests and none of the replies.
     assert svc.forward_packets is not None and svc.forward_packets >= svc.ok
     assert svc.return_packets == 0
+    assert all(rs.via_director == 0 for rs in svc.real_servers)
     (arp,) = result.arp
     assert [r.host for r in arp.responders] == ["lvs1"]
     assert arp.expected_mac == dr.lab.hosts["lvs1"].mac.lower()
@@ -203,3 +217,41 @@ async def test_verification_names_a_real_server_that_answers_arp(dr: DrLab) -> N
     # Repaired, the same cluster verifies again.
     again = await verify_desired(dr.desired, dr.transport)
     assert again.ok, _explain(again)
+
+
+async def test_verification_names_a_real_server_whose_replies_pass_the_director(dr: DrLab) -> None:
+    client = dr.lab.hosts["client1"].address
+    lvs1 = dr.lab.hosts["lvs1"].address
+    # web1 routes its replies to the client through lvs1 (a NAT-style gateway): the reply frames
+    # now go to lvs1's MAC, where the probe's per-real-server return counter sees them.
+    await dr.lab.exec("web1", ["ip", "route", "add", f"{client}/32", "via", lvs1])
+    try:
+        result = await verify_desired(dr.desired, dr.transport)
+    finally:
+        await dr.lab.exec("web1", ["ip", "route", "del", f"{client}/32", "via", lvs1])
+    assert not result.ok
+    (svc,) = result.services
+    by_host = {rs.host: rs for rs in svc.real_servers}
+    assert by_host["web1"].via_director, _explain(result)
+    assert by_host["web2"].via_director == 0
+    hosts = {f.host for f in result.failures if f.check == "traffic"}
+    assert "web1" in hosts and "web2" not in hosts, _explain(result)
+    assert any("web1 sends its replies" in f.message for f in result.failures)
+
+
+async def test_shoal_verify_command_on_the_fixture_repo(dr: DrLab, tmp_path: Path) -> None:
+    """`shoal verify REPO --json` on fixtures/config-repo, rewritten for this lab."""
+    repo = tmp_path / "repo"
+    dr.lab.write_config_repo(Path(__file__).parents[2] / "fixtures" / "config-repo", repo)
+    shoal = Path(sys.executable).with_name("shoal")
+    proc = await asyncio.create_subprocess_exec(
+        str(shoal), "verify", str(repo), "--key", str(dr.lab.client_key_path), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, (out.decode(), err.decode())
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["failures"] == []
+    (dist,) = doc["distribution"].values()
+    assert set(dist) == {"web1", "web2"} and all(n > 0 for n in dist.values()), doc
+    assert [r["host"] for r in doc["arp"][0]["responders"]] == ["lvs1"]

@@ -97,4 +97,4 @@ def test_probe_source_runs_standalone_and_reports_refusals() -> None:
     )
     out = json.loads(res.stdout)
     assert out["ok"] == 0 and out["failed"] == 5 and out["sent"] == 2
-    assert out["errors"] == {"refused": 2, "not sent": 3}
+    assert out["errors"] == {"refused": 2, "skipped after failures": 3}

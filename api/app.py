@@ -1,0 +1,91 @@
+"""`create_app(controller, store, settings) -> FastAPI`: the app factory.
+
+Routers are listed explicitly; the lifespan starts the controller's loop and stops it (letting a
+running apply finish first). Domain errors become HTTP statuses in one place, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from api import audit, clusters, health, hosts, plans, reconcile, runs, webhooks
+from api.deps import ControllerPort
+from api.schemas import Conflict, Problem
+from reconciler.errors import HostKeyRejected, SourceError, TransportError
+from reconciler.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server_settings import ServerSettings
+from reconciler.store import Store
+
+ROUTERS = (
+    health.router,
+    clusters.router,
+    plans.router,
+    runs.router,
+    hosts.router,
+    reconcile.router,
+    webhooks.router,
+    audit.router,
+)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(Problem(detail=str(exc)).model_dump(), status.HTTP_404_NOT_FOUND)
+
+
+async def _not_pending(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PlanNotPending)
+    body = Conflict(detail=str(exc), plan_id=exc.plan_id, state=exc.state)
+    return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
+
+
+async def _stale(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StaleApproval)
+    body = Conflict(
+        detail=str(exc),
+        plan_id=exc.plan_id,
+        state="stale" if exc.hosts else "superseded",
+        reason=exc.reason,
+        hosts=exc.hosts,
+        new_plan_id=exc.new_plan_id,
+    )
+    return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # The hosts or git could not be read, so nothing was decided; the client may retry.
+    return JSONResponse(Problem(detail=str(exc)).model_dump(), status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def create_app(controller: ControllerPort, store: Store, settings: ServerSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await controller.start()
+        try:
+            yield
+        finally:
+            await controller.stop()
+
+    app = FastAPI(
+        title="shoal",
+        summary="GitOps reconciler for LVS Direct Routing clusters",
+        version="0.1.0",
+        lifespan=lifespan,
+        exception_handlers={
+            PlanNotFound: _not_found,
+            PlanNotPending: _not_pending,
+            StaleApproval: _stale,
+            SourceError: _unavailable,
+            TransportError: _unavailable,
+            HostKeyRejected: _unavailable,
+        },
+    )
+    app.state.controller = controller
+    app.state.store = store
+    app.state.settings = settings
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,43 @@
+"""GET /clusters: per cluster its revisions, last plan, drift and validation errors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from api.auth import Viewer
+from api.deps import ControllerPort, get_controller, get_settings, get_store
+from api.schemas import ClustersResponse, RepositoryOut, cluster_out, issues_out
+from reconciler.server_settings import ServerSettings
+from reconciler.source import redact_url
+from reconciler.store import Store
+
+router = APIRouter(tags=["clusters"])
+
+
+@router.get("/clusters")
+def list_clusters(
+    _: Viewer,
+    store: Annotated[Store, Depends(get_store)],
+    controller: Annotated[ControllerPort, Depends(get_controller)],
+    settings: Annotated[ServerSettings, Depends(get_settings)],
+) -> ClustersResponse:
+    head = controller.head
+    revision = store.get_revision(head) if head else None
+    clusters = []
+    for record in store.list_clusters():
+        last = store.get_plan(record.last_plan_id) if record.last_plan_id else None
+        clusters.append(cluster_out(record, last))
+    return ClustersResponse(
+        repository=RepositoryOut(
+            url=redact_url(settings.repo),
+            branch=settings.branch,
+            head=head,
+            head_valid=revision.valid if revision else None,
+            head_errors=issues_out(revision.errors if revision else []),
+            last_source_error=controller.last_source_error,
+            last_pass_at=controller.last_pass_at,
+        ),
+        clusters=clusters,
+    )

@@ -1,0 +1,25 @@
+"""POST /reconcile: an admin wakes the loop now (the pass itself reads git and the hosts)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from api.auth import Admin
+from api.deps import ControllerPort, get_controller, get_store
+from api.schemas import ReconcileAccepted
+from reconciler.store import Store
+
+router = APIRouter(tags=["reconcile"])
+
+
+@router.post("/reconcile", status_code=202)
+def reconcile_now(
+    token: Admin,
+    controller: Annotated[ControllerPort, Depends(get_controller)],
+    store: Annotated[Store, Depends(get_store)],
+) -> ReconcileAccepted:
+    store.audit("reconcile.requested", actor=token.actor)
+    controller.wake(f"requested by {token.actor}")
+    return ReconcileAccepted(queued=True)

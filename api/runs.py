@@ -1,0 +1,22 @@
+"""GET /runs/{id}: one apply, every step's result, rollback details, backups."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, status
+
+from api.auth import Viewer
+from api.deps import get_store
+from api.schemas import Problem, RunOut, run_out
+from reconciler.store import Store
+
+router = APIRouter(tags=["runs"])
+
+
+@router.get("/runs/{run_id}", responses={404: {"model": Problem}})
+def show_run(run_id: str, _: Viewer, store: Annotated[Store, Depends(get_store)]) -> RunOut:
+    run = store.get_run(run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+    return run_out(run, store.step_results(run_id), store.backups(run_id=run_id))

@@ -1,0 +1,244 @@
+"""Plan a desired state against every host's facts (`plan_desired`), pure.
+
+Each host's low states run through their state functions in requisite order
+(graphlib.TopologicalSorter; ties keep phase, then compile order). Requisites, Salt-style but
+only three: `require` orders; `onchanges` includes a state only if a state it names changed
+something (produced steps); `watch` orders like require and, when a watched state changed,
+adds the state's `mod_watch` step (a reload). A cycle raises RequisiteCycle naming it.
+
+Phases order hosts against each other (steps.Phase): real servers are prepared before the
+directors send them traffic, the backup director changes before the primary, removals come
+last. A step never runs before what it requires, so its phase is raised to theirs if needed.
+
+Ownership: every state result says what it created (claims) and what it removed (releases);
+the director states say it in `args["ledger"]`. When that changes what the host's ledger lists,
+the host's last step writes /var/lib/shoal/ledger.json (a file.managed step), keeping each
+sysctl's original value. A host whose ledger is unknown gets no removal and no ledger write,
+and its HostPlan says why. A host whose facts could not be read at all is marked unreachable,
+with no steps.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reconciler.compile import compile_desired
+from reconciler.errors import RequisiteCycle
+from reconciler.hostfacts import FileInfo, HostFacts, Ledger
+from reconciler.models import Desired
+from reconciler.steps import HostPlan, LowState, Phase, Plan, SkippedRemoval, Step, plan_id
+from states import REGISTRY, WATCHERS
+from states.base import Claim, PlanContext, StateResult
+from states.file import FileArgs, managed_result
+
+LEDGER_PATH = "/var/lib/shoal/ledger.json"
+LEDGER_STATE_ID = "shoal-ledger"
+
+
+def plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
+    """The plan that brings every host from `facts` to `desired`; empty when in sync."""
+    low_states = compile_desired(desired, facts)
+    ctx = PlanContext(desired=desired, facts=facts)
+    by_host: dict[str, list[LowState]] = defaultdict(list)
+    for low in low_states:
+        by_host[low.host].append(low)
+    hosts = set(by_host) | {h for h, f in facts.items() if _ledger_entries(f)}
+    plans: dict[str, HostPlan] = {}
+    for host in sorted(hosts):
+        hf = facts.get(host)
+        if hf is None:
+            plans[host] = HostPlan(
+                host=host, facts_digest="", reachable=False, unknown_reason="no facts gathered"
+            )
+            continue
+        reason = unreachable_reason(hf)
+        if reason is not None:
+            plans[host] = HostPlan(
+                host=host, facts_digest=hf.digest(), reachable=False, unknown_reason=reason
+            )
+            continue
+        plans[host] = plan_host(host, by_host.get(host, []), ctx, hf)
+    digests = {h: hp.facts_digest for h, hp in plans.items()}
+    return Plan(
+        id=plan_id(desired.revision, digests, plans),
+        revision=desired.revision,
+        clusters=tuple(sorted(desired.clusters)),
+        hosts=plans,
+        low_states=tuple(low_states),
+    )
+
+
+def unreachable_reason(facts: HostFacts) -> str | None:
+    """Why nothing could be read from the host, or None if something could."""
+    basics = (facts.hostname, facts.interfaces, facts.sysctls, facts.tools)
+    if all(not f.known for f in basics):
+        return facts.hostname.unknown_reason or "facts unknown"
+    return None
+
+
+def _ledger_entries(facts: HostFacts) -> bool:
+    return facts.ledger.known and facts.ledger.value is not None and any(
+        facts.ledger.value.entries.values()
+    )
+
+
+# --- one host -------------------------------------------------------------------------------------
+
+
+def order_low_states(host: str, states: Sequence[LowState]) -> list[LowState]:
+    """Requisite order; among ready states, the lower phase first, then compile order."""
+    index = {low.id: i for i, low in enumerate(states)}
+    by_id = {low.id: low for low in states}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for low in states:
+        deps = [d for d in (*low.require, *low.watch, *low.onchanges) if d in by_id]
+        sorter.add(low.id, *deps)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = [str(n) for n in exc.args[1]]
+        raise RequisiteCycle(host, cycle) from None
+    out: list[LowState] = []
+    ready: list[str] = []
+    while sorter.is_active():
+        ready += sorter.get_ready()
+        ready.sort(key=lambda i: (by_id[i].phase, index[i]))
+        nxt = ready.pop(0)
+        out.append(by_id[nxt])
+        sorter.done(nxt)
+    return out
+
+
+def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostFacts) -> HostPlan:
+    ordered = order_low_states(host, states)
+    step_ids: dict[str, tuple[str, ...]] = {}  # low state id -> ids of its steps
+    phase_of: dict[str, Phase] = {}  # low state id -> phase of its steps
+    position: dict[str, int] = {}
+    steps: list[Step] = []
+    skipped: list[SkippedRemoval] = []
+    claims: list[Claim] = []
+    releases: list[Claim] = []
+    ops: list[Mapping[str, Any]] = []
+    for low in ordered:
+        if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
+            step_ids[low.id] = ()
+            continue  # nothing it listens to changed
+        result = REGISTRY[low.function](low, ctx)
+        if any(step_ids.get(t) for t in low.watch) and low.function in WATCHERS:
+            watched = WATCHERS[low.function](low, ctx)
+            result = StateResult(
+                steps=result.steps + watched.steps,
+                skipped=result.skipped + watched.skipped,
+                claims=result.claims,
+                releases=result.releases,
+            )
+        deps = [t for t in (*low.require, *low.watch, *low.onchanges) if step_ids.get(t)]
+        phase = max([low.phase, *(phase_of[t] for t in deps)])
+        phase_of[low.id] = phase
+        previous: tuple[str, ...] = tuple(s for t in deps for s in step_ids[t])
+        mine: list[str] = []
+        for step in result.steps:
+            fixed = step.model_copy(
+                update={"phase": phase, "require": tuple(dict.fromkeys((*step.require, *previous)))}
+            )
+            position[fixed.id] = len(position)
+            steps.append(fixed)
+            mine.append(fixed.id)
+            previous = (fixed.id,)
+        step_ids[low.id] = tuple(mine)
+        skipped += result.skipped
+        claims += result.claims
+        releases += result.releases
+        if not result.skipped and isinstance(low.args.get("ledger"), list):
+            ops += [op for op in low.args["ledger"] if isinstance(op, Mapping)]
+    steps.sort(key=lambda s: (s.phase, position[s.id]))
+    if not hf.ledger.known or hf.ledger.value is None:
+        skipped.append(
+            SkippedRemoval(
+                host=host,
+                state_id=LEDGER_STATE_ID,
+                reason=f"ledger unknown ({hf.ledger.unknown_reason}): nothing is removed on this "
+                "host, and what this plan creates is not recorded",
+            )
+        )
+    else:
+        new = updated_ledger(hf.ledger.value, claims, releases, ops)
+        if normalized(new) != normalized(hf.ledger.value):
+            steps.append(ledger_step(host, hf, new, steps))
+    return HostPlan(
+        host=host, facts_digest=hf.digest(), steps=tuple(steps), skipped=tuple(skipped)
+    )
+
+
+# --- the ledger -----------------------------------------------------------------------------------
+
+
+def normalized(ledger: Ledger) -> Ledger:
+    return Ledger(
+        entries={f: tuple(sorted(set(k))) for f, k in sorted(ledger.entries.items()) if k},
+        sysctl_originals=dict(sorted(ledger.sysctl_originals.items())),
+    )
+
+
+def updated_ledger(
+    old: Ledger,
+    claims: Sequence[Claim],
+    releases: Sequence[Claim],
+    ops: Sequence[Mapping[str, Any]] = (),
+) -> Ledger:
+    """`old` with this plan's claims added, releases dropped and director ops applied."""
+    entries: dict[str, set[str]] = {f: set(k) for f, k in old.entries.items()}
+    originals = dict(old.sysctl_originals)
+    for c in releases:
+        entries.get(c.function, set()).discard(c.key)
+        if c.function == "sysctl.present":
+            originals.pop(c.key, None)
+    for c in claims:
+        entries.setdefault(c.function, set()).add(c.key)
+        if c.original is not None:
+            # The first value shoal saw is the host's own; later ones are shoal's.
+            originals.setdefault(c.key, c.original)
+    for op in ops:
+        function, keys = str(op.get("function", "")), {str(k) for k in op.get("keys", ())}
+        if op.get("op") == "add":
+            entries.setdefault(function, set()).update(keys)
+        elif op.get("op") == "remove":
+            entries.get(function, set()).difference_update(keys)
+        elif op.get("op") == "replace":
+            entries[function] = keys
+    return normalized(
+        Ledger(entries={f: tuple(k) for f, k in entries.items()}, sysctl_originals=originals)
+    )
+
+
+def ledger_text(ledger: Ledger) -> str:
+    return json.dumps(normalized(ledger).model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def ledger_step(host: str, hf: HostFacts, new: Ledger, steps: Sequence[Step]) -> Step:
+    """The file.managed step writing the ledger, after every other step of the host."""
+    phase = max((s.phase for s in steps), default=Phase.REAL_SERVERS_CLEANUP)
+    low = LowState(id=LEDGER_STATE_ID, function="file.managed", host=host, phase=phase,
+                   origin="ledger")  # fmt: skip
+    args = FileArgs(path=LEDGER_PATH, content=ledger_text(new), mode="0644")
+    info = None
+    if hf.files.known and hf.files.value is not None:
+        info = hf.files.value.get(LEDGER_PATH)
+    if info is None:
+        # The ledger fact is known: an empty one means there was no file.
+        old = hf.ledger.value or Ledger()
+        existed = bool(normalized(old).entries or old.sysctl_originals)
+        info = FileInfo(path=LEDGER_PATH, exists=existed)
+    # Written whatever the digest says: the ledger fact, not the file digest, decided it differs.
+    info = info.model_copy(update={"sha256": None})
+    step = managed_result(low, args, info, claim=False).steps[0]
+    return step.model_copy(
+        update={
+            "description": "record what shoal owns on this host (ledger)",
+            "require": tuple(s.id for s in steps),
+        }
+    )

@@ -1,0 +1,80 @@
+"""Shared pytest setup: the session lab (real hosts) and the rules for `lab`-marked tests.
+
+A `lab` test needs root, `ip` and OpenSSH's sshd. Where they are missing it is skipped locally,
+but under CI=true it fails, and any `lab` test that ends up skipped anyway (by whatever means)
+turns the whole session's exit status into a failure: CI never passes without the real hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from lab import Lab, Topology, prerequisites, reap_abandoned_labs
+
+# One token per pytest process (each xdist worker too), so parallel runs never share a lab.
+SESSION_TOKEN = secrets.token_hex(4)[:7]
+SESSION_LAB_ID = f"t{SESSION_TOKEN}"
+
+_skipped_lab_tests: list[str] = []
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_lab() -> None:
+    """Skip (locally) or fail (CI) the current test when this machine cannot run a lab."""
+    missing = prerequisites()
+    if not missing:
+        return
+    message = f"lab prerequisites missing: {', '.join(missing)}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: lab tests must run)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _lab_prerequisites(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("lab") is not None:
+        require_lab()
+
+
+@pytest.fixture(scope="session")
+def session_token() -> str:
+    """Seven characters unique to this pytest process: a suffix for the ids of test labs."""
+    return SESSION_TOKEN
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def lab() -> AsyncIterator[Lab]:
+    """The default topology (lvs1 lvs2, web1-3, client1), shared by the whole session.
+
+    Tests that change a host must undo it; tests that need to break hosts bring up their own.
+    """
+    require_lab()
+    # Test labs whose pytest was killed before its teardown ran.
+    await reap_abandoned_labs()
+    async with Lab.up(SESSION_LAB_ID, Topology.default(), ephemeral=True) as session_lab:
+        yield session_lab
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "lab" in report.keywords and not hasattr(report, "wasxfail"):
+        _skipped_lab_tests.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _skipped_lab_tests and in_ci():
+        terminalreporter.write_sep("=", "lab tests skipped under CI=true", red=True)
+        for nodeid in _skipped_lab_tests:
+            terminalreporter.write_line(nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_lab_tests and in_ci() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

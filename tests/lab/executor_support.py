@@ -1,0 +1,187 @@
+"""Helpers for the executor's lab tests: hand-built steps, raw host state, a transport.
+
+The raw state is what the rollback must give back byte for byte: arptables-save,
+iptables-save -t nat, the whole nft ruleset (stateless), every address, the sysctls the steps
+touch and the managed files. Only the `#` comment lines of the *-save tools are dropped, because
+they carry the time of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+from lab import Lab
+from reconciler.models import ApplySettings, Desired, Host, Inventory, Settings
+from reconciler.steps import Argv, Change, FileWrite, HostPlan, Phase, Plan, Step, Subsystem
+from reconciler.transport import SSHTransport
+
+VIP_OCTET = 177
+TEST_DIR = "/etc/shoal-exec-test"
+SYSCTL_CONF = f"{TEST_DIR}/sysctl.d/90-shoal-exec-test.conf"
+NFT_FILE = f"{TEST_DIR}/arp.nft"
+HOOK_DIR = "/usr/local/sbin"
+SYSCTL_KEYS = (
+    "net.ipv4.conf.all.arp_ignore",
+    "net.ipv4.conf.all.arp_announce",
+    "net.ipv4.conf.lo.arp_ignore",
+)
+
+
+def vip(lab: Lab, octet: int = VIP_OCTET) -> str:
+    return str(ipaddress.IPv4Network(lab.subnet)[octet])
+
+
+def hook(host: str, k: int) -> str:
+    """A command of step k that does nothing, until a test injects a failure or a hang."""
+    return f"{HOOK_DIR}/shoal-exec-hook-{k}"
+
+
+async def install_hooks(lab: Lab, host: str, count: int, body: str = "exit 0") -> None:
+    script = "".join(
+        f"printf '#!/bin/sh\\n{body}\\n' >{hook(host, k)}; chmod 0755 {hook(host, k)}\n"
+        for k in range(count)
+    )
+    await lab.exec(host, ["sh", "-c", script])
+
+
+def step(
+    host: str,
+    k: int,
+    subsystem: Subsystem,
+    commands: Sequence[Argv],
+    undo: Sequence[Argv],
+    *,
+    phase: Phase = Phase.REAL_SERVERS_PREPARE,
+    writes: Sequence[FileWrite] = (),
+    with_hook: bool = True,
+) -> Step:
+    cmds = [*commands, (hook(host, k),)] if with_hook else list(commands)
+    return Step(
+        id=f"{host}/exec-test-{k}/apply",
+        host=host,
+        state_id=f"exec-test-{k}",
+        function=f"{subsystem}.test",
+        subsystem=subsystem,
+        phase=phase,
+        description=f"test step {k} ({subsystem})",
+        change=Change(before=None, after=" ".join(commands[0]) if commands else "files"),
+        commands=tuple(tuple(c) for c in cmds),
+        undo=tuple(tuple(u) for u in undo),
+        writes=tuple(writes),
+    )
+
+
+async def sysctl_values(lab: Lab, host: str) -> dict[str, str]:
+    res = await lab.exec(host, ["sysctl", "-n", *SYSCTL_KEYS])
+    return dict(zip(SYSCTL_KEYS, res.stdout.split(), strict=True))
+
+
+def real_server_steps(
+    lab: Lab, host: str, original: dict[str, str], phase: Phase = Phase.REAL_SERVERS_PREPARE
+) -> list[Step]:
+    """The join of a real server, by hand: every subsystem the executor snapshots."""
+    v = vip(lab)
+    nft_text = (
+        "table arp shoal_exectest {\n"
+        "  chain out {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        f"    arp saddr ip {v} arp saddr ip set {lab.host(host).address}\n"
+        "  }\n"
+        "}\n"
+    )
+    conf = "net.ipv4.conf.all.arp_ignore = 1\nnet.ipv4.conf.all.arp_announce = 2\n"
+    ign, ann = SYSCTL_KEYS[0], SYSCTL_KEYS[1]
+    return [
+        step(host, 0, "sysctl", [("sysctl", "-w", f"{ign}=1")], [("sysctl", "-w", f"{ign}={original[ign]}")], phase=phase),
+        step(host, 1, "sysctl", [("sysctl", "-w", f"{ann}=2")], [("sysctl", "-w", f"{ann}={original[ann]}")], phase=phase),
+        step(host, 2, "file", [], [], phase=phase, writes=[FileWrite(path=SYSCTL_CONF, content=conf)]),
+        step(host, 3, "arp", [("arptables", "-A", "INPUT", "-d", v, "-j", "DROP")], [("arptables", "-D", "INPUT", "-d", v, "-j", "DROP")], phase=phase),
+        step(host, 4, "nft", [("nft", "-f", NFT_FILE)], [("nft", "delete", "table", "arp", "shoal_exectest")], phase=phase, writes=[FileWrite(path=NFT_FILE, content=nft_text, mode="0600")]),
+        step(host, 5, "addr", [("ip", "addr", "add", f"{v}/32", "dev", "lo")], [("ip", "addr", "del", f"{v}/32", "dev", "lo")], phase=phase),
+        step(host, 6, "iptables", [("iptables", "-t", "nat", "-A", "PREROUTING", "-d", v, "-p", "tcp", "--dport", "8080", "-j", "REDIRECT")], [("iptables", "-t", "nat", "-D", "PREROUTING", "-d", v, "-p", "tcp", "--dport", "8080", "-j", "REDIRECT")], phase=phase),
+    ]  # fmt: skip
+
+
+def undo_steps(steps: Sequence[Step]) -> list[Step]:
+    """Steps that undo `steps` (reverse order), for cleaning a host through the executor."""
+    out: list[Step] = []
+    for s in reversed(steps):
+        removes = [
+            (("rm", "-f", w.path),) for w in s.writes
+        ]
+        cmds = [*s.undo, *(r[0] for r in removes)]
+        if not cmds:
+            continue
+        out.append(
+            s.model_copy(
+                update={
+                    "id": s.id.replace("/apply", "/undo"),
+                    "commands": tuple(cmds),
+                    "undo": (),
+                    "writes": (),
+                }
+            )
+        )
+    return out
+
+
+def make_plan(steps_by_host: dict[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
+    hosts = {
+        h: HostPlan(host=h, facts_digest="test", steps=tuple(st)) for h, st in steps_by_host.items()
+    }
+    for h in unreachable:
+        hosts[h] = HostPlan(host=h, facts_digest="", reachable=False, unknown_reason="test")
+    return Plan(id=f"t{secrets.token_hex(6)}", revision="test", clusters=(), hosts=hosts)
+
+
+def desired_for(lab: Lab, **apply: object) -> Desired:
+    hosts = {
+        name: Host(name=name, address=h.address, interface=h.interface)
+        for name, h in lab.hosts.items()
+    }
+    return Desired(
+        settings=Settings(apply=ApplySettings.model_validate(apply)),
+        inventory=Inventory(hosts=hosts),
+        clusters={},
+        known_hosts=lab.known_hosts_path.read_text(encoding="utf-8"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTransport]:
+    s = desired.settings.apply
+    async with SSHTransport(
+        desired.inventory,
+        lab.known_hosts_path,
+        lab.client_key_path,
+        connect_timeout=s.connect_timeout,
+        command_timeout=s.command_timeout,
+    ) as transport:
+        yield transport
+
+
+async def raw_state(lab: Lab, host: str) -> dict[str, str]:
+    """Everything a rollback must restore, as the tools print it (minus timestamps)."""
+    commands = {
+        "arptables": ["arptables-save"],
+        "iptables_nat": ["iptables-save", "-t", "nat"],
+        "nft": ["nft", "-s", "list", "ruleset"],
+        "addr": ["ip", "-j", "addr"],
+        "sysctl": ["sysctl", *SYSCTL_KEYS],
+        "files": [
+            "sh",
+            "-c",
+            f"for f in {SYSCTL_CONF} {NFT_FILE}; do "
+            'if [ -e "$f" ]; then echo "$f $(stat -c %a "$f")"; cat "$f"; else echo "$f absent"; fi; '
+            f"done; ls -d {TEST_DIR} 2>&1",
+        ],
+    }
+    out: dict[str, str] = {}
+    for name, argv in commands.items():
+        res = await lab.exec(host, argv, check=False)
+        text = "".join(ln for ln in res.stdout.splitlines(True) if not ln.startswith("#"))
+        out[name] = f"rc={res.returncode}\n{text}"
+    return out

@@ -1,0 +1,538 @@
+"""The server end to end on real lab hosts: git pushes, signed webhooks, approvals, drift, crash.
+
+Everything is real: a bare git repository receiving pushes, the FastAPI app (in process over
+ASGI, and once as a `shoal serve` process under uvicorn), the SQLite store, SSH to the lab's
+hosts. The module brings up its own labs (well under a second each) so that changing hosts by
+hand never disturbs other modules sharing the session lab.
+
+The tests of the in-process server run in order and share one repository and one lab: each
+starts from the state the previous one left, as a real cluster's history would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from api.app import create_app
+from lab import Lab, Topology
+from reconciler.controller import Controller
+from reconciler.server_settings import ServerSettings
+from reconciler.source import GitSource
+from reconciler.store import PlanRecord, Store
+
+pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_REPO = ROOT / "fixtures" / "config-repo"
+SECRET = "lab-webhook-secret"
+SHOAL = str(Path(sys.executable).with_name("shoal"))
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def sign(body: bytes) -> str:
+    return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Repo:
+    """A bare repository and a clone that commits and pushes to it."""
+
+    def __init__(self, tmp: Path, lab: Lab) -> None:
+        self.bare = tmp / "config.git"
+        self.work = tmp / "work"
+        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=tmp)
+        git("init", "-q", "-b", "main", str(self.work), cwd=tmp)
+        git("config", "user.email", "lab@example.invalid", cwd=self.work)
+        git("config", "user.name", "lab", cwd=self.work)
+        git("remote", "add", "origin", str(self.bare), cwd=self.work)
+        lab.write_config_repo(FIXTURE_REPO, self.work)
+
+    def push(self, edit: Callable[[Path], None], message: str) -> str:
+        edit(self.work)
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
+        git("push", "-q", "origin", "main", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+
+def set_in_file(path: Path, pattern: str, replacement: str) -> None:
+    text = path.read_text()
+    new, count = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert count == 1, f"{pattern!r} not found in {path}"
+    path.write_text(new)
+
+
+def web_toml(root: Path) -> Path:
+    return root / "clusters" / "web.toml"
+
+
+async def sysctl(lab: Lab, host: str, key: str) -> str:
+    return (await lab.exec(host, ["sysctl", "-n", key])).stdout.strip()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+# --- the in-process server ----------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, lab: Lab, tmp: Path) -> None:
+        self.lab = lab
+        self.repo = Repo(tmp, lab)
+        self.state = tmp / "state"
+        self.store = Store.open(self.state)
+        settings = ServerSettings(
+            repo=str(self.repo.bare),
+            state_dir=self.state,
+            poll_interval=3600,
+            client_key=lab.client_key_path,
+            webhook_secret=SECRET,
+        )
+        self.controller = Controller(
+            source=GitSource(str(self.repo.bare), self.state),
+            store=self.store,
+            client_key=lab.client_key_path,
+            poll_interval=3600,  # only wakes start passes here
+        )
+        self.app = create_app(self.controller, self.store, settings)
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://shoal", timeout=120
+        )
+        self.tokens = {r: self.store.create_token(r, r)[1] for r in ("viewer", "approver", "admin")}
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def webhook(self, body: bytes = b'{"ref":"refs/heads/main"}', **headers: str) -> int:
+        response = await self.http.post("/webhooks/git", content=body, headers=headers)
+        return response.status_code
+
+    async def signed_webhook(self) -> int:
+        body = b'{"ref":"refs/heads/main","after":"ignored"}'
+        return await self.webhook(body, **{"X-Hub-Signature-256": sign(body)})
+
+    def plans(self, **kw: Any) -> list[PlanRecord]:
+        return self.store.list_plans(limit=1000, **kw)
+
+    def pending(self, revision: str) -> list[PlanRecord]:
+        return [p for p in self.plans(states=("pending",)) if p.revision == revision]
+
+    async def settle(self) -> None:
+        """Wait until the loop has no wake queued and no pass running."""
+        await asyncio.sleep(0.1)
+        await wait_for(
+            lambda: not self.controller._wake.is_set()
+            and self.controller.passes_completed == self.controller.passes,
+            what="the loop to settle",
+        )
+
+    async def approve(self, plan_id: str) -> dict[str, Any]:
+        response = await self.http.post(
+            f"/plans/{plan_id}/approve", json={"comment": "lab"}, headers=self.auth("approver")
+        )
+        assert response.status_code == 202, response.text
+        await self.controller.wait_idle()
+        run: dict[str, Any] = (
+            await self.http.get(f"/runs/{response.json()['run_id']}", headers=self.auth("viewer"))
+        ).json()
+        return run
+
+    async def clusters(self) -> dict[str, Any]:
+        response = await self.http.get("/clusters", headers=self.auth("viewer"))
+        assert response.status_code == 200
+        return {c["name"]: c for c in response.json()["clusters"]} | {
+            "_repository": response.json()["repository"]
+        }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def server(
+    session_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    async with Lab.up(f"s{session_token}", Topology.default(), ephemeral=True) as lab:
+        srv = Server(lab, tmp_path_factory.mktemp("server"))
+        # The first commit has no cluster: the loop starts on a valid, empty repository.
+        clusters = srv.repo.work / "clusters"
+        saved = srv.repo.work.parent / "clusters-saved"
+        shutil.move(clusters, saved)
+        srv.repo.push(lambda _: None, "inventory only")
+        shutil.move(saved, clusters)
+        await srv.controller.start()
+        await wait_for(lambda: srv.controller.passes_completed >= 1, what="the first pass")
+        try:
+            yield srv
+        finally:
+            await srv.controller.stop()
+            await srv.http.aclose()
+            srv.store.close()
+
+
+async def test_bad_or_missing_signature_queues_nothing(server: Server) -> None:
+    sha = server.repo.push(lambda _: None, "add the web cluster")
+    wakes, passes = server.controller.wake_requests, server.controller.passes
+    body = b'{"ref":"refs/heads/main"}'
+    assert await server.webhook(body) == 401
+    assert await server.webhook(body, **{"X-Hub-Signature-256": sign(body + b"!")}) == 401
+    assert await server.webhook(body, **{"X-Gitlab-Token": "wrong"}) == 401
+    await asyncio.sleep(1.0)
+    assert (server.controller.wake_requests, server.controller.passes) == (wakes, passes)
+    assert server.plans() == []
+    assert server.store.get_revision(sha) is None
+
+
+async def test_signed_webhook_makes_a_pending_plan(server: Server) -> None:
+    sha = git("rev-parse", "HEAD", cwd=server.repo.work)
+    assert await server.signed_webhook() == 202
+    (plan,) = await wait_for(lambda: server.pending(sha), what="a pending plan")
+    assert plan.cluster == "web" and plan.kind == "change"
+    listed = (
+        await server.http.get("/plans?cluster=web&state=pending", headers=server.auth("viewer"))
+    ).json()
+    assert [p["id"] for p in listed] == [plan.id]
+    shown = (await server.http.get(f"/plans/{plan.id}", headers=server.auth("viewer"))).json()
+    assert shown["revision"] == sha
+    assert set(shown["fact_digests"]) >= {"lvs1", "lvs2", "web1", "web2"}
+    assert "arp_ignore" in shown["hosts"]["web1"]["diff"]
+
+
+async def test_approval_needs_a_token_and_the_approver_role(server: Server) -> None:
+    sha = git("rev-parse", "HEAD", cwd=server.repo.work)
+    (plan,) = server.pending(sha)
+    assert (await server.http.post(f"/plans/{plan.id}/approve")).status_code == 401
+    viewer = await server.http.post(f"/plans/{plan.id}/approve", headers=server.auth("viewer"))
+    assert viewer.status_code == 403
+    assert server.pending(sha) == [plan]
+
+
+async def test_approve_converges_the_hosts(server: Server) -> None:
+    sha = git("rev-parse", "HEAD", cwd=server.repo.work)
+    (plan,) = server.pending(sha)
+    run = await server.approve(plan.id)
+    assert run["state"] == "applied" and run["ok"] is True, run
+    planned = {s.id for hp in plan.plan.hosts.values() for s in hp.steps}
+    assert {s["step_id"] for s in run["steps"]} == planned
+    assert all(s["result"] == "applied" for s in run["steps"])
+    assert run["backups"], "every phase's snapshot is indexed"
+    lab = server.lab
+    vip = re.sub(r"\.\d+$", ".100", lab.host("web1").address)
+    for host in ("web1", "web2"):
+        assert await sysctl(lab, host, "net.ipv4.conf.all.arp_ignore") == "1"
+        lo = (await lab.exec(host, ["ip", "-4", "-o", "addr", "show", "dev", "lo"])).stdout
+        assert f"{vip}/32" in lo
+    await server.controller.reconcile_once()
+    web = (await server.clusters())["web"]
+    assert web["in_sync"] is True and web["applied_revision"] == sha and web["drift"] is None
+    assert server.plans(states=("pending",)) == []
+
+
+async def test_drift_is_reported(server: Server) -> None:
+    await server.lab.exec("web1", ["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0"])
+    await server.controller.reconcile_once()
+    web = (await server.clusters())["web"]
+    assert web["drift"]["hosts"] == ["web1"] and web["in_sync"] is False
+    audit = (await server.http.get("/audit?action=drift.detected", headers=server.auth("viewer")))
+    assert audit.json()[0]["detail"]["hosts"] == ["web1"]
+    (plan,) = server.plans(states=("pending",))
+    assert plan.kind == "drift"
+    # drift = "report": nothing is changed on the host.
+    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_ignore") == "0"
+
+
+async def test_drift_heal_policy_heals(server: Server) -> None:
+    sha = server.repo.push(
+        lambda root: set_in_file(web_toml(root), r"^(arp_method = .*)$", '\\1\ndrift = "heal"'),
+        "heal drift on web",
+    )
+    await server.controller.reconcile_once()
+    (plan,) = server.pending(sha)  # a new revision: a change plan, approved by a person
+    assert plan.kind == "change"
+    assert [p.state for p in server.plans() if p.kind == "drift"] == ["superseded"]
+    run = await server.approve(plan.id)
+    assert run["ok"] is True
+    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_ignore") == "1"
+
+    await server.lab.exec("web1", ["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0"])
+    await server.controller.reconcile_once()
+    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_ignore") == "1"
+    healed = [p for p in server.plans() if p.kind == "drift" and p.state == "applied"]
+    assert len(healed) == 1
+    runs = server.store.list_runs(plan_id=healed[0].id)
+    assert runs[0].actor == "policy:drift=heal" and runs[0].ok is True
+    await server.controller.reconcile_once()
+    web = (await server.clusters())["web"]
+    assert web["in_sync"] is True and web["drift"] is None
+
+
+async def test_hand_change_between_plan_and_approval_is_409(server: Server) -> None:
+    sha = server.repo.push(
+        lambda root: set_in_file(web_toml(root), r"weight = 2", "weight = 3"), "web2 weight 3"
+    )
+    await server.controller.reconcile_once()
+    (plan,) = server.pending(sha)
+    await server.lab.exec("web1", ["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=0"])
+    response = await server.http.post(
+        f"/plans/{plan.id}/approve", headers=server.auth("approver")
+    )
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert body["state"] == "stale" and body["hosts"] == ["web1"]
+    stale = server.store.get_plan(plan.id)
+    assert stale is not None and stale.state == "stale"
+    (new,) = server.pending(sha)
+    assert body["new_plan_id"] == new.id != plan.id
+    run = await server.approve(new.id)
+    assert run["ok"] is True
+    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_announce") == "2"
+
+
+async def test_invalid_commit_keeps_the_last_good_plan(server: Server) -> None:
+    good = server.repo.push(
+        lambda root: set_in_file(web_toml(root), r"weight = 3", "weight = 4"), "web2 weight 4"
+    )
+    await server.controller.reconcile_once()
+    (plan,) = server.pending(good)
+    bad = server.repo.push(
+        lambda root: set_in_file(web_toml(root), r'scheduler = "wlc"', 'scheduler = "fastest"'),
+        "a typo",
+    )
+    assert await server.signed_webhook() == 202
+    await wait_for(
+        lambda: (c := server.store.get_cluster("web")) is not None and c.errors_revision == bad,
+        what="the errors of the bad revision",
+    )
+    await server.settle()
+    clusters = await server.clusters()
+    web = clusters["web"]
+    assert any("fastest" in e["message"] for e in web["errors"])
+    assert web["last_plan"]["id"] == plan.id and web["last_plan"]["state"] == "pending"
+    assert clusters["_repository"]["head"] == bad and clusters["_repository"]["head_valid"] is False
+    assert [p for p in server.plans() if p.revision == bad] == []
+    current = server.store.get_plan(plan.id)
+    assert current is not None and current.state == "pending"
+
+
+async def test_fifty_concurrent_webhooks_make_one_plan(server: Server) -> None:
+    sha = server.repo.push(
+        lambda root: set_in_file(web_toml(root), r'scheduler = "fastest"', 'scheduler = "wlc"'),
+        "fix the typo",
+    )
+    passes = server.controller.passes
+    statuses = await asyncio.gather(*(server.signed_webhook() for _ in range(50)))
+    assert statuses == [202] * 50
+    await wait_for(lambda: server.pending(sha), what="the plan")
+    await server.settle()
+    assert len([p for p in server.plans() if p.revision == sha]) == 1
+    # Coalesced: one pass, or two when the first began while webhooks were still arriving.
+    assert 1 <= server.controller.passes - passes <= 2
+    web = (await server.clusters())["web"]
+    assert web["errors"] == []
+
+
+# --- a real `shoal serve` process, killed while applying ---------------------------------------
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+TWO_CLUSTERS_WEB = """
+[cluster]
+name = "web"
+directors = ["lvs1"]
+director = "nftables"
+arp_method = "sysctl"
+
+[[service]]
+name = "http"
+vip = "{vip_web}"
+port = 80
+
+  [[service.real_server]]
+  host = "web1"
+
+  [[service.real_server]]
+  host = "web2"
+  weight = 2
+"""
+
+TWO_CLUSTERS_EDGE = """
+[cluster]
+name = "edge"
+directors = ["lvs2"]
+director = "nftables"
+arp_method = "sysctl"
+
+[[service]]
+name = "http"
+vip = "{vip_edge}"
+port = 80
+
+  [[service.real_server]]
+  host = "web3"
+"""
+
+
+class ServeProcess:
+    def __init__(self, lab: Lab, tmp: Path, repo: Path) -> None:
+        self.state = tmp / "serve-state"
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.log = tmp / "serve.log"
+        self.argv = [
+            SHOAL, "serve", "--repo", str(repo), "--state-dir", str(self.state),
+            "--listen", f"{self.host}:{self.port}", "--poll", "3600",
+            "--key", str(lab.client_key_path),
+        ]  # fmt: skip
+        self.tokens = {
+            role: subprocess.run(
+                [SHOAL, "token", "create", "--role", role, "--state-dir", str(self.state)],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip()
+            for role in ("viewer", "approver", "admin")
+        }  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.AsyncClient(base_url=f"http://{self.host}:{self.port}", timeout=60)
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def start(self) -> None:
+        env = {**os.environ, "SHOAL_WEBHOOK_SECRET": SECRET}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=env)
+
+        async def ready() -> bool:
+            try:
+                return (await self.http.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            if await ready():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("shoal serve did not become ready:\n" + self.log.read_text()[-3000:])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def get(self, path: str) -> Any:
+        response = await self.http.get(path, headers=self.auth("viewer"))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+async def test_serve_killed_while_applying_recovers(
+    session_token: str, tmp_path: Path
+) -> None:
+    async with Lab.up(f"k{session_token}", Topology.default(), ephemeral=True) as lab:
+        repo = Repo(tmp_path, lab)
+        prefix = lab.host("web1").address.rsplit(".", 1)[0]
+
+        def two_clusters(root: Path) -> None:
+            (root / "clusters" / "web.toml").write_text(
+                TWO_CLUSTERS_WEB.format(vip_web=f"{prefix}.100")
+            )
+            (root / "clusters" / "edge.toml").write_text(
+                TWO_CLUSTERS_EDGE.format(vip_edge=f"{prefix}.101")
+            )
+
+        sha = repo.push(two_clusters, "two clusters")
+        serve = ServeProcess(lab, tmp_path, repo.bare)
+        try:
+            await serve.start()
+
+            async def pending() -> dict[str, dict[str, Any]]:
+                plans = await serve.get("/plans?state=pending")
+                return {p["clusters"][0]: p for p in plans if p["revision"] == sha}
+
+            deadline = time.monotonic() + 60
+            plans = await pending()
+            while len(plans) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                plans = await pending()
+            assert set(plans) == {"web", "edge"}, plans
+            web_plan = await serve.get(f"/plans/{plans['web']['id']}")
+
+            response = await serve.http.post(
+                f"/plans/{web_plan['id']}/approve", headers=serve.auth("approver")
+            )
+            assert response.status_code == 202, response.text
+            run_id = response.json()["run_id"]
+            # Kill as soon as the first host has its snapshot: the apply is under way.
+            backup = f"/var/lib/shoal/backups/{web_plan['id']}"
+            first = sorted(h for h, hp in web_plan["hosts"].items() if hp["steps"])
+            while True:
+                probes = await asyncio.gather(
+                    *(lab.exec(h, ["test", "-d", backup], check=False) for h in first)
+                )
+                if any(p.returncode == 0 for p in probes):
+                    break
+                run = await serve.get(f"/runs/{run_id}")
+                assert run["state"] == "applying", "the apply ended before it could be killed"
+                await asyncio.sleep(0.01)
+            serve.kill()
+
+            await serve.start()
+            run = await serve.get(f"/runs/{run_id}")
+            assert run["state"] == "interrupted", run
+            recovery = run["recovery"]
+            assert "error" not in recovery, recovery
+            if recovery["outcome"] != "converged":
+                assert recovery["outcome"] == "rolled_back", recovery
+                assert recovery["hosts_at_pre_apply_state"] == sorted(web_plan["hosts"])
+                for host, digest in web_plan["fact_digests"].items():
+                    facts = await serve.get(f"/hosts/{host}/facts")
+                    assert facts["digest"] == digest, host
+            assert (await serve.get(f"/plans/{web_plan['id']}"))["state"] == "interrupted"
+            edge = await serve.get(f"/plans/{plans['edge']['id']}")
+            assert edge["state"] == "pending"
+            audit = await serve.get("/audit?action=run.interrupted")
+            assert audit and audit[0]["run_id"] == run_id
+        finally:
+            await serve.stop()
+            await serve.http.aclose()
