@@ -21,7 +21,7 @@ demo: setup
 	@./scripts/demo.sh
 
 demo-down: setup
-	@$(BIN)/shoal lab down --lab-id demo
+	@./scripts/demo.sh down
 
 bench: setup
 	@$(BIN)/python -m bench $(BENCH_ARGS)

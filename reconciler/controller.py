@@ -34,6 +34,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ log = logging.getLogger("shoal.controller")
 ACTOR = "controller"
 AUTO_APPROVER = "policy:approval=auto"
 HEAL_APPROVER = "policy:drift=heal"
+# drift = "heal" heals the same drift at most this often per window, then asks a person.
+MAX_HEALS_PER_WINDOW = 3
+HEAL_WINDOW = timedelta(hours=1)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -503,14 +507,21 @@ class Controller:
         if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
             await self._approve_and_apply(current, desired, transport, AUTO_APPROVER)
         elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):
-            healed_before = any(
-                r.state == "applied" and r.id != current.id
-                for r in self.store.list_plans(cluster=unit[0], base_id=plan.id)
-            )
-            if healed_before:
-                # The same drift came back right after healing it: do not loop, ask a person.
+            since = (datetime.now(UTC) - HEAL_WINDOW).isoformat(timespec="milliseconds")
+            recent_heals = [
+                r
+                for r in self.store.list_plans(base_id=plan.id, limit=1000)
+                if r.kind == "drift" and r.id != current.id and r.updated_at >= since
+            ]
+            if len(recent_heals) >= MAX_HEALS_PER_WINDOW:
+                # The same drift keeps coming back (something on the host fights us, or an
+                # apply does not converge): stop healing it and leave the plan to a person.
                 self.store.audit(
-                    "drift.heal_repeated", actor=ACTOR, cluster=key, plan_id=current.id
+                    "drift.heal_repeated",
+                    actor=ACTOR,
+                    cluster=key,
+                    plan_id=current.id,
+                    detail={"heals_in_window": len(recent_heals)},
                 )
             else:
                 await self._approve_and_apply(current, desired, transport, HEAL_APPROVER)

@@ -38,7 +38,7 @@ from reconciler.hostfacts import (
     KeepalivedInfo,
     Ledger,
 )
-from reconciler.parsers.arptables import parse_arptables_save
+from reconciler.parsers.arptables import parse_arptables_list
 from reconciler.parsers.backend import parse_xtables_version
 from reconciler.parsers.ip_addr import parse_ip_addr
 from reconciler.parsers.iptables import parse_iptables_save
@@ -142,7 +142,9 @@ f_sysctl() {
   done
   return $_rc
 }
-f_arp_save() { need arptables-save && arptables-save; }
+# `arptables -L -n`, not arptables-save: the nft save tool prints a mangle address as a host
+# name when /etc/hosts knows it; the listing is numeric and has the same rule syntax.
+f_arp_list() { need arptables && arptables -L -n; }
 f_ipt_save() {
   need iptables-save || return
   # The legacy tool creates the nat table (and loads its module) just by listing it; an absent
@@ -236,7 +238,7 @@ sec kernel f_kernel
 sec addr f_addr
 sec sysctl f_sysctl
 _v=$(version arptables 2>&1); emit arptables-version $? "$_v"
-sec arptables-save f_arp_save
+sec arptables-list f_arp_list
 _iptv=$(version iptables 2>&1); emit iptables-version $? "$_iptv"
 sec iptables-save f_ipt_save
 sec nft f_nft
@@ -370,9 +372,9 @@ def _arptables(sections: dict[str, Section]) -> Fact[ArptablesRules]:
     backend = parse_xtables_version(version.value)
     return _fact(
         sections,
-        "arptables-save",
-        "arptables-save",
-        lambda s: parse_arptables_save(s.stdout, backend, stderr=s.stderr),
+        "arptables-list",
+        "arptables -L -n",
+        lambda s: parse_arptables_list(s.stdout, backend, stderr=s.stderr),
     )
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _COUNTERS_RE = re.compile(r"\[\d+:\d+\]")
-_LIFETIME_KEYS = frozenset({"valid_life_time", "preferred_life_time"})
+# Lifetimes count down; "tentative" is the kernel's duplicate address detection, still running.
+_LIFETIME_KEYS = frozenset({"valid_life_time", "preferred_life_time", "tentative"})
 
 
 @dataclass

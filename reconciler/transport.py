@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shlex
 from collections import Counter
 from dataclasses import dataclass
@@ -57,6 +58,19 @@ class CommandResult:
         if self.exit_status != 0:
             raise CommandFailed(self.host, self.argv, self.exit_status, self.stderr)
         return self
+
+
+def remote_command(argv: Argv, limit: float) -> str:
+    """The command line sent to the host: argv, quoted, bounded by the host's own `timeout`.
+
+    sshd ignores SSH "signal" requests in a root session (no privilege separation after login)
+    and a closed channel does not stop a command that is not writing, so the host enforces the
+    limit itself: coreutils `timeout` kills the command's whole process group just after we give
+    up on it. Hosts without `timeout` run the command unbounded.
+    """
+    joined = shlex.join(argv)
+    bound = f"timeout -k 2 {math.ceil(limit) + 1} {joined}"
+    return f"if command -v timeout >/dev/null 2>&1; then exec {bound}; else exec {joined}; fi"
 
 
 class _SessionNotOpened(TransportError):
@@ -213,7 +227,7 @@ class SSHTransport:
         limit = self.command_timeout if timeout is None else timeout
         self.channels_opened[name] += 1
         try:
-            process = await conn.create_process(shlex.join(argv), encoding="utf-8")
+            process = await conn.create_process(remote_command(argv, limit), encoding="utf-8")
         except asyncssh.ChannelOpenError as exc:
             raise _SessionNotOpened(name, f"cannot open a session: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
@@ -241,8 +255,8 @@ class SSHTransport:
 
     @staticmethod
     async def _abort(process: asyncssh.SSHClientProcess[str]) -> None:
-        # Ask sshd to kill the command (OpenSSH honours the "signal" request), then close
-        # the channel so the remote side sees EOF/SIGPIPE even if the signal was ignored.
+        # Ask sshd to kill the command (honoured for non-root logins only), then close the
+        # channel; the host's `timeout` (see remote_command) is what reliably ends it.
         with contextlib.suppress(asyncssh.Error, OSError):
             process.send_signal("KILL")
         process.close()

@@ -194,3 +194,43 @@ def parse_arptables_save(
         policies=policies,
         legacy_tables_present="arptables-legacy tables present" in stderr,
     )
+
+
+_CHAIN_RE = re.compile(
+    r"^Chain (?P<name>\S+) \((?:policy (?P<policy>[A-Z]+)\b.*|\d+ references?)\)$"
+)
+
+
+def parse_arptables_list(
+    text: str, backend: FirewallBackend | None = None, *, stderr: str = ""
+) -> ArptablesRules:
+    """Parse `arptables -L -n` (either backend): the facts script's source of ARP rules.
+
+    arptables-nft-save prints a mangle target's address as a host name when /etc/hosts knows
+    it (`--mangle-ip-s web3`), and the legacy save script is `-L -n` re-printed anyway; the
+    numeric listing has the same rule syntax under `Chain NAME (policy P)` headers.
+    """
+    chains: list[str] = []
+    policies: dict[str, str] = {}
+    rules: list[ArpRule] = []
+    chain: str | None = None
+    for lineno, raw_line in enumerate(text.splitlines(), 1):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _CHAIN_RE.match(line)
+        if m:
+            chain = m.group("name")
+            chains.append(chain)
+            policies[chain] = m.group("policy") or "-"
+            continue
+        if chain is None:
+            raise FactParseError("arptables", f"line {lineno}: rule before a chain: {line!r}")
+        rules.append(parse_arp_rule(f"-A {chain} {line}"))
+    return ArptablesRules(
+        backend=backend,
+        chains=tuple(chains),
+        rules=tuple(rules),
+        policies=policies,
+        legacy_tables_present="arptables-legacy tables present" in stderr,
+    )

@@ -8,6 +8,7 @@ they carry the time of the call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import secrets
@@ -179,6 +180,13 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
             f"done; ls -d {TEST_DIR} 2>&1",
         ],
     }
+    # A fresh lab host's IPv6 link-local address is "tentative" for a moment (kernel DAD):
+    # wait for that to settle, it is not ours to compare.
+    for _ in range(50):
+        res = await lab.exec(host, ["ip", "-j", "addr"])
+        if '"tentative"' not in res.stdout:
+            break
+        await asyncio.sleep(0.1)
     out: dict[str, str] = {}
     for name, argv in commands.items():
         res = await lab.exec(host, argv, check=False)

@@ -282,7 +282,11 @@ async def test_drift_heal_policy_heals(server: Server) -> None:
 
     await server.lab.exec("web1", ["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0"])
     await server.controller.reconcile_once()
-    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_ignore") == "1"
+    assert await sysctl(server.lab, "web1", "net.ipv4.conf.all.arp_ignore") == "1", (
+        [(p.id, p.kind, p.state, p.revision[:8]) for p in server.plans()],
+        [(a.action, a.actor, a.detail) for a in server.store.list_audit()][:8],
+        [(r.state, r.error) for r in server.store.list_runs()],
+    )
     healed = [p for p in server.plans() if p.kind == "drift" and p.state == "applied"]
     assert len(healed) == 1
     runs = server.store.list_runs(plan_id=healed[0].id)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from reconciler.errors import FactParseError
 from reconciler.facts import parse_facts_output
-from reconciler.parsers.arptables import parse_arptables_save
+from reconciler.parsers.arptables import parse_arptables_list, parse_arptables_save
 from reconciler.parsers.backend import parse_xtables_version
 from reconciler.parsers.ip_addr import parse_ip_addr
 from reconciler.parsers.iptables import parse_iptables_save
@@ -50,6 +50,7 @@ def _ipvsadm_save(text: str, case: Path) -> Any:
 
 PARSERS: dict[str, Callable[[str, Path], Any]] = {
     "arptables_save": lambda t, c: parse_arptables_save(t, stderr=_aux(c, ".stderr") or ""),
+    "arptables_list": lambda t, c: parse_arptables_list(t, stderr=_aux(c, ".stderr") or ""),
     "xtables_version": lambda t, c: parse_xtables_version(t),
     "iptables_save": lambda t, c: parse_iptables_save(t, stderr=_aux(c, ".stderr") or ""),
     "ipvsadm_save": _ipvsadm_save,
@@ -150,6 +151,29 @@ def test_arptables_names_opcodes_and_host_masks_like_the_tools() -> None:
     rule = parse_arptables_save(text)
     assert rule.rules[0].destination_ip == "1.2.3.4"
     assert rule.rules[0].opcode == "1"
+
+
+def test_arptables_listing_equals_save_and_is_numeric() -> None:
+    listing = parse_arptables_list(
+        (FIXTURES / "arptables_list" / "nft_dr_rules.txt").read_text(), "nft"
+    )
+    saved = parse_arptables_save(_arp("nft_mangle_address_printed_as_name.txt"), "nft")
+    assert listing.policies == saved.policies
+    # Same rules, except that arptables-nft-save printed 127.0.0.1 as "localhost".
+    assert [r.mangle_ip_s for r in saved.rules if r.mangle_ip_s] == ["10.77.0.21", "localhost"]
+    assert [r.mangle_ip_s for r in listing.rules if r.mangle_ip_s] == ["10.77.0.21", "127.0.0.1"]
+    assert [r.spec for r in listing.rules][:2] == [r.spec for r in saved.rules][:2]
+
+
+def test_arptables_legacy_listing_trailing_spaces_and_forward_chain() -> None:
+    legacy = parse_arptables_list(
+        (FIXTURES / "arptables_list" / "legacy_rules.txt").read_text(), "legacy"
+    )
+    assert legacy.chains == ("INPUT", "OUTPUT", "FORWARD", "shoal-extra")
+    assert legacy.policies["shoal-extra"] == "-"
+    assert [r.spec for r in legacy.rules if r.chain == "INPUT"] == [
+        ("-d", "10.77.0.100", "-j", "DROP")
+    ]
 
 
 def test_arptables_garbage_is_a_parse_error() -> None:
