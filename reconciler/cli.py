@@ -110,7 +110,25 @@ def token_create(
 
     if role not in ROLES:
         raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
-    typer.echo(create_token(state_dir, role, name))  # type: ignore[arg-type]
+    typer.echo(create_token(state_dir, role, name))
+
+
+@app.command()
+def plan(
+    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
+    key: Annotated[
+        Path,
+        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
+    ] = Path("~/.ssh/id_ed25519"),
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    states: Annotated[bool, typer.Option("--states", help="also show the low states")] = False,
+) -> None:
+    """Gather facts and show what would change, per host (exit 0 in sync, 2 changes, 1 error)."""
+    from reconciler.plan_cmd import run_plan
+
+    raise typer.Exit(
+        run_plan(repo, client_key=key.expanduser(), as_json=as_json, show_states=states)
+    )
 
 
 def main() -> None:

@@ -191,15 +191,20 @@ def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> 
         if not ledger.known or ledger.value is None:
             continue
         removals: list[tuple[int, LowState]] = []
+        used: set[str] = set()
         for function, keys in sorted(ledger.value.entries.items()):
             owner = OWNED.get(function)
             if owner is None:
                 continue  # another compiler's entries (directors) are theirs to remove
-            for key in sorted(keys):
+            for key in sorted(set(keys)):
                 if (function, key) in wanted[host]:
                     continue
+                sid = removal_id(function, key)
+                while sid in used:  # two keys that read the same once made id-safe
+                    sid += "_"
+                used.add(sid)
                 low = LowState(
-                    id=removal_id(function, key), function=owner.absent, host=host,
+                    id=sid, function=owner.absent, host=host,
                     args={"key": key}, phase=Phase.REAL_SERVERS_CLEANUP, origin="ledger",
                 )  # fmt: skip
                 removals.append((owner.removal_rank, low))

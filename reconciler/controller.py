@@ -250,7 +250,6 @@ class Controller:
                 await self.reconcile_once()
             except Exception:
                 log.exception("reconciliation pass failed")
-            self.passes_completed += 1
             if self._stopping:
                 break
             jitter = random.uniform(1 - self.poll_jitter, 1 + self.poll_jitter)
@@ -336,6 +335,12 @@ class Controller:
         """One level-triggered pass over every cluster of the branch head."""
         self.passes += 1
         self.last_pass_at = utcnow()
+        try:
+            await self._pass()
+        finally:
+            self.passes_completed += 1
+
+    async def _pass(self) -> None:
         try:
             sha = await self.source.fetch()
         except SourceError as exc:

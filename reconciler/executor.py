@@ -35,7 +35,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from reconciler import hostscript as hs
-from reconciler.errors import ShoalError
+from reconciler.compile import managed_paths
+from reconciler.errors import ShoalError, StalePlan
 from reconciler.facts import gather_facts
 from reconciler.hostfacts import HostFacts
 from reconciler.models import ApplySettings, Desired
@@ -99,16 +100,6 @@ EventHandler = Callable[[ApplyEvent], None]
 
 def phase_name(phase: Phase) -> str:
     return phase.name.lower()
-
-
-def managed_paths(plan: Plan) -> dict[str, list[str]]:
-    """Per host, every file a step of the plan writes (reported by the facts script)."""
-    out: dict[str, list[str]] = {}
-    for host, hp in plan.hosts.items():
-        paths = [w.path for s in hp.steps for w in s.writes]
-        if paths:
-            out[host] = list(dict.fromkeys(paths))
-    return out
 
 
 def batches(phase: Phase, hosts: Sequence[str], batch_size: int) -> list[list[str]]:
@@ -299,12 +290,16 @@ class _Run:
         desired: Desired,
         transport: ScriptTransport,
         on_event: EventHandler | None,
+        check_stale: bool,
     ) -> None:
+        self.check_stale = check_stale
         self.plan = plan
         self.settings: ApplySettings = desired.settings.apply
         self.transport = transport
         self.on_event = on_event
-        self.paths = managed_paths(plan)
+        # The planner's own file list, so digests compare with the plan's (files a step writes
+        # outside it are still covered by the raw snapshot).
+        self.paths = managed_paths(desired)
         self.facts: dict[str, HostFacts] = {}
         self.dirty: set[str] = set()
         self.result = RunResult(
@@ -625,6 +620,14 @@ class _Run:
         for h in with_steps:
             if not self.facts[h].hostname.known:
                 unreachable[h] = self.facts[h].hostname.unknown_reason or "unreachable"
+        if self.check_stale:
+            changed = [
+                h
+                for h in with_steps
+                if h not in unreachable and self.facts[h].digest() != plan.hosts[h].facts_digest
+            ]
+            if changed:
+                raise StalePlan(plan.id, changed)
         for h, why in sorted(unreachable.items()):
             result.unreachable.append(h)
             result.errors.append(RunError(kind="HostUnreachable", host=h, message=why))
@@ -749,13 +752,15 @@ async def apply_plan(
     transport: ScriptTransport,
     *,
     on_event: EventHandler | None = None,
+    check_stale: bool = False,
 ) -> RunResult:
     """Apply `plan` host by host and phase by phase; never raises for a failed step.
 
     Inspect `RunResult.ok`, or call `RunResult.raise_for_errors()` for ApplyError /
-    RollbackError.
+    RollbackError. With `check_stale`, a host whose facts no longer have the plan's digest
+    raises StalePlan before anything runs.
     """
-    return await _Run(plan, desired, transport, on_event).run()
+    return await _Run(plan, desired, transport, on_event, check_stale).run()
 
 
 __all__ = [
@@ -765,7 +770,6 @@ __all__ = [
     "apply_plan",
     "batches",
     "facts_differences",
-    "managed_paths",
     "phase_name",
     "stable_digest",
 ]

@@ -81,7 +81,7 @@ class SnapshotTargets:
     """The raw outputs a phase's snapshot holds. `interfaces` None: no addresses; () : all."""
 
     arptables: bool = False
-    iptables_nat: bool = False
+    iptables_tables: tuple[str, ...] = ()  # e.g. ("nat",): one `iptables-save -t T` each
     nft: bool = False
     ipvs: bool = False
     interfaces: tuple[str, ...] | None = None
@@ -93,11 +93,10 @@ class SnapshotTargets:
         names: list[str] = []
         if self.arptables:
             names.append("arptables")
-        if self.iptables_nat:
-            names.append("iptables_nat")
+        names.extend(f"iptables_{t}" for t in self.iptables_tables)
         if self.nft:
             names.append("nft")
-        if self.nft or self.arptables or self.iptables_nat:
+        if self.nft or self.arptables or self.iptables_tables:
             names.append("nft_tables")
         if self.ipvs:
             names.append("ipvs")
@@ -139,12 +138,20 @@ def _interfaces(argv: Argv) -> list[str]:
     return out
 
 
+def _iptables_table(argv: Argv) -> str:
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-t", "--table") and _IFNAME_RE.match(argv[i + 1]):
+            return argv[i + 1]
+    return "filter"
+
+
 def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
     """Every subsystem, interface, sysctl and file the steps can change."""
     subsystems: set[str] = set()
     interfaces: list[str] = []
     sysctls: list[str] = []
     files: list[str] = []
+    ipt_tables: list[str] = []
     for step in steps:
         subsystems.add(step.subsystem)
         for argv in (*step.commands, *step.undo):
@@ -160,6 +167,7 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
                 subsystems.add("arp")
             elif tool.startswith("iptables"):
                 subsystems.add("iptables")
+                ipt_tables.append(_iptables_table(argv))
             elif tool == "nft":
                 subsystems.add("nft")
             elif tool == "ipvsadm":
@@ -176,7 +184,8 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
     wants_addr = "addr" in subsystems or bool(interfaces)
     return SnapshotTargets(
         arptables="arp" in subsystems,
-        iptables_nat="iptables" in subsystems,
+        iptables_tables=tuple(sorted(set(ipt_tables)))
+        or (("nat",) if "iptables" in subsystems else ()),
         nft=bool(subsystems & {"nft", "arp"}),
         ipvs="ipvs" in subsystems,
         interfaces=tuple(dict.fromkeys(interfaces)) if wants_addr else None,
@@ -366,11 +375,11 @@ def _snapshot(hp: HostPhase) -> str:
     ]
     if t.arptables:
         lines.append("snap arptables arptables-save")
-    if t.iptables_nat:
-        lines.append("snap iptables_nat iptables-save -t nat")
+    for table in t.iptables_tables:
+        lines.append(f"snap iptables_{table} iptables-save -t {_q(table)}")
     if t.nft:
         lines.append("snap nft nft_ours")
-    if t.nft or t.arptables or t.iptables_nat:
+    if t.nft or t.arptables or t.iptables_tables:
         lines.append("snap nft_tables nft_tables")
     if t.ipvs:
         lines.append("snap ipvs ipvsadm -Sn")
@@ -424,8 +433,8 @@ def _restore(hp: HostPhase) -> str:
             lines.append("fi")
     if t.arptables:
         lines.append("drop_if_created arp filter arptables-save")
-    if t.iptables_nat:
-        lines.append("drop_if_created ip nat 'iptables-save -t nat'")
+    for table in t.iptables_tables:
+        lines.append(f"drop_if_created ip {_q(table)} {_q(f'iptables-save -t {table}')}")
     # Directories a write created, deepest first; rmdir leaves any that are not empty.
     lines.append(
         'if [ -f "$B/progress/dirs" ]; then sort -r "$B/progress/dirs" | '

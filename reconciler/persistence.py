@@ -46,7 +46,7 @@ _PRELUDE = """\
 #!/bin/sh
 # Managed by shoal: restores this host's LVS-DR runtime state at boot (shoal-restore.service).
 # ARP suppression comes first and the VIPs last, so the host never answers ARP for a VIP.
-# Idempotent, and it touches only what shoal manages: no table is flushed.
+# Idempotent, and it touches only what shoal manages, never a whole table.
 set -eu
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 

@@ -249,7 +249,7 @@ def _strip_addr(text: str) -> str:
 
 def normalise(name: str, content: str) -> str:
     """The part of a section that only a change can alter."""
-    if name in ("arptables", "iptables_nat"):
+    if name == "arptables" or name.startswith("iptables_"):
         return _strip_save(content)
     if name == "addr" or name.startswith("addr."):
         return _strip_addr(content)

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(openssh-server openssh-client arptables iptables nftables iproute2 keepalived
-          iputils-arping iputils-ping ipvsadm procps psmisc git curl python3-venv ca-certificates)
+          iputils-arping iputils-ping ipvsadm procps psmisc git curl python3-venv ca-certificates
+          qemu-system-x86 busybox-static kmod)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,6 +21,28 @@ if ((${#missing[@]})); then
     || { apt-get update -q >>/tmp/shoal-apt.log 2>&1 \
          && apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/shoal-apt.log 2>&1; } \
     || { cat /tmp/shoal-apt.log; exit 1; }
+fi
+
+# The IPVS director VM (lab/vm.py) boots Debian's kernel, which has IPVS (this machine's may not).
+# The package is unpacked into .cache/kernel, never installed: installing would pull
+# initramfs-tools, udev and a systemd upgrade into the machine, none of which the VM needs.
+KERNEL_ROOT=.cache/kernel/root
+if ! compgen -G "$KERNEL_ROOT/boot/vmlinuz-*" >/dev/null; then
+  echo "setup: unpacking Debian's kernel into $KERNEL_ROOT (for the IPVS director VM)"
+  rm -rf .cache/kernel && mkdir -p .cache/kernel/deb && chmod 0755 .cache .cache/kernel
+  # linux-image-amd64 names the current ABI package (linux-image-6.1.0-N-amd64).
+  abi_package() { apt-cache depends linux-image-amd64 2>/dev/null \
+                    | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
+  abi=$(abi_package)
+  if [ -z "$abi" ]; then apt-get update -q >/tmp/shoal-apt.log 2>&1 || true; abi=$(abi_package); fi
+  [ -n "$abi" ] || { echo "setup: no linux-image-amd64 in the package lists" >&2; exit 1; }
+  (cd .cache/kernel/deb && apt-get download -q "$abi") >>/tmp/shoal-apt.log 2>&1 \
+    || { cat /tmp/shoal-apt.log; exit 1; }
+  dpkg-deb -x .cache/kernel/deb/*.deb "$KERNEL_ROOT.new"
+  kver=$(basename "$(compgen -G "$KERNEL_ROOT.new/lib/modules/*" | head -n 1)")
+  depmod -b "$KERNEL_ROOT.new" "$kver"
+  rm -rf .cache/kernel/deb
+  mv "$KERNEL_ROOT.new" "$KERNEL_ROOT"  # last: its presence means "complete"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -40,7 +40,7 @@ def ledger_key(low: LowState) -> str:
 
 def _from_key(key: str) -> AddrArgs | None:
     """The address a ledger key names, or None if it is not a key this module writes."""
-    m = _KEY_RE.match(key)
+    m = _KEY_RE.fullmatch(key)
     if m is None:
         return None
     try:

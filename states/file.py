@@ -27,7 +27,7 @@ _PATH_RE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
 
 
 def _check_path(value: str) -> str:
-    if not _PATH_RE.match(value) or "/../" in value + "/" or "/./" in value + "/":
+    if not _PATH_RE.fullmatch(value) or "/../" in value + "/" or "/./" in value + "/":
         raise ValueError(f"{value!r} is not an absolute, normalised file path")
     return value
 

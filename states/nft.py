@@ -58,13 +58,13 @@ def _check_table_name(value: str) -> str:
 
 
 def _check_element(value: str) -> str:
-    if not _ELEMENT_RE.match(value):
+    if not _ELEMENT_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a set element")
     return value
 
 
 def _check_type(value: str) -> str:
-    if not _TYPE_RE.match(value):
+    if not _TYPE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not an nft set type")
     return value
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from reconciler.steps import LowState
 from states.base import Claim, PlanContext, StateResult
@@ -24,14 +24,14 @@ _VALUE_RE = re.compile(r"^-?[0-9]+([ \t]+-?[0-9]+)*$")
 
 
 def _check_key(value: str) -> str:
-    if not _KEY_RE.match(value) or len(value) > 200:
+    if not _KEY_RE.fullmatch(value) or len(value) > 200:
         raise ValueError(f"{value!r} is not a sysctl key (e.g. net.ipv4.conf.all.arp_ignore)")
     return value
 
 
 def _check_value(value: Any) -> str:
     text = str(value).strip()
-    if not _VALUE_RE.match(text):
+    if not _VALUE_RE.fullmatch(text):
         raise ValueError(f"{value!r} is not a numeric sysctl value")
     return normalize(text)
 
@@ -41,7 +41,7 @@ SysctlKey = Annotated[str, AfterValidator(_check_key)]
 
 class SysctlArgs(Args):
     key: SysctlKey
-    value: Annotated[str, AfterValidator(_check_value)]
+    value: Annotated[str, BeforeValidator(_check_value)]
 
 
 class SysctlAbsentArgs(Args):

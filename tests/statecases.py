@@ -22,9 +22,9 @@ from reconciler.hostfacts import (
     FileInfo,
     HostFacts,
     Interface,
-    IpvsTable,
     IptablesNat,
     IptablesRule,
+    IpvsTable,
     KeepalivedInfo,
     Ledger,
     NftRuleset,
@@ -140,8 +140,10 @@ def with_files(facts: HostFacts, files: Mapping[str, tuple[str, str] | None]) ->
             current[path] = FileInfo(path=path, exists=False)
         else:
             content, mode = spec
-            current[path] = FileInfo(path=path, exists=True, mode=mode, kind="regular file",
-                                     sha256=hashlib.sha256(content.encode()).hexdigest())  # fmt: skip
+            digest = hashlib.sha256(content.encode()).hexdigest()
+            current[path] = FileInfo(
+                path=path, exists=True, mode=mode, kind="regular file", sha256=digest
+            )
     return facts.model_copy(update={"files": Fact.of(current)})
 
 
@@ -157,9 +159,8 @@ def add_addresses(facts: HostFacts, items: Iterable[tuple[str, str, int]]) -> Ho
     for dev, address, prefix in items:
         for i, iface in enumerate(ifaces):
             if iface.name == dev:
-                ifaces[i] = iface.model_copy(
-                    update={"addresses": (*iface.addresses, Address(address=address, prefix=prefix))}
-                )
+                added = Address(address=address, prefix=prefix)
+                ifaces[i] = iface.model_copy(update={"addresses": (*iface.addresses, added)})
     return facts.model_copy(update={"interfaces": Fact.of(tuple(ifaces))})
 
 
@@ -243,7 +244,8 @@ def after_files(facts: dict[str, HostFacts], plan: Plan) -> dict[str, HostFacts]
             for w in step.writes:
                 files[w.path] = (w.content, w.mode)
                 if w.path == "/var/lib/shoal/ledger.json":
-                    f = f.model_copy(update={"ledger": Fact.of(Ledger.model_validate_json(w.content))})
+                    written = Ledger.model_validate_json(w.content)
+                    f = f.model_copy(update={"ledger": Fact.of(written)})
             for argv in step.commands:
                 if argv[:2] == ("rm", "-f"):
                     files[argv[2]] = None

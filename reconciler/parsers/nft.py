@@ -35,9 +35,31 @@ def _strip(data: Any) -> Any:
     return out
 
 
+def _is_dynamic(kind: str, body: Any) -> bool:
+    """A set or map the data path fills itself (flow pinning): its elements are traffic."""
+    if kind not in ("set", "map") or not isinstance(body, dict):
+        return False
+    flags = body.get("flags", ())
+    flags = (flags,) if isinstance(flags, str) else flags
+    return "timeout" in body or "dynamic" in flags or "timeout" in flags
+
+
+def _without_traffic_state(item: dict[str, Any]) -> dict[str, Any]:
+    ((kind, body),) = item.items()
+    if _is_dynamic(kind, body):
+        return {kind: {k: v for k, v in body.items() if k != "elem"}}
+    return item
+
+
 def canonical_table_json(objects: list[dict[str, Any]]) -> str:
-    """The objects of one table (in nft's order) as stable, compact JSON."""
-    return json.dumps(_strip(objects), sort_keys=True, separators=(",", ":"))
+    """The objects of one table (in nft's order) as stable, compact JSON.
+
+    Elements of dynamic sets and maps (the DSR director's flow pins) are left out: they change
+    with every new client connection, and a digest that moves with traffic would make every
+    plan stale before anyone could approve it.
+    """
+    kept = [_without_traffic_state(o) for o in objects]
+    return json.dumps(_strip(kept), sort_keys=True, separators=(",", ":"))
 
 
 def parse_nft_ruleset(text: str, comments: dict[tuple[str, str], str] | None = None) -> NftRuleset:

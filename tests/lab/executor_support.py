@@ -95,38 +95,29 @@ def real_server_steps(
     )
     conf = "net.ipv4.conf.all.arp_ignore = 1\nnet.ipv4.conf.all.arp_announce = 2\n"
     ign, ann = SYSCTL_KEYS[0], SYSCTL_KEYS[1]
+    arp = ("INPUT", "-d", v, "-j", "DROP")
+    nat = ("-t", "nat", "{}", "PREROUTING", "-d", v, "-p", "tcp", "--dport", "8080")
+    redirect = (*nat, "-j", "REDIRECT")
+    add_nat = tuple("-A" if a == "{}" else a for a in redirect)
+    del_nat = tuple("-D" if a == "{}" else a for a in redirect)
+    nft_write = FileWrite(path=NFT_FILE, content=nft_text, mode="0600")
     return [
-        step(host, 0, "sysctl", [("sysctl", "-w", f"{ign}=1")], [("sysctl", "-w", f"{ign}={original[ign]}")], phase=phase),
-        step(host, 1, "sysctl", [("sysctl", "-w", f"{ann}=2")], [("sysctl", "-w", f"{ann}={original[ann]}")], phase=phase),
-        step(host, 2, "file", [], [], phase=phase, writes=[FileWrite(path=SYSCTL_CONF, content=conf)]),
-        step(host, 3, "arp", [("arptables", "-A", "INPUT", "-d", v, "-j", "DROP")], [("arptables", "-D", "INPUT", "-d", v, "-j", "DROP")], phase=phase),
-        step(host, 4, "nft", [("nft", "-f", NFT_FILE)], [("nft", "delete", "table", "arp", "shoal_exectest")], phase=phase, writes=[FileWrite(path=NFT_FILE, content=nft_text, mode="0600")]),
-        step(host, 5, "addr", [("ip", "addr", "add", f"{v}/32", "dev", "lo")], [("ip", "addr", "del", f"{v}/32", "dev", "lo")], phase=phase),
-        step(host, 6, "iptables", [("iptables", "-t", "nat", "-A", "PREROUTING", "-d", v, "-p", "tcp", "--dport", "8080", "-j", "REDIRECT")], [("iptables", "-t", "nat", "-D", "PREROUTING", "-d", v, "-p", "tcp", "--dport", "8080", "-j", "REDIRECT")], phase=phase),
+        step(host, 0, "sysctl", [("sysctl", "-w", f"{ign}=1")],
+             [("sysctl", "-w", f"{ign}={original[ign]}")], phase=phase),
+        step(host, 1, "sysctl", [("sysctl", "-w", f"{ann}=2")],
+             [("sysctl", "-w", f"{ann}={original[ann]}")], phase=phase),
+        step(host, 2, "file", [], [], phase=phase,
+             writes=[FileWrite(path=SYSCTL_CONF, content=conf)]),
+        step(host, 3, "arp", [("arptables", "-A", *arp)], [("arptables", "-D", *arp)],
+             phase=phase),
+        step(host, 4, "nft", [("nft", "-f", NFT_FILE)],
+             [("nft", "delete", "table", "arp", "shoal_exectest")], phase=phase,
+             writes=[nft_write]),
+        step(host, 5, "addr", [("ip", "addr", "add", f"{v}/32", "dev", "lo")],
+             [("ip", "addr", "del", f"{v}/32", "dev", "lo")], phase=phase),
+        step(host, 6, "iptables", [("iptables", *add_nat)], [("iptables", *del_nat)],
+             phase=phase),
     ]  # fmt: skip
-
-
-def undo_steps(steps: Sequence[Step]) -> list[Step]:
-    """Steps that undo `steps` (reverse order), for cleaning a host through the executor."""
-    out: list[Step] = []
-    for s in reversed(steps):
-        removes = [
-            (("rm", "-f", w.path),) for w in s.writes
-        ]
-        cmds = [*s.undo, *(r[0] for r in removes)]
-        if not cmds:
-            continue
-        out.append(
-            s.model_copy(
-                update={
-                    "id": s.id.replace("/apply", "/undo"),
-                    "commands": tuple(cmds),
-                    "undo": (),
-                    "writes": (),
-                }
-            )
-        )
-    return out
 
 
 def make_plan(steps_by_host: dict[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
@@ -176,7 +167,8 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
             "sh",
             "-c",
             f"for f in {SYSCTL_CONF} {NFT_FILE}; do "
-            'if [ -e "$f" ]; then echo "$f $(stat -c %a "$f")"; cat "$f"; else echo "$f absent"; fi; '
+            'if [ -e "$f" ]; then echo "$f $(stat -c %a "$f")"; cat "$f"; '
+            'else echo "$f absent"; fi; '
             f"done; ls -d {TEST_DIR} 2>&1",
         ],
     }

@@ -23,16 +23,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from statecases import HOSTS, cluster_desired  # noqa: E402
-
-from reconciler.compile import managed_paths  # noqa: E402
-from reconciler.facts import build_facts_script, parse_facts_output  # noqa: E402
-from reconciler.hostfacts import HostFacts  # noqa: E402
-from reconciler.models import Desired  # noqa: E402
-from reconciler.plan import plan_desired  # noqa: E402
-from reconciler.steps import Plan, Step  # noqa: E402
+from reconciler.compile import managed_paths
+from reconciler.facts import build_facts_script, parse_facts_output
+from reconciler.hostfacts import HostFacts
+from reconciler.models import Desired
+from reconciler.plan import plan_desired
+from reconciler.steps import Plan, Step
+from tests.statecases import HOSTS, cluster_desired
 
 HOST = "web1"
 MOUNTS = ("/etc/sysctl.d", "/usr/local/sbin", "/etc/systemd/system", "/var/lib/shoal")

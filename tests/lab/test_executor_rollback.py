@@ -88,9 +88,7 @@ async def test_apply_succeeds_and_reports_every_step(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("failing", range(N_STEPS))
-async def test_failure_at_each_step_restores_the_host_byte_for_byte(
-    lab: Lab, failing: int
-) -> None:
+async def test_failure_at_each_step_restores_the_host_byte_for_byte(lab: Lab, failing: int) -> None:
     before = await raw_state(lab, HOST)
     steps = await _steps(lab)
     await lab.inject_failing_command(HOST, hook(HOST, failing), exit_code=3)

@@ -1,0 +1,212 @@
+"""`shoal plan [REPO] [--json] [--states]`: gather facts, plan, print the per-host diff.
+
+Exit status: 0 when every host is in sync, 2 when the plan has changes (or removals it could
+not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read).
+Progress goes to stderr, so `--json` leaves stdout to one JSON document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from reconciler.compile import managed_paths
+from reconciler.errors import DesiredStateInvalid, RequisiteCycle
+from reconciler.hostfacts import HostFacts
+from reconciler.loader import load_repository
+from reconciler.models import Desired
+from reconciler.plan import plan_desired, unreachable_reason
+from reconciler.steps import Phase, Plan, Step
+
+EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+MAX_DIFF_LINES = 40
+HostDone = Callable[[str, HostFacts], None]
+Gather = Callable[[Desired, HostDone], Awaitable[dict[str, HostFacts]]]
+
+PHASE_TITLES = {
+    Phase.PACKAGES: "packages",
+    Phase.REAL_SERVERS_PREPARE: "real servers: prepare (ARP suppression, then VIPs)",
+    Phase.DIRECTOR_BACKUP: "backup director",
+    Phase.DIRECTOR_PRIMARY: "primary director",
+    Phase.REAL_SERVERS_CLEANUP: "cleanup (removals, reverse order)",
+    Phase.EXTRA: "extra states",
+}
+
+
+async def gather_over_ssh(
+    desired: Desired, client_key: Path, on_host: HostDone
+) -> dict[str, HostFacts]:
+    """Every inventory host's facts (one script, one channel each), reporting each as it lands."""
+    from reconciler.facts import gather_host_facts
+    from reconciler.transport import SSHTransport
+
+    cfg = desired.settings.apply
+    paths = managed_paths(desired)
+    async with SSHTransport(
+        desired.inventory,
+        desired.known_hosts,
+        client_key,
+        connect_timeout=cfg.connect_timeout,
+        command_timeout=cfg.command_timeout,
+        max_concurrent_hosts=cfg.max_concurrent_hosts,
+    ) as transport:
+
+        async def one(host: str) -> tuple[str, HostFacts]:
+            facts = await gather_host_facts(transport, host, paths.get(host, []))
+            on_host(host, facts)
+            return host, facts
+
+        return dict(await asyncio.gather(*(one(h) for h in sorted(desired.inventory.hosts))))
+
+
+def exit_status(plan: Plan) -> int:
+    if any(not hp.reachable for hp in plan.hosts.values()):
+        return EXIT_ERROR
+    if any(hp.steps or hp.skipped for hp in plan.hosts.values()):
+        return EXIT_CHANGES
+    return EXIT_IN_SYNC
+
+
+def summary(plan: Plan) -> dict[str, Any]:
+    hosts = plan.hosts.values()
+    return {
+        "plan_id": plan.id,
+        "revision": plan.revision,
+        "in_sync": exit_status(plan) == EXIT_IN_SYNC,
+        "steps": sum(len(hp.steps) for hp in hosts),
+        "hosts_changing": sorted(hp.host for hp in hosts if hp.steps),
+        "hosts_in_sync": sorted(hp.host for hp in hosts if hp.reachable and not hp.steps),
+        "hosts_unreachable": sorted(hp.host for hp in hosts if not hp.reachable),
+        "skipped": sum(len(hp.skipped) for hp in hosts),
+    }
+
+
+def _clip(text: str) -> list[str]:
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) > MAX_DIFF_LINES:
+        lines = [*lines[:MAX_DIFF_LINES], f"... ({len(lines) - MAX_DIFF_LINES} more lines)"]
+    return lines
+
+
+def render_step(step: Step) -> list[str]:
+    """Rich markup lines for one step: what it does, then its before/after as a diff."""
+    out = [f"  [bold]{escape(step.subsystem):<9}[/] {escape(step.description)}  "
+           f"[dim]{escape(step.id)}[/]"]  # fmt: skip
+    if step.change.before is not None:
+        out += [f"      [red]- {escape(line)}[/]" for line in _clip(step.change.before)]
+    if step.change.after is not None:
+        out += [f"      [green]+ {escape(line)}[/]" for line in _clip(step.change.after)]
+    return out
+
+
+def render_plan(plan: Plan) -> list[str]:
+    lines: list[str] = []
+    for host, hp in sorted(plan.hosts.items()):
+        if not hp.reachable:
+            why = escape(hp.unknown_reason or "")
+            lines.append(f"[bold red]{escape(host)}: unreachable[/] ({why})")
+            continue
+        if not hp.steps and not hp.skipped:
+            lines.append(f"[green]{escape(host)}: in sync[/]")
+            continue
+        lines.append(f"[bold yellow]{escape(host)}: {len(hp.steps)} step(s)[/]")
+        phase: Phase | None = None
+        for step in hp.steps:
+            if step.phase != phase:
+                phase = step.phase
+                lines.append(f" [cyan]phase {int(phase)}: {PHASE_TITLES.get(phase, phase.name)}[/]")
+            lines += render_step(step)
+        lines += [f"  [magenta]not planned:[/] {escape(s.state_id)}: {escape(s.reason)}"
+                  for s in hp.skipped]  # fmt: skip
+    s = summary(plan)
+    verdict = "[green]in sync[/]" if s["in_sync"] else f"[yellow]{s['steps']} step(s)[/]"
+    lines.append(
+        f"plan {plan.id} (revision {escape(plan.revision or '-')}): {verdict} on "
+        f"{len(s['hosts_changing'])} host(s); {len(s['hosts_in_sync'])} in sync; "
+        f"{len(s['hosts_unreachable'])} unreachable; {s['skipped']} not planned"
+    )
+    return lines
+
+
+def render_states(plan: Plan) -> list[str]:
+    lines = []
+    for low in sorted(plan.low_states, key=lambda s: (s.host, s.phase)):
+        req = [f"{k}={','.join(getattr(low, k))}" for k in ("require", "watch", "onchanges")
+               if getattr(low, k)]  # fmt: skip
+        args = json.dumps(low.args, sort_keys=True)
+        if len(args) > 160:
+            args = args[:157] + "..."
+        lines.append(
+            f"{escape(low.host)} [bold]{escape(low.id)}[/] {escape(low.function)} "
+            f"phase={int(low.phase)} {escape(' '.join(req))} [dim]{escape(args)}[/]"
+        )
+    return lines
+
+
+def run_plan(
+    repo: Path,
+    *,
+    client_key: Path,
+    as_json: bool = False,
+    show_states: bool = False,
+    console: Console | None = None,
+    gather: Gather | None = None,
+) -> int:
+    """Load, gather, plan and print; return the exit status. `gather` replaces SSH in tests."""
+    out = console or Console()
+    err = Console(stderr=True) if console is None else console
+    try:
+        desired = load_repository(repo)
+    except DesiredStateInvalid as exc:
+        return _fail(out, as_json, [str(i) for i in exc.issues])
+    hosts = sorted(desired.inventory.hosts)
+    with Progress(TextColumn("gathering facts"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=err, transient=True,
+                  disable=as_json) as progress:  # fmt: skip
+        task = progress.add_task("", total=len(hosts))
+
+        def done(host: str, facts: HostFacts) -> None:
+            reason = unreachable_reason(facts)
+            if not as_json:
+                mark = "[red]unreachable[/]" if reason else "[green]ok[/]"
+                progress.console.print(f"  {escape(host)}: {mark}")
+            progress.update(task, advance=1, description=host)
+
+        gatherer: Gather = gather or (lambda d, cb: gather_over_ssh(d, client_key, cb))
+        facts = asyncio.run(_await(gatherer(desired, done)))
+    try:
+        plan = plan_desired(desired, facts)
+    except (RequisiteCycle, DesiredStateInvalid) as exc:
+        return _fail(out, as_json, [str(exc)])
+    status = exit_status(plan)
+    if as_json:
+        doc: dict[str, Any] = {"summary": summary(plan), "exit_status": status}
+        doc["plan"] = plan.model_dump(mode="json", exclude=None if show_states else {"low_states"})
+        out.print_json(json.dumps(doc, sort_keys=True))
+        return status
+    if show_states:
+        for line in render_states(plan):
+            out.print(line, highlight=False, soft_wrap=True)
+    for line in render_plan(plan):
+        out.print(line, highlight=False, soft_wrap=True)
+    return status
+
+
+async def _await(value: Awaitable[dict[str, HostFacts]]) -> dict[str, HostFacts]:
+    return await value
+
+
+def _fail(out: Console, as_json: bool, messages: list[str]) -> int:
+    if as_json:
+        out.print_json(json.dumps({"errors": messages, "exit_status": EXIT_ERROR}))
+    else:
+        for m in messages:
+            out.print(f"[red]error:[/] {escape(m)}", highlight=False, soft_wrap=True)
+    return EXIT_ERROR
