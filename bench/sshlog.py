@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _CONNECTION_RE = re.compile(r"^Connection from (?P<addr>\S+) port \d+ on ")
-_SESSION_RE = re.compile(r"^Starting session: (?P<kind>command|shell|subsystem '[^']*'|forced-command[^ ]*) for ")
+_SESSION_RE = re.compile(
+    r"^Starting session: (?P<kind>command|shell|subsystem '[^']*'|forced-command[^ ]*) for "
+)
 
 
 @dataclass(frozen=True, slots=True)

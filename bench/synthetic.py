@@ -17,7 +17,9 @@ from pathlib import Path
 
 from reconciler.hostfacts import Address, Fact, HostFacts, Interface
 
-FRESH_FACTS = Path(__file__).resolve().parent.parent / "fixtures/facts/facts_script/fresh_namespace.json"
+FRESH_FACTS = (
+    Path(__file__).resolve().parent.parent / "fixtures/facts/facts_script/fresh_namespace.json"
+)
 
 # Real servers live in 10.128.0.0/9 (room for far more than 10,000 hosts); VIPs and directors in
 # 10.1.0.0/16. These are names in a data structure only: nothing is ever sent to them.
@@ -64,7 +66,8 @@ def synthetic_repo(n_real_servers: int, n_vips: int = 200) -> dict[str, bytes]:
         raise ValueError("need at least one real server and one VIP")
     inv = ["# synthetic inventory (bench)\n"]
     kh = []
-    hosts = [*_DIRECTORS, *((real_server_name(i), real_server_address(i)) for i in range(n_real_servers))]
+    hosts = [*_DIRECTORS]
+    hosts += [(real_server_name(i), real_server_address(i)) for i in range(n_real_servers)]
     for name, addr in hosts:
         inv.append(f'\n[hosts.{name}]\naddress = "{addr}"\ninterface = "eth0"\n')
         kh.append(f"{addr} ssh-ed25519 {fake_host_key(name)}\n")
@@ -81,7 +84,9 @@ def synthetic_repo(n_real_servers: int, n_vips: int = 200) -> dict[str, bytes]:
             'protocol = "tcp"\nscheduler = "wlc"\n'
         )
         for i in members:
-            cluster.append(f'\n  [[service.real_server]]\n  host = "{real_server_name(i)}"\n  weight = 1\n')
+            cluster.append(
+                f'\n  [[service.real_server]]\n  host = "{real_server_name(i)}"\n  weight = 1\n'
+            )
     settings = 'approval = "auto"\n\n[verify]\nenabled = false\n'
     return {
         "shoal.toml": settings.encode(),
@@ -97,10 +102,13 @@ def fresh_facts_template() -> HostFacts:
 
 def host_facts_like(template: HostFacts, name: str, address: str, index: int) -> HostFacts:
     """`template` as host `name`: its hostname, and an eth0 with `address`/24 and its own MAC."""
-    mac = "02:00:%02x:%02x:%02x:%02x" % tuple((index >> s) & 0xFF for s in (24, 16, 8, 0))
+    mac = "02:00:" + ":".join(f"{(index >> s) & 0xFF:02x}" for s in (24, 16, 8, 0))
     lo = [i for i in (template.interfaces.value or ()) if i.name == "lo"]
     eth0 = Interface(
-        name="eth0", mac=mac, up=True, addresses=(Address(address=address, prefix=24, label="eth0"),)
+        name="eth0",
+        mac=mac,
+        up=True,
+        addresses=(Address(address=address, prefix=24, label="eth0"),),
     )
     return template.model_copy(
         update={

@@ -67,6 +67,7 @@ class LabHost(BaseModel):
     veth: str  # bridge-side end of the host's link (set_link switches it)
     netns: str  # `ip netns exec <netns> ...` works for debugging
     init_pid: int  # the host's PID 1 as the machine sees it
+    holder_pid: int  # `unshare`, the init's parent in the machine's pid namespace
     sshd_pid: int
 
 
@@ -107,6 +108,7 @@ class Lab:
                 veth=h.veth,
                 netns=h.netns,
                 init_pid=h.init_pid,
+                holder_pid=h.holder_pid,
                 sshd_pid=h.sshd_pid,
             )
             for h in state.hosts

@@ -8,6 +8,7 @@ e.g. by sshd). Only such processes are ever signalled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,15 +46,19 @@ async def run(
         stderr=subprocess.PIPE,
         env=dict(env) if env is not None else {**BASE_ENV},
         cwd="/",
+        # Its own process group, so a timeout kills what it started too (nsenter's child in a
+        # host, a hung command), not only the process we know: those hold our pipes open.
+        start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(
             proc.communicate(input.encode() if input is not None else None), timeout
         )
     except (TimeoutError, asyncio.CancelledError):
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)
         raise
     assert proc.returncode is not None
     result = subprocess.CompletedProcess(

@@ -90,9 +90,16 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
 
     procs = lab_processes(lab_id, namespaces)
     # Killing a host's init alone would end its pid namespace, but processes entered into only
-    # some of its namespaces (nsenter -m, -n) would survive: every one is killed.
-    report.killed = proc.kill_verified(list(procs), procs)
-    left = await asyncio.to_thread(proc.wait_gone, list(procs), timeout)
+    # some of its namespaces (nsenter -m, -n) would survive: every one is killed. Those inside
+    # the hosts go first, so each `unshare` sees its init die and exits by itself (killed
+    # first, it would leave the init to the machine's PID 1 to reap).
+    own = proc.own_namespaces()
+    inside = [p for p, i in procs.items() if i.namespaces.get("pid") not in own]
+    outside = [p for p in procs if p not in inside]
+    report.killed = proc.kill_verified(inside, procs)
+    left = await asyncio.to_thread(proc.wait_gone, inside, timeout)
+    report.killed += proc.kill_verified(outside, procs)
+    left += await asyncio.to_thread(proc.wait_gone, outside, timeout)
     report.left += [f"process {p} ({procs[p].comm})" for p in left]
 
     if named:

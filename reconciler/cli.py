@@ -131,5 +131,21 @@ def plan(
     )
 
 
+@app.command()
+def apply(
+    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
+    key: Annotated[
+        Path,
+        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
+    ] = Path("~/.ssh/id_ed25519"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="apply without asking")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+) -> None:
+    """Plan, show, ask, apply with rollback (exit 0 ok, 1 rolled back, 2 refused, 3 unproven)."""
+    from reconciler.apply_cmd import run_apply
+
+    raise typer.Exit(run_apply(repo, client_key=key.expanduser(), yes=yes, as_json=as_json))
+
+
 def main() -> None:
     app()

@@ -372,23 +372,25 @@ def _snapshot(hp: HostPhase) -> str:
         'W=$1; D="$B/$W"; mkdir -p "$D"',
         'snap() { _n=$1; shift; "$@" >"$D/$_n" 2>"$D/$_n.err" </dev/null; '
         'emit "$W.$_n" $? "$D/$_n"; }',
+        # External tools run under `timeout` too: a hung tool must not hang the snapshot.
+        'if command -v timeout >/dev/null 2>&1; then TO="timeout -k 2 $T"; else TO=; fi',
     ]
     if t.arptables:
-        lines.append("snap arptables arptables-save")
+        lines.append("snap arptables $TO arptables-save")
     for table in t.iptables_tables:
-        lines.append(f"snap iptables_{table} iptables-save -t {_q(table)}")
+        lines.append(f"snap iptables_{table} $TO iptables-save -t {_q(table)}")
     if t.nft:
         lines.append("snap nft nft_ours")
     if t.nft or t.arptables or t.iptables_tables:
         lines.append("snap nft_tables nft_tables")
     if t.ipvs:
-        lines.append("snap ipvs ipvsadm -Sn")
+        lines.append("snap ipvs $TO ipvsadm -Sn")
     if t.interfaces is not None:
         if t.interfaces:
             for i, name in enumerate(t.interfaces):
-                lines.append(f"snap addr.{i} ip -j addr show dev {_q(name)}")
+                lines.append(f"snap addr.{i} $TO ip -j addr show dev {_q(name)}")
         else:
-            lines.append("snap addr ip -j addr")
+            lines.append("snap addr $TO ip -j addr")
     if t.sysctls:
         lines.append("snap sysctl sysctls " + " ".join(_q(k) for k in t.sysctls))
     for k, path in enumerate(t.files):

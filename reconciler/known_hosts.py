@@ -135,6 +135,29 @@ def entry_matches(entry: KnownHostEntry, token: str) -> bool:
     return matched
 
 
-def has_key_for(entries: list[KnownHostEntry], token: str) -> bool:
-    """True if some entry (not a revocation) pins a key for `token`."""
+def plain_tokens(entries: list[KnownHostEntry]) -> frozenset[str]:
+    """Tokens pinned by entries whose patterns are all plain names (no wildcard, hash, negation).
+
+    Such an entry matches a token exactly when one of its patterns equals it, so a set lookup
+    answers `has_key_for` for them; a big inventory would otherwise scan every entry per host.
+    """
+    out: set[str] = set()
+    for e in entries:
+        if e.marker == "@revoked" or any(
+            p.startswith(("!", "|1|")) or "*" in p or "?" in p for p in e.patterns
+        ):
+            continue
+        out.update(p.lower() for p in e.patterns)
+    return frozenset(out)
+
+
+def has_key_for(
+    entries: list[KnownHostEntry], token: str, plain: frozenset[str] | None = None
+) -> bool:
+    """True if some entry (not a revocation) pins a key for `token`.
+
+    `plain` (from `plain_tokens(entries)`) is a fast path; without it every entry is scanned.
+    """
+    if plain is not None and token.lower() in plain:
+        return True
     return any(e.marker != "@revoked" and entry_matches(e, token) for e in entries)

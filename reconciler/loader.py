@@ -29,7 +29,7 @@ from reconciler.crosscheck import (
     cross_check,
 )
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
-from reconciler.known_hosts import has_key_for, host_token, parse_known_hosts
+from reconciler.known_hosts import has_key_for, host_token, parse_known_hosts, plain_tokens
 from reconciler.models import (
     Cluster,
     ClusterHeader,
@@ -308,9 +308,10 @@ def _check_known_hosts(
     entries, problems = parse_known_hosts(text)
     for problem in problems:
         collector.add_at(KNOWN_HOSTS_FILE, problem.message, problem.line, problem.column)
+    plain = plain_tokens(entries)
     for name, host in hosts.items():
         token = host_token(host.address, host.port)
-        if not has_key_for(entries, token):
+        if not has_key_for(entries, token, plain):
             collector.add_at(
                 KNOWN_HOSTS_FILE,
                 f"no key for host {quoted(name)} ({token})",

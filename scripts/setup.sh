@@ -30,14 +30,17 @@ KERNEL_ROOT=.cache/kernel/root
 if ! compgen -G "$KERNEL_ROOT/boot/vmlinuz-*" >/dev/null; then
   echo "setup: unpacking Debian's kernel into $KERNEL_ROOT (for the IPVS director VM)"
   rm -rf .cache/kernel && mkdir -p .cache/kernel/deb && chmod 0755 .cache .cache/kernel
-  # linux-image-amd64 names the current ABI package (linux-image-6.1.0-N-amd64).
-  abi_package() { apt-cache depends linux-image-amd64 2>/dev/null \
-                    | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'; }
-  abi=$(abi_package)
-  if [ -z "$abi" ]; then apt-get update -q >/tmp/shoal-apt.log 2>&1 || true; abi=$(abi_package); fi
-  [ -n "$abi" ] || { echo "setup: no linux-image-amd64 in the package lists" >&2; exit 1; }
-  (cd .cache/kernel/deb && apt-get download -q "$abi") >>/tmp/shoal-apt.log 2>&1 \
-    || { cat /tmp/shoal-apt.log; exit 1; }
+  # linux-image-amd64 names the current ABI package (linux-image-6.1.0-N-amd64). Stale or
+  # missing package lists give no name or one the mirror no longer has: refresh, then retry.
+  fetch_kernel() {
+    rm -f .cache/kernel/deb/*.deb
+    abi=$(apt-cache depends linux-image-amd64 2>/dev/null \
+            | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+    [ -n "$abi" ] && (cd .cache/kernel/deb && apt-get download -q "$abi") >>/tmp/shoal-apt.log 2>&1
+  }
+  : >/tmp/shoal-apt.log
+  fetch_kernel || { apt-get update -q >>/tmp/shoal-apt.log 2>&1 && fetch_kernel; } \
+    || { cat /tmp/shoal-apt.log; echo "setup: could not download Debian's kernel" >&2; exit 1; }
   dpkg-deb -x .cache/kernel/deb/*.deb "$KERNEL_ROOT.new"
   kver=$(basename "$(compgen -G "$KERNEL_ROOT.new/lib/modules/*" | head -n 1)")
   depmod -b "$KERNEL_ROOT.new" "$kver"

@@ -63,8 +63,16 @@ async def lab() -> AsyncIterator[Lab]:
         yield session_lab
 
 
+_lab_test_ids: set[str] = set()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # By marker, not by keyword: "lab" is also the name of the tests/lab package.
+    _lab_test_ids.update(item.nodeid for item in items if item.get_closest_marker("lab"))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "lab" in report.keywords and not hasattr(report, "wasxfail"):
+    if report.skipped and report.nodeid in _lab_test_ids and not hasattr(report, "wasxfail"):
         _skipped_lab_tests.append(report.nodeid)
 
 

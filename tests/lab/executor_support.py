@@ -28,6 +28,16 @@ SYSCTL_KEYS = (
     "net.ipv4.conf.all.arp_ignore",
     "net.ipv4.conf.all.arp_announce",
     "net.ipv4.conf.lo.arp_ignore",
+    "net.ipv4.conf.eth0.arp_ignore",
+    "net.ipv4.conf.eth0.arp_announce",
+)
+# The files a real plan manages (persistence, ledger, the director's nft file).
+PLAN_FILES = (
+    "/etc/sysctl.d/90-shoal-lvs-dr.conf",
+    "/usr/local/sbin/shoal-restore",
+    "/etc/systemd/system/shoal-restore.service",
+    "/var/lib/shoal/ledger.json",
+    "/var/lib/shoal/nft/shoal_dsr.nft",
 )
 
 
@@ -76,8 +86,9 @@ def step(
 
 
 async def sysctl_values(lab: Lab, host: str) -> dict[str, str]:
-    res = await lab.exec(host, ["sysctl", "-n", *SYSCTL_KEYS])
-    return dict(zip(SYSCTL_KEYS, res.stdout.split(), strict=True))
+    keys = SYSCTL_KEYS[:3]
+    res = await lab.exec(host, ["sysctl", "-n", *keys])
+    return dict(zip(keys, res.stdout.split(), strict=True))
 
 
 def real_server_steps(
@@ -166,10 +177,11 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
         "files": [
             "sh",
             "-c",
-            f"for f in {SYSCTL_CONF} {NFT_FILE}; do "
+            f"for f in {SYSCTL_CONF} {NFT_FILE} {' '.join(PLAN_FILES)}; do "
             'if [ -e "$f" ]; then echo "$f $(stat -c %a "$f")"; cat "$f"; '
             'else echo "$f absent"; fi; '
-            f"done; ls -d {TEST_DIR} 2>&1",
+            f"done; ls -d {TEST_DIR} /var/lib/shoal/nft 2>&1; "
+            "find /etc/systemd/system -printf '%p %l\\n' 2>&1 | sort",
         ],
     }
     # A fresh lab host's IPv6 link-local address is "tentative" for a moment (kernel DAD):

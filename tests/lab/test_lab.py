@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 from lab import Lab, Topology
 from lab.naming import STATE_ROOT
 from lab.proc import all_pids, is_alive, ns_inode, read_marker
+from lab.state import process_start_time
 from lab.teardown import lab_netns
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
@@ -55,31 +57,38 @@ def link_names() -> set[str]:
     return {link["ifname"] for link in json.loads(out.stdout)}
 
 
-def lab_traces(lab_id: str, namespaces: set[int]) -> list[str]:
-    """Everything of `lab_id` still on the machine: namespaces, links, processes, state dir."""
+def lab_traces(lab_id: str) -> list[str]:
+    """Everything of `lab_id` on the machine now: namespaces, links, marked processes, state."""
     traces = [f"netns {n}" for n in lab_netns(lab_id)]
     traces += [
         f"link {n}" for n in link_names() if n == f"shoal-{lab_id}" or n.startswith(f"sh-{lab_id}-")
     ]
-    for pid in all_pids():
-        if not is_alive(pid):
-            continue
-        marker = read_marker(pid) or ""
-        inside = {ns_inode(pid, k) for k in ("net", "pid", "mnt", "uts")} & namespaces
-        if marker.startswith(f"{lab_id}/") or inside:
-            traces.append(f"process {pid}")
+    traces += [
+        f"process {pid}"
+        for pid in all_pids()
+        if is_alive(pid) and (read_marker(pid) or "").startswith(f"{lab_id}/")
+    ]
     if (STATE_ROOT / lab_id).exists():
         traces.append(f"state dir {STATE_ROOT / lab_id}")
     return traces
 
 
-def lab_namespaces(lab: Lab) -> set[int]:
-    return {
-        ino
-        for h in lab.hosts.values()
-        for k in ("net", "pid", "mnt", "uts")
-        if (ino := ns_inode(h.init_pid, k)) is not None
-    }
+Identity = tuple[int, str]
+
+
+def identity(pid: int) -> Identity:
+    """A pid with its start time: still names the same process if the pid is reused later."""
+    return pid, process_start_time(pid)
+
+
+def running(who: Identity) -> bool:
+    return is_alive(who[0]) and process_start_time(who[0]) == who[1]
+
+
+def host_processes(lab: Lab) -> list[Identity]:
+    """Every process in the lab's hosts (also those sshd started), while they run."""
+    namespaces = {ns_inode(h.init_pid, "pid") for h in lab.hosts.values()}
+    return [identity(p) for p in all_pids() if is_alive(p) and ns_inode(p, "pid") in namespaces]
 
 
 async def test_every_host_answers_over_ssh_with_its_pinned_key(lab: Lab) -> None:
@@ -89,8 +98,17 @@ async def test_every_host_answers_over_ssh_with_its_pinned_key(lab: Lab) -> None
         hostname, etc_hostname, addr_line = out.splitlines()
         assert hostname == etc_hostname == name
         assert f"{lab.hosts[name].address}/24" in addr_line
-    # The controller's address is the only one on the lab side of the machine.
-    assert lab.controller_address.endswith(".254")
+
+    # Nothing is routed out of the lab: hosts have no default route, the bridge forwards nothing
+    # off itself and has only the controller's address.
+    for name in lab.hosts:
+        assert (await lab.exec(name, ["ip", "-4", "route", "show", "default"])).stdout == ""
+    assert Path(f"/proc/sys/net/ipv4/conf/{lab.bridge}/forwarding").read_text().strip() == "0"
+    bridge = subprocess.run(
+        ["ip", "-j", "addr", "show", "dev", lab.bridge], capture_output=True, text=True, check=True
+    )
+    addrs = [a["local"] for a in json.loads(bridge.stdout)[0]["addr_info"]]
+    assert addrs == [lab.controller_address]
 
 
 async def test_root_login_needs_the_key(lab: Lab) -> None:
@@ -267,14 +285,17 @@ async def test_down_leaves_nothing_and_other_labs_keep_running(
         assert len(small.hosts) == 5
         for name in small.hosts:
             assert (await ssh_run(small, name, "hostname")).strip() == name
-        # A daemon started over SSH (not by the lab) must go too.
+        # A daemon started over SSH (not by the lab, so without its marker) must go too.
         await ssh_run(small, "web1", "setsid -f sleep 10000 >/dev/null 2>&1 < /dev/null")
-        namespaces = lab_namespaces(small)
-        pids = [p for h in small.hosts.values() for p in (h.init_pid, h.sshd_pid)]
-        assert all(is_alive(p) for p in pids)
-        assert len(lab_traces(lab_id, namespaces)) > 10
-    assert lab_traces(lab_id, namespaces) == []
-    assert not any(is_alive(p) for p in pids)
+        inside = host_processes(small)
+        sshd = [identity(h.sshd_pid) for h in small.hosts.values()]
+        holders = [identity(h.holder_pid) for h in small.hosts.values()]
+        assert set(sshd) <= set(inside)
+        assert len(inside) >= 3 * 5 + 1  # init, sshd, sleep per host, and the daemon
+        assert all(running(p) for p in inside + holders)
+        assert len(lab_traces(lab_id)) > 10
+    assert lab_traces(lab_id) == []
+    assert not [p for p in inside + holders if running(p)]
     # The session lab was untouched.
     assert (await ssh_run(lab, "lvs1", "hostname")).strip() == "lvs1"
 
@@ -289,21 +310,22 @@ async def test_a_crashed_lab_is_cleaned_by_the_next_up(session_token: str) -> No
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", crash, cwd=str(REPO))
-    assert await proc.wait() == -9
+    assert await proc.wait() == -signal.SIGKILL
     old = Lab.attach(lab_id)
-    old_namespaces = lab_namespaces(old)
-    old_pids = [h.init_pid for h in old.hosts.values()]
-    assert all(is_alive(p) for p in old_pids)
+    old_processes = host_processes(old)
+    assert len(old_processes) >= 2 * 3
+    old_traces = lab_traces(lab_id)
+    assert f"netns shoal-{lab_id}-lvs1" in old_traces and f"link shoal-{lab_id}" in old_traces
     # The record is lost too: leftovers must be found by their names and markers alone.
     (STATE_ROOT / lab_id / "state.json").unlink()
 
     async with Lab.up(lab_id, two) as fresh:
-        assert not any(is_alive(p) for p in old_pids)
-        assert not lab_namespaces(fresh) & old_namespaces
+        assert not [p for p in old_processes if running(p)]
         for name in fresh.hosts:
             assert (await ssh_run(fresh, name, "hostname")).strip() == name
-        new_namespaces = lab_namespaces(fresh)
-    assert lab_traces(lab_id, old_namespaces | new_namespaces) == []
+        new_processes = host_processes(fresh)
+    assert lab_traces(lab_id) == []
+    assert not [p for p in new_processes if running(p)]
 
 
 async def test_a_big_lab_comes_up_fast(lab: Lab, session_token: str) -> None:
@@ -316,9 +338,8 @@ async def test_a_big_lab_comes_up_fast(lab: Lab, session_token: str) -> None:
         assert (await ssh_run(big, "web50", "hostname")).strip() == "web50"
         # Subnets of coexisting labs never clash.
         assert big.subnet != lab.subnet
-        namespaces = lab_namespaces(big)
         down_start = time.monotonic()
     down_seconds = time.monotonic() - down_start
     assert up_seconds < 0.5 * len(topology.hosts), up_seconds
     assert down_seconds < 10, down_seconds
-    assert lab_traces(lab_id, namespaces) == []
+    assert lab_traces(lab_id) == []

@@ -1,0 +1,225 @@
+"""`shoal apply [REPO] [--yes] [--json]`: plan, show, ask, apply with progress, report.
+
+The plan is made and shown exactly as `shoal plan` does (reconciler.plan_cmd). Unless --yes,
+the operator confirms; the apply then gathers facts again and refuses a plan whose facts moved
+meanwhile (StalePlan: run it again). Progress is one line per host and phase on stderr; the
+per-step results and what was rolled back follow on stdout.
+
+Exit status: 0 applied (or nothing to do), 1 failed and rolled back, 2 refused (not confirmed,
+stale plan, --json without --yes), 3 a rollback that could not be proven (the host differs from
+its pre-apply facts: look at it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.prompt import Confirm
+
+from reconciler.compile import managed_paths
+from reconciler.errors import DesiredStateInvalid, RequisiteCycle, ShoalError, StalePlan
+from reconciler.executor import ApplyEvent, apply_plan
+from reconciler.facts import gather_facts
+from reconciler.hostfacts import HostFacts
+from reconciler.loader import load_repository
+from reconciler.models import Desired
+from reconciler.plan import plan_desired
+from reconciler.plan_cmd import render_plan, summary
+from reconciler.runresult import RunResult, StepResult
+from reconciler.steps import Plan
+from reconciler.transport import SSHTransport
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNPROVEN = 0, 1, 2, 3
+Ask = Callable[[str], bool]
+
+
+def _transport(desired: Desired, client_key: Path) -> SSHTransport:
+    cfg = desired.settings.apply
+    return SSHTransport(
+        desired.inventory,
+        desired.known_hosts,
+        client_key,
+        connect_timeout=cfg.connect_timeout,
+        command_timeout=cfg.command_timeout,
+        max_concurrent_hosts=cfg.max_concurrent_hosts,
+    )
+
+
+async def make_plan(desired: Desired, client_key: Path) -> Plan:
+    """Facts of every inventory host (one round trip each), then the plan."""
+    async with _transport(desired, client_key) as transport:
+        facts: dict[str, HostFacts] = await gather_facts(
+            transport, sorted(desired.inventory.hosts), managed_paths(desired)
+        )
+    return plan_desired(desired, facts)
+
+
+class ApplyProgress:
+    """One progress row per host and phase, fed by the executor's events."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.rows: dict[tuple[str, str], TaskID] = {}
+
+    def __call__(self, event: ApplyEvent) -> None:
+        p = self.progress
+        if event.kind == "host-start" and event.host and event.phase:
+            total = int(event.message.split()[0]) if event.message[:1].isdigit() else None
+            self.rows[(event.phase, event.host)] = p.add_task(
+                f"{event.phase} {event.host}", total=total, status="running"
+            )
+        elif event.kind == "step" and event.host and event.phase:
+            row = self.rows.get((event.phase, event.host))
+            if row is not None and event.ok is not None:
+                p.advance(row)
+        elif event.kind == "host-done" and event.host and event.phase:
+            row = self.rows.get((event.phase, event.host))
+            if row is not None:
+                p.update(row, status="[green]ok[/]" if event.ok else "[red]failed[/]")
+        elif event.kind == "rollback" and event.rollback is not None:
+            rb = event.rollback
+            state = {True: "[green]proven[/]", False: "[red]NOT PROVEN[/]", None: "pending"}
+            p.console.print(
+                f"  rolled back {escape(rb.host)} ({escape(rb.phase)}) by {escape(rb.by)}: "
+                f"{state[rb.proven]}",
+                highlight=False,
+            )
+        elif event.kind == "wait":
+            p.console.print(f"  [yellow]{escape(event.host or '')}: {escape(event.message)}[/]")
+
+
+def render_step_result(r: StepResult) -> str:
+    mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]-[/]"}[r.result]
+    took = f" [dim]{r.duration:.2f}s[/]" if r.duration is not None else ""
+    back = " [yellow](rolled back)[/]" if r.rolled_back else ""
+    line = f"  {mark} {escape(r.name)}{took}{back}"
+    if r.result is not True:
+        line += f"\n      [dim]{escape(r.comment)}[/]"
+    if r.result is False and r.output:
+        line += "\n" + "\n".join(f"      {escape(x)}" for x in r.output.splitlines()[-12:])
+    return line
+
+
+def render_result(result: RunResult) -> list[str]:
+    lines: list[str] = []
+    for host, steps in sorted(result.hosts.items()):
+        if any(s.result is False for s in steps):
+            state = "[red]failed[/]"
+        elif any(s.rolled_back for s in steps):
+            state = "[yellow]rolled back[/]"
+        elif all(s.result is None for s in steps):
+            state = "[dim]not run[/]"
+        else:
+            state = "[green]ok[/]"
+        lines.append(f"[bold]{escape(host)}[/] {state}")
+        lines += [render_step_result(s) for s in steps]
+    for rb in result.rollbacks:
+        head = f"rolled back {escape(rb.host)} ({escape(rb.phase)}) by {escape(rb.by)}"
+        if rb.proven:
+            lines.append(f"[yellow]{head}[/]: equal to its pre-apply facts (proven)")
+        elif rb.proven is None:
+            lines.append(f"[yellow]{head}[/]: not checked")
+            lines += [f"    {escape(d)}" for d in rb.differences]
+        else:
+            lines.append(f"[bold red]ROLLBACK NOT PROVEN: {head}[/]; the host differs:")
+            lines += [f"    {escape(line)}" for d in rb.differences for line in d.splitlines()]
+        lines += [f"    [dim]{escape(x)}[/]" for x in rb.restored]
+    for err in result.errors:
+        where = " ".join(x for x in (err.host, err.phase, err.step_id) if x)
+        lines.append(f"[red]{escape(err.kind)}[/] {escape(where)}: {escape(err.message)}")
+    verdict = "[green]applied[/]" if result.ok else "[red]FAILED[/]"
+    lines.append(f"run of plan {result.plan_id}: {verdict}: {escape(result.comment)}")
+    return lines
+
+
+def exit_status(result: RunResult) -> int:
+    if any(rb.proven is False for rb in result.rollbacks):
+        return EXIT_UNPROVEN
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def run_apply(
+    repo: Path,
+    *,
+    client_key: Path,
+    yes: bool = False,
+    as_json: bool = False,
+    console: Console | None = None,
+    ask: Ask | None = None,
+) -> int:
+    """Load, plan, show, confirm, apply, report; return the exit status."""
+    out = console or Console()
+    err = Console(stderr=True) if console is None else console
+    try:
+        desired = load_repository(repo)
+    except DesiredStateInvalid as exc:
+        return _fail(out, as_json, [str(i) for i in exc.issues], EXIT_FAILED)
+    if as_json and not yes:
+        return _fail(out, as_json, ["--json cannot ask for confirmation: add --yes"], EXIT_REFUSED)
+    try:
+        with err.status("gathering facts and planning", spinner="dots"):
+            plan = asyncio.run(make_plan(desired, client_key))
+    except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
+        return _fail(out, as_json, [str(exc)], EXIT_FAILED)
+    if not as_json:
+        for line in render_plan(plan):
+            out.print(line, highlight=False, soft_wrap=True)
+    if plan.empty and all(hp.reachable for hp in plan.hosts.values()):
+        if as_json:
+            out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
+        else:
+            out.print("nothing to apply")
+        return EXIT_OK
+    if not yes:
+        confirm = ask or (lambda q: Confirm.ask(q, console=out))
+        if not confirm(f"Apply plan {plan.id}?"):
+            out.print("not applied")
+            return EXIT_REFUSED
+    try:
+        result = asyncio.run(_apply(plan, desired, client_key, err, quiet=as_json))
+    except StalePlan as exc:
+        return _fail(out, as_json, [f"{exc}; run shoal apply again"], EXIT_REFUSED)
+    status = exit_status(result)
+    if as_json:
+        doc: dict[str, Any] = {
+            "plan": summary(plan),
+            "run": result.model_dump(mode="json"),
+            "exit_status": status,
+        }
+        out.print_json(json.dumps(doc, sort_keys=True))
+        return status
+    for line in render_result(result):
+        out.print(line, highlight=False, soft_wrap=True)
+    return status
+
+
+async def _apply(
+    plan: Plan, desired: Desired, client_key: Path, err: Console, *, quiet: bool
+) -> RunResult:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=err, disable=quiet) as progress:
+        async with _transport(desired, client_key) as transport:
+            return await apply_plan(
+                plan, desired, transport, on_event=ApplyProgress(progress), check_stale=True
+            )
+
+
+def _fail(out: Console, as_json: bool, messages: list[str], status: int) -> int:
+    if as_json:
+        out.print_json(json.dumps({"errors": messages, "exit_status": status}))
+    else:
+        for m in messages:
+            out.print(f"[red]error:[/] {escape(m)}", highlight=False, soft_wrap=True)
+    return status
