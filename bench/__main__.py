@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,8 +176,14 @@ async def _run_one(
         return series, bench.notes
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the lab's context manager takes the hosts down.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     peers = peerenv.ensure()
     results = Results(machine=machine(), versions=versions(peers), repetitions=args.reps)
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))

@@ -47,6 +47,14 @@ _SYSCTL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
 _MODE_RE = re.compile(r"^[0-7]{3,4}$")
 _SYSCTL_CONF_RE = re.compile(r"^\s*-?\s*([A-Za-z0-9_][A-Za-z0-9_./-]*)\s*=")
+_ABS_PATH_RE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,250}$")
+# `systemctl enable` links a unit into the target its [Install] names; shoal's units (and the
+# service states) use multi-user.target, whose link is what the facts read too.
+WANTS_DIR = "/etc/systemd/system/multi-user.target.wants"
+_UNIT_LINK_VERBS = frozenset({"enable", "disable", "reenable"})
+# Backup directories kept per host (/var/lib/shoal/backups/<plan-id>), newest first.
+KEEP_BACKUPS = 10
 
 # Exit statuses of `timeout`: timed out, or killed after the grace period.
 TIMEOUT_STATUSES = frozenset({124, 137})
@@ -145,6 +153,36 @@ def _iptables_table(argv: Argv) -> str:
     return "filter"
 
 
+def _removed_paths(argv: Argv) -> list[str]:
+    """The files `rm` would remove (absolute paths only, as every state writes them)."""
+    args = argv[1:]
+    if "--" in args:
+        args = args[args.index("--") + 1 :]
+    else:
+        args = tuple(a for a in args if not a.startswith("-"))
+    return [a for a in args if _ABS_PATH_RE.match(a)]
+
+
+def _unit_links(argv: Argv) -> list[str]:
+    """The `multi-user.target.wants` links `systemctl enable|disable UNIT...` adds or removes."""
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    if not words or words[0] not in _UNIT_LINK_VERBS:
+        return []
+    return [f"{WANTS_DIR}/{u}" for u in words[1:] if _UNIT_RE.match(u)]
+
+
+def command_files(argv: Argv) -> list[str]:
+    """Paths a command creates or deletes outside the step's FileWrites (snapshotted too)."""
+    if not argv:
+        return []
+    tool = _basename(argv[0])
+    if tool == "rm":
+        return _removed_paths(argv)
+    if tool == "systemctl":
+        return _unit_links(argv)
+    return []
+
+
 def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
     """Every subsystem, interface, sysctl and file the steps can change."""
     subsystems: set[str] = set()
@@ -157,6 +195,7 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
         for argv in (*step.commands, *step.undo):
             if not argv:
                 continue
+            files.extend(command_files(argv))
             tool = _basename(argv[0])
             if tool == "sysctl":
                 sysctls.extend(_sysctl_keys(argv))

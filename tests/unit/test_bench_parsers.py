@@ -39,7 +39,9 @@ def test_count_sshd_lines_filters_connections_by_client() -> None:
 
 
 def test_count_sshd_lines_finds_messages_behind_a_syslog_prefix() -> None:
-    line = "Nov 24 23:13:01 web1 sshd[412]: Starting session: shell for root from 1.2.3.4 port 5 id 0"
+    line = (
+        "Nov 24 23:13:01 web1 sshd[412]: Starting session: shell for root from 1.2.3.4 port 5 id 0"
+    )
     assert count_sshd_lines(line).sessions == 1
     assert count_sshd_lines("Close session: user root from 1.2.3.4 port 5 id 0").sessions == 0
 
@@ -50,7 +52,7 @@ def test_log_window_counts_only_what_was_appended(tmp_path: Path) -> None:
     window = LogWindow({"web1": log, "web2": tmp_path / "missing.log"})
     window.mark()
     with log.open("a") as f:
-        f.write("Connection from 10.77.3.254 port 1 on 10.77.3.21 port 22 rdomain \"\"\n")
+        f.write('Connection from 10.77.3.254 port 1 on 10.77.3.21 port 22 rdomain ""\n')
         f.write("Starting session: command for root from 10.77.3.254 port 1 id 0\n")
     (tmp_path / "missing.log").write_text("Connection from 10.77.3.254 port 2 on x port 22\n")
     counts = window.read()
