@@ -1,4 +1,4 @@
-"""GET /runs/{id}: one apply, every step's result, rollback details, backups."""
+"""GET /runs/{id}: one apply, every step's result, rollback details, backups, verification."""
 
 from __future__ import annotations
 

@@ -213,6 +213,24 @@ class BackupOut(_Out):
     at: str
 
 
+class VerificationFailureOut(_Out):
+    check: str
+    host: str | None
+    message: str
+
+
+class VerificationOut(_Out):
+    """The verification phase that ended the run (real traffic through each VIP, ARP)."""
+
+    ok: bool
+    clients: list[str] = []
+    # `vip:port/proto (client)` -> real server -> requests it received
+    distribution: dict[str, dict[str, int]] = {}
+    failures: list[VerificationFailureOut] = []
+    notes: list[str] = []
+    elapsed: float = 0.0
+
+
 class RunOut(_Out):
     id: str
     plan_id: str
@@ -228,6 +246,7 @@ class RunOut(_Out):
     result: dict[str, Any] | None
     recovery: dict[str, Any] | None
     backups: list[BackupOut]
+    verification: VerificationOut | None = None
 
 
 class HostFactsOut(_Out):
@@ -385,6 +404,21 @@ def _result_out(r: StepResultRecord) -> StepResultOut:
     )
 
 
+def verification_out(result: dict[str, Any] | None) -> VerificationOut | None:
+    """The verification part of a stored run summary, or None if none ran."""
+    data = (result or {}).get("verification")
+    if not isinstance(data, dict):
+        return None
+    return VerificationOut(
+        ok=bool(data.get("ok")),
+        clients=list(data.get("clients", [])),
+        distribution=data.get("distribution", {}),
+        failures=[VerificationFailureOut.model_validate(f) for f in data.get("failures", [])],
+        notes=list(data.get("notes", [])),
+        elapsed=float(data.get("elapsed", 0.0)),
+    )
+
+
 def run_out(
     run: RunRecord, results: list[StepResultRecord], backups: list[BackupRecord]
 ) -> RunOut:
@@ -405,6 +439,7 @@ def run_out(
         backups=[
             BackupOut(host=b.host, location=b.location, detail=b.detail, at=b.at) for b in backups
         ],
+        verification=verification_out(run.result),
     )
 
 

@@ -129,6 +129,7 @@ class LabBench:
         self.series: dict[tuple[str, str], Series] = {}
         self.notes: list[str] = []
         self.sem = asyncio.Semaphore(16)
+        self.loads: list[float] = []  # 1-minute load average when each measurement started
 
     # --- hosts through the lab ------------------------------------------------------------
 
@@ -360,6 +361,7 @@ class LabBench:
             cp = Path(tempfile.mkdtemp(prefix=f"{tool.detached_marker}-", dir=self.work))
             env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(cp)
             marker = str(cp)
+        self.loads.append(os.getloadavg()[0])
         self.logs.mark()
         m = await asyncio.to_thread(
             run_measured,
@@ -414,6 +416,12 @@ class LabBench:
             # The floor on converged hosts (converged by the last tool, verified).
             await self.measure(tools["floor"], "noop", f"r{rep}")
         log(f"{self.n} hosts: done in {time.monotonic() - t0:.0f}s")
+        if self.loads:
+            self.notes.append(
+                f"{self.n} hosts: 1-minute load average at the start of the measurements: "
+                f"min {min(self.loads):.1f}, max {max(self.loads):.1f} "
+                f"({os.cpu_count()} cores; the lab's sshd and on-host scripts run here too)"
+            )
         return list(self.series.values())
 
 

@@ -5,6 +5,11 @@ Each host has its own network, UTS, mount and pid namespaces; /etc, /var/lib, /r
 address, firewall rule or process on one host is not on another. The controller (this process,
 tests, `shoal serve`) reaches hosts over SSH from .254 on the bridge; `exec` runs a command
 inside a host directly, for test setup and inspection only.
+
+A topology host of kind `vm` is a virtual machine instead (lab/vm.py: its own kernel, e.g. one
+with IPVS), booted with the other hosts, its tap on the bridge in place of a veth. `exec` reaches
+it over SSH (strict host key, one shared master connection per VM), since it has no namespaces
+here to enter.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from lab import holder as holders
 from lab import inject, network, proc, sshfiles
+from lab import vm as vms
 from lab.naming import (
     MARKER_ENV,
     bridge_name,
@@ -43,7 +50,7 @@ from lab.state import (
     save_state,
 )
 from lab.teardown import TeardownReport, destroy_lab
-from lab.topology import CONTROLLER_OCTET, Role, Topology
+from lab.topology import CONTROLLER_OCTET, HostKind, Role, Topology
 
 # Hosts started at once: enough to overlap process start-up, few enough for 2 cores.
 START_CONCURRENCY = 16
@@ -64,11 +71,13 @@ class LabHost(BaseModel):
     role: Role
     interface: str = "eth0"
     mac: str
-    veth: str  # bridge-side end of the host's link (set_link switches it)
-    netns: str  # `ip netns exec <netns> ...` works for debugging
-    init_pid: int  # the host's PID 1 as the machine sees it
+    veth: str  # bridge-side end of the host's link (set_link switches it); a VM's tap
+    netns: str  # `ip netns exec <netns> ...` works for debugging ("" for a VM)
+    init_pid: int  # the host's PID 1 as the machine sees it (0 for a VM)
     holder_pid: int  # `unshare`, the init's parent in the machine's pid namespace
     sshd_pid: int
+    kind: HostKind = "netns"
+    qemu_pid: int = 0  # a VM's qemu process
 
 
 def prerequisites() -> list[str]:
@@ -110,9 +119,14 @@ class Lab:
                 init_pid=h.init_pid,
                 holder_pid=h.holder_pid,
                 sshd_pid=h.sshd_pid,
+                kind=h.kind,
+                qemu_pid=h.qemu_pid,
             )
             for h in state.hosts
         }
+        # VMs this process booted, and their shared SSH connections (Lab.create fills these).
+        self._vms: dict[str, vms.VmHost] = {}
+        self._ssh_masters: dict[str, vms.SshMaster] = {}
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -177,7 +191,8 @@ class Lab:
                     address=str(net[h.octet]),
                     mac=mac_address(index, h.octet),
                     veth=veth_name(lab_id, h.octet),
-                    netns=netns_name(lab_id, h.name),
+                    netns=netns_name(lab_id, h.name) if h.kind == "netns" else "",
+                    kind=h.kind,
                 )
                 for h in topology.hosts
             ]
@@ -195,9 +210,12 @@ class Lab:
             await network.create_bridge(lab_id, index)
 
         host_dirs = {h.name: directory / "hosts" / h.name for h in records}
-        for d in host_dirs.values():
-            d.mkdir(parents=True)
-            holders.prepare_host_dir(d)
+        for h in records:
+            host_dirs[h.name].mkdir(parents=True)
+            if h.kind == "netns":
+                holders.prepare_host_dir(host_dirs[h.name])
+        netns_records = [h for h in records if h.kind == "netns"]
+        vm_records = [h for h in records if h.kind == "vm"]
         await sshfiles.generate_keys(directory, host_dirs, lab_id)
         for name, d in host_dirs.items():
             (d / "sshd_config").write_text(sshfiles.sshd_config(name, lab_id, d, debug=sshd_debug))
@@ -213,12 +231,60 @@ class Lab:
                     lab_id, h.name, host_dirs[h.name], directory, f"{h.address}/24"
                 )
 
-        started = await asyncio.gather(*(start(h) for h in records), return_exceptions=True)
+        # VMs boot (seconds) while the namespace hosts start and settle (a fraction of that).
+        site = vms.VmSite(lab_id, directory, state.subnet, state.bridge)
+        booting = [
+            asyncio.ensure_future(vms.boot_vm(site, _vm_spec(topology, h), host_dirs[h.name]))
+            for h in vm_records
+        ]
+        try:
+            netns_hosts = await cls._start_netns_hosts(
+                lab_id, index, netns_records, [start(h) for h in netns_records]
+            )
+        except BaseException:
+            await _stop_vms(booting)
+            raise
+        booted = await asyncio.gather(*booting, return_exceptions=True)
+        lab_vms = {r.name: r for r in booted if isinstance(r, vms.VmHost)}
+        failures = [r for r in booted if isinstance(r, BaseException)]
+        if failures:
+            for one in lab_vms.values():
+                await one.stop()
+            raise failures[0]
+        lab_holders = [one for one, _ in netns_hosts.values()]
+        by_vm = {h.name: h.model_copy(update={"qemu_pid": lab_vms[h.name].pid}) for h in vm_records}
+        by_name = {**{n: rec for n, (_, rec) in netns_hosts.items()}, **by_vm}
+        state.hosts = [by_name[h.name] for h in records]
+        entries = [
+            (h.address, sshfiles.public_key(host_dirs[h.name] / sshfiles.HOST_KEY), h.name)
+            for h in state.hosts
+        ]
+        (directory / sshfiles.KNOWN_HOSTS).write_text(sshfiles.known_hosts(entries))
+        state.status = "up"
+        save_state(state)
+        lab = cls(state)
+        lab._holders = [r.process for r in lab_holders]
+        lab._vms = lab_vms
+        await lab._start_ssh_masters()
+        return lab
+
+    @classmethod
+    async def _start_netns_hosts(
+        cls,
+        lab_id: str,
+        index: int,
+        records: list[HostRecord],
+        starts: list[Coroutine[Any, Any, holders.Holder]],
+    ) -> dict[str, tuple[holders.Holder, HostRecord]]:
+        """Start the namespace hosts, link them to the bridge, wait for their sshd."""
+        started = await asyncio.gather(*starts, return_exceptions=True)
         lab_holders = [r for r in started if isinstance(r, holders.Holder)]
         failures = [r for r in started if isinstance(r, BaseException)]
         if failures:
             raise failures[0]  # create() removes the hosts that did start
         by_name = {r.name: r for r in lab_holders}
+        if not records:
+            return {}
 
         await network.add_veths(
             lab_id,
@@ -243,17 +309,21 @@ class Lab:
                 }
             )
 
-        state.hosts = list(await asyncio.gather(*(finish(h) for h in records)))
-        entries = [
-            (h.address, sshfiles.public_key(host_dirs[h.name] / sshfiles.HOST_KEY), h.name)
-            for h in state.hosts
-        ]
-        (directory / sshfiles.KNOWN_HOSTS).write_text(sshfiles.known_hosts(entries))
-        state.status = "up"
-        save_state(state)
-        lab = cls(state)
-        lab._holders = [r.process for r in lab_holders]
-        return lab
+        done = await asyncio.gather(*(finish(h) for h in records))
+        return {h.name: (by_name[h.name], h) for h in done}
+
+    async def _start_ssh_masters(self) -> None:
+        for name in self._vms:
+            master = vms.SshMaster(
+                self.lab_id,
+                name,
+                self.hosts[name].address,
+                self.known_hosts_path,
+                self.client_key_path,
+                self.host_dir(name) / "ssh-master",
+            )
+            self._ssh_masters[name] = master
+            await master.start()
 
     @classmethod
     def attach(cls, lab_id: str) -> Lab:
@@ -262,12 +332,17 @@ class Lab:
         if state is None or state.status != "up":
             raise LabError(f"lab {lab_id!r} is not up")
         for h in state.hosts:
-            if proc.read_marker(h.init_pid) != marker_value(lab_id, h.name):
+            if proc.read_marker(h.main_pid()) != marker_value(lab_id, h.name):
                 raise LabError(f"lab {lab_id!r}: host {h.name} is not running (try `up` again)")
         return cls(state)
 
     async def down(self) -> TeardownReport:
         """Remove the lab: kill its processes (verified by pid), namespaces, links, state."""
+        # Our own VMs and SSH masters first, by pid and reaped (teardown finds any others).
+        for master in self._ssh_masters.values():
+            await master.stop()
+        for one in self._vms.values():
+            await one.stop()
         report = await destroy_lab(self.lab_id)
         for p in self._holders:
             # Reap our own children, so no zombie is left behind.
@@ -284,8 +359,22 @@ class Lab:
             raise LabError(f"lab {self.lab_id!r} has no host {name!r}") from None
 
     def nsenter_argv(self, host: str) -> list[str]:
-        pid = self.host(host).init_pid
-        return ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--pid", "--"]
+        one = self.host(host)
+        if one.kind != "netns":
+            raise LabError(f"{host} is a {one.kind} host: it has no namespaces here to enter")
+        return ["nsenter", f"--target={one.init_pid}", "--mount", "--uts", "--net", "--pid", "--"]
+
+    def ssh_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        """ssh argv running argv on a VM host (over its master connection when that is up)."""
+        one = self.host(host)
+        master = self._ssh_masters.get(host)
+        return vms.ssh_argv(
+            one.address,
+            self.known_hosts_path,
+            self.client_key_path,
+            argv,
+            control_path=master.control_path if master is not None else None,
+        )
 
     async def exec(
         self,
@@ -296,11 +385,14 @@ class Lab:
         input: str | None = None,
         timeout: float | None = 60.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run argv inside the host's namespaces (test setup and inspection, not the product)."""
+        """Run argv inside the host's namespaces (test setup and inspection, not the product);
+        on a VM host, over SSH as root."""
         env = {**proc.BASE_ENV, "HOME": "/root", MARKER_ENV: marker_value(self.lab_id, host)}
-        result = await proc.run(
-            [*self.nsenter_argv(host), *argv], check=False, input=input, timeout=timeout, env=env
-        )
+        if self.host(host).kind == "vm":
+            full = self.ssh_argv(host, argv)
+        else:
+            full = [*self.nsenter_argv(host), *argv]
+        result = await proc.run(full, check=False, input=input, timeout=timeout, env=env)
         result.args = list(argv)
         if check and result.returncode != 0:
             raise proc.LabCommandError(result.returncode, list(argv), result.stdout, result.stderr)
@@ -334,9 +426,10 @@ class Lab:
             "# Host keys are pinned in known_hosts (by address).",
         ]
         for h in self.hosts.values():
+            what = h.role.replace("_", " ") + (" (virtual machine)" if h.kind == "vm" else "")
             lines += [
                 "",
-                f"[hosts.{h.name}]  # {h.role.replace('_', ' ')}",
+                f"[hosts.{h.name}]  # {what}",
                 f'address = "{h.address}"',
                 f'interface = "{h.interface}"',
             ]
@@ -360,6 +453,20 @@ class Lab:
                 toml.write_text(pattern.sub(prefix, text))
         (dest / "inventory.toml").write_text(self.inventory_toml())
         (dest / "known_hosts").write_text(self.known_hosts_text())
+
+
+def _vm_spec(topology: Topology, h: HostRecord) -> vms.VmSpec:
+    spec = next(s for s in topology.hosts if s.name == h.name)
+    return vms.VmSpec(h.name, h.octet, h.role, spec.memory_mib, spec.cpus)
+
+
+async def _stop_vms(booting: Sequence[asyncio.Future[vms.VmHost]]) -> None:
+    """Stop VMs still booting or booted when the rest of the lab failed to start."""
+    for task in booting:
+        task.cancel()
+    for one in await asyncio.gather(*booting, return_exceptions=True):
+        if isinstance(one, vms.VmHost):
+            await one.stop()
 
 
 @contextlib.asynccontextmanager

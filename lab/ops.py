@@ -92,10 +92,13 @@ async def _status(lab_id: str, timeout: float) -> LabStatus:
             address=h.address,
             init_pid=h.init_pid,
             sshd_pid=h.sshd_pid,
-            running=proc.read_marker(h.init_pid) == f"{lab_id}/{h.name}",
+            running=proc.read_marker(h.main_pid()) == f"{lab_id}/{h.name}",
             # sshd rewrites its environment area for its process title, so it is known by
-            # sitting in the host's pid namespace instead of by the marker.
-            sshd_running=proc.is_alive(h.sshd_pid)
+            # sitting in the host's pid namespace instead of by the marker. A VM's sshd runs
+            # in the guest: only its answer (`reachable`) tells.
+            sshd_running=ok
+            if h.kind == "vm"
+            else proc.is_alive(h.sshd_pid)
             and proc.ns_inode(h.sshd_pid, "pid") == h.namespaces.get("pid"),
             reachable=ok,
         )

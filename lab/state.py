@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from lab.naming import STATE_ROOT, lab_dir
-from lab.topology import Role
+from lab.topology import HostKind, Role
 
 STATE_FILE = "state.json"
 
@@ -36,6 +36,12 @@ class HostRecord(BaseModel):
     init_pid: int = 0  # the host's PID 1, as the machine sees it
     sshd_pid: int = 0
     namespaces: dict[str, int] = {}
+    kind: HostKind = "netns"
+    qemu_pid: int = 0  # a `vm` host's qemu (its other pids stay 0; `veth` is its tap)
+
+    def main_pid(self) -> int:
+        """The process whose marker says the host runs: its init, or a VM's qemu."""
+        return self.qemu_pid if self.kind == "vm" else self.init_pid
 
 
 class LabState(BaseModel):

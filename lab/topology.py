@@ -3,6 +3,9 @@
 Addresses follow the contract every fixture relies on: directors .11-.19, real servers .21-.29
 (web1 is .21), clients .31-.39, the controller .254, VIPs .100-.199. Real servers beyond the
 ninth continue in .40-.99 and then .200-.253, so the VIP range and the other roles stay free.
+
+A host is of kind `netns` (namespaces on this machine, the default) or `vm` (a qemu virtual
+machine with its own kernel, lab/vm.py: a real IPVS director where this kernel has no IPVS).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["director", "real_server", "client"]
+HostKind = Literal["netns", "vm"]
 
 CONTROLLER_OCTET = 254
 VIP_OCTETS = range(100, 200)
@@ -26,11 +30,17 @@ _HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 @dataclass(frozen=True, slots=True)
 class HostSpec:
-    """One host of a topology: its name, role and last address octet."""
+    """One host of a topology: its name, role and last address octet, and what it runs on.
+
+    `memory_mib` and `cpus` size a `vm` host (lab/vm.py's defaults) and are ignored otherwise.
+    """
 
     name: str
     role: Role
     octet: int
+    kind: HostKind = "netns"
+    memory_mib: int = 512
+    cpus: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +65,28 @@ class Topology:
                 raise ValueError(f"{h.name}: octet {h.octet} is outside the host ranges")
 
     @classmethod
-    def build(cls, directors: int = 2, real_servers: int = 3, clients: int = 1) -> Topology:
-        """lvs1..lvsN, web1..webN, client1..clientN at their contract addresses."""
+    def build(
+        cls,
+        directors: int = 2,
+        real_servers: int = 3,
+        clients: int = 1,
+        *,
+        director_kind: HostKind = "netns",
+    ) -> Topology:
+        """lvs1..lvsN, web1..webN, client1..clientN at their contract addresses.
+
+        `director_kind="vm"` makes the directors virtual machines (real IPVS, lab/vm.py).
+        """
         if not 0 <= directors <= len(_DIRECTOR_OCTETS):
             raise ValueError(f"directors must be 0..{len(_DIRECTOR_OCTETS)}")
         if not 0 <= real_servers <= len(_REAL_SERVER_OCTETS):
             raise ValueError(f"real_servers must be 0..{len(_REAL_SERVER_OCTETS)}")
         if not 0 <= clients <= len(_CLIENT_OCTETS):
             raise ValueError(f"clients must be 0..{len(_CLIENT_OCTETS)}")
-        hosts = [HostSpec(f"lvs{i + 1}", "director", _DIRECTOR_OCTETS[i]) for i in range(directors)]
+        hosts = [
+            HostSpec(f"lvs{i + 1}", "director", _DIRECTOR_OCTETS[i], director_kind)
+            for i in range(directors)
+        ]
         hosts += [
             HostSpec(f"web{i + 1}", "real_server", _REAL_SERVER_OCTETS[i])
             for i in range(real_servers)
@@ -72,9 +95,9 @@ class Topology:
         return cls(tuple(hosts))
 
     @classmethod
-    def default(cls) -> Topology:
+    def default(cls, *, director_kind: HostKind = "netns") -> Topology:
         """lvs1 lvs2 (directors), web1 web2 web3 (real servers), client1."""
-        return cls.build()
+        return cls.build(director_kind=director_kind)
 
     @classmethod
     def with_real_servers(cls, n: int) -> Topology:
@@ -83,3 +106,6 @@ class Topology:
 
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
+
+    def spec(self, name: str) -> HostSpec:
+        return next(h for h in self.hosts if h.name == name)

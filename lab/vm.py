@@ -14,7 +14,10 @@ daemon, which two short scripts do, and this avoids a second virtual environment
 udev dependency, its virtiofsd probing and its console plumbing.
 
 Without KVM (SHOAL_VM_ACCEL=kvm opts in) qemu emulates the CPU: a boot takes seconds, and each
-new SSH connection about one second of key exchange, so keep connections pooled.
+new SSH connection about one second of key exchange, so keep connections pooled (`SshMaster`).
+
+Two ways in: a topology host of kind `vm`, which `Lab.up` boots with the other hosts (`boot_vm`),
+or `start_vm`/`vm_host`, which add a VM next to a running lab's hosts.
 """
 
 from __future__ import annotations
@@ -97,25 +100,150 @@ def accelerator() -> list[str]:
     return ["-accel", "tcg,tb-size=64", "-cpu", "max"]
 
 
+@dataclass(frozen=True, slots=True)
+class VmSite:
+    """The lab a VM boots into, as plain values: `Lab.up` boots VMs before its `Lab` exists."""
+
+    lab_id: str
+    state_dir: Path
+    subnet: str
+    bridge: str
+
+    @classmethod
+    def of(cls, lab: Lab) -> VmSite:
+        return cls(lab.lab_id, lab.state_dir, lab.subnet, lab.bridge)
+
+    @property
+    def client_key_path(self) -> Path:
+        return self.state_dir / sshfiles.CLIENT_KEY
+
+    @property
+    def subnet_index(self) -> int:
+        return int(str(ipaddress.IPv4Network(self.subnet).network_address).split(".")[2])
+
+
+def ssh_argv(
+    address: str,
+    known_hosts: Path,
+    client_key: Path,
+    argv: Sequence[str],
+    *,
+    connect_timeout: int = 20,
+    control_path: Path | None = None,
+) -> list[str]:
+    """OpenSSH client argv running `argv` as root on `address` (quoted for the remote shell).
+
+    With `control_path`, the session rides on that master connection when it is up, and opens
+    its own connection when it is not (ControlMaster=no falls back by itself).
+    """
+    mux = ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"] if control_path else []
+    return [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(client_key),
+        "-o",
+        f"ConnectTimeout={connect_timeout}",
+        *mux,
+        "-l",
+        "root",
+        address,
+        "--",
+        shlex.join(argv),
+    ]
+
+
+class SshMaster:
+    """One OpenSSH master connection to a VM host that later sessions share (ControlPath).
+
+    Under CPU emulation each new connection costs about a second of key exchange; a session on
+    the master costs a few milliseconds. The master is a plain child process (no ControlPersist
+    fork, which would keep the caller's pipes open), carrying the lab's marker for teardown.
+    """
+
+    def __init__(
+        self, lab_id: str, name: str, address: str, known_hosts: Path, client_key: Path, path: Path
+    ) -> None:
+        self.lab_id = lab_id
+        self.name = name
+        self.control_path = path
+        self._argv = ssh_argv(address, known_hosts, client_key, [])
+        # Options before the destination: a master, no command.
+        at = self._argv.index("-l")
+        self._argv[at:at] = [
+            "-o", "ControlMaster=yes", "-o", f"ControlPath={path}", "-o", "ControlPersist=no",
+            "-N",
+        ]  # fmt: skip
+        del self._argv[-2:]  # "--" and the (empty) remote command
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> bool:
+        """Start the master; True once its socket accepts sessions (False: sessions connect on
+        their own, which works too, only slower)."""
+        self.control_path.unlink(missing_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**proc.BASE_ENV, MARKER_ENV: marker_value(self.lab_id, self.name)},
+            cwd="/",
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.returncode is None:
+            if self.control_path.is_socket():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self) -> None:
+        """Stop the master by its pid (it is our child: no reuse is possible before the wait)."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
 class VmHost:
-    """A running VM host of a lab. Start one with `start_vm` or `vm_host` (context manager)."""
+    """A running VM host. Start one with `start_vm` or `vm_host` (context manager), or as a
+    topology host of kind `vm` (`Lab.up` keeps those)."""
 
     def __init__(
         self,
-        lab: Lab,
+        site: VmSite,
         spec: VmSpec,
         address: str,
         tap: str,
         host_dir: Path,
         process: asyncio.subprocess.Process,
     ) -> None:
-        self.lab = lab
+        self.site = site
+        # Set by start_vm: the lab this VM was added to (not one of its topology hosts).
+        self.lab: Lab | None = None
         self.spec = spec
         self.name = spec.name
         self.role: Role = spec.role
         self.address = address
         self.interface = "eth0"
-        self.mac = mac_address(_subnet_index(lab), spec.octet)
+        self.mac = mac_address(site.subnet_index, spec.octet)
         self.tap = tap
         self.host_dir = host_dir
         self.process = process
@@ -124,14 +252,16 @@ class VmHost:
         self.console_path = host_dir / "console.log"
         # The lab's known_hosts plus this host: what a controller that manages it pins.
         self.known_hosts_path = host_dir / sshfiles.KNOWN_HOSTS
-        self.client_key_path = lab.client_key_path
+        self.client_key_path = site.client_key_path
 
     def known_hosts_line(self) -> str:
         key = sshfiles.public_key(self.host_dir / sshfiles.HOST_KEY)
         return sshfiles.known_hosts([(self.address, key, self.name)])
 
     def inventory_toml(self) -> str:
-        """The lab's inventory.toml with this host added."""
+        """The lab's inventory.toml with this host added (a VM from `start_vm`)."""
+        if self.lab is None:
+            raise VmStartError(f"{self.name} is a topology host: use the lab's inventory_toml")
         return self.lab.inventory_toml() + "\n".join(
             [
                 "",
@@ -150,30 +280,13 @@ class VmHost:
 
     def ssh_argv(self, argv: Sequence[str], *, connect_timeout: int = 20) -> list[str]:
         """OpenSSH client argv running `argv` on the guest (quoted for the remote shell)."""
-        return [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts_path}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-i",
-            str(self.client_key_path),
-            "-o",
-            f"ConnectTimeout={connect_timeout}",
-            "-l",
-            "root",
+        return ssh_argv(
             self.address,
-            "--",
-            shlex.join(argv),
-        ]
+            self.known_hosts_path,
+            self.client_key_path,
+            argv,
+            connect_timeout=connect_timeout,
+        )
 
     async def exec(
         self,
@@ -187,7 +300,7 @@ class VmHost:
         env = {
             **proc.BASE_ENV,
             "HOME": "/root",
-            MARKER_ENV: marker_value(self.lab.lab_id, self.name),
+            MARKER_ENV: marker_value(self.site.lab_id, self.name),
         }
         result = await proc.run(
             self.ssh_argv(argv), check=False, input=input, timeout=timeout, env=env
@@ -206,7 +319,7 @@ class VmHost:
         ours = (
             info is not None
             and info.comm == QEMU_COMM
-            and info.marker == marker_value(self.lab.lab_id, self.name)
+            and info.marker == marker_value(self.site.lab_id, self.name)
         )
         if ours and self.process.returncode is None:
             # qemu exits on SIGTERM at once; the guest keeps nothing worth a clean shutdown.
@@ -222,10 +335,6 @@ class VmHost:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.process.wait(), timeout)
         await proc.run(["ip", "link", "del", self.tap], check=False)
-
-
-def _subnet_index(lab: Lab) -> int:
-    return int(str(ipaddress.IPv4Network(lab.subnet).network_address).split(".")[2])
 
 
 def _check_spec(lab: Lab, spec: VmSpec) -> None:
@@ -249,14 +358,14 @@ def _no_blank(path: Path) -> str:
     return text
 
 
-async def _create_tap(lab: Lab, tap: str, mac: str) -> None:
+async def _create_tap(site: VmSite, tap: str, mac: str) -> None:
     await proc.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
     Path(f"/proc/sys/net/ipv6/conf/{tap}/disable_ipv6").write_text("1")
-    await proc.run(["ip", "link", "set", tap, "address", mac, "master", lab.bridge, "up"])
+    await proc.run(["ip", "link", "set", tap, "address", mac, "master", site.bridge, "up"])
 
 
 def _qemu_argv(
-    lab: Lab, spec: VmSpec, image: vm_image.BootImage, host_dir: Path, tap: str, guest_mac: str
+    site: VmSite, spec: VmSpec, image: vm_image.BootImage, host_dir: Path, tap: str, guest_mac: str
 ) -> list[str]:
     cmdline = " ".join(
         [
@@ -272,7 +381,7 @@ def _qemu_argv(
     return [
         str(vm_image.qemu_binary()),
         "-name",
-        f"shoal-{lab.lab_id}-{spec.name}",
+        f"shoal-{site.lab_id}-{spec.name}",
         "-machine",
         "pc",
         *accelerator(),
@@ -311,13 +420,6 @@ def _qemu_argv(
 async def start_vm(lab: Lab, spec: VmSpec, *, boot_timeout: float = BOOT_TIMEOUT) -> VmHost:
     """Boot a VM host on the lab's bridge; returns once it answers SSH with its pinned key."""
     _check_spec(lab, spec)
-    missing = prerequisites()
-    if missing:
-        raise VmStartError(f"cannot boot a VM host here: {'; '.join(missing)}")
-    image = await asyncio.to_thread(vm_image.boot_image)
-    net = ipaddress.IPv4Network(lab.subnet)
-    address = str(net[spec.octet])
-    index = _subnet_index(lab)
     host_dir = lab.state_dir / "hosts" / spec.name
     # Exists again when a VM of this name is started anew in the same lab.
     host_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +427,30 @@ async def start_vm(lab: Lab, spec: VmSpec, *, boot_timeout: float = BOOT_TIMEOUT
     (host_dir / "sshd_config").write_text(
         sshfiles.sshd_config(spec.name, lab.lab_id, host_dir, debug=False)
     )
+    vm = await boot_vm(
+        VmSite.of(lab), spec, host_dir, lab.known_hosts_text(), boot_timeout=boot_timeout
+    )
+    vm.lab = lab
+    return vm
+
+
+async def boot_vm(
+    site: VmSite,
+    spec: VmSpec,
+    host_dir: Path,
+    known_hosts_text: str = "",
+    *,
+    boot_timeout: float = BOOT_TIMEOUT,
+) -> VmHost:
+    """Boot a VM whose host dir already holds its host key and sshd_config; returns once it
+    answers SSH with that key (pinned in its own known_hosts: `known_hosts_text` plus itself)."""
+    missing = prerequisites()
+    if missing:
+        raise VmStartError(f"cannot boot a VM host here: {'; '.join(missing)}")
+    image = await asyncio.to_thread(vm_image.boot_image)
+    net = ipaddress.IPv4Network(site.subnet)
+    address = str(net[spec.octet])
+    index = site.subnet_index
     env_path = host_dir / "vm.env"
     env_path.write_text(
         _env_file(
@@ -332,32 +458,32 @@ async def start_vm(lab: Lab, spec: VmSpec, *, boot_timeout: float = BOOT_TIMEOUT
                 "VM_HOSTNAME": spec.name,
                 "VM_ADDRESS": f"{address}/{net.prefixlen}",
                 "VM_HOST_DIR": str(host_dir),
-                "VM_SHARED_DIR": str(lab.state_dir),
+                "VM_SHARED_DIR": str(site.state_dir),
                 "VM_MODULES_DIR": str(image.modules_dir),
             }
         )
     )
-    tap = veth_name(lab.lab_id, spec.octet)
-    argv = _qemu_argv(lab, spec, image, host_dir, tap, mac_address(index, spec.octet))
+    tap = veth_name(site.lab_id, spec.octet)
+    argv = _qemu_argv(site, spec, image, host_dir, tap, mac_address(index, spec.octet))
     (host_dir / "console.log").unlink(missing_ok=True)
     started = time.monotonic()
     try:
-        await _create_tap(lab, tap, mac_address(index, spec.octet, bridge_side=True))
+        await _create_tap(site, tap, mac_address(index, spec.octet, bridge_side=True))
         with (host_dir / "qemu.log").open("wb") as qemu_log:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=qemu_log,
-                env={**proc.BASE_ENV, MARKER_ENV: marker_value(lab.lab_id, spec.name)},
+                env={**proc.BASE_ENV, MARKER_ENV: marker_value(site.lab_id, spec.name)},
                 cwd="/",
                 start_new_session=True,
             )
     except BaseException:
         await proc.run(["ip", "link", "del", tap], check=False)
         raise
-    vm = VmHost(lab, spec, address, tap, host_dir, process)
-    vm.known_hosts_path.write_text(lab.known_hosts_text() + vm.known_hosts_line())
+    vm = VmHost(site, spec, address, tap, host_dir, process)
+    vm.known_hosts_path.write_text(known_hosts_text + vm.known_hosts_line())
     try:
         await _wait_ready(vm, started + boot_timeout)
     except BaseException:

@@ -35,6 +35,7 @@ from reconciler.plan_cmd import render_plan, summary
 from reconciler.runresult import RunResult, StepResult
 from reconciler.steps import Plan
 from reconciler.transport import SSHTransport
+from reconciler.verify_cmd import render as render_verification
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNPROVEN = 0, 1, 2, 3
 Ask = Callable[[str], bool]
@@ -93,6 +94,9 @@ class ApplyProgress:
             )
         elif event.kind == "wait":
             p.console.print(f"  [yellow]{escape(event.host or '')}: {escape(event.message)}[/]")
+        elif event.kind == "verify":
+            color = {True: "green", False: "red", None: "cyan"}[event.ok]
+            p.console.print(f"  [{color}]{escape(event.message)}[/]", highlight=False)
 
 
 def render_step_result(r: StepResult) -> str:
@@ -134,6 +138,8 @@ def render_result(result: RunResult) -> list[str]:
     for err in result.errors:
         where = " ".join(x for x in (err.host, err.phase, err.step_id) if x)
         lines.append(f"[red]{escape(err.kind)}[/] {escape(where)}: {escape(err.message)}")
+    if result.verification is not None:
+        lines += [escape(line) for line in render_verification(result.verification)]
     verdict = "[green]applied[/]" if result.ok else "[red]FAILED[/]"
     lines.append(f"run of plan {result.plan_id}: {verdict}: {escape(result.comment)}")
     return lines

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from reconciler.compile_director import compile_directors
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.hostfacts import HostFacts
+from reconciler.leftovers import LEFTOVER_FILES
 from reconciler.models import ArpMethod, Desired
 from reconciler.persistence import RESTORE_UNIT, persistence_states
 from reconciler.steps import LowState, Phase
@@ -38,6 +39,7 @@ from states.service import wants_link
 from states.sysctl import interface_key
 
 REMOVAL_PREFIX = "remove-"
+DIRECTOR_PHASES = (Phase.DIRECTOR_BACKUP, Phase.DIRECTOR_PRIMARY)
 ARP_SYSCTLS = (("arp_ignore", "1"), ("arp_announce", "2"))
 # tool (as the facts name it) -> Debian package, per ARP method
 METHOD_PACKAGES: dict[str, dict[str, str]] = {
@@ -181,10 +183,16 @@ def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> 
     in `removal_rank` order: every removal requires those of a lower rank.
     """
     wanted: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    # address -> hosts that will hold it as a director VIP (added in a director phase)
+    director_vips: dict[str, set[str]] = defaultdict(set)
+    # Hosts that are directors in the desired state: only their VIPs can move between directors.
+    directors = {low.host for low in states if low.phase in DIRECTOR_PHASES}
     for low in states:
         owner = OWNED.get(low.function)
         if owner is not None:
             wanted[low.host].add((low.function, owner.key(low)))
+        if low.function == "addr.present" and low.phase >= Phase.DIRECTOR_BACKUP:
+            director_vips[str(low.args.get("address"))].add(low.host)
     out: list[LowState] = []
     for host in sorted(facts):
         ledger = facts[host].ledger
@@ -205,13 +213,37 @@ def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> 
                 used.add(sid)
                 low = LowState(
                     id=sid, function=owner.absent, host=host,
-                    args={"key": key}, phase=Phase.REAL_SERVERS_CLEANUP, origin="ledger",
+                    args={"key": key},
+                    phase=_removal_phase(function, key, host, director_vips, directors),
+                    origin="ledger",
                 )  # fmt: skip
                 removals.append((owner.removal_rank, low))
         for rank, low in removals:
             before = tuple(other.id for r, other in removals if r < rank)
             out.append(low.model_copy(update={"require": before}))
     return out
+
+
+def _removal_phase(
+    function: str,
+    key: str,
+    host: str,
+    director_vips: Mapping[str, set[str]],
+    directors: set[str],
+) -> Phase:
+    """Removals go last, except a VIP moving to another director.
+
+    Its old holder drops it before the new primary adds it (DIRECTOR_BACKUP runs before
+    DIRECTOR_PRIMARY): two hosts holding one VIP answer ARP for it in turn (an ARP fight) and
+    split the clients between them. A short gap with no holder is the lesser harm.
+    A real server's VIP (same address, on lo or behind ARP suppression) is no such move: it
+    goes last, after the directors stopped sending it new flows and drained it.
+    """
+    if function == "addr.present" and host in directors:
+        address = key.split("/", 1)[0]
+        if director_vips.get(address, set()) - {host}:
+            return Phase.DIRECTOR_BACKUP
+    return Phase.REAL_SERVERS_CLEANUP
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -245,10 +277,12 @@ def check_low_states(states: list[LowState]) -> None:
 def managed_paths(desired: Desired) -> dict[str, list[str]]:
     """Per inventory host, every file path a plan compares (the facts script's `files`).
 
-    The persistence files and the restore unit's enable link are asked of every host, so a host
-    that left every cluster still shows what shoal left there.
+    The persistence files, the restore unit's enable link and shoal's own working files (ledger,
+    director nft files) are asked of every host, so a host that left every cluster still shows
+    what shoal left there.
     """
-    out: dict[str, set[str]] = {h: {wants_link(RESTORE_UNIT)} for h in desired.inventory.hosts}
+    always = {wants_link(RESTORE_UNIT), *LEFTOVER_FILES}
+    out: dict[str, set[str]] = {h: set(always) for h in desired.inventory.hosts}
     for low in compile_desired(desired):
         if low.function == "file.managed" and isinstance(low.args.get("path"), str):
             out.setdefault(low.host, set()).add(low.args["path"])

@@ -3,6 +3,8 @@
 Per backend:
 - `ipvsadm`: `ipvs.service_present` / `ipvs.real_server_present` on every director, and the VIPs
   (`addr.present`, /32 on the director's interface) on the primary only, after its services.
+  Every director first gets `kmod.present` for ip_vs (packages phase): a kernel without IPVS is
+  planned as one clearly failing step there, before anything changes (states.kmod).
 - `nftables`: one `nft.dsr_table` per director host (all its nftables services), VIPs as above.
   Real server MACs come from the real servers' facts; one unknown MAC and the table is not
   planned (`director.skipped` says why).
@@ -28,7 +30,7 @@ from typing import Any
 from reconciler.hostfacts import HostFacts, IpvsTable, Ledger
 from reconciler.models import Cluster, Desired
 from reconciler.steps import LowState, Phase
-from states import ipvs, keepalived, nft_dsr
+from states import ipvs, keepalived, kmod, nft_dsr
 
 SKIPPED = "director.skipped"
 LEDGER_IPVS_SERVICE = "ipvs.service_present"
@@ -36,6 +38,7 @@ LEDGER_IPVS_DEST = "ipvs.real_server_present"
 LEDGER_KEEPALIVED_RS = "keepalived.real_server"
 LEDGER_NFT_TABLE = "nft.dsr_table"
 NFT_TABLE_KEY = f"{nft_dsr.FAMILY} {nft_dsr.TABLE}"
+KMOD_IPVS = "kmod-ip_vs"
 
 
 def _ledger(function: str, op: str, keys: list[str]) -> list[dict[str, Any]]:
@@ -113,10 +116,18 @@ def _compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
     # Per host: wanted service keys -> their low state ids, wanted destination keys.
     wanted_svcs: dict[str, dict[str, list[str]]] = {}
     wanted_dests: dict[str, set[str]] = {}
+    kmod_hosts: set[str] = set()
     for name, cl in _clusters(desired, "ipvsadm"):
         vip_require: dict[str, list[str]] = {}
         for host in cl.cluster.directors:
             phase = _host_phase(desired, host)
+            if host not in kmod_hosts:
+                # A kernel without IPVS shows up here, first, not as a failing ipvsadm -A.
+                kmod_hosts.add(host)
+                out.append(
+                    LowState(id=KMOD_IPVS, function=kmod.FUNCTION, host=host,
+                             phase=Phase.PACKAGES, args={"name": "ip_vs"})
+                )  # fmt: skip
             for svc in sorted(cl.services, key=lambda s: s.name):
                 skey = ipvs.service_key(svc.protocol, svc.vip, svc.port)
                 sid = _sid("ipvs-svc", name, svc.name)
@@ -125,6 +136,7 @@ def _compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
                 out.append(
                     LowState(
                         id=sid, function="ipvs.service_present", host=host, phase=phase,
+                        require=(KMOD_IPVS,),
                         args={
                             "protocol": svc.protocol, "vip": svc.vip, "port": svc.port,
                             "scheduler": svc.scheduler, "persistence": svc.persistence,

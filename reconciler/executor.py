@@ -17,6 +17,13 @@ the rollout, rolls back the rest of its batch, and the finished batches of that 
 or rolled back by `settings.apply.finished_batches`. Other phases run their hosts together as
 one batch.
 
+Verification: when every phase applied and `settings.verify` names clients, the run ends with
+`reconciler.verify.verify_desired` over the plan's clusters (real requests through each VIP,
+ARP from the clients). Its result, with the traffic distribution, is `RunResult.verification`;
+a failure fails the run like a failed step: every host phase that changed is rolled back (latest
+phase and batch first, so the directors stop sending to a real server before it is undone),
+each rollback proven, and the run's errors name the check and the host at fault.
+
 Staleness is the caller's business: apply_plan applies the plan it is given (the controller
 re-plans from fresh facts first, `shoal apply` plans right before applying).
 """
@@ -50,12 +57,15 @@ from reconciler.runresult import (
     StepResult,
 )
 from reconciler.steps import Phase, Plan, Step
+from reconciler.verify import verify_desired
 
 logger = logging.getLogger(__name__)
 
 REAL_SERVER_PHASES = frozenset({Phase.REAL_SERVERS_PREPARE, Phase.REAL_SERVERS_CLEANUP})
 CONFIRM_TIMEOUT = 30.0
 _OUTPUT_LIMIT = 8000  # characters of one step's output kept in its result
+# Which verification failure a run names first: the likeliest cause of the others.
+_CHECK_ORDER = ("setup", "director", "arp", "neighbour", "probe", "traffic")
 
 
 class ScriptResult(Protocol):
@@ -68,7 +78,21 @@ class ScriptResult(Protocol):
 
 
 class ScriptTransport(Protocol):
-    """What the executor needs from a transport (SSHTransport is one)."""
+    """What the executor needs from a transport (SSHTransport is one).
+
+    `run` (one command) is what the verification phase uses.
+    """
+
+    async def run(
+        self,
+        host: str,
+        argv: tuple[str, ...],
+        /,
+        *,
+        input: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> Any: ...
 
     async def run_script(
         self, host_name: str, script: str, *, timeout: float | None = None
@@ -79,7 +103,9 @@ class ScriptTransport(Protocol):
     ) -> Any: ...
 
 
-EventKind = Literal["start", "phase", "host-start", "step", "host-done", "rollback", "wait", "done"]
+EventKind = Literal[
+    "start", "phase", "host-start", "step", "host-done", "rollback", "wait", "verify", "done"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +320,7 @@ class _Run:
     ) -> None:
         self.check_stale = check_stale
         self.plan = plan
+        self.desired = desired
         self.settings: ApplySettings = desired.settings.apply
         self.transport = transport
         self.on_event = on_event
@@ -302,6 +329,8 @@ class _Run:
         self.paths = managed_paths(desired)
         self.facts: dict[str, HostFacts] = {}
         self.dirty: set[str] = set()
+        # Every batch that applied, in order: what a failed verification rolls back.
+        self.applied: list[list[_Outcome]] = []
         self.result = RunResult(
             plan_id=plan.id, revision=plan.revision, ok=True, started_at=datetime.now(UTC)
         )
@@ -656,6 +685,8 @@ class _Run:
                 break
         if skip:
             result.ok = False
+        if result.ok and self.applied:
+            await self.verify()
         return self.done()
 
     async def run_phase(self, phase: Phase, per_host: dict[str, tuple[Step, ...]]) -> bool:
@@ -680,6 +711,7 @@ class _Run:
                     self.dirty.add(o.hp.host)
                     self.emit(ApplyEvent("host-done", phase_name(phase), o.hp.host, "ok", True))
                 finished.append(outs)
+                self.applied.append(outs)
                 continue
             for o in failed:
                 if o.error is not None:
@@ -703,6 +735,45 @@ class _Run:
                     self.add_not_run(h, phase, per_host[h], "not run: the rollout stopped")
             return False
         return True
+
+    async def verify(self) -> None:
+        """The verification phase; on failure, roll back every host phase that applied."""
+        cfg = self.desired.settings.verify
+        clusters = [c for c in self.plan.clusters if c in self.desired.clusters]
+        if not cfg.enabled or not cfg.clients or not clusters:
+            return
+        self.emit(ApplyEvent("verify", message=f"verifying {', '.join(clusters)} from "
+                             f"{', '.join(cfg.clients)}"))  # fmt: skip
+        verification = await verify_desired(
+            self.desired, self.transport, self.facts, clusters=clusters
+        )
+        self.result.verification = verification
+        if verification.ok:
+            self.emit(ApplyEvent("verify", message="verification passed", ok=True))
+            return
+        for failure in verification.failures:
+            self.result.errors.append(
+                RunError(
+                    kind="VerificationError",
+                    host=failure.host or "-",
+                    phase="verify",
+                    step_id=f"verify/{failure.check}",
+                    message=f"{failure.check} check failed: {failure.message}",
+                )
+            )
+        # A host answering ARP for a VIP explains misrouted traffic, not the other way round.
+        first = min(verification.failures, key=lambda f: _CHECK_ORDER.index(f.check))
+        why = f"verification failed ({first.check} check"
+        why += f", host {first.host}): " if first.host else "): "
+        why += "; ".join([first.message, *(f.message for f in verification.failures
+                                           if f is not first)])  # fmt: skip
+        self.emit(ApplyEvent("verify", host=first.host, message=why, ok=False))
+        # Latest phase and batch first: the reverse of the order they were applied in.
+        for outs in reversed(self.applied):
+            await asyncio.gather(*(self.rollback_finished(o, why) for o in outs))
+        self.result.ok = False
+        rolled = ", ".join(f"{rb.host} ({rb.phase})" for rb in self.result.rollbacks)
+        self.result.comment = why + (f"; rolled back: {rolled}" if rolled else "")
 
     def record(self, out: _Outcome) -> None:
         self.result.hosts.setdefault(out.hp.host, []).extend(out.results)

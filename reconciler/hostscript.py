@@ -253,10 +253,14 @@ class HostPhase:
     command_timeout: float = 60.0
     # Seconds before the timer restores an unconfirmed phase; None: no timer.
     lockout_timeout: int | None = None
+    # Backup directories (plans) kept on the host, this one included; older ones are pruned.
+    keep_backups: int = KEEP_BACKUPS
 
     def __post_init__(self) -> None:
         if not _NONCE_RE.match(self.nonce):
             raise ValueError("nonce must be lowercase hex")
+        if self.keep_backups < 1:
+            raise ValueError("keep_backups must be at least 1 (the running plan's own)")
         phase_dir(self.plan_id, self.phase)  # validates the plan id
 
     @property
@@ -348,10 +352,20 @@ abort_phase() {
   if alive "$_s" timeout; then kill -KILL -"$_s" 2>/dev/null; fi
   return 0
 }
+# A path snapshotted as a symlink (a unit's .wants link) comes back as the same link; a regular
+# file byte for byte with its mode; an absent one is removed again.
 restore_file() {
   _k=$1; _p=$2; rm -f -- "$3"
-  if [ -f "$B/pre/file.$_k" ]; then
-    if cmp -s "$B/pre/file.$_k" "$_p" &&
+  if [ -f "$B/pre/file.$_k.link" ]; then
+    _t=$(cat "$B/pre/file.$_k.link")
+    if [ -L "$_p" ] && [ "$(readlink -- "$_p")" = "$_t" ]; then
+      _rc=0
+    else
+      rm -f -- "$4" && ln -s -- "$_t" "$4" && mv -fT -- "$4" "$_p"
+      _rc=$?
+    fi
+  elif [ -f "$B/pre/file.$_k" ]; then
+    if [ ! -L "$_p" ] && cmp -s "$B/pre/file.$_k" "$_p" &&
       [ "$(stat -c %a -- "$_p")" = "$(stat -c %a -- "$B/pre/file.$_k")" ]; then
       _rc=0
     else
@@ -435,8 +449,10 @@ def _snapshot(hp: HostPhase) -> str:
     for k, path in enumerate(t.files):
         p = _q(path)
         lines.append(
-            f'rm -f "$D/file.{k}"\n'
-            f'if [ -f {p} ]; then cp -p -- {p} "$D/file.{k}" && '
+            f'rm -f "$D/file.{k}" "$D/file.{k}.link"\n'
+            f'if [ -L {p} ]; then readlink -- {p} >"$D/file.{k}.link" && '
+            f'printf \'link %s\\n\' "$(cat "$D/file.{k}.link")" >"$D/file.{k}.meta"\n'
+            f'elif [ -f {p} ]; then cp -p -- {p} "$D/file.{k}" && '
             f"printf 'present %s %s\\n' \"$(stat -c %a -- {p})\" "
             f'"$(sha256sum <{p} | cut -d\' \' -f1)" >"$D/file.{k}.meta"\n'
             f'elif [ -e {p} ]; then echo other >"$D/file.{k}.meta"\n'
@@ -462,11 +478,15 @@ def _restore(hp: HostPhase) -> str:
     for i in reversed(range(len(hp.steps))):
         step = hp.steps[i]
         body = [f"run u.{i}.{j} {_cmd(argv)}" for j, argv in enumerate(step.undo)]
-        for w in reversed(step.writes):
-            k = index[w.path]
+        paths = [w.path for w in reversed(step.writes)]
+        # Files its commands removed or linked (rm -f, systemctl enable/disable): after the
+        # undo commands, so the snapshot has the last word, byte for byte.
+        paths += [f for argv in reversed(step.commands) for f in command_files(argv)]
+        for path in dict.fromkeys(paths):
+            k = index[path]
             body.append(
-                f"restore_file {k} {_q(w.path)} {_q(_tmp_path(w.path, 'new'))} "
-                f"{_q(_tmp_path(w.path, 'old'))}"
+                f"restore_file {k} {_q(path)} {_q(_tmp_path(path, 'new'))} "
+                f"{_q(_tmp_path(path, 'old'))}"
             )
         if body:
             lines.append(f'if [ -e "$B/progress/{i}.started" ]; then')
@@ -519,6 +539,10 @@ def _write(i: int, k: int, path: str, content: str, mode: str) -> str:
 
 
 _DRAIN_FLAGS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service", "fwmark": "-f"}
+# IPVS states of a TCP connection whose client has already sent its FIN (or reset it). In Direct
+# Routing IPVS sees only the client's half, and such entries stay in InActConn for the state's
+# timeout (FIN_WAIT: 2 minutes): they carry nothing a drain must wait for.
+_CLOSING_TCP_STATES = "FIN_WAIT|TIME_WAIT|CLOSE|CLOSE_WAIT|LAST_ACK"
 
 
 def _drain(i: int, step: Step) -> str:
@@ -528,14 +552,28 @@ def _drain(i: int, step: Step) -> str:
     if flag is None or not service:
         raise ValueError(f"cannot drain service {step.drain.service!r}")
     seconds = max(0, math.ceil(step.drain.timeout))
+    rs = _q(step.drain.real_server)
     # ActiveConn and InActConn are the 5th and 6th fields of a `->` line of `ipvsadm -Ln`.
+    count = (
+        f"    _n=$(ipvsadm -Ln {flag} {_q(service)} 2>/dev/null | awk -v rs={rs} "
+        "'$1 == \"->\" && $2 == rs { a += $5; s += $5 + $6 } END { print s + 0, a + 0 }')\n"
+        '    _a=${_n#* }; _n=${_n%% *}\n'
+    )
+    if proto == "tcp":
+        # Only inactive entries left: count those still opening or open (SYN_RECV, persistence
+        # templates) in the connection list; the closing ones are done (see above).
+        count += (
+            '    if [ "${_a:-0}" -eq 0 ] && [ "${_n:-0}" -gt 0 ]; then\n'
+            f"      _n=$(ipvsadm -Lnc 2>/dev/null | awk -v vs={_q(service)} -v rs={rs} "
+            f"'$1 == \"TCP\" && $5 == vs && $6 == rs && $3 !~ /^({_CLOSING_TCP_STATES})$/ "
+            "{ n++ } END { print n + 0 }')\n"
+            "    fi\n"
+        )
     return (
         f'if [ -z "$failed" ]; then\n'
         f"  _end=$(( $(date +%s) + {seconds} )); _start=$(date +%s)\n"
         f"  while :; do\n"
-        f"    _n=$(ipvsadm -Ln {flag} {_q(service)} 2>/dev/null | "
-        f"awk -v rs={_q(step.drain.real_server)} "
-        "'$1 == \"->\" && $2 == rs { s += $5 + $6 } END { print s + 0 }')\n"
+        f"{count}"
         f'    [ "${{_n:-0}}" -eq 0 ] && break\n'
         f'    [ "$(date +%s)" -ge "$_end" ] && break\n'
         f"    sleep 1\n"
@@ -645,6 +683,35 @@ def _install(hp: HostPhase, name: str, body: str) -> str:
     return f"printf '%s' {_q(body)} >\"$B/{name}\""
 
 
+def prune_backups_script(plan_id: str, keep: int) -> str:
+    """Remove all but the newest `keep` plan directories under BACKUP_ROOT (`plan_id`'s counts).
+
+    A directory whose phase still runs, or whose lock-out timer is armed and has not restored,
+    is kept whatever its age: its restore.sh may still be needed. Names that are not plan ids
+    are not ours and are left alone.
+    """
+    if not _PLAN_ID_RE.match(plan_id):
+        raise ValueError(f"plan id {plan_id!r} cannot name a directory")
+    return (
+        f"_keep={keep - 1}\n"
+        f"ls -1dt -- {BACKUP_ROOT}/*/ 2>/dev/null | while IFS= read -r _d; do\n"
+        '  _d=${_d%/}; _n=${_d##*/}\n'
+        f"  [ \"$_n\" = {_q(plan_id)} ] && continue\n"
+        '  case $_n in ""|*[!A-Za-z0-9_-]*) continue ;; esac\n'
+        "  if [ $_keep -gt 0 ]; then _keep=$((_keep - 1)); continue; fi\n"
+        "  _busy=\n"
+        '  for _p in "$_d"/*/; do\n'
+        '    _m=$(cat "$_p/lockout.mode" 2>/dev/null)\n'
+        '    case $_m in systemd|process) [ -e "$_p/restore.done" ] || _busy=1 ;; esac\n'
+        '    _q=$(cat "$_p/phase.pid" 2>/dev/null)\n'
+        "    if [ -n \"$_q\" ] && tr '\\0' ' ' <\"/proc/$_q/cmdline\" 2>/dev/null | "
+        'grep -qF -- "${_p}phase.sh"; then _busy=1; fi\n'
+        "  done\n"
+        '  [ -n "$_busy" ] || rm -rf -- "$_d"\n'
+        "done\n"
+    )
+
+
 def build_phase_script(hp: HostPhase) -> str:
     """The script for `transport.run_script`: install the helpers, run the phase, print its log."""
     parts = [
@@ -665,6 +732,7 @@ def build_phase_script(hp: HostPhase) -> str:
         "  done\n"
         '  mv -- "$B" "$B.$(date +%s%N)"\n'
         "fi",
+        prune_backups_script(hp.plan_id, hp.keep_backups).rstrip("\n"),
         'mkdir -p "$B/pre" "$B/post" "$B/out" "$B/progress" || exit 70',
         f'echo {hp.nonce} >"$B/nonce"',
         _install(hp, "lib.sh", _lib(hp)),

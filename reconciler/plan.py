@@ -13,9 +13,10 @@ last. A step never runs before what it requires, so its phase is raised to their
 Ownership: every state result says what it created (claims) and what it removed (releases);
 the director states say it in `args["ledger"]`. When that changes what the host's ledger lists,
 the host's last step writes /var/lib/shoal/ledger.json (a file.managed step), keeping each
-sysctl's original value. A host whose ledger is unknown gets no removal and no ledger write,
-and its HostPlan says why. A host whose facts could not be read at all is marked unreachable,
-with no steps.
+sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
+working files removed instead (`reconciler.leftovers`). A host whose ledger is unknown gets no
+removal and no ledger write, and its HostPlan says why. A host whose facts could not be read at
+all is marked unreachable, with no steps.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from reconciler.compile import compile_desired
 from reconciler.errors import RequisiteCycle
 from reconciler.hostfacts import FileInfo, HostFacts, Ledger
+from reconciler.leftovers import has_leftovers, leftover_steps
 from reconciler.models import Desired
 from reconciler.steps import HostPlan, LowState, Phase, Plan, SkippedRemoval, Step, plan_id
 from states import REGISTRY, WATCHERS
@@ -46,7 +48,7 @@ def plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
     by_host: dict[str, list[LowState]] = defaultdict(list)
     for low in low_states:
         by_host[low.host].append(low)
-    hosts = set(by_host) | {h for h, f in facts.items() if _ledger_entries(f)}
+    hosts = set(by_host) | {h for h, f in facts.items() if _ledger_entries(f) or has_leftovers(f)}
     plans: dict[str, HostPlan] = {}
     for host in sorted(hosts):
         hf = facts.get(host)
@@ -167,7 +169,11 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         )
     else:
         new = updated_ledger(hf.ledger.value, claims, releases, ops)
-        if normalized(new) != normalized(hf.ledger.value):
+        # Nothing of shoal's left on the host: remove its own files instead of an empty ledger.
+        cleanup = leftover_steps(host, hf, states, new, skipped, steps)
+        if cleanup is not None:
+            steps += cleanup
+        elif normalized(new) != normalized(hf.ledger.value):
             steps.append(ledger_step(host, hf, new, steps))
     return HostPlan(
         host=host, facts_digest=hf.digest(), steps=tuple(steps), skipped=tuple(skipped)

@@ -2,7 +2,8 @@
 
 Pure. The step rows are the ones GET /runs/{id} lists (applied steps, then each rollback with
 what it restored and whether it was proven); the summary is the RunResult without the raw
-snapshot contents (they stay on the host, under the backup directory the backups index names).
+snapshot contents (they stay on the host, under the backup directory the backups index names),
+with the verification's traffic distribution spelled out (`vip:port/proto (client)` -> host -> n).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def run_result_records(
     summary = result.model_dump(mode="json", exclude={"hosts": True})
     for phase in summary.get("phases", []):
         phase["snapshot"] = sorted(phase.get("snapshot", {}))
+    if result.verification is not None:
+        summary["verification"]["distribution"] = result.verification.distribution()
     if result.errors:
         summary["error"] = "; ".join(f"{e.host}: {e.message}" for e in result.errors)
     elif not result.ok:

@@ -1,4 +1,5 @@
-"""What one apply did: per-host per-step results (Salt-style), snapshots, rollbacks, errors.
+"""What one apply did: per-host per-step results (Salt-style), snapshots, rollbacks, errors,
+and the verification that followed (the traffic distribution per real server).
 
 Plain pydantic values, JSON-serialisable: the server stores a RunResult and serves it at
 GET /runs/{id}; `shoal apply --json` prints it.
@@ -12,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.errors import ApplyError, RollbackError
+from reconciler.verify import VerificationResult
 
 
 class _Value(BaseModel):
@@ -73,7 +75,9 @@ class RollbackReport(_Value):
 
 
 class RunError(_Value):
-    kind: Literal["ApplyError", "RollbackError", "HostUnreachable", "Interrupted", "Busy"]
+    kind: Literal[
+        "ApplyError", "RollbackError", "HostUnreachable", "Interrupted", "Busy", "VerificationError"
+    ]
     host: str
     phase: str | None = None
     step_id: str | None = None
@@ -92,6 +96,9 @@ class RunResult(_Value):
     rollbacks: list[RollbackReport] = Field(default_factory=list)
     unreachable: list[str] = Field(default_factory=list)
     errors: list[RunError] = Field(default_factory=list)
+    # The verification phase after every phase applied (None: not run, e.g. no verify.clients);
+    # a failure there fails the run and rolls back every host that changed.
+    verification: VerificationResult | None = None
     comment: str = ""
 
     def steps(self) -> list[StepResult]:

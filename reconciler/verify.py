@@ -538,8 +538,20 @@ class _Verifier:
                 None,
                 f"{t.client}: {t.failed} of {t.requests} requests to {where} failed ({detail})",
             )
+        # Replies name their server (HTTP bodies): a host that received requests and answered
+        # none is the one the failed requests went to (its service is down, or, with the
+        # redirect method, its REDIRECT rule is gone and the VIP's packets die there).
+        # With no request answered at all, every host that received one answered none too.
+        identified = any(rs.answered for rs in t.real_servers) or t.ok == 0
         for rs in t.real_servers:
             got = rs.received if rs.received is not None else rs.answered
+            if t.failed and identified and rs.received and not rs.answered:
+                self.fail(
+                    "traffic",
+                    rs.host,
+                    f"{rs.host} received {rs.received} requests to {where} from {t.client} "
+                    "and answered none",
+                )
             if rs.weight > 0 and got == 0 and t.ok:
                 self.fail(
                     "traffic",

@@ -3,7 +3,8 @@
 #   lab up -> local bare config repo from fixtures/config-repo -> `shoal serve` in the background
 #   -> push + signed webhook -> plan diff -> approve over HTTP -> apply -> verify -> distribution
 #   -> commit "web3 joins with weight 3" -> the same again -> how to look around.
-# `scripts/demo.sh down` (or `make demo-down`) stops the server and removes the lab.
+# `scripts/demo.sh down` (or `make demo-down`) stops the server, removes the lab and the demo's
+# directory, then checks that nothing of the demo is left (exit 1 naming what is).
 # Everything stays on this machine: the API listens on 127.0.0.1, traffic stays in the lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +38,52 @@ stop_server() {
   fi
 }
 
+leftovers() {  # everything the demo may leave behind on this machine, one line each
+  "$PY" - "$LAB_ID" "$STATE" "$DEMO_DIR" <<'EOF'
+import os, subprocess, sys
+from pathlib import Path
+from lab.naming import MARKER_ENV, bridge_name, lab_dir, netns_prefix, veth_re
+lab_id, state, demo_dir = sys.argv[1:]
+netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+for line in netns.splitlines():
+    if line.split()[0].startswith(netns_prefix(lab_id)):
+        print("network namespace", line.split()[0])
+links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+for line in links.splitlines():
+    name = line.split(": ")[1].split("@")[0]
+    if name == bridge_name(lab_id) or veth_re(lab_id).match(name):
+        print("link", name)
+marker = f"{MARKER_ENV}={lab_id}/".encode()
+for proc in Path("/proc").iterdir():
+    if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        continue
+    try:
+        env = (proc / "environ").read_bytes().split(b"\0")
+        cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if any(e.startswith(marker) for e in env) or ("serve" in cmd and f"--state-dir {state}" in cmd):
+        print("process", proc.name, cmd[:100])
+for path in (lab_dir(lab_id), Path(demo_dir)):
+    if path.exists():
+        print("directory", path)
+EOF
+}
+
 if [ "${1:-}" = down ]; then
   stop_server
   "$SHOAL" lab down --lab-id "$LAB_ID"
+  rm -rf "$DEMO_DIR"
+  left=$(leftovers)
+  if [ -n "$left" ]; then
+    printf 'demo-down: left behind:\n%s\n' "$left" >&2
+    exit 1
+  fi
+  echo "demo-down: nothing of the demo is left (namespaces, links, processes, directories)"
   exit 0
 fi
+
+START=$(date +%s)
 
 # --- HTTP helpers (the API token rides in a header; it is never echoed) ------------------------
 
@@ -80,6 +122,19 @@ show_plan() {
   api GET "/plans/$1" | json "'\n'.join(f\"--- {h} ({len(hp['steps'])} steps)\n{hp['diff']}\" for h, hp in sorted(d['hosts'].items()) if hp['steps'])"
 }
 
+show_verification() {  # the run's own verification phase: requests per real server, ARP
+  api GET "/runs/$1" | "$PY" -c '
+import json, sys
+from reconciler.verify import VerificationResult
+from reconciler.verify_cmd import render
+data = (json.load(sys.stdin).get("result") or {}).get("verification")
+if data is None:
+    sys.exit("the run has no verification (verify.clients empty?)")
+data.pop("distribution", None)  # derived; the model computes it
+for line in render(VerificationResult.model_validate(data)):
+    print("   " + line)'
+}
+
 wait_for_run() {  # wait_for_run RUN_ID -> 0 when applied
   local run=$1 state
   for _ in $(seq "$WAIT"); do
@@ -88,6 +143,7 @@ wait_for_run() {  # wait_for_run RUN_ID -> 0 when applied
       applied) return 0 ;;
       failed|interrupted)
         api GET "/runs/$run" | json "d.get('error') or d"
+        show_verification "$run" || true
         die "run $run $state (see $DEMO_DIR/serve.log)" ;;
     esac
     sleep 1
@@ -117,13 +173,8 @@ approve_and_apply() {  # approve_and_apply PLAN_ID; a stale plan (409) is replac
   [ -n "$run" ] || die "could not approve a current plan"
   note "approved plan $plan: run $run"
   wait_for_run "$run"
-  note "run $run applied"
-}
-
-verify_and_show() {
-  # shoal verify sends real requests from client1 through the VIP and checks ARP; its
-  # distribution is counted on each real server by a short-lived nft counter.
-  "$SHOAL" verify "$WORK" --key "$KEY" || die "verification failed"
+  note "run $run applied and verified: $API/runs/$run"
+  RUN=$run
 }
 
 push_and_plan() {  # push_and_plan MESSAGE -> prints the plan diff, sets PLAN
@@ -187,10 +238,11 @@ note "server pid $(cat "$DEMO_DIR/serve.pid"), log $DEMO_DIR/serve.log"
 
 bold "4. first commit: cluster web, VIP 10.77.0.100:80, web1 (weight 1) and web2 (weight 2)"
 push_and_plan "web cluster: lvs1/lvs2, web1 w1, web2 w2"
-bold "approve over HTTP and apply"
+bold "approve over HTTP and apply (the run ends with its verification phase)"
 approve_and_apply "$PLAN"
-bold "verify: traffic through the VIP, ARP answered by the active director only"
-verify_and_show
+bold "verified by the run: requests from client1 through the VIP, counted on each real server"
+show_verification "$RUN"
+FIRST_RUN=$RUN
 
 # --- 5. a change: web3 joins with weight 3 ----------------------------------------------------
 
@@ -204,18 +256,22 @@ EOF
 push_and_plan "web3 joins http with weight 3"
 bold "approve over HTTP and apply"
 approve_and_apply "$PLAN"
-bold "verify again: web3 now takes about half of the requests"
-verify_and_show
+bold "verified by the run: web3 (weight 3) now takes about half of the requests"
+show_verification "$RUN"
 
 # --- 6. look around ---------------------------------------------------------------------------
 
-bold "6. look around"
+bold "6. look around (the demo took $(( $(date +%s) - START ))s)"
+AUTH="-H \"Authorization: Bearer \$(cat $DEMO_DIR/approver-token)\""
 cat <<EOF
-   API:            $API   (token in $DEMO_DIR/approver-token)
-   plans:          curl -s -H "Authorization: Bearer \$(cat $DEMO_DIR/approver-token)" $API/plans
-   clusters:       curl -s -H "Authorization: Bearer \$(cat $DEMO_DIR/approver-token)" $API/clusters
-   audit log:      curl -s -H "Authorization: Bearer \$(cat $DEMO_DIR/approver-token)" $API/audit
-   a plan locally: $SHOAL plan $WORK --key $KEY
+   API:            $API   (approver token in $DEMO_DIR/approver-token; API docs at $API/docs)
+   clusters:       curl -s $AUTH $API/clusters
+   plans:          curl -s $AUTH $API/plans
+   the 2nd plan:   curl -s $AUTH $API/plans/$PLAN
+   its run:        curl -s $AUTH $API/runs/$RUN     (steps, backups, verification)
+   the 1st run:    curl -s $AUTH $API/runs/$FIRST_RUN
+   audit log:      curl -s $AUTH $API/audit
+   a plan locally: $SHOAL plan $WORK --key $KEY     (in sync: exit 0)
    verify:         $SHOAL verify $WORK --key $KEY
    load:           $PY -m lab.httpd load --lab-id $LAB_ID --vip 10.77.0.100 --count 60
    change it:      edit $WORK/clusters/web.toml, commit, git -C $WORK push origin HEAD:main

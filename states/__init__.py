@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.steps import LowState
-from states import addr, arptables, file, iptables, nft, pkg, service, sysctl
+from states import addr, arptables, file, iptables, kmod, nft, pkg, service, sysctl
 from states.base import StateFunction
 from states.director import DIRECTOR_STATES
 
@@ -34,6 +34,7 @@ HOST_STATES: dict[str, StateFunction] = {
     "service.enabled": service.enabled,
     "service.disabled": service.disabled,
     "pkg.installed": pkg.installed,
+    kmod.FUNCTION: kmod.present,
 }
 
 REGISTRY: dict[str, StateFunction] = {**HOST_STATES, **DIRECTOR_STATES}

@@ -13,14 +13,24 @@ proportional to its weight (divided by the weights' gcd), weight 0 gets none (dr
 Flow persistence (zero-loss changes): a stateless hash moves established flows when N or the
 bucket layout changes. Every service therefore has a dynamic map `flows_*` keyed by
 `ip saddr . sport` whose value is the chosen MAC, written by `update` on every packet (refreshing
-its timeout). The first rule of the service chain looks the flow up there; only a miss falls
+its timeout). The first rules of the service chain look the flow up there; only a miss falls
 through to the hash. A membership or weight change must keep that map, so the table is never
 replaced for them: one `nft -f` transaction adds what is missing and flushes and refills only the
 chains (map elements survive a chain flush; tested on nft 1.0.6). A full replace
 (`add table; delete table; table {...}`) happens only when the table is new or cannot be read
-back in shoal's shape (hand edits, other interface). A drained or removed real server keeps its
-established flows through the map; the drain step waits until no map element points at its MAC
-(or the drain timeout passes).
+back in shoal's shape (hand edits, other interface, an older shape of shoal's own).
+
+Closing TCP flows (the director sees only the client's half, like IPVS in DR mode): a client FIN
+or RST puts the flow into the set `ends_*` and shortens its `flows_*` element to
+CLOSING_TIMEOUT; every later packet of that flow keeps both short. So a finished connection stops
+pinning its real server seconds after it ends instead of FLOW_TIMEOUT later. (`delete` from a map
+is refused by the kernel from the packet path, hence the set and the per-element timeout.)
+
+Drain: a drained or removed real server keeps its flows through the map; the drain step waits
+until no map element points at its MAC any more (or the drain timeout passes). With the closing
+rules that is CLOSING_TIMEOUT after its last connection ended, not FLOW_TIMEOUT after it, and once
+the drain is over no pin is left that a recycled client port could follow to a real server that
+has gone.
 
 Drift: the table comment cannot be changed in place and nft 1.0.6 leaves it out of JSON, so the
 digest of the desired model goes into the comment of every dispatch rule; in-sync is decided by
@@ -46,6 +56,8 @@ TABLE = "shoal_dsr"
 INGRESS_CHAIN = "ingress"
 INGRESS_PRIORITY = 0
 FLOW_TIMEOUT = 300  # seconds of idle time before a flow may be re-hashed
+# Seconds a flow lives after the client's FIN/RST: its last ACKs and retransmissions, not more.
+CLOSING_TIMEOUT = 5
 FLOW_MAP_SIZE = 65536
 SCRIPT_PATH = "/var/lib/shoal/nft/shoal_dsr.nft"
 UNDO_PATH = "/var/lib/shoal/nft/shoal_dsr.undo.nft"
@@ -89,6 +101,15 @@ class DsrService:
     @property
     def flow_map(self) -> str:
         return f"flows_{self.key}"
+
+    @property
+    def closing_set(self) -> str:
+        return f"ends_{self.key}"
+
+    @property
+    def tracks_closing(self) -> bool:
+        # Only TCP says when a flow ends; a UDP flow lives until FLOW_TIMEOUT of silence.
+        return self.protocol == "tcp"
 
     @property
     def modulus(self) -> int:
@@ -175,6 +196,15 @@ def _map_decl(svc: DsrService) -> str:
     )
 
 
+def _closing_decl(svc: DsrService) -> str:
+    # `dynamic` spelled out: nft adds it for a set the rules update, and `add set` must match the
+    # existing declaration exactly to be a no-op in an update transaction.
+    return (
+        f"type ipv4_addr . inet_service; size {FLOW_MAP_SIZE}; flags dynamic,timeout; "
+        f"timeout {CLOSING_TIMEOUT}s;"
+    )
+
+
 def _ingress_decl(t: DsrTable) -> str:
     return (
         f'type filter hook ingress device "{t.interface}" priority {INGRESS_PRIORITY}; '
@@ -190,13 +220,22 @@ def _dispatch_rule(t: DsrTable, svc: DsrService, digest: str | None) -> str:
 
 
 def _service_rules(t: DsrTable, svc: DsrService) -> list[str]:
-    update = f"update @{svc.flow_map} {{ {_flow_key(svc)} : ether daddr }}"
+    key = _flow_key(svc)
+    update = f"update @{svc.flow_map} {{ {key} : ether daddr }}"
     fwd = f'fwd to "{t.interface}"'
-    rules = [
-        # An established flow keeps its real server, whatever the buckets say now.
-        f"ether daddr set {_flow_key(svc)} map @{svc.flow_map} {update} "
-        f"ether saddr set {t.director_mac} {fwd}"
-    ]
+    lookup = f"ether daddr set {key} map @{svc.flow_map}"
+    rules = []
+    if svc.tracks_closing:
+        short = f"update @{svc.flow_map} {{ {key} timeout {CLOSING_TIMEOUT}s : ether daddr }}"
+        rules += [
+            # A closing flow stays on its real server, and stays short-lived.
+            f"{key} @{svc.closing_set} {lookup} {short} update @{svc.closing_set} {{ {key} }} "
+            f"ether saddr set {t.director_mac} {fwd}",
+            f"tcp flags & (fin | rst) != 0 {lookup} {short} add @{svc.closing_set} {{ {key} }} "
+            f"ether saddr set {t.director_mac} {fwd}",
+        ]
+    # An established flow keeps its real server, whatever the buckets say now.
+    rules.append(f"{lookup} {update} ether saddr set {t.director_mac} {fwd}")
     if svc.buckets:
         rules.append(
             f"ether saddr set {t.director_mac} ether daddr set jhash {_hash_expr(svc)} "
@@ -215,6 +254,8 @@ def render_table(t: DsrTable, *, with_digest: bool = True) -> str:
     lines = [f"table {FAMILY} {TABLE} {{"]
     for svc in t.services:
         lines.append(f"\tmap {svc.flow_map} {{ {_map_decl(svc)} }}")
+        if svc.tracks_closing:
+            lines.append(f"\tset {svc.closing_set} {{ {_closing_decl(svc)} }}")
     lines.append(f"\tchain {INGRESS_CHAIN} {{")
     lines.append(f"\t\t{_ingress_decl(t)}")
     for svc in t.services:
@@ -240,6 +281,8 @@ def render_update(t: DsrTable, current: DsrTable) -> str:
     out = [f"add table {p}", f"add chain {p} {INGRESS_CHAIN} {{ {_ingress_decl(t)} }}"]
     for svc in t.services:
         out.append(f"add map {p} {svc.flow_map} {{ {_map_decl(svc)} }}")
+        if svc.tracks_closing:
+            out.append(f"add set {p} {svc.closing_set} {{ {_closing_decl(svc)} }}")
         out.append(f"add chain {p} {svc.chain}")
     out.append(f"flush chain {p} {INGRESS_CHAIN}")
     for svc in t.services:
@@ -255,6 +298,8 @@ def render_update(t: DsrTable, current: DsrTable) -> str:
             out.append(f"flush chain {p} {old.chain}")
             out.append(f"delete chain {p} {old.chain}")
             out.append(f"delete map {p} {old.flow_map}")
+            if old.tracks_closing:
+                out.append(f"delete set {p} {old.closing_set}")
     return "\n".join(out) + "\n"
 
 
@@ -306,14 +351,19 @@ def _decode_buckets(data: Any) -> tuple[Bucket, ...]:
 
 
 def _decode_service_chain(
-    rules: list[list[Any]], interface: str
+    rules: list[list[Any]], interface: str, protocol: str
 ) -> tuple[str | None, bool, tuple[Bucket, ...], int]:
     """(director mac, client affinity, buckets, modulus) from a service chain's rules."""
-    if len(rules) != 2:
-        raise _Unreadable("a service chain has two rules")
-    first, second = rules
-    if not any(isinstance(e, dict) and "map" in str(e) and "@flows_" in str(e) for e in first):
-        raise _Unreadable("flow lookup rule missing")
+    # The flow lookups (closing, closing starts, established; UDP: established), then the hash.
+    lookups = 3 if protocol == "tcp" else 1
+    if len(rules) != lookups + 1:
+        raise _Unreadable(f"a {protocol} service chain has {lookups + 1} rules")
+    *first, second = rules
+    for rule in first:
+        if not any(isinstance(e, dict) and "@flows_" in str(e) for e in rule):
+            raise _Unreadable("flow lookup rule missing")
+    if protocol == "tcp" and not all("@ends_" in str(rule) for rule in first[:2]):
+        raise _Unreadable("closing flow rules missing")
     if second == [{"drop": None}]:
         return None, False, (), 0
     mac: str | None = None
@@ -374,7 +424,9 @@ def decode_table(canonical_json: str, interface: str) -> DsrTable:
                 target = str(e["goto"]["target"])
         if vip is None or proto is None or port is None or target is None:
             raise _Unreadable("dispatch rule not in shoal's shape")
-        mac, affinity, buckets, modulus = _decode_service_chain(rules.get(target, []), interface)
+        mac, affinity, buckets, modulus = _decode_service_chain(
+            rules.get(target, []), interface, proto
+        )
         svc = DsrService(proto, vip, port, affinity, buckets)
         if target != svc.chain or modulus != svc.modulus:
             raise _Unreadable("service chain name or modulus differs")

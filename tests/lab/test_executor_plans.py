@@ -46,6 +46,8 @@ def _repo(lab: Lab, dest: Path, *, with_cluster: bool = True) -> Desired:
     # Quick lock-out timer and timeouts for tests.
     settings = dest / "shoal.toml"
     settings.write_text(settings.read_text().replace("lockout_timeout = 60", "lockout_timeout = 5"))
+    # No lab HTTP service runs here, so no verification phase (test_executor_verify has it).
+    settings.write_text(settings.read_text().replace("[verify]\n", "[verify]\nenabled = false\n"))
     if not with_cluster:
         shutil.rmtree(dest / "clusters")
         (dest / "clusters").mkdir()
@@ -65,7 +67,9 @@ async def _apply(lab: Lab, desired: Desired) -> tuple[RunResult, Plan]:
 
 
 @pytest.fixture(scope="module")
-async def pristine(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict]:
+async def pristine(
+    lab: Lab, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, dict[str, str]]]:
     """The hosts' raw state before the module; the cluster is removed again afterwards."""
     before = {h: await raw_state(lab, h) for h in HOSTS}
     yield before
@@ -83,7 +87,7 @@ async def pristine(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
 
 
 async def test_apply_converges_and_survives_a_reboot(
-    lab: Lab, pristine: dict, tmp_path: Path
+    lab: Lab, pristine: dict[str, dict[str, str]], tmp_path: Path
 ) -> None:
     desired = _repo(lab, tmp_path / "repo")
     result, after = await _apply(lab, desired)
@@ -114,7 +118,7 @@ async def test_apply_converges_and_survives_a_reboot(
 
 
 async def test_failure_in_a_real_plan_rolls_back_host_and_finished_batch(
-    lab: Lab, pristine: dict, tmp_path: Path
+    lab: Lab, pristine: dict[str, dict[str, str]], tmp_path: Path
 ) -> None:
     empty = _repo(lab, tmp_path / "empty", with_cluster=False)
     cleared, _ = await _apply(lab, empty)
@@ -141,7 +145,9 @@ async def test_failure_in_a_real_plan_rolls_back_host_and_finished_batch(
     assert all(s.result is None for h in DIRECTORS for s in result.hosts[h])
 
 
-async def test_cli_apply_yes_json(lab: Lab, pristine: dict, tmp_path: Path) -> None:
+async def test_cli_apply_yes_json(
+    lab: Lab, pristine: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
     repo = tmp_path / "repo"
     _repo(lab, repo)
     shoal = str(Path(sys.executable).parent / "shoal")

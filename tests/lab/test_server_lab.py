@@ -67,6 +67,11 @@ class Repo:
         git("config", "user.name", "lab", cwd=self.work)
         git("remote", "add", "origin", str(self.bare), cwd=self.work)
         lab.write_config_repo(FIXTURE_REPO, self.work)
+        # No lab HTTP service runs here, so no verification phase after the controller's applies
+        # (test_executor_verify and the demo run it).
+        settings = self.work / "shoal.toml"
+        text = settings.read_text().replace("[verify]\n", "[verify]\nenabled = false\n")
+        settings.write_text(text)
 
     def push(self, edit: Callable[[Path], None], message: str) -> str:
         edit(self.work)

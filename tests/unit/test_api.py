@@ -256,7 +256,7 @@ def test_lifespan_runs_the_loop_and_records_invalid_revision(world: World) -> No
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             ready = client.get("/readyz").status_code == 200
-            if ready and world.controller.passes >= 1 and world.controller.head:
+            if ready and world.controller.passes_completed >= 1:
                 break
             time.sleep(0.05)
         assert client.get("/readyz").status_code == 200

@@ -303,8 +303,9 @@ def test_only_what_the_ledger_lists_is_removed_in_reverse_order() -> None:
     ]  # fmt: skip
     assert all(s.phase == Phase.REAL_SERVERS_CLEANUP for s in steps)
     # The foreign 10.77.0.100/24 on eth0 is not ours (the ledger says /32): it stays.
-    assert steps[-1].writes[0].path == LEDGER_PATH
-    assert Ledger.model_validate_json(steps[-1].writes[0].content) == Ledger()
+    # Nothing of shoal's is left on web2: its ledger goes instead of being written empty.
+    assert steps[-1].id == "web2/shoal-leftovers/remove"
+    assert steps[-1].commands == (("rm", "-f", LEDGER_PATH),)
 
 
 def test_sysctl_removal_restores_the_recorded_original() -> None:
@@ -314,10 +315,11 @@ def test_sysctl_removal_restores_the_recorded_original() -> None:
     web3 = set_sysctls(fresh_facts("web3"), {"net.ipv4.conf.all.arp_ignore": "1"})
     plan = plan_desired(desired, facts_for(desired, web3=web3.model_copy(
         update={"ledger": Fact.of(ledger)})))  # fmt: skip
-    (step, ledger_write) = plan.hosts["web3"].steps
+    (step, cleanup) = plan.hosts["web3"].steps
     assert step.commands == (("sysctl", "-w", "net.ipv4.conf.all.arp_ignore=2"),)
     assert step.undo == (("sysctl", "-w", "net.ipv4.conf.all.arp_ignore=1"),)
-    assert Ledger.model_validate_json(ledger_write.writes[0].content) == Ledger()
+    # The ledger is empty now and web3 is in no cluster: the file goes (reconciler.leftovers).
+    assert cleanup.commands == (("rm", "-f", LEDGER_PATH),)
 
 
 def test_an_earlier_original_survives_a_second_change() -> None:

@@ -1,0 +1,189 @@
+"""Helpers for the rollout and failover lab tests: config repos, the real apply path, load.
+
+`converge` is what `shoal apply` does: load the config repo, gather facts, `plan_desired`,
+`apply_plan`, and gather facts again for the plan that must now be empty. `under_load` runs a
+change while client1 sends a bounded stream of HTTP requests to a VIP from several concurrent
+probe processes (`lab.httpd.run_load`, lab addresses only) and counts what came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lab import Lab
+from lab.httpd import run_load
+from reconciler.compile import managed_paths
+from reconciler.executor import ApplyEvent, apply_plan
+from reconciler.facts import gather_facts
+from reconciler.loader import load_repository
+from reconciler.models import Desired
+from reconciler.plan import plan_desired
+from reconciler.runresult import RunResult
+from reconciler.steps import Plan
+from reconciler.transport import SSHTransport
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "config-repo"
+
+T = TypeVar("T")
+
+
+def write_repo(lab: Lab, dest: Path, cluster_toml: str, settings_toml: str) -> Desired:
+    """A config repo for `lab` with one cluster file (`web`) and the given shoal.toml."""
+    lab.write_config_repo(FIXTURE, dest)
+    (dest / "shoal.toml").write_text(settings_toml)
+    (dest / "clusters" / "web.toml").write_text(cluster_toml)
+    return load_repository(dest)
+
+
+def explain(result: RunResult) -> str:
+    return result.model_dump_json(indent=1, exclude={"phases"})
+
+
+def pending(plan: Plan) -> list[str]:
+    return [s.id for hp in plan.hosts.values() for s in hp.steps]
+
+
+@contextlib.asynccontextmanager
+async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTransport]:
+    async with SSHTransport(desired.inventory, desired.known_hosts, lab.client_key_path) as t:
+        yield t
+
+
+async def plan_for(desired: Desired, transport: SSHTransport) -> Plan:
+    hosts = sorted(desired.inventory.hosts)
+    facts = await gather_facts(transport, hosts, managed_paths(desired))
+    return plan_desired(desired, facts)
+
+
+async def converge(
+    lab: Lab, desired: Desired, on_event: Callable[[ApplyEvent], None] | None = None
+) -> tuple[RunResult | None, Plan]:
+    """Plan and apply `desired` (nothing when already in sync); the run and the plan after it."""
+    async with transport_for(lab, desired) as t:
+        plan = await plan_for(desired, t)
+        if plan.empty:
+            return None, plan
+        result = await apply_plan(plan, desired, t, on_event=on_event)
+        return result, await plan_for(desired, t)
+
+
+@dataclass
+class LoadReport:
+    """What client1 saw while a change was applied."""
+
+    requests: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    answered_by: Counter[str] = field(default_factory=Counter)
+    # Requests of batches that started after the change had finished.
+    after: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    seconds: float = 0.0
+    syn_retransmits: int = 0
+    # Per real server: connections its listener had to drop (accept queue full), a sign of a
+    # starved machine rather than of the change.
+    listen_drops: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: dict[str, Any], after_change: bool) -> None:
+        self.batches += 1
+        self.requests += int(result["requested"])
+        self.failed += int(result["failed"])
+        self.errors.update({str(k): int(v) for k, v in result["errors"].items()})
+        served = {str(k): int(v) for k, v in result["answered_by"].items()}
+        self.answered_by.update(served)
+        if after_change:
+            self.after.update(served)
+
+    def summary(self) -> str:
+        return (
+            f"{self.requests} requests in {self.batches} batches over {self.seconds:.1f}s, "
+            f"{self.failed} failed {dict(self.errors)}, answered by {dict(self.answered_by)}, "
+            f"after the change {dict(self.after)}, client SYN retransmits {self.syn_retransmits}, "
+            f"listen drops {self.listen_drops}"
+        )
+
+
+async def tcp_ext(lab: Lab, host: str, name: str) -> int:
+    """A TcpExt counter of the host's network namespace (/proc/net/netstat is per namespace)."""
+    text = str((await lab.exec(host, ["cat", "/proc/net/netstat"])).stdout)
+    lines = [ln.split() for ln in text.splitlines() if ln.startswith("TcpExt:")]
+    names, values = lines[0], lines[1]
+    return int(dict(zip(names, values, strict=True)).get(name, "0"))
+
+
+async def syn_retransmits(lab: Lab, host: str) -> int:
+    """SYNs the host had to send again (no SYN-ACK within the retransmission timeout)."""
+    return await tcp_ext(lab, host, "TCPSynRetrans")
+
+
+async def _listen_drops(lab: Lab) -> dict[str, int]:
+    servers = [n for n, h in lab.hosts.items() if h.role == "real_server"]
+    counts = await asyncio.gather(*(tcp_ext(lab, h, "ListenDrops") for h in servers))
+    return dict(zip(servers, counts, strict=True))
+
+
+async def under_load(
+    lab: Lab,
+    vip: str,
+    change: Callable[[], Awaitable[T]],
+    *,
+    client: str = "client1",
+    port: int = 80,
+    workers: int = 4,
+    batch: int = 20,
+    max_batches: int = 100,
+    timeout: float = 10.0,
+) -> tuple[T, LoadReport]:
+    """Run `change()` while `workers` probe processes on `client` send requests to vip:port.
+
+    Bounded: each worker sends batches of `batch` requests (each request its own connection,
+    `timeout` seconds at most) until one batch has started after the change finished, and never
+    more than `max_batches`. At least one batch of every worker is on the wire before the change
+    starts.
+    """
+    report = LoadReport()
+    done = asyncio.Event()
+    first = [asyncio.Event() for _ in range(workers)]
+    deadline = batch * timeout
+
+    async def worker(i: int) -> None:
+        for n in range(max_batches):
+            after = done.is_set()
+            task = asyncio.ensure_future(
+                run_load(lab, client, vip, port, count=batch, timeout=timeout, deadline=deadline)
+            )
+            if n == 0:
+                # The probe process needs a moment to start: give it its first request's time.
+                await asyncio.sleep(0.3)
+                first[i].set()
+            report.add(await task, after)
+            if after:
+                return
+            await asyncio.sleep(0.1)  # a steady stream, not a flood
+
+    retrans_before = await syn_retransmits(lab, client)
+    drops_before = await _listen_drops(lab)
+    start = time.monotonic()
+    tasks = [asyncio.ensure_future(worker(i)) for i in range(workers)]
+    try:
+        await asyncio.gather(*(e.wait() for e in first))
+        outcome = await change()
+        done.set()
+        await asyncio.gather(*tasks)
+    finally:
+        done.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    report.seconds = time.monotonic() - start
+    report.syn_retransmits = await syn_retransmits(lab, client) - retrans_before
+    drops = await _listen_drops(lab)
+    report.listen_drops = {h: n - drops_before[h] for h, n in drops.items() if n > drops_before[h]}
+    return outcome, report
