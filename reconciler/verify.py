@@ -42,6 +42,8 @@ from reconciler.verify_probe import probe_source
 # a hashing director spreads by source port, so one unlucky round is possible, three are not.
 MAX_ROUNDS = 3
 MAX_REQUESTS = 5000
+# Seconds beyond three VRRP advertisement intervals to wait for a keepalived election to settle.
+VRRP_SETTLE_SLACK = 3.0
 ARP_COUNT = 3
 _ARP_REPLY_RE = re.compile(r"reply from (\d+\.\d+\.\d+\.\d+) \[([0-9A-Fa-f:]{17})\]")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -372,6 +374,42 @@ class _Verifier:
             )
         return None
 
+    async def settle_vrrp(self) -> None:
+        """Wait (bounded) until every keepalived cluster's VIPs sit on its primary alone.
+
+        Right after keepalived starts or reloads, VRRP takes about three advertisement intervals
+        to elect its master: until then the backup may hold the VIPs, or both may for a moment,
+        and traffic and ARP checked in that window would judge the election, not the cluster.
+        A cluster that stays failed over (its primary down) is verified as it is after the wait.
+        """
+        vrrp = [cl.cluster for cl in self.clusters.values() if cl.cluster.director == "keepalived"]
+        if not vrrp:
+            return
+        directors = sorted({d for head in vrrp for d in head.directors})
+        wait = max(3 * head.vrrp.advert_interval for head in vrrp) + VRRP_SETTLE_SLACK
+        deadline = time.monotonic() + wait
+
+        async def addresses(host: str) -> set[str]:
+            try:
+                rc, out, _ = await self.run(host, ("ip", "-j", "addr", "show"))
+            except TransportError:
+                return set()
+            links = parse_ip_addr_json(out) if rc == 0 else []
+            return {a for link in links if link.name == self.iface(host) for a in link.addresses}
+
+        while True:
+            found = await asyncio.gather(*map(addresses, directors))
+            held = dict(zip(directors, found, strict=True))
+            settled = all(
+                (vip in held[d]) == (d == head.primary)
+                for head in vrrp
+                for vip in {s.vip for s in self.clusters[head.name].services}
+                for d in head.directors
+            )
+            if settled or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.5)
+
     # -- step 2: counters
 
     def table_for(self, host: str) -> _CounterTable:
@@ -678,6 +716,7 @@ async def verify_desired(
         hosts.update(cl.cluster.directors)
         for svc in cl.services:
             hosts.update(rs.host for rs in svc.real_servers)
+    await v.settle_vrrp()
     await v.inspect(hosts)
 
     jobs: list[_Job] = []

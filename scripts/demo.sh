@@ -254,6 +254,9 @@ cat >>"$WORK/clusters/web.toml" <<'EOF'
   weight = 3
 EOF
 push_and_plan "web3 joins http with weight 3"
+# Adding a real server changes the directors and web3 only, and removes nothing anywhere.
+changes=$(api GET "/plans/$PLAN" | json "' '.join(sorted(h for h, hp in d['hosts'].items() if hp['steps'])) + ' removals=' + str(sum(s['state_id'].startswith('remove-') for hp in d['hosts'].values() for s in hp['steps']))")
+[ "$changes" = "lvs1 lvs2 web3 removals=0" ] || die "the web3 plan should change lvs1 lvs2 web3 and remove nothing: $changes"
 bold "approve over HTTP and apply"
 approve_and_apply "$PLAN"
 bold "verified by the run: web3 (weight 3) now takes about half of the requests"

@@ -34,14 +34,26 @@ PID_DIR = "/var/lib/shoal/keepalived"
 
 # Decided on the host at apply time: systemd as PID 1 -> systemctl; else SIGHUP through the pid
 # file when that process is alive; else start keepalived. Every value is a positional parameter.
+# Starting it by hand honours DAEMON_ARGS from /etc/default/keepalived, as Debian's unit and init
+# script do (sourced in a subshell, split into words on purpose: it is a list of options), e.g.
+# `--vrrp` on a host whose kernel has no IPVS (the lab's): there the checker process exits FATAL
+# at start and takes keepalived down with it. keepalived's parent returns as soon as it has
+# forked, so a daemon that dies right away must still fail the step: its pid is checked after 1 s.
 _RELOAD_SCRIPT = (
     "conf=$1; dir=$2; "
     "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then "
     "exec systemctl reload-or-restart keepalived; fi; "
     'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
     'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exec kill -HUP "$pid"; fi; '
-    'mkdir -p "$dir" && exec keepalived -f "$conf" -p "$dir/keepalived.pid" '
-    '-r "$dir/vrrp.pid" -c "$dir/checkers.pid"'
+    'mkdir -p "$dir" || exit; opts=; '
+    "if [ -r /etc/default/keepalived ]; then "
+    'opts=$(. /etc/default/keepalived >/dev/null 2>&1; printf %s "${DAEMON_ARGS-}"); fi; '
+    'keepalived $opts -f "$conf" -p "$dir/keepalived.pid" -r "$dir/vrrp.pid" '
+    '-c "$dir/checkers.pid" || exit; sleep 1; '
+    'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
+    'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exit 0; fi; '
+    'echo "keepalived exited right after starting (DAEMON_ARGS: ${opts:-none}); a kernel '
+    'without IPVS needs --vrrp in /etc/default/keepalived" >&2; exit 1'
 )
 
 

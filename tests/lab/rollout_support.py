@@ -4,12 +4,20 @@
 `apply_plan`, and gather facts again for the plan that must now be empty. `under_load` runs a
 change while client1 sends a bounded stream of HTTP requests to a VIP from several concurrent
 probe processes (`lab.httpd.run_load`, lab addresses only) and counts what came back.
+`rollout_lab` is a lab of its own with the HTTP service on the real servers and an nftables
+cluster (`Rollout`) whose real servers, weights and ARP method a test changes.
+
+The executor's verification phase is off in these repos: each test checks the traffic itself,
+during the change and after it, and the verification has tests of its own; it would add its
+several seconds to every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab import Lab
-from lab.httpd import run_load
+import pytest
+
+from lab import Lab, Topology
+from lab.httpd import run_load, start_services, stop_services
 from reconciler.compile import managed_paths
 from reconciler.executor import ApplyEvent, apply_plan
 from reconciler.facts import gather_facts
@@ -28,8 +38,49 @@ from reconciler.plan import plan_desired
 from reconciler.runresult import RunResult
 from reconciler.steps import Plan
 from reconciler.transport import SSHTransport
+from tests.conftest import require_lab
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "config-repo"
+PORT = 80
+VIP_OCTET = 100
+
+
+def settings_toml(drain_timeout: float = 30, verify: bool = False) -> str:
+    return f"""\
+approval = "auto"
+
+[apply]
+batch_size = 3
+lockout_timeout = 30  # only waited for when a confirmation fails; a loaded CI box needs slack
+drain_timeout = {drain_timeout}
+
+[verify]
+enabled = {"true" if verify else "false"}
+clients = ["client1"]
+"""
+
+
+def cluster_toml(vip: str, weights: dict[str, int], arp_method: str = "sysctl") -> str:
+    """clusters/web.toml: an nftables cluster on lvs1/lvs2 with one HTTP service on `vip`."""
+    servers = "".join(
+        f'\n  [[service.real_server]]\n  host = "{h}"\n  weight = {w}\n' for h, w in weights.items()
+    )
+    return f"""\
+[cluster]
+name = "web"
+directors = ["lvs1", "lvs2"]
+director = "nftables"
+arp_method = "{arp_method}"
+
+[[service]]
+name = "http"
+vip = "{vip}"
+port = {PORT}
+protocol = "tcp"
+scheduler = "wlc"
+check = {{ type = "http", path = "/", expect = 200 }}
+{servers}"""
+
 
 T = TypeVar("T")
 
@@ -187,3 +238,68 @@ async def under_load(
     drops = await _listen_drops(lab)
     report.listen_drops = {h: n - drops_before[h] for h, n in drops.items() if n > drops_before[h]}
     return outcome, report
+
+
+@dataclass
+class Rollout:
+    """An nftables cluster on a lab of its own, changed through the real apply path."""
+
+    lab: Lab
+    vip: str
+    workdir: Path
+    drain_timeout: float
+
+    def desired(self, weights: dict[str, int], arp_method: str = "sysctl") -> Desired:
+        dest = self.workdir / f"repo-{secrets.token_hex(4)}"
+        return write_repo(
+            self.lab,
+            dest,
+            cluster_toml(self.vip, weights, arp_method),
+            settings_toml(self.drain_timeout),
+        )
+
+    async def ensure(self, weights: dict[str, int], arp_method: str = "sysctl") -> None:
+        """The precondition of a test, applied without load (nothing if already in sync)."""
+        result, after = await converge(self.lab, self.desired(weights, arp_method))
+        assert result is None or result.ok, explain(result)
+        assert after.empty, pending(after)
+
+    async def change(
+        self,
+        weights: dict[str, int],
+        arp_method: str = "sysctl",
+        on_event: Callable[[ApplyEvent], None] | None = None,
+    ) -> tuple[RunResult, LoadReport]:
+        """Apply a change under load; it must apply and leave nothing to do."""
+        desired = self.desired(weights, arp_method)
+        outcome, load = await under_load(
+            self.lab, self.vip, lambda: converge(self.lab, desired, on_event)
+        )
+        result, after = outcome
+        assert result is not None, "the change planned nothing"
+        assert result.ok, explain(result)
+        assert after.empty, pending(after)
+        print(f"\n{load.summary()}")
+        return result, load
+
+
+def assert_lossless(load: LoadReport, hosts: set[str]) -> None:
+    """No request failed, enough were sent, and exactly `hosts` answered them."""
+    assert load.failed == 0, load.summary()
+    assert load.requests >= 100, load.summary()
+    assert set(load.answered_by) == hosts, load.summary()
+
+
+@contextlib.asynccontextmanager
+async def rollout_lab(
+    tmp_path_factory: pytest.TempPathFactory, *, drain_timeout: float = 30
+) -> AsyncIterator[Rollout]:
+    """A lab of its own (random id, removed afterwards), the HTTP service on its real servers."""
+    require_lab()
+    async with Lab.up(f"r{secrets.token_hex(3)}", Topology.default()) as lab:
+        vip = str(ipaddress.IPv4Network(lab.subnet)[VIP_OCTET])
+        await start_services(lab, [PORT])
+        try:
+            yield Rollout(lab, vip, tmp_path_factory.mktemp("rollout"), drain_timeout)
+        finally:
+            await stop_services(lab)

@@ -291,7 +291,7 @@ async def test_down_leaves_nothing_and_other_labs_keep_running(
         sshd = [identity(h.sshd_pid) for h in small.hosts.values()]
         holders = [identity(h.holder_pid) for h in small.hosts.values()]
         assert set(sshd) <= set(inside)
-        assert len(inside) >= 3 * 5 + 1  # init, sshd, sleep per host, and the daemon
+        assert len(inside) >= 2 * 5 + 1  # at least init and sshd per host, and the daemon
         assert all(running(p) for p in inside + holders)
         assert len(lab_traces(lab_id)) > 10
     assert lab_traces(lab_id) == []
@@ -309,18 +309,22 @@ async def test_a_crashed_lab_is_cleaned_by_the_next_up(session_token: str) -> No
         f"asyncio.run(Lab.create({lab_id!r}, Topology.build(1, 1, 0), ephemeral=True))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", crash, cwd=str(REPO))
-    assert await proc.wait() == -signal.SIGKILL
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", crash, cwd=str(REPO), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
     old = Lab.attach(lab_id)
     old_processes = host_processes(old)
-    assert len(old_processes) >= 2 * 3
+    assert len(old_processes) >= 2 * 2, old_processes  # at least init and sshd per host
     old_traces = lab_traces(lab_id)
-    assert f"netns shoal-{lab_id}-lvs1" in old_traces and f"link shoal-{lab_id}" in old_traces
+    assert f"netns shoal-{lab_id}-lvs1" in old_traces, old_traces
+    assert f"link shoal-{lab_id}" in old_traces, old_traces
     # The record is lost too: leftovers must be found by their names and markers alone.
     (STATE_ROOT / lab_id / "state.json").unlink()
 
     async with Lab.up(lab_id, two) as fresh:
-        assert not [p for p in old_processes if running(p)]
+        assert not [p for p in old_processes if running(p)], old_processes
         for name in fresh.hosts:
             assert (await ssh_run(fresh, name, "hostname")).strip() == name
         new_processes = host_processes(fresh)
