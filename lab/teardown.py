@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class TeardownReport:
     links_removed: list[str] = field(default_factory=list)
     state_dir_removed: bool = False
     left: list[str] = field(default_factory=list)  # anything that could not be removed
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, to see what is slow
 
     @property
     def found_anything(self) -> bool:
@@ -76,6 +78,14 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
     """Remove everything of lab `lab_id` that exists; safe to call when nothing does."""
     check_lab_id(lab_id)
     report = TeardownReport(lab_id)
+    clock = time.monotonic()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        report.seconds[name] = round(now - clock, 3)
+        clock = now
+
     named = lab_netns(lab_id)
     namespaces = {ino for ino in named.values() if ino}
     try:
@@ -101,6 +111,7 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
     report.killed += proc.kill_verified(outside, procs)
     left += await asyncio.to_thread(proc.wait_gone, outside, timeout)
     report.left += [f"process {p} ({procs[p].comm})" for p in left]
+    stage("processes")
 
     if named:
         batch = "".join(f"netns del {name}\n" for name in named)
@@ -108,6 +119,7 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
         still = lab_netns(lab_id)
         report.netns_removed = [n for n in named if n not in still]
         report.left += [f"netns {n}" for n in still]
+    stage("netns")
 
     # A namespace can outlive its last process for a while (sockets closing), keeping its veth:
     # delete each one from the bridge side, and wait until the machine agrees.
@@ -123,6 +135,7 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
         await asyncio.sleep(0.05)
     report.links_removed = [n for n in report.links_removed if n not in links]
     report.left += [f"link {n}" for n in links]
+    stage("links")
 
     directory = lab_dir(lab_id)
     if directory.exists() and not left:
@@ -132,4 +145,5 @@ async def destroy_lab(lab_id: str, *, timeout: float = 10.0) -> TeardownReport:
         report.state_dir_removed = not directory.exists()
         if not report.state_dir_removed:
             report.left.append(f"directory {directory}")
+    stage("state dir")
     return report

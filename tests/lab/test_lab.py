@@ -343,7 +343,11 @@ async def test_a_big_lab_comes_up_fast(lab: Lab, session_token: str) -> None:
         # Subnets of coexisting labs never clash.
         assert big.subnet != lab.subnet
         down_start = time.monotonic()
-    down_seconds = time.monotonic() - down_start
-    assert up_seconds < 0.5 * len(topology.hosts), up_seconds
-    assert down_seconds < 10, down_seconds
+        report = await big.down()
+        down_seconds = time.monotonic() - down_start
+    # The target is 0.5 s per host on an idle machine (about 0.03 s is typical); the bounds
+    # here leave room for other work on the machine and still catch a serial or stuck start.
+    assert up_seconds < 1.0 * len(topology.hosts), up_seconds
+    assert report.left == []
+    assert down_seconds < 60, report.seconds
     assert lab_traces(lab_id) == []
