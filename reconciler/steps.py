@@ -142,7 +142,10 @@ def plan_id(revision: str, digests: dict[str, str], hosts: dict[str, HostPlan]) 
     body = {
         "revision": revision,
         "digests": dict(sorted(digests.items())),
-        "steps": {h: [s.model_dump(mode="json") for s in hp.steps] for h, hp in sorted(hosts.items())},
+        "steps": {
+            host: [step.model_dump(mode="json") for step in hp.steps]
+            for host, hp in sorted(hosts.items())
+        },
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -11,10 +11,15 @@ client host named in `settings.verify.clients`, over SSH:
    from the VIP to the client (return). In Direct Routing the replies go straight from the real
    servers to the client, so the director's return counter must stay at 0. The tables are
    removed when the phase ends, whatever happens.
-2. ARP. `arping` for each VIP from the client must be answered by exactly one MAC, the active
-   director's (the director whose client-facing interface holds the VIP); any other responder is
-   named ("web2 answers ARP for 10.77.0.100"). The client's neighbour entry for the VIP
-   (`ip -j neigh`) must point at the active director too.
+2. ARP. Broadcast ARP requests for each VIP from the client (`reconciler.verify_arp`, or
+   `arping -b` where the login has no packet socket) must be answered by exactly one MAC, the
+   active director's (the director whose client-facing interface holds the VIP); any other
+   responder is named ("web2 answers ARP for 10.77.0.100"). The client's neighbour entry for the
+   VIP (`ip -j neigh`) must point at the active director too.
+
+Every step runs on all hosts at once, and the ARP probe runs while the tables are installed and
+the traffic flows, so a verification costs a handful of SSH round trips plus the longer of the
+ARP window and the traffic rounds (a few seconds at most on an idle machine).
 
 The result is a typed `VerificationResult`; a failure names the host at fault where one is known.
 """
@@ -36,15 +41,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from reconciler.errors import TransportError
 from reconciler.hostfacts import HostFacts
 from reconciler.models import Desired, Service
+from reconciler.verify_arp import NOT_PERMITTED, arp_probe_source
 from reconciler.verify_probe import probe_source
 
 # How many probe rounds at most before a weighted real server that got nothing is reported;
 # a hashing director spreads by source port, so one unlucky round is possible, three are not.
 MAX_ROUNDS = 3
 MAX_REQUESTS = 5000
+# Requests the client keeps in flight: a round of 30 costs a few request times, not 30.
+PROBE_CONCURRENCY = 8
 # Seconds beyond three VRRP advertisement intervals to wait for a keepalived election to settle.
 VRRP_SETTLE_SLACK = 3.0
-ARP_COUNT = 3
+# The ARP probe: ARP_COUNT broadcast requests ARP_INTERVAL apart, replies collected until
+# ARP_WINDOW seconds after the first (longer than Linux's default proxy-ARP delay of 0.8 s).
+ARP_COUNT = 5
+ARP_INTERVAL = 0.1
+ARP_WINDOW = 1.0
+# The arping fallback: iputils takes whole seconds between requests.
+ARPING_COUNT = 3
 _ARP_REPLY_RE = re.compile(r"reply from (\d+\.\d+\.\d+\.\d+) \[([0-9A-Fa-f:]{17})\]")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PROBE_PRIORITY = -300  # before any director chain (the DSR backend's runs at 101 and ends in fwd)
@@ -272,6 +286,87 @@ class _Job:
     ret_counter: str | None = None
     ret_by_rs: dict[str, str] = field(default_factory=dict)  # real server -> director counter
 
+    def counter_hosts(self) -> set[str]:
+        hosts = {h for h, _ in self.rs_counters.values()}
+        if self.director is not None:
+            hosts.add(self.director)
+        return hosts
+
+
+@dataclass
+class _Tally:
+    """One job's probe results summed over its rounds, and the last counter readings."""
+
+    requests: int = 0
+    ok: int = 0
+    failed: int = 0
+    rounds: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    answered_by: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, dict[str, int] | None] = field(default_factory=dict)  # host -> counters
+    probed: bool = False
+
+    def add(self, res: Mapping[str, Any]) -> None:
+        self.probed = True
+        self.requests += int(res["requested"])
+        self.ok += int(res["ok"])
+        self.failed += int(res["failed"])
+        for k, v in res["errors"].items():
+            self.errors[k] = self.errors.get(k, 0) + int(v)
+        for k, v in res["answered_by"].items():
+            self.answered_by[k] = self.answered_by.get(k, 0) + int(v)
+
+    def counter(self, host: str | None, name: str | None) -> int | None:
+        found = self.counters.get(host or "")
+        return found.get(name or "") if found is not None else None
+
+    def received(self, job: _Job) -> dict[str, int | None]:
+        """Connections counted on each real server (cumulative: the tables live all phase)."""
+        if not self.probed:
+            return {}
+        return {rs: self.counter(host, c) for rs, (host, c) in job.rs_counters.items()}
+
+    def missing(self, job: _Job) -> list[str]:
+        """Weighted real servers that got nothing so far (by their counter, else by replies)."""
+        received = self.received(job)
+        return [
+            rs.host
+            for rs in job.svc.real_servers
+            if rs.weight > 0
+            and (received.get(rs.host) if received.get(rs.host) is not None
+                 else self.answered_by.get(rs.host, 0)) == 0
+        ]  # fmt: skip
+
+    def traffic(self, job: _Job) -> ServiceTraffic:
+        svc = job.svc
+        received = self.received(job)
+        return ServiceTraffic(
+            cluster=job.cluster,
+            service=svc.name,
+            vip=svc.vip,
+            port=svc.port,
+            protocol=svc.protocol,
+            client=job.client,
+            director=job.director,
+            requests=self.requests,
+            ok=self.ok,
+            failed=self.failed,
+            errors=self.errors,
+            rounds=self.rounds,
+            real_servers=tuple(
+                RealServerTraffic(
+                    host=rs.host,
+                    weight=rs.weight,
+                    received=received.get(rs.host),
+                    answered=self.answered_by.get(rs.host, 0) if self.probed else 0,
+                    via_director=self.counter(job.director, job.ret_by_rs.get(rs.host)),
+                )
+                for rs in svc.real_servers
+            ),
+            forward_packets=self.counter(job.director, job.fwd_counter),
+            return_packets=self.counter(job.director, job.ret_counter),
+        )
+
 
 class _Verifier:
     def __init__(
@@ -446,7 +541,10 @@ class _Verifier:
         return parse_counters_json(out) if rc == 0 else None
 
     async def remove_tables(self) -> None:
+        """Delete every installed probe table; safe to call again (each is deleted once)."""
+
         async def one(tab: _CounterTable) -> None:
+            tab.installed = False
             try:
                 rc, _, err = await self.run(
                     tab.host, ("nft", "delete", "table", "netdev", tab.table)
@@ -474,6 +572,7 @@ class _Verifier:
             "--timeout", str(self.cfg.timeout),
             "--max-failures", str(max(3, count // 10)),
             "--deadline", str(self.deadline(count)),
+            "--concurrency", str(min(PROBE_CONCURRENCY, count)),
         ]
         if svc.protocol == "tcp" and svc.check.type == "http":
             argv += ["--http", svc.check.path]
@@ -493,79 +592,32 @@ class _Verifier:
     def deadline(self, count: int) -> float:
         return min(600.0, 10.0 + count * 0.2)
 
-    async def traffic(self, job: _Job) -> ServiceTraffic:
-        svc = job.svc
-        count = self.request_count(svc)
-        weighted = {rs.host for rs in svc.real_servers if rs.weight > 0}
-        totals: dict[str, int] = {}
-        answered: dict[str, int] = {}
-        errors: dict[str, int] = {}
-        requests = ok = failed = rounds = 0
-        received: dict[str, int | None] = {}
-        while rounds < MAX_ROUNDS:
-            rounds += 1
-            res = await self.probe(job.client, svc, count)
-            if res is None:
-                break
-            requests += int(res["requested"])
-            ok += int(res["ok"])
-            failed += int(res["failed"])
-            for k, v in res["errors"].items():
-                errors[k] = errors.get(k, 0) + int(v)
-            for k, v in res["answered_by"].items():
-                totals[k] = totals.get(k, 0) + int(v)
-            received = await self.rs_received(job)
-            answered = {rs.host: totals.get(rs.host, 0) for rs in svc.real_servers}
-            missing = [
-                h for h in weighted
-                if (received.get(h) if received.get(h) is not None else answered[h]) == 0
-            ]
-            if failed or not missing:
-                break
-        fwd = ret = None
-        via: dict[str, int | None] = {}
-        if job.director is not None and (job.fwd_counter or job.ret_counter):
-            counters = await self.read_counters(job.director)
-            if counters is not None:
-                fwd = counters.get(job.fwd_counter or "")
-                ret = counters.get(job.ret_counter or "")
-                via = {rs: counters.get(c) for rs, c in job.ret_by_rs.items()}
-        return ServiceTraffic(
-            cluster=job.cluster,
-            service=svc.name,
-            vip=svc.vip,
-            port=svc.port,
-            protocol=svc.protocol,
-            client=job.client,
-            director=job.director,
-            requests=requests,
-            ok=ok,
-            failed=failed,
-            errors=errors,
-            rounds=rounds,
-            real_servers=tuple(
-                RealServerTraffic(
-                    host=rs.host,
-                    weight=rs.weight,
-                    received=received.get(rs.host),
-                    answered=answered.get(rs.host, 0),
-                    via_director=via.get(rs.host),
-                )
-                for rs in svc.real_servers
-            ),
-            forward_packets=fwd,
-            return_packets=ret,
-        )
-
-    async def rs_received(self, job: _Job) -> dict[str, int | None]:
-        hosts = sorted({h for h, _ in job.rs_counters.values()})
-        read = await asyncio.gather(*(self.read_counters(h) for h in hosts))
-        by_host = dict(zip(hosts, read, strict=True))
-        out: dict[str, int | None] = {}
-        for rs, (host, counter) in job.rs_counters.items():
-            counters = by_host[host]
-            out[rs] = counters.get(counter) if counters is not None else None
-        return out
+    async def all_traffic(self, jobs: Sequence[_Job]) -> list[ServiceTraffic]:
+        """Probe rounds for every job at once; after each round every host's counters are read
+        once. A job gets another round (up to MAX_ROUNDS) while a weighted real server got
+        nothing and no request failed."""
+        tallies = [_Tally() for _ in jobs]
+        pending = list(range(len(jobs)))
+        while pending:
+            results = await asyncio.gather(
+                *(self.probe(jobs[i].client, jobs[i].svc, self.request_count(jobs[i].svc))
+                  for i in pending)
+            )  # fmt: skip
+            hosts = sorted({h for i in pending for h in jobs[i].counter_hosts()})
+            read = await asyncio.gather(*map(self.read_counters, hosts))
+            counters = dict(zip(hosts, read, strict=True))
+            again = []
+            for i, res in zip(pending, results, strict=True):
+                tally = tallies[i]
+                tally.rounds += 1
+                tally.counters.update(counters)
+                if res is None:
+                    continue
+                tally.add(res)
+                if not tally.failed and tally.missing(jobs[i]) and tally.rounds < MAX_ROUNDS:
+                    again.append(i)
+            pending = again
+        return [tally.traffic(job) for job, tally in zip(jobs, tallies, strict=True)]
 
     def judge_traffic(self, t: ServiceTraffic) -> None:
         where = f"{t.service} {t.vip}:{t.port}/{t.protocol}"
@@ -630,27 +682,52 @@ class _Verifier:
 
     # -- step 4: ARP
 
+    async def arp_responders(self, client: str, vip: str) -> list[str] | None:
+        """The MACs answering ARP for `vip` asked from `client`, first seen first.
+
+        None when the client could not ask (that failure is recorded here).
+        """
+        iface = self.iface(client)
+        rc, out, err = await self.run(
+            client,
+            ("python3", "-", "--iface", iface, "--vip", vip, "--count", str(ARP_COUNT),
+             "--interval", str(ARP_INTERVAL), "--window", str(ARP_WINDOW)),
+            input=arp_probe_source(),
+            timeout=ARP_WINDOW + 20,
+        )  # fmt: skip
+        if rc == 0:
+            return [str(mac).lower() for mac, _ in json.loads(out)["responders"]]
+        if rc != NOT_PERMITTED:
+            self.fail("arp", client, f"{client}: the ARP probe for {vip} failed: {err.strip()}")
+            return None
+        # This login has no packet socket; arping usually carries its own capability.
+        rc, out, err = await self.run(
+            client,
+            # -b: iputils switches to unicast after the first reply, so a second responder
+            # would be asked only once; broadcasting every request asks every host each time.
+            ("arping", "-b", "-c", str(ARPING_COUNT), "-I", iface, vip),
+            timeout=ARPING_COUNT + 20,
+        )
+        if rc not in (0, 1) or (rc == 1 and "reply from" not in out and err.strip()):
+            self.fail("arp", client, f"{client}: arping {vip} failed: {err.strip()}")
+            return None
+        return parse_arping(out)
+
     async def arp(
         self, client: str, vip: str, director: str | None, traffic_done: asyncio.Event
     ) -> ArpCheck:
-        """arping runs while the traffic flows; the neighbour entry is read after it."""
+        """The ARP probe runs while the traffic flows; the neighbour entry is read after it."""
         iface = self.iface(client)
         responders: list[ArpResponder] = []
+        asked = False
         neighbour: str | None = None
         try:
-            rc, out, err = await self.run(
-                client,
-                # -b: iputils switches to unicast after the first reply, so a second responder
-                # would be asked only once; broadcasting every request asks every host each time.
-                ("arping", "-b", "-c", str(ARP_COUNT), "-I", iface, vip),
-                timeout=ARP_COUNT + 20,
-            )
-            if rc not in (0, 1) or (rc == 1 and "reply from" not in out and err.strip()):
-                self.fail("arp", client, f"{client}: arping {vip} failed: {err.strip()}")
-            for mac in parse_arping(out):
+            macs = await self.arp_responders(client, vip)
+            asked = macs is not None
+            for mac in macs or ():
                 responders.append(ArpResponder(mac=mac, host=self.mac_owner(mac)))
             await traffic_done.wait()
-            rc, out, err = await self.run(
+            rc, out, _ = await self.run(
                 client, ("ip", "-j", "neigh", "show", "to", vip, "dev", iface)
             )
             neighbour = parse_neigh_json(out) if rc == 0 else None
@@ -666,7 +743,7 @@ class _Verifier:
             neighbour_mac=neighbour,
             neighbour_host=self.mac_owner(neighbour) if neighbour else None,
         )
-        if not responders:
+        if asked and not responders:
             self.fail(
                 "arp", director, f"nobody answers ARP for {vip} (asked from {client}): VIP is down"
             )
@@ -752,25 +829,27 @@ async def verify_desired(
                 jobs.append(job)
 
     services: list[ServiceTraffic] = []
-    arp_checks: list[ArpCheck] = []
     reachable_clients = [c for c in clients if c in v.links]
     traffic_done = asyncio.Event()
 
-    async def all_traffic() -> None:
+    async def traffic() -> None:
+        # The tables go as soon as the last counters are read, while the ARP checks read the
+        # clients' neighbour entries.
         try:
-            for job in jobs:
-                if job.client in reachable_clients:
-                    traffic = await v.traffic(job)
-                    v.judge_traffic(traffic)
-                    services.append(traffic)
+            await v.install_tables()
+            services.extend(
+                await v.all_traffic([j for j in jobs if j.client in reachable_clients])
+            )
         finally:
             traffic_done.set()
+            await v.remove_tables()
+        for t in services:
+            v.judge_traffic(t)
 
     try:
-        await v.install_tables()
         arp_vips = {vip: director for (_, vip), director in sorted(vips.items())}
         _, arps = await asyncio.gather(
-            all_traffic(),
+            traffic(),
             asyncio.gather(
                 *(
                     v.arp(client, vip, director, traffic_done)
@@ -781,6 +860,7 @@ async def verify_desired(
         )
         arp_checks = list(arps)
     finally:
+        # Only what is still installed (cancelled, or an error above).
         await v.remove_tables()
     return VerificationResult(
         ok=not v.failures,

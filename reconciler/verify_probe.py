@@ -5,10 +5,12 @@ it uses the standard library only and imports nothing from shoal. `reconciler.ve
 with `probe_source()`; the lab's load generator runs the same file.
 
 Each request is a new connection from a new source port, so a director that hashes the source
-address and port (or IPVS's schedulers) spreads them over the real servers. A TCP request is a
-connect (proof of a full SYN / SYN-ACK round trip) and, with `--http PATH`, one HTTP/1.0 GET whose
-reply's first word is taken as the identity of the server that answered (the lab service answers
-with its hostname; a production service's first word is reported as it is and filtered later).
+address and port (or IPVS's schedulers) spreads them over the real servers; `--concurrency N`
+keeps N requests in flight (threads), so a round costs about count/N request times. A TCP
+request is a connect (proof of a full SYN / SYN-ACK round trip) and, with `--http PATH`, one
+HTTP/1.0 GET whose reply's first word is taken as the identity of the server that answered (the
+lab service answers with its hostname; a production service's first word is reported as it is
+and filtered later).
 A UDP request is one datagram; a reply is optional, because arrival is counted on the servers.
 
 The result is one JSON object on stdout: sent, ok, failed, errors by kind, answered_by, elapsed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,8 +82,9 @@ def run_probe(
     deadline: float = 30.0,
     http_path: str | None = None,
     max_failures: int | None = None,
+    concurrency: int = 1,
 ) -> dict[str, object]:
-    """Send `count` requests and count the outcomes.
+    """Send `count` requests, `concurrency` at a time, and count the outcomes.
 
     Stops early when `deadline` seconds have passed or `max_failures` requests have failed (a
     dead VIP would otherwise cost count x timeout); the requests not sent count as failed.
@@ -88,32 +92,56 @@ def run_probe(
     start = time.monotonic()
     errors: Counter[str] = Counter()
     answered_by: Counter[str] = Counter()
-    sent = ok = 0
-    for _ in range(count):
-        if time.monotonic() - start > deadline:
-            errors["deadline"] += count - sent
-            break
-        if max_failures is not None and sent - ok >= max_failures:
-            errors["skipped after failures"] += count - sent
-            break
-        sent += 1
+    lock = threading.Lock()
+    sent = ok = failed = 0
+    stopped: str | None = None  # why requests were left unsent
+
+    def one() -> None:
+        nonlocal ok, failed
         try:
             if protocol == "udp":
                 who = _udp_request(vip, port, timeout)
             else:
                 who = _tcp_request(vip, port, timeout, http_path)
         except TimeoutError:
-            errors["timeout"] += 1
-            continue
+            kind = "timeout"
         except ConnectionRefusedError:
-            errors["refused"] += 1
-            continue
+            kind = "refused"
         except OSError as exc:
-            errors[type(exc).__name__] += 1
-            continue
-        ok += 1
-        if who is not None:
-            answered_by[who] += 1
+            kind = type(exc).__name__
+        else:
+            with lock:
+                ok += 1
+                if who is not None:
+                    answered_by[who] += 1
+            return
+        with lock:
+            failed += 1
+            errors[kind] += 1
+
+    def worker() -> None:
+        nonlocal sent, stopped
+        while True:
+            with lock:
+                if sent >= count or stopped is not None:
+                    return
+                if time.monotonic() - start > deadline:
+                    stopped = "deadline"
+                    return
+                # Completed failures only: requests still in flight are not failures (yet).
+                if max_failures is not None and failed >= max_failures:
+                    stopped = "skipped after failures"
+                    return
+                sent += 1
+            one()
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if stopped is not None and sent < count:
+        errors[stopped] += count - sent
     return {
         "vip": vip,
         "port": port,
@@ -138,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=30.0)
     parser.add_argument("--http", dest="http_path", default=None)
     parser.add_argument("--max-failures", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     if not 1 <= args.count <= 100000 or not 0 < args.timeout <= 300:
         parser.error("count must be 1..100000 and timeout 0..300 seconds")
+    if not 1 <= args.concurrency <= 64:
+        parser.error("concurrency must be 1..64")
     result = run_probe(
         args.vip,
         args.port,
@@ -150,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline=args.deadline,
         http_path=args.http_path,
         max_failures=args.max_failures,
+        concurrency=args.concurrency,
     )
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -1,0 +1,169 @@
+"""Shared by the IPVS VM director tests: a lab whose two directors are VMs with real IPVS.
+
+`vm_dr_lab` (tests/lab/conftest.py) boots it once per test session: lvs1 and lvs2 are qemu VMs
+running Debian's kernel (lab/vm.py), web1-web3 and client1 are namespace hosts running the lab
+HTTP service. Each backend's module starts from `reset_directors`, so the modules do not depend
+on each other's order. Everything else goes through shoal's real path (rollout_support).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import Lab
+from lab.vm import prerequisites as vm_prerequisites
+from reconciler.models import Desired
+from states.keepalived import CONF_PATH, PID_DIR
+from tests.conftest import in_ci, require_lab
+from tests.lab.rollout_support import write_repo
+
+DIRECTORS = ("lvs1", "lvs2")
+PORT = 80
+DRAIN_TIMEOUT = 30  # seconds; a drain that waits for it is reported as timed out
+SETTINGS = f"""\
+approval = "auto"
+
+[apply]
+batch_size = 3
+lockout_timeout = 20
+drain_timeout = {DRAIN_TIMEOUT}
+
+[verify]
+clients = ["client1"]
+requests_per_server = 5
+timeout = 2.0
+"""
+
+# Test-side reset of a VM director (never shoal's way: the VMs are the tests' own): stop the
+# keepalived shoal started (by its pid file), empty IPVS, drop the VIPs (.100-.199) and shoal's
+# files, so the next module plans from a clean director.
+_RESET = f"""set -u
+p=$(cat {PID_DIR}/keepalived.pid 2>/dev/null) && kill "$p" 2>/dev/null
+i=0; while [ -n "${{p:-}}" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do
+  sleep 0.1; i=$((i + 1)); done
+ipvsadm -C
+for a in $(ip -o -4 addr show dev eth0 | awk '{{ print $4 }}'); do
+  case ${{a%/*}} in *.1[0-9][0-9]) ip addr del "$a" dev eth0 ;; esac
+done
+rm -rf /var/lib/shoal {CONF_PATH} /usr/local/sbin/shoal-restore
+exit 0
+"""
+
+
+def vm_tests_wanted() -> bool:
+    """SHOAL_VM_TESTS=0 leaves the VM modules out (a collection-time skip, as test_vm_director)."""
+    return os.environ.get("SHOAL_VM_TESTS", "1") != "0"
+
+
+def require_vm() -> None:
+    """Skip (locally) or fail (CI) when this machine cannot boot the VM directors."""
+    require_lab()
+    missing = vm_prerequisites()
+    if not missing:
+        return
+    message = f"VM director prerequisites missing: {'; '.join(missing)}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: VM tests must run; scripts/setup.sh installs them)")
+    pytest.skip(message)
+
+
+def cluster_toml(backend: str, vips: dict[str, str], weights: dict[str, int]) -> str:
+    """One cluster `web`: lvs1 primary, lvs2 backup; each service (name -> VIP) on PORT."""
+    head = f"""\
+[cluster]
+name = "web"
+directors = ["lvs1", "lvs2"]
+director = "{backend}"
+arp_method = "sysctl"
+"""
+    servers = "".join(
+        f'\n  [[service.real_server]]\n  host = "{h}"\n  weight = {w}\n' for h, w in weights.items()
+    )
+    services = "".join(
+        f"""
+[[service]]
+name = "{name}"
+vip = "{vip}"
+port = {PORT}
+protocol = "tcp"
+scheduler = "wlc"
+check = {{ type = "tcp", interval = 2 }}
+{servers}"""
+        for name, vip in vips.items()
+    )
+    return head + services
+
+
+@dataclass
+class VmDrLab:
+    lab: Lab
+    workdir: Path
+    boot_seconds: float
+
+    def vip(self, octet: int) -> str:
+        return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
+
+    def desired(self, backend: str, weights: dict[str, int], extra_vip: bool = False) -> Desired:
+        vips = {"http": self.vip(100)}
+        if extra_vip:
+            vips["http2"] = self.vip(101)
+        dest = self.workdir / f"repo-{secrets.token_hex(4)}"
+        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), SETTINGS)
+
+    async def ipvs_save(self, host: str) -> str:
+        return str((await self.lab.exec(host, ["ipvsadm", "-Sn"])).stdout)
+
+    async def addresses(self, host: str) -> str:
+        return str((await self.lab.exec(host, ["ip", "-o", "-4", "addr", "show"])).stdout)
+
+    async def reset_directors(self) -> None:
+        await asyncio.gather(*(self.lab.exec(h, ["sh", "-c", _RESET]) for h in DIRECTORS))
+
+    async def holders(self, vip: str) -> list[str]:
+        out = []
+        for h in DIRECTORS:
+            if f" {vip}/32 " in await self.addresses(h):
+                out.append(h)
+        return out
+
+    async def wait_holders(self, vip: str, want: list[str], seconds: float = 20.0) -> None:
+        give_up = time.monotonic() + seconds
+        while (now := await self.holders(vip)) != want:
+            if time.monotonic() > give_up:
+                pytest.fail(f"VIP {vip} held by {now}, expected {want}")
+            await asyncio.sleep(0.2)
+
+
+# A command on a VM director that fails only for the arguments a test names, and runs the real
+# program otherwise (so facts, snapshots and the rollback's proof still read the host): the real
+# binary is copied into the guest's own /run and the wrapper bind-mounted over its path.
+_FAIL_WHEN = """set -e
+real=/run/shoal-lab/real-$(basename "$1"); mkdir -p /run/shoal-lab
+cp "$1" "$real"
+printf '%s\\n' "$2" >"$real.when"
+{
+  echo '#!/bin/sh'
+  printf 'w=$(cat %s.when)\\n' "$real"
+  echo 'case " $* " in *"$w"*) echo "shoal test: injected failure of $0" >&2; exit 3 ;; esac'
+  printf 'exec %s "$@"\\n' "$real"
+} >"$real.wrap"
+chmod 0755 "$real.wrap"
+mount --bind "$real.wrap" "$1"
+"""
+
+
+async def inject_failure_when(lab: Lab, host: str, path: str, args: str) -> None:
+    """Make `path` on `host` exit 3 when its arguments contain `args` (a plain string)."""
+    await lab.exec(host, ["sh", "-c", _FAIL_WHEN, "sh", path, args])
+
+
+async def clear_failure(lab: Lab, host: str, path: str) -> None:
+    await lab.exec(host, ["umount", path])
