@@ -7,7 +7,8 @@ not between markers is kept as `stray` (an unexpected shell error shows up there
 
 `compare_sections` is the raw half of the rollback proof: every section taken again after a
 rollback must equal the one taken before, after removing only what changes on its own
-(comment lines with a timestamp, packet counters, address lifetimes).
+(comment lines with a timestamp, packet counters, address lifetimes, and the elements of nft sets
+and maps that traffic fills and time empties: the DSR director's flow maps).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 _COUNTERS_RE = re.compile(r"\[\d+:\d+\]")
 # Lifetimes count down; "tentative" is the kernel's duplicate address detection, still running.
 _LIFETIME_KEYS = frozenset({"valid_life_time", "preferred_life_time", "tentative"})
+# `nft list` output: a named set or map opens a block that its own indentation plus "}" closes.
+_NFT_SET_RE = re.compile(r"^(\s*)(?:set|map) \S+ \{$")
 
 
 @dataclass
@@ -247,12 +250,63 @@ def _strip_addr(text: str) -> str:
     return json.dumps(_drop_lifetimes(data), indent=1, sort_keys=True)
 
 
+def _is_dynamic(declaration: list[str]) -> bool:
+    """A set/map whose elements the packet path adds (`dynamic`) or time removes (`timeout`)."""
+    for line in declaration:
+        words = line.split()
+        if words[:1] == ["timeout"]:
+            return True
+        if words[:1] == ["flags"] and {"dynamic", "timeout"} & set("".join(words[1:]).split(",")):
+            return True
+    return False
+
+
+def _strip_dynamic_elements(text: str) -> str:
+    """`nft -s list table` output without the elements of dynamic/timeout sets and maps.
+
+    The DSR director's `flows_*` map and `ends_*` set fill with every connection and empty as
+    their timeouts pass, so two snapshots of an unchanged table differ while traffic flows. Their
+    declarations, every rule, and the elements of every other set or map are kept byte for byte.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _NFT_SET_RE.match(lines[i])
+        if m is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        close = m.group(1) + "}"
+        end = i + 1
+        while end < len(lines) and lines[end] != close:
+            end += 1
+        body = lines[i + 1 : end]
+        start = next(
+            (k for k, ln in enumerate(body) if ln.lstrip().startswith("elements = {")), None
+        )
+        if start is not None and _is_dynamic(body[:start]):
+            # The elements clause runs until its braces balance (it is last in the block).
+            depth, stop = 0, start
+            for stop in range(start, len(body)):
+                depth += body[stop].count("{") - body[stop].count("}")
+                if depth <= 0:
+                    break
+            body = body[:start] + body[stop + 1 :]
+        out.append(lines[i])
+        out.extend(body)
+        i = end
+    return "\n".join(out)
+
+
 def normalise(name: str, content: str) -> str:
     """The part of a section that only a change can alter."""
     if name == "arptables" or name.startswith("iptables_"):
         return _strip_save(content)
     if name == "addr" or name.startswith("addr."):
         return _strip_addr(content)
+    if name == "nft":
+        return _strip_dynamic_elements(content)
     return content
 
 

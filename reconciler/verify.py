@@ -48,8 +48,9 @@ from reconciler.verify_probe import probe_source
 # a hashing director spreads by source port, so one unlucky round is possible, three are not.
 MAX_ROUNDS = 3
 MAX_REQUESTS = 5000
-# Requests the client keeps in flight: a round of 30 costs a few request times, not 30.
-PROBE_CONCURRENCY = 8
+# Requests the client keeps in flight: a round of 30 costs about 8 request times, not 30. Few
+# enough for a small accept backlog (Python's socketserver listens with 5).
+PROBE_CONCURRENCY = 4
 # Seconds beyond three VRRP advertisement intervals to wait for a keepalived election to settle.
 VRRP_SETTLE_SLACK = 3.0
 # The ARP probe: ARP_COUNT broadcast requests ARP_INTERVAL apart, replies collected until
