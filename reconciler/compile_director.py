@@ -100,7 +100,7 @@ def _vip_states(
         out.append(
             LowState(
                 id=_sid("director-vip", name, vip), function="addr.present", host=primary,
-                args={"address": vip, "prefix": 32, "interface": iface},
+                args={"address": vip, "prefix": 32, "interface": iface, "announce": True},
                 require=tuple(require.get(vip, [])), phase=Phase.DIRECTOR_PRIMARY,
             )
         )  # fmt: skip

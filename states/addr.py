@@ -24,6 +24,8 @@ class AddrArgs(Args):
     address: IPv4
     prefix: int = Field(default=32, ge=1, le=32)
     interface: InterfaceName
+    # A director taking over a VIP tells the segment at once; real servers must never announce.
+    announce: bool = False
 
 
 class AddrAbsentArgs(Args):
@@ -54,6 +56,16 @@ def _argv(verb: str, args: AddrArgs) -> tuple[str, ...]:
     return ("ip", "addr", verb, f"{args.address}/{args.prefix}", "dev", args.interface)
 
 
+def _announce_argv(args: AddrArgs) -> tuple[str, ...]:
+    """One gratuitous ARP for the address, best effort: clients otherwise keep the old MAC until
+    their neighbour entry expires. The values reach the shell as positional parameters only."""
+    script = (
+        "command -v arping >/dev/null 2>&1 || exit 0; "
+        'arping -U -c 1 -I "$1" "$2" >/dev/null || true'
+    )
+    return ("sh", "-c", script, "sh", args.interface, args.address)
+
+
 def _state(low: LowState, ctx: PlanContext, args: AddrArgs) -> bool | None:
     """Whether the address is on the interface; None if the interface does not exist."""
     interfaces = known(host_facts(low, ctx).interfaces, "interfaces")
@@ -82,7 +94,9 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
         f"add {args.address}/{args.prefix} to {args.interface}",
         before=None,
         after=key_of(args),
-        commands=(_argv("add", args),),
+        commands=(_argv("add", args), _announce_argv(args))
+        if args.announce
+        else (_argv("add", args),),
         undo=(_argv("del", args),),
     )
     return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))

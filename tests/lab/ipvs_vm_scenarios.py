@@ -19,16 +19,11 @@ from tests.lab.ipvs_vm_support import (
     PORT,
     VmDrLab,
     clear_failure,
-    inject_failure_when,
-)
-from tests.lab.rollout_support import (
     converge,
-    explain,
-    pending,
-    plan_for,
+    inject_failure_when,
     transport_for,
-    under_load,
 )
+from tests.lab.rollout_support import explain, pending, plan_for, under_load
 
 START = {"web1": 1, "web2": 2}
 AFTER_DRAIN = {"web1": 1, "web3": 2}

@@ -9,10 +9,12 @@ on each other's order. Everything else goes through shoal's real path (rollout_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +22,21 @@ import pytest
 
 from lab import Lab
 from lab.vm import prerequisites as vm_prerequisites
+from reconciler.executor import apply_plan
 from reconciler.models import Desired
+from reconciler.runresult import RunResult
+from reconciler.steps import Plan
+from reconciler.transport import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
-from tests.lab.rollout_support import write_repo
+from tests.lab.rollout_support import plan_for, write_repo
 
 DIRECTORS = ("lvs1", "lvs2")
 PORT = 80
 DRAIN_TIMEOUT = 30  # seconds; a drain that waits for it is reported as timed out
+# A new SSH connection to a VM costs a key exchange under CPU emulation: about a second on an
+# idle machine, many on a busy one.
+CONNECT_TIMEOUT = 60
 SETTINGS = f"""\
 approval = "auto"
 
@@ -73,6 +82,25 @@ def require_vm() -> None:
     if in_ci():
         pytest.fail(f"{message} (CI=true: VM tests must run; scripts/setup.sh installs them)")
     pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTransport]:
+    """rollout_support's transport, with a connect timeout for emulated VMs."""
+    async with SSHTransport(
+        desired.inventory, desired.known_hosts, lab.client_key_path, connect_timeout=CONNECT_TIMEOUT
+    ) as t:
+        yield t
+
+
+async def converge(lab: Lab, desired: Desired) -> tuple[RunResult | None, Plan]:
+    """rollout_support.converge over `transport_for` above."""
+    async with transport_for(lab, desired) as t:
+        plan = await plan_for(desired, t)
+        if plan.empty:
+            return None, plan
+        result = await apply_plan(plan, desired, t)
+        return result, await plan_for(desired, t)
 
 
 def cluster_toml(backend: str, vips: dict[str, str], weights: dict[str, int]) -> str:

@@ -57,7 +57,7 @@ def test_fresh_director_exact_steps() -> None:
     # The VIP only on the primary, /32 on its interface, after the services that serve it.
     vips = [lw for lw in lows if lw.function == "addr.present"]
     assert [(v.host, v.args, v.phase) for v in vips] == [
-        ("lvs1", {"address": "10.77.0.100", "prefix": 32, "interface": "eth0"},
+        ("lvs1", {"address": "10.77.0.100", "prefix": 32, "interface": "eth0", "announce": True},
          Phase.DIRECTOR_PRIMARY),
     ]  # fmt: skip
     assert set(vips[0].require) == {
@@ -185,3 +185,20 @@ def test_restore_lines() -> None:
     )
     assert ipvs_restore_lines(desired("keepalived"), "lvs1") == []
     assert ipvs_restore_lines(d, "web1") == []
+
+
+def test_director_vip_is_announced_and_real_server_vips_never_are() -> None:
+    from states import REGISTRY
+    from states.base import PlanContext
+
+    d = desired("ipvsadm")
+    f = {h: facts(h) for h in ("lvs1", "lvs2")}
+    lows, _, _ = plan(d, f)
+    (vip_low,) = [low for low in lows if low.function == "addr.present"]
+    (vip_step,) = REGISTRY["addr.present"](vip_low, PlanContext(desired=d, facts=f)).steps
+    assert vip_step.host == "lvs1"
+    add, announce = vip_step.commands
+    assert add == ("ip", "addr", "add", "10.77.0.100/32", "dev", "eth0")
+    # The address and interface are positional parameters of the script, never part of it.
+    assert announce[:2] == ("sh", "-c") and "10.77.0.100" not in announce[2]
+    assert announce[-2:] == ("eth0", "10.77.0.100") and "arping -U" in announce[2]

@@ -74,7 +74,9 @@ def test_moving_director_vip_is_dropped_before_the_new_primary_adds_it() -> None
             drop = _step(plan, "lvs1", f"lvs1/remove-addr-{vip}_32_dev_eth0/delete")
             add = _step(plan, "lvs2", f"lvs2/director-vip:web:{vip}/add")
             assert drop.commands == (("ip", "addr", "del", f"{vip}/32", "dev", "eth0"),)
-            assert add.commands == (("ip", "addr", "add", f"{vip}/32", "dev", "eth0"),)
+            assert add.commands[0] == ("ip", "addr", "add", f"{vip}/32", "dev", "eth0")
+            # ... and the new holder announces it, so clients do not wait for their cache.
+            assert add.commands[1][-2:] == ("eth0", vip) and "arping -U" in add.commands[1][2]
             # The executor runs phases in order across hosts: the drop is finished first.
             assert drop.phase == Phase.DIRECTOR_BACKUP < add.phase == Phase.DIRECTOR_PRIMARY, (
                 backend
