@@ -23,42 +23,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.prompt import Confirm
 
-from reconciler.compile import managed_paths
+from reconciler.cli_common import consoles, fail, print_lines
+from reconciler.connect import transport_for
 from reconciler.errors import DesiredStateInvalid, RequisiteCycle, ShoalError, StalePlan
 from reconciler.executor import ApplyEvent, apply_plan
-from reconciler.facts import gather_facts
-from reconciler.hostfacts import HostFacts
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 from reconciler.plan import plan_desired
-from reconciler.plan_cmd import render_plan, summary
+from reconciler.plan_cmd import gather_over_ssh, render_plan, summary
 from reconciler.runresult import RunResult, StepResult
 from reconciler.steps import Plan
-from reconciler.transport import SSHTransport
 from reconciler.verify_cmd import render as render_verification
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNPROVEN = 0, 1, 2, 3
 Ask = Callable[[str], bool]
 
 
-def _transport(desired: Desired, client_key: Path) -> SSHTransport:
-    cfg = desired.settings.apply
-    return SSHTransport(
-        desired.inventory,
-        desired.known_hosts,
-        client_key,
-        connect_timeout=cfg.connect_timeout,
-        command_timeout=cfg.command_timeout,
-        max_concurrent_hosts=cfg.max_concurrent_hosts,
-    )
-
-
 async def make_plan(desired: Desired, client_key: Path) -> Plan:
     """Facts of every inventory host (one round trip each), then the plan."""
-    async with _transport(desired, client_key) as transport:
-        facts: dict[str, HostFacts] = await gather_facts(
-            transport, sorted(desired.inventory.hosts), managed_paths(desired)
-        )
+    facts = await gather_over_ssh(desired, client_key, lambda host, facts: None)
     return plan_desired(desired, facts)
 
 
@@ -161,22 +144,20 @@ def run_apply(
     ask: Ask | None = None,
 ) -> int:
     """Load, plan, show, confirm, apply, report; return the exit status."""
-    out = console or Console()
-    err = Console(stderr=True) if console is None else console
+    out, err = consoles(console)
     try:
         desired = load_repository(repo)
     except DesiredStateInvalid as exc:
-        return _fail(out, as_json, [str(i) for i in exc.issues], EXIT_FAILED)
+        return fail(out, as_json, [str(i) for i in exc.issues], EXIT_FAILED)
     if as_json and not yes:
-        return _fail(out, as_json, ["--json cannot ask for confirmation: add --yes"], EXIT_REFUSED)
+        return fail(out, as_json, ["--json cannot ask for confirmation: add --yes"], EXIT_REFUSED)
     try:
         with err.status("gathering facts and planning", spinner="dots"):
             plan = asyncio.run(make_plan(desired, client_key))
     except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
-        return _fail(out, as_json, [str(exc)], EXIT_FAILED)
+        return fail(out, as_json, [str(exc)], EXIT_FAILED)
     if not as_json:
-        for line in render_plan(plan):
-            out.print(line, highlight=False, soft_wrap=True)
+        print_lines(out, render_plan(plan))
     if plan.empty and all(hp.reachable for hp in plan.hosts.values()):
         if as_json:
             out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
@@ -191,7 +172,7 @@ def run_apply(
     try:
         result = asyncio.run(_apply(plan, desired, client_key, err, quiet=as_json))
     except StalePlan as exc:
-        return _fail(out, as_json, [f"{exc}; run shoal apply again"], EXIT_REFUSED)
+        return fail(out, as_json, [f"{exc}; run shoal apply again"], EXIT_REFUSED)
     status = exit_status(result)
     if as_json:
         doc: dict[str, Any] = {
@@ -201,8 +182,7 @@ def run_apply(
         }
         out.print_json(json.dumps(doc, sort_keys=True))
         return status
-    for line in render_result(result):
-        out.print(line, highlight=False, soft_wrap=True)
+    print_lines(out, render_result(result))
     return status
 
 
@@ -216,16 +196,7 @@ async def _apply(
         TextColumn("{task.fields[status]}"),
     )
     with Progress(*columns, console=err, disable=quiet) as progress:
-        async with _transport(desired, client_key) as transport:
+        async with transport_for(desired, client_key) as transport:
             return await apply_plan(
                 plan, desired, transport, on_event=ApplyProgress(progress), check_stale=True
             )
-
-
-def _fail(out: Console, as_json: bool, messages: list[str], status: int) -> int:
-    if as_json:
-        out.print_json(json.dumps({"errors": messages, "exit_status": status}))
-    else:
-        for m in messages:
-            out.print(f"[red]error:[/] {escape(m)}", highlight=False, soft_wrap=True)
-    return status

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.compile import managed_paths
+from reconciler.connect import transport_for
 from reconciler.errors import ConfigIssue, DesiredStateInvalid, SourceError
 from reconciler.executor import apply_plan
 from reconciler.facts import gather_facts
@@ -307,15 +308,7 @@ class Controller:
         return cached
 
     def _transport(self, desired: Desired) -> SSHTransport:
-        apply = desired.settings.apply
-        return SSHTransport(
-            desired.inventory,
-            desired.known_hosts,
-            self.client_key,
-            connect_timeout=apply.connect_timeout,
-            command_timeout=apply.command_timeout,
-            max_concurrent_hosts=apply.max_concurrent_hosts,
-        )
+        return transport_for(desired, self.client_key)
 
     async def _gather(
         self, transport: SSHTransport, desired: Desired, hosts: Sequence[str]

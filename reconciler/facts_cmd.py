@@ -15,11 +15,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.connect import transport_for
 from reconciler.errors import DesiredStateInvalid
 from reconciler.facts import gather_facts
 from reconciler.hostfacts import Fact, HostFacts
 from reconciler.loader import load_repository
-from reconciler.transport import SSHTransport
 
 
 async def facts_of_host(repo: Path, host: str, client_key: Path) -> HostFacts:
@@ -28,14 +28,7 @@ async def facts_of_host(repo: Path, host: str, client_key: Path) -> HostFacts:
     if host not in desired.inventory.hosts:
         known = ", ".join(sorted(desired.inventory.hosts)) or "none"
         raise ValueError(f"host {host!r} is not in the inventory (hosts: {known})")
-    settings = desired.settings.apply
-    async with SSHTransport(
-        desired.inventory,
-        desired.known_hosts,
-        client_key,
-        connect_timeout=settings.connect_timeout,
-        command_timeout=settings.command_timeout,
-    ) as transport:
+    async with transport_for(desired, client_key) as transport:
         facts = await gather_facts(transport, [host])
     return facts[host]
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from reconciler.cli_common import consoles, fail, print_lines
 from reconciler.compile import managed_paths
 from reconciler.errors import DesiredStateInvalid, RequisiteCycle
 from reconciler.hostfacts import HostFacts
@@ -44,19 +45,11 @@ async def gather_over_ssh(
     desired: Desired, client_key: Path, on_host: HostDone
 ) -> dict[str, HostFacts]:
     """Every inventory host's facts (one script, one channel each), reporting each as it lands."""
+    from reconciler.connect import transport_for
     from reconciler.facts import gather_host_facts
-    from reconciler.transport import SSHTransport
 
-    cfg = desired.settings.apply
     paths = managed_paths(desired)
-    async with SSHTransport(
-        desired.inventory,
-        desired.known_hosts,
-        client_key,
-        connect_timeout=cfg.connect_timeout,
-        command_timeout=cfg.command_timeout,
-        max_concurrent_hosts=cfg.max_concurrent_hosts,
-    ) as transport:
+    async with transport_for(desired, client_key) as transport:
 
         async def one(host: str) -> tuple[str, HostFacts]:
             facts = await gather_host_facts(transport, host, paths.get(host, []))
@@ -160,12 +153,11 @@ def run_plan(
     gather: Gather | None = None,
 ) -> int:
     """Load, gather, plan and print; return the exit status. `gather` replaces SSH in tests."""
-    out = console or Console()
-    err = Console(stderr=True) if console is None else console
+    out, err = consoles(console)
     try:
         desired = load_repository(repo)
     except DesiredStateInvalid as exc:
-        return _fail(out, as_json, [str(i) for i in exc.issues])
+        return fail(out, as_json, [str(i) for i in exc.issues], EXIT_ERROR)
     hosts = sorted(desired.inventory.hosts)
     with Progress(TextColumn("gathering facts"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), console=err, transient=True,
@@ -184,7 +176,7 @@ def run_plan(
     try:
         plan = plan_desired(desired, facts)
     except (RequisiteCycle, DesiredStateInvalid) as exc:
-        return _fail(out, as_json, [str(exc)])
+        return fail(out, as_json, [str(exc)], EXIT_ERROR)
     status = exit_status(plan)
     if as_json:
         doc: dict[str, Any] = {"summary": summary(plan), "exit_status": status}
@@ -192,21 +184,10 @@ def run_plan(
         out.print_json(json.dumps(doc, sort_keys=True))
         return status
     if show_states:
-        for line in render_states(plan):
-            out.print(line, highlight=False, soft_wrap=True)
-    for line in render_plan(plan):
-        out.print(line, highlight=False, soft_wrap=True)
+        print_lines(out, render_states(plan))
+    print_lines(out, render_plan(plan))
     return status
 
 
 async def _await(value: Awaitable[dict[str, HostFacts]]) -> dict[str, HostFacts]:
     return await value
-
-
-def _fail(out: Console, as_json: bool, messages: list[str]) -> int:
-    if as_json:
-        out.print_json(json.dumps({"errors": messages, "exit_status": EXIT_ERROR}))
-    else:
-        for m in messages:
-            out.print(f"[red]error:[/] {escape(m)}", highlight=False, soft_wrap=True)
-    return EXIT_ERROR

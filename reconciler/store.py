@@ -24,12 +24,15 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from reconciler.steps import Plan
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DB_FILENAME = "shoal.db"
 
@@ -44,25 +47,15 @@ PlanState = Literal[
     "stale",
     "interrupted",
 ]
-PLAN_STATES: tuple[PlanState, ...] = (
-    "pending",
-    "approved",
-    "applying",
-    "applied",
-    "failed",
-    "rejected",
-    "superseded",
-    "stale",
-    "interrupted",
-)
+PLAN_STATES: tuple[PlanState, ...] = get_args(PlanState)
 # A plan in one of these states still matters to the controller; the rest are history.
 OPEN_PLAN_STATES: tuple[PlanState, ...] = ("pending", "approved", "applying")
 
 PlanKind = Literal["change", "drift", "heal"]
 RunState = Literal["applying", "applied", "failed", "interrupted"]
 Role = Literal["viewer", "approver", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "approver", "admin")
-ROLE_RANK: dict[str, int] = {"viewer": 0, "approver": 1, "admin": 2}
+ROLES: tuple[Role, ...] = get_args(Role)
+ROLE_RANK: dict[str, int] = {role: rank for rank, role in enumerate(ROLES)}
 
 TOKEN_PREFIX = "shoal"
 
@@ -326,6 +319,28 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+_R = TypeVar("_R", bound="DataclassInstance")
+
+
+def _record(cls: type[_R], row: sqlite3.Row, **stored_otherwise: Any) -> _R:
+    """`cls` from a row whose columns carry its field names.
+
+    `stored_otherwise` gives the fields the row keeps in another form (JSON text, 0/1), already
+    decoded; columns the record does not name (a token's hash) are left behind.
+    """
+    plain = {f.name: row[f.name] for f in fields(cls) if f.name not in stored_otherwise}
+    return cls(**plain, **stored_otherwise)
+
+
+def _equal(**columns: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """`column = ?` conditions for `Store._select`, one per filter that was given (not None)."""
+    return [(f"{name} = ?", (value,)) for name, value in columns.items() if value is not None]
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -371,6 +386,22 @@ class Store:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._db.execute(sql, params).fetchall())
+
+    def _select(
+        self,
+        table: str,
+        conditions: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        order_by: str,
+        limit: int,
+    ) -> list[sqlite3.Row]:
+        """Rows of `table` meeting every (clause, params) condition, in order, at most `limit`."""
+        sql = f"SELECT * FROM {table}"
+        if conditions:
+            sql += " WHERE " + " AND ".join(clause for clause, _ in conditions)
+        sql += f" ORDER BY {order_by} LIMIT ?"
+        params = [param for _, clause_params in conditions for param in clause_params]
+        return self._query(sql, [*params, limit])
 
     # --- schema ------------------------------------------------------------------------------
 
@@ -454,19 +485,12 @@ class Store:
 
     @staticmethod
     def _cluster(row: sqlite3.Row) -> ClusterRecord:
-        return ClusterRecord(
-            name=row["name"],
-            head_revision=row["head_revision"],
-            planned_revision=row["planned_revision"],
-            applied_revision=row["applied_revision"],
-            last_plan_id=row["last_plan_id"],
-            in_sync=None if row["in_sync"] is None else bool(row["in_sync"]),
+        return _record(
+            ClusterRecord,
+            row,
+            in_sync=_bool(row["in_sync"]),
             errors=_loads(row["errors_json"]) or [],
-            errors_revision=row["errors_revision"],
             drift=_loads(row["drift_json"]),
-            last_error=row["last_error"],
-            checked_at=row["checked_at"],
-            updated_at=row["updated_at"],
         )
 
     # --- revisions ---------------------------------------------------------------------------
@@ -485,7 +509,7 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        return RevisionRecord(r["sha"], r["seen_at"], bool(r["valid"]), _loads(r["errors_json"]))
+        return _record(RevisionRecord, r, valid=bool(r["valid"]), errors=_loads(r["errors_json"]))
 
     # --- plans -------------------------------------------------------------------------------
 
@@ -539,24 +563,17 @@ class Store:
         base_id: str | None = None,
         limit: int = 100,
     ) -> list[PlanRecord]:
-        where: list[str] = []
-        params: list[Any] = []
+        conditions: list[tuple[str, Sequence[Any]]] = []
         if cluster is not None:
             # A plan covers a unit of clusters ("a,b"); match membership, not equality.
-            where.append("instr(',' || cluster || ',', ',' || ? || ',') > 0")
-            params.append(cluster)
+            conditions.append(("instr(',' || cluster || ',', ',' || ? || ',') > 0", (cluster,)))
         if states:
-            where.append(f"state IN ({', '.join('?' for _ in states)})")
-            params.extend(states)
-        if base_id is not None:
-            where.append("base_id = ?")
-            params.append(base_id)
-        sql = "SELECT * FROM plans"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        params.append(limit)
-        return [self._plan(r) for r in self._query(sql, params)]
+            conditions.append((f"state IN ({', '.join('?' for _ in states)})", tuple(states)))
+        conditions += _equal(base_id=base_id)
+        rows = self._select(
+            "plans", conditions, order_by="created_at DESC, rowid DESC", limit=limit
+        )
+        return [self._plan(r) for r in rows]
 
     def transition_plan(
         self,
@@ -577,18 +594,11 @@ class Store:
 
     @staticmethod
     def _plan(row: sqlite3.Row) -> PlanRecord:
-        return PlanRecord(
-            id=row["id"],
-            base_id=row["base_id"],
-            cluster=row["cluster"],
-            revision=row["revision"],
-            kind=row["kind"],
-            state=row["state"],
+        return _record(
+            PlanRecord,
+            row,
             empty=bool(row["empty"]),
             plan=Plan.model_validate_json(row["plan_json"]),
-            reason=row["reason"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
         )
 
     # --- approvals ---------------------------------------------------------------------------
@@ -650,10 +660,7 @@ class Store:
         rows = self._query(
             "SELECT * FROM approvals WHERE plan_id = ? ORDER BY id", (plan_id,)
         )
-        return [
-            ApprovalRecord(r["plan_id"], r["decision"], r["actor"], r["comment"], r["at"])
-            for r in rows
-        ]
+        return [_record(ApprovalRecord, r) for r in rows]
 
     # --- runs --------------------------------------------------------------------------------
 
@@ -749,51 +756,32 @@ class Store:
     def list_runs(
         self, *, state: str | None = None, plan_id: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if state is not None:
-            where.append("state = ?")
-            params.append(state)
-        if plan_id is not None:
-            where.append("plan_id = ?")
-            params.append(plan_id)
-        sql = "SELECT * FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
-        params.append(limit)
-        return [self._run(r) for r in self._query(sql, params)]
+        rows = self._select(
+            "runs",
+            _equal(state=state, plan_id=plan_id),
+            order_by="started_at DESC, rowid DESC",
+            limit=limit,
+        )
+        return [self._run(r) for r in rows]
 
     def step_results(self, run_id: str) -> list[StepResultRecord]:
         rows = self._query("SELECT * FROM step_results WHERE run_id = ? ORDER BY seq", (run_id,))
         return [
-            StepResultRecord(
-                seq=r["seq"],
-                host=r["host"],
-                step_id=r["step_id"],
-                name=r["name"],
-                result=r["result"],
-                comment=r["comment"],
+            _record(
+                StepResultRecord,
+                r,
                 changes=_loads(r["changes_json"]),
-                output=r["output"],
                 rollback=bool(r["rollback"]),
-                at=r["at"],
             )
             for r in rows
         ]
 
     @staticmethod
     def _run(row: sqlite3.Row) -> RunRecord:
-        return RunRecord(
-            id=row["id"],
-            plan_id=row["plan_id"],
-            cluster=row["cluster"],
-            state=row["state"],
-            actor=row["actor"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            ok=None if row["ok"] is None else bool(row["ok"]),
-            error=row["error"],
+        return _record(
+            RunRecord,
+            row,
+            ok=_bool(row["ok"]),
             result=_loads(row["result_json"]),
             recovery=_loads(row["recovery_json"]),
         )
@@ -817,17 +805,7 @@ class Store:
             rows = self._query("SELECT * FROM backups WHERE run_id = ? ORDER BY id", (run_id,))
         else:
             rows = self._query("SELECT * FROM backups WHERE plan_id = ? ORDER BY id", (plan_id,))
-        return [
-            BackupRecord(
-                r["run_id"],
-                r["plan_id"],
-                r["host"],
-                r["location"],
-                _loads(r["detail_json"]),
-                r["at"],
-            )
-            for r in rows
-        ]
+        return [_record(BackupRecord, r, detail=_loads(r["detail_json"])) for r in rows]
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -857,29 +835,13 @@ class Store:
         after_id: int = 0,
         limit: int = 200,
     ) -> list[AuditRecord]:
-        where = ["id > ?"]
-        params: list[Any] = [after_id]
-        if cluster is not None:
-            where.append("cluster = ?")
-            params.append(cluster)
-        if action is not None:
-            where.append("action = ?")
-            params.append(action)
-        sql = f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        params.append(limit)
-        return [
-            AuditRecord(
-                r["id"],
-                r["at"],
-                r["actor"],
-                r["action"],
-                r["cluster"],
-                r["plan_id"],
-                r["run_id"],
-                _loads(r["detail_json"]),
-            )
-            for r in self._query(sql, params)
-        ]
+        rows = self._select(
+            "audit",
+            [("id > ?", (after_id,)), *_equal(cluster=cluster, action=action)],
+            order_by="id DESC",
+            limit=limit,
+        )
+        return [_record(AuditRecord, r, detail=_loads(r["detail_json"])) for r in rows]
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -910,7 +872,7 @@ class Store:
         r = rows[0]
         if r["revoked_at"] is not None:
             return None
-        return TokenRecord(r["id"], r["name"], r["role"], r["created_at"], r["revoked_at"])
+        return _record(TokenRecord, r)
 
     def revoke_token(self, token_id: str) -> bool:
         with self._tx() as db:
@@ -921,10 +883,8 @@ class Store:
             return cur.rowcount == 1
 
     def list_tokens(self) -> list[TokenRecord]:
-        return [
-            TokenRecord(r["id"], r["name"], r["role"], r["created_at"], r["revoked_at"])
-            for r in self._query("SELECT * FROM tokens ORDER BY created_at")
-        ]
+        rows = self._query("SELECT * FROM tokens ORDER BY created_at")
+        return [_record(TokenRecord, r) for r in rows]
 
     # --- host facts --------------------------------------------------------------------------
 
@@ -942,4 +902,4 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        return HostFactsRecord(r["host"], r["digest"], _loads(r["facts_json"]), r["gathered_at"])
+        return _record(HostFactsRecord, r, facts=_loads(r["facts_json"]))

@@ -17,9 +17,9 @@ client host named in `settings.verify.clients`, over SSH:
    responder is named ("web2 answers ARP for 10.77.0.100"). The client's neighbour entry for the
    VIP (`ip -j neigh`) must point at the active director too.
 
-Every step runs on all hosts at once, and the ARP probe runs while the tables are installed and
-the traffic flows, so a verification costs a handful of SSH round trips plus the longer of the
-ARP window and the traffic rounds (a few seconds at most on an idle machine).
+Every step runs on all hosts at once, and the ARP probes start first and run while the hosts are
+inspected and the traffic flows, so a verification costs the longer of the ARP window (about a
+second) and five SSH round trips plus the traffic rounds: under two seconds on an idle machine.
 
 The result is a typed `VerificationResult`; a failure names the host at fault where one is known.
 """
@@ -274,6 +274,10 @@ def _from_vip(client_addr: str, svc: Service) -> str:
 
 
 # --- the phase ------------------------------------------------------------------------------------
+
+
+class _ArpNotAsked(Exception):
+    """The client could not send its ARP probe (the message says why)."""
 
 
 @dataclass
@@ -683,10 +687,11 @@ class _Verifier:
 
     # -- step 4: ARP
 
-    async def arp_responders(self, client: str, vip: str) -> list[str] | None:
+    async def arp_responders(self, client: str, vip: str) -> list[str]:
         """The MACs answering ARP for `vip` asked from `client`, first seen first.
 
-        None when the client could not ask (that failure is recorded here).
+        Records nothing itself, so it can start before the client is known to be reachable:
+        raises `_ArpNotAsked` (the probe could not run) or `TransportError`.
         """
         iface = self.iface(client)
         rc, out, err = await self.run(
@@ -699,8 +704,7 @@ class _Verifier:
         if rc == 0:
             return [str(mac).lower() for mac, _ in json.loads(out)["responders"]]
         if rc != NOT_PERMITTED:
-            self.fail("arp", client, f"{client}: the ARP probe for {vip} failed: {err.strip()}")
-            return None
+            raise _ArpNotAsked(f"{client}: the ARP probe for {vip} failed: {err.strip()}")
         # This login has no packet socket; arping usually carries its own capability.
         rc, out, err = await self.run(
             client,
@@ -710,30 +714,48 @@ class _Verifier:
             timeout=ARPING_COUNT + 20,
         )
         if rc not in (0, 1) or (rc == 1 and "reply from" not in out and err.strip()):
-            self.fail("arp", client, f"{client}: arping {vip} failed: {err.strip()}")
-            return None
+            raise _ArpNotAsked(f"{client}: arping {vip} failed: {err.strip()}")
         return parse_arping(out)
 
     async def arp(
-        self, client: str, vip: str, director: str | None, traffic_done: asyncio.Event
+        self,
+        client: str,
+        vip: str,
+        director: str | None,
+        asking: asyncio.Task[list[str]],
+        traffic_done: asyncio.Event,
     ) -> ArpCheck:
-        """The ARP probe runs while the traffic flows; the neighbour entry is read after it."""
+        """Judge the ARP probe `asking` (started with the phase, it runs while the traffic
+        flows) and the client's neighbour entry, read once the traffic is over."""
         iface = self.iface(client)
-        responders: list[ArpResponder] = []
-        asked = False
-        neighbour: str | None = None
-        try:
-            macs = await self.arp_responders(client, vip)
-            asked = macs is not None
-            for mac in macs or ():
-                responders.append(ArpResponder(mac=mac, host=self.mac_owner(mac)))
+
+        async def neighbour() -> str | None:
             await traffic_done.wait()
             rc, out, _ = await self.run(
                 client, ("ip", "-j", "neigh", "show", "to", vip, "dev", iface)
             )
-            neighbour = parse_neigh_json(out) if rc == 0 else None
-        except TransportError as exc:
-            self.fail("arp", client, f"{client} cannot probe ARP: {exc}")
+            return parse_neigh_json(out) if rc == 0 else None
+
+        macs, neigh = await asyncio.gather(asking, neighbour(), return_exceptions=True)
+        responders: list[ArpResponder] = []
+        asked = False
+        if isinstance(macs, list):
+            asked = True
+            responders = [ArpResponder(mac=mac, host=self.mac_owner(mac)) for mac in macs]
+        elif isinstance(macs, _ArpNotAsked):
+            self.fail("arp", client, str(macs))
+        elif isinstance(macs, TransportError):
+            self.fail("arp", client, f"{client} cannot probe ARP: {macs}")
+        else:
+            raise macs
+        neighbour_mac: str | None = None
+        if isinstance(neigh, TransportError):
+            if asked:
+                self.fail("arp", client, f"{client} cannot probe ARP: {neigh}")
+        elif isinstance(neigh, BaseException):
+            raise neigh
+        else:
+            neighbour_mac = neigh
         expected = self.host_mac(director) if director else None
         check = ArpCheck(
             client=client,
@@ -741,8 +763,8 @@ class _Verifier:
             director=director,
             expected_mac=expected,
             responders=tuple(responders),
-            neighbour_mac=neighbour,
-            neighbour_host=self.mac_owner(neighbour) if neighbour else None,
+            neighbour_mac=neighbour_mac,
+            neighbour_host=self.mac_owner(neighbour_mac) if neighbour_mac else None,
         )
         if asked and not responders:
             self.fail(
@@ -795,6 +817,29 @@ async def verify_desired(
         for svc in cl.services:
             hosts.update(rs.host for rs in svc.real_servers)
     await v.settle_vrrp()
+    # The ARP probes need nothing from the inspection, and their window is the longest wait of
+    # the phase: they start first and are judged once the hosts are known.
+    asking = {
+        (client, vip): asyncio.create_task(v.arp_responders(client, vip))
+        for vip in sorted({svc.vip for cl in v.clusters.values() for svc in cl.services})
+        for client in clients
+    }
+    try:
+        return await _verify(v, clients, hosts, asking, started)
+    finally:
+        for task in asking.values():
+            task.cancel()
+        # Each task is awaited once more: cancelled, done or failed, none is left pending.
+        await asyncio.gather(*asking.values(), return_exceptions=True)
+
+
+async def _verify(
+    v: _Verifier,
+    clients: tuple[str, ...],
+    hosts: set[str],
+    asking: Mapping[tuple[str, str], asyncio.Task[list[str]]],
+    started: float,
+) -> VerificationResult:
     await v.inspect(hosts)
 
     jobs: list[_Job] = []
@@ -853,7 +898,7 @@ async def verify_desired(
             traffic(),
             asyncio.gather(
                 *(
-                    v.arp(client, vip, director, traffic_done)
+                    v.arp(client, vip, director, asking[client, vip], traffic_done)
                     for vip, director in arp_vips.items()
                     for client in reachable_clients
                 )
@@ -865,7 +910,7 @@ async def verify_desired(
         await v.remove_tables()
     return VerificationResult(
         ok=not v.failures,
-        revision=desired.revision,
+        revision=v.desired.revision,
         clients=clients,
         services=tuple(services),
         arp=tuple(arp_checks),

@@ -19,17 +19,9 @@ from reconciler.verify import VerificationResult, verify_desired
 
 async def verify_repository(desired: Desired, client_key: Path) -> VerificationResult:
     """Connect to the repository's hosts (pinned keys from its known_hosts) and verify."""
-    from reconciler.transport import SSHTransport
+    from reconciler.connect import transport_for
 
-    cfg = desired.settings.apply
-    async with SSHTransport(
-        desired.inventory,
-        desired.known_hosts,
-        client_key,
-        connect_timeout=cfg.connect_timeout,
-        command_timeout=cfg.command_timeout,
-        max_concurrent_hosts=cfg.max_concurrent_hosts,
-    ) as transport:
+    async with transport_for(desired, client_key) as transport:
         return await verify_desired(desired, transport)
 
 

@@ -17,13 +17,12 @@ from pydantic import ValidationError, model_validator
 from reconciler.hostfacts import ArpRule
 from reconciler.models import IPv4
 from reconciler.steps import LowState
-from states.base import Claim, PlanContext, StateResult
+from states.appended_rule import AppendedRule, plan_absent, plan_present
+from states.base import PlanContext, StateResult
 from states.common import (
     Args,
-    FactUnknown,
     host_facts,
     known,
-    make_step,
     parse_args,
     skip,
     strip_host_prefix,
@@ -122,24 +121,23 @@ def _count(low: LowState, ctx: PlanContext, args: ArpRuleArgs) -> int:
     return sum(1 for r in rules if matches(r, args))
 
 
+def _rule(args: ArpRuleArgs) -> AppendedRule:
+    return AppendedRule(
+        function=FUNCTION,
+        tool="arptables",
+        subsystem="arp",
+        key=key_of(args),
+        line=f"-A {key_of(args)}",
+        add=("arptables", "-A", *spec(args)),
+        delete=("arptables", "-D", *spec(args)),
+    )
+
+
 def present(low: LowState, ctx: PlanContext) -> StateResult:
     args = parse_args(ArpRuleArgs, low)
-    try:
-        count = _count(low, ctx, args)
-    except FactUnknown as exc:
-        return skip(low, f"cannot plan arptables {key_of(args)}: {exc.reason}")
-    if count:
-        return StateResult()
-    step = make_step(
-        low,
-        "add",
-        "arp",
-        f"add arptables rule {key_of(args)}",
-        after=f"-A {key_of(args)}",
-        commands=(("arptables", "-A", *spec(args)),),
-        undo=(("arptables", "-D", *spec(args)),),
+    return plan_present(
+        low, _rule(args), lambda: _count(low, ctx, args), f"add arptables rule {key_of(args)}"
     )
-    return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
@@ -147,21 +145,6 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     args = _from_key(key)
     if args is None:
         return skip(low, f"not removing arptables rule {key!r}: not a key shoal writes")
-    try:
-        count = _count(low, ctx, args)
-    except FactUnknown as exc:
-        return skip(low, f"not removing arptables {key_of(args)}: {exc.reason}")
-    release = (Claim(FUNCTION, key_of(args)),)
-    if not count:
-        return StateResult(releases=release)
-    # -D removes one instance; a rule appended twice (by hand) needs two.
-    step = make_step(
-        low,
-        "delete",
-        "arp",
-        f"remove arptables rule {key_of(args)}",
-        before="\n".join([f"-A {key_of(args)}"] * count),
-        commands=tuple(("arptables", "-D", *spec(args)) for _ in range(count)),
-        undo=tuple(("arptables", "-A", *spec(args)) for _ in range(count)),
+    return plan_absent(
+        low, _rule(args), lambda: _count(low, ctx, args), f"remove arptables rule {key_of(args)}"
     )
-    return StateResult(steps=(step,), releases=release)

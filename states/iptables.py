@@ -15,17 +15,9 @@ from pydantic import ValidationError
 
 from reconciler.models import IPv4, Port
 from reconciler.steps import LowState
-from states.base import Claim, PlanContext, StateResult
-from states.common import (
-    Args,
-    FactUnknown,
-    host_facts,
-    known,
-    make_step,
-    parse_args,
-    skip,
-    tool_missing,
-)
+from states.appended_rule import AppendedRule, plan_absent, plan_present
+from states.base import PlanContext, StateResult
+from states.common import Args, host_facts, known, parse_args, skip, tool_missing
 
 FUNCTION = "iptables.rule_present"
 
@@ -101,24 +93,26 @@ def _argv(verb: str, args: RedirectArgs) -> tuple[str, ...]:
     return ("iptables", "-t", args.table, verb, args.chain, *spec(args))
 
 
+def _rule(args: RedirectArgs) -> AppendedRule:
+    return AppendedRule(
+        function=FUNCTION,
+        tool="iptables",
+        subsystem="iptables",
+        key=key_of(args),
+        line=f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}",
+        add=_argv("-A", args),
+        delete=_argv("-D", args),
+    )
+
+
 def present(low: LowState, ctx: PlanContext) -> StateResult:
     args = parse_args(RedirectArgs, low)
-    try:
-        count = _count(low, ctx, args)
-    except FactUnknown as exc:
-        return skip(low, f"cannot plan iptables {key_of(args)}: {exc.reason}")
-    if count:
-        return StateResult()
-    step = make_step(
+    return plan_present(
         low,
-        "add",
-        "iptables",
+        _rule(args),
+        lambda: _count(low, ctx, args),
         f"redirect {args.protocol} {args.destination}:{args.dport} to the local host",
-        after=f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}",
-        commands=(_argv("-A", args),),
-        undo=(_argv("-D", args),),
     )
-    return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
@@ -126,21 +120,9 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     args = _from_key(key)
     if args is None:
         return skip(low, f"not removing iptables rule {key!r}: not a key shoal writes")
-    try:
-        count = _count(low, ctx, args)
-    except FactUnknown as exc:
-        return skip(low, f"not removing iptables {key_of(args)}: {exc.reason}")
-    release = (Claim(FUNCTION, key_of(args)),)
-    if not count:
-        return StateResult(releases=release)
-    line = f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}"
-    step = make_step(
+    return plan_absent(
         low,
-        "delete",
-        "iptables",
+        _rule(args),
+        lambda: _count(low, ctx, args),
         f"remove the redirect of {args.protocol} {args.destination}:{args.dport}",
-        before="\n".join([line] * count),
-        commands=tuple(_argv("-D", args) for _ in range(count)),
-        undo=tuple(_argv("-A", args) for _ in range(count)),
     )
-    return StateResult(steps=(step,), releases=release)

@@ -12,8 +12,7 @@ import re
 
 from reconciler.errors import FactParseError
 from reconciler.hostfacts import ArpRule, ArptablesRules, FirewallBackend
-
-_COUNTERS_RE = re.compile(r"^\[\d+:\d+\]\s+")
+from reconciler.parsers.save_format import read_saved_table
 
 # arptables' own opcode names; both backends save the number.
 _OPCODES = {
@@ -158,35 +157,25 @@ def parse_arptables_save(
     text: str, backend: FirewallBackend | None = None, *, stderr: str = ""
 ) -> ArptablesRules:
     """Parse `arptables-save [-c]` output of either flavour."""
-    chains: list[str] = []
-    policies: dict[str, str] = {}
+    saved = read_saved_table(text, parser="arptables", table="filter", table_first=False)
     rules: list[ArpRule] = []
-    table: str | None = None
-    for lineno, raw_line in enumerate(text.splitlines(), 1):
-        line = raw_line.strip()
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
-            table = line[1:]
-            if table != "filter":
-                raise FactParseError("arptables", f"line {lineno}: unknown table {table!r}")
-            continue
-        if line.startswith(":"):
-            parts = line[1:].split()
-            if not parts:
-                raise FactParseError("arptables", f"line {lineno}: empty chain line")
-            chains.append(parts[0])
-            policies[parts[0]] = parts[1] if len(parts) > 1 else "-"
-            continue
-        line = _COUNTERS_RE.sub("", line)
-        if not line.startswith("-A "):
-            raise FactParseError("arptables", f"line {lineno}: unexpected {raw_line!r}")
+    for lineno, line in saved.rule_lines:
         rule = parse_arp_rule(line)
-        if rule.chain not in policies:
+        if rule.chain not in saved.policies:
             raise FactParseError("arptables", f"line {lineno}: rule in undeclared chain")
         rules.append(rule)
-    if rules and table is None:
+    if rules and saved.table is None:
         raise FactParseError("arptables", "rules without a *filter line")
+    return _arptables_rules(backend, saved.chains, saved.policies, rules, stderr)
+
+
+def _arptables_rules(
+    backend: FirewallBackend | None,
+    chains: list[str],
+    policies: dict[str, str],
+    rules: list[ArpRule],
+    stderr: str,
+) -> ArptablesRules:
     return ArptablesRules(
         backend=backend,
         chains=tuple(chains),
@@ -227,10 +216,4 @@ def parse_arptables_list(
         if chain is None:
             raise FactParseError("arptables", f"line {lineno}: rule before a chain: {line!r}")
         rules.append(parse_arp_rule(f"-A {chain} {line}"))
-    return ArptablesRules(
-        backend=backend,
-        chains=tuple(chains),
-        rules=tuple(rules),
-        policies=policies,
-        legacy_tables_present="arptables-legacy tables present" in stderr,
-    )
+    return _arptables_rules(backend, chains, policies, rules, stderr)

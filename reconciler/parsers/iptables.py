@@ -6,13 +6,11 @@ so the saved spec is the canonical form to compare with; `iptables -C` accepts i
 
 from __future__ import annotations
 
-import re
 import shlex
 
 from reconciler.errors import FactParseError
 from reconciler.hostfacts import FirewallBackend, IptablesNat, IptablesRule
-
-_COUNTERS_RE = re.compile(r"^\[\d+:\d+\]\s+")
+from reconciler.parsers.save_format import read_saved_table
 
 # option -> field; each takes one value.
 _FIELDS = {
@@ -68,36 +66,11 @@ def parse_iptables_save(
     text: str, backend: FirewallBackend | None = None, *, stderr: str = ""
 ) -> IptablesNat:
     """Parse the nat table of `iptables-save -t nat`; empty output means no nat table."""
-    chains: list[str] = []
-    policies: dict[str, str] = {}
-    rules: list[IptablesRule] = []
-    table: str | None = None
-    for lineno, raw_line in enumerate(text.splitlines(), 1):
-        line = raw_line.strip()
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
-            table = line[1:]
-            if table != "nat":
-                raise FactParseError("iptables", f"line {lineno}: expected *nat, got {line!r}")
-            continue
-        if table is None:
-            raise FactParseError("iptables", f"line {lineno}: {line!r} before a table line")
-        if line.startswith(":"):
-            parts = line[1:].split()
-            if not parts:
-                raise FactParseError("iptables", f"line {lineno}: empty chain line")
-            chains.append(parts[0])
-            policies[parts[0]] = parts[1] if len(parts) > 1 else "-"
-            continue
-        line = _COUNTERS_RE.sub("", line)
-        if not line.startswith("-A "):
-            raise FactParseError("iptables", f"line {lineno}: unexpected {raw_line!r}")
-        rules.append(parse_iptables_rule(line))
+    saved = read_saved_table(text, parser="iptables", table="nat", table_first=True)
     return IptablesNat(
         backend=backend,
-        rules=tuple(rules),
-        chains=tuple(chains),
-        policies=policies,
+        rules=tuple(parse_iptables_rule(line) for _, line in saved.rule_lines),
+        chains=tuple(saved.chains),
+        policies=saved.policies,
         legacy_tables_present="iptables-legacy tables present" in stderr,
     )
