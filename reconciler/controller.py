@@ -40,7 +40,7 @@ from typing import Any
 
 from reconciler.compile import managed_paths
 from reconciler.connect import transport_for
-from reconciler.errors import ConfigIssue, DesiredStateInvalid, SourceError
+from reconciler.errors import DesiredStateInvalid, SourceError
 from reconciler.executor import apply_plan
 from reconciler.facts import gather_facts
 from reconciler.hostfacts import HostFacts
@@ -61,6 +61,7 @@ from reconciler.store import (
     utcnow,
 )
 from reconciler.transport import SSHTransport
+from reconciler.validate_cmd import issue_dicts
 
 log = logging.getLogger("shoal.controller")
 
@@ -138,20 +139,6 @@ def unit_hosts(desired: Desired, unit: Sequence[str], *, with_orphans: bool) -> 
     if with_orphans:
         hosts |= orphan_hosts(desired)
     return sorted(hosts)
-
-
-def issue_dicts(issues: Iterable[ConfigIssue]) -> list[dict[str, Any]]:
-    return [
-        {
-            "file": i.file,
-            "line": i.line,
-            "column": i.column,
-            "key_path": i.key_path,
-            "message": i.message,
-            "text": str(i),
-        }
-        for i in issues
-    ]
 
 
 def derived_plan_id(base_id: str, generation: int) -> str:

@@ -8,11 +8,12 @@ is one JSON document for machines.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from reconciler.errors import DesiredStateInvalid
+from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 
@@ -49,24 +50,28 @@ def summarize(desired: Desired) -> Summary:
     )
 
 
+def issue_dicts(issues: Iterable[ConfigIssue]) -> list[dict[str, Any]]:
+    """Config issues as JSON objects: the located fields, and the one-line text."""
+    return [
+        {
+            "file": i.file,
+            "line": i.line,
+            "column": i.column,
+            "key_path": i.key_path,
+            "message": i.message,
+            "text": str(i),
+        }
+        for i in issues
+    ]
+
+
 def run_validate(repo: Path, *, as_json: bool, echo: Callable[[str], None] = print) -> int:
     """Validate `repo`, print the result through `echo`, return the exit status."""
     try:
         desired = load_repository(repo)
     except DesiredStateInvalid as exc:
         if as_json:
-            issues = [
-                {
-                    "file": i.file,
-                    "line": i.line,
-                    "column": i.column,
-                    "key_path": i.key_path,
-                    "message": i.message,
-                    "text": str(i),
-                }
-                for i in exc.issues
-            ]
-            echo(json.dumps({"valid": False, "issues": issues}, indent=2))
+            echo(json.dumps({"valid": False, "issues": issue_dicts(exc.issues)}, indent=2))
         else:
             for issue in exc.issues:
                 echo(str(issue))

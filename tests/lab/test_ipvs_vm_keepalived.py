@@ -61,10 +61,11 @@ async def test_failover_between_vm_directors_under_load(vm_dr_lab: VmDrLab) -> N
     await vm.wait_holders(vip, ["lvs1"])
     pid_file = f"{PID_DIR}/keepalived.pid"
     until = f"/tmp/shoal-vm-failover-{secrets.token_hex(3)}"
+    argv = ["python3", "-", "--vip", vip, "--port", str(PORT), "--until", until,
+            "--duration", "90", "--timeout", "1.0"]  # fmt: skip
     probe = asyncio.ensure_future(
-        lab.exec("client1", ["python3", "-", "--vip", vip, "--port", str(PORT), "--until", until,
-                             "--duration", "90"], input=VIP_PROBE.read_text(), timeout=120)
-    )  # fmt: skip
+        lab.exec("client1", argv, input=VIP_PROBE.read_text(), timeout=120)
+    )
     try:
         await asyncio.sleep(1.5)
         stopped = time.time()
