@@ -54,7 +54,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: creating .venv from pyproject.toml"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q --upgrade pip >/tmp/shoal-pip.log 2>&1 || { cat /tmp/shoal-pip.log; exit 1; }
+  .venv/bin/pip install -q -e '.[dev]' >>/tmp/shoal-pip.log 2>&1 || { cat /tmp/shoal-pip.log; exit 1; }
   echo "$want" > "$stamp"
 fi

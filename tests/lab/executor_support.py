@@ -12,10 +12,14 @@ import asyncio
 import contextlib
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from lab import Lab
+from reconciler.executor import ApplyEvent, apply_plan
+from reconciler.hostscript import build_rollback_script
 from reconciler.models import ApplySettings, Desired, Host, Inventory, Settings
+from reconciler.phaselog import parse_log
+from reconciler.runresult import RunResult
 from reconciler.steps import Argv, Change, FileWrite, HostPlan, Phase, Plan, Step, Subsystem
 from reconciler.transport import SSHTransport
 
@@ -131,6 +135,13 @@ def real_server_steps(
     ]  # fmt: skip
 
 
+async def joined_steps(lab: Lab, host: str) -> list[Step]:
+    """`real_server_steps` for `host` undoing to its current sysctls, with their hooks in place."""
+    steps = real_server_steps(lab, host, await sysctl_values(lab, host))
+    await install_hooks(lab, host, len(steps))
+    return steps
+
+
 def make_plan(steps_by_host: dict[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
     hosts = {
         h: HostPlan(host=h, facts_digest="test", steps=tuple(st)) for h, st in steps_by_host.items()
@@ -164,6 +175,34 @@ async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTranspor
         command_timeout=s.command_timeout,
     ) as transport:
         yield transport
+
+
+async def apply_steps(
+    lab: Lab,
+    steps_by_host: dict[str, Sequence[Step]],
+    *,
+    unreachable: Sequence[str] = (),
+    on_event: Callable[[ApplyEvent], None] | None = None,
+    **apply: object,
+) -> RunResult:
+    """Apply hand-built steps as one plan, with `apply` as the [settings.apply] of the run."""
+    desired = desired_for(lab, **apply)
+    async with transport_for(lab, desired) as t:
+        plan = make_plan(steps_by_host, unreachable)
+        return await apply_plan(plan, desired, t, on_event=on_event)
+
+
+async def undo_phase(lab: Lab, plan_id: str, hosts: Sequence[str]) -> None:
+    """Undo a successful apply with the phase's own restore script (kept on each host)."""
+    async with transport_for(lab, desired_for(lab)) as t:
+        for h in hosts:
+            res = await t.run_script(h, build_rollback_script(plan_id, Phase.REAL_SERVERS_PREPARE))
+            assert parse_log(res.stdout).rolled_back, res.stdout
+
+
+def explain(result: RunResult) -> str:
+    """A run's result for an assertion message (the per-phase detail left out)."""
+    return result.model_dump_json(indent=1, exclude={"phases"})
 
 
 async def raw_state(lab: Lab, host: str) -> dict[str, str]:

@@ -11,21 +11,16 @@ from collections.abc import Sequence
 import pytest
 
 from lab import Lab
-from reconciler.executor import ApplyEvent, apply_plan
-from reconciler.hostscript import build_rollback_script
-from reconciler.phaselog import parse_log
-from reconciler.runresult import RunResult
+from reconciler.executor import ApplyEvent
 from reconciler.steps import Phase, Step
 from tests.lab.executor_support import (
-    desired_for,
+    apply_steps,
+    explain,
     hook,
-    install_hooks,
-    make_plan,
+    joined_steps,
     raw_state,
-    real_server_steps,
     step,
-    sysctl_values,
-    transport_for,
+    undo_phase,
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
@@ -33,24 +28,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 SERVERS = ("web1", "web2", "web3")
 
 
-def _explain(result: RunResult) -> str:
-    return result.model_dump_json(indent=1, exclude={"phases"})
-
-
 async def _join_steps(lab: Lab, hosts: Sequence[str]) -> dict[str, list[Step]]:
-    out: dict[str, list[Step]] = {}
-    for h in hosts:
-        steps = real_server_steps(lab, h, await sysctl_values(lab, h))
-        await install_hooks(lab, h, len(steps))
-        out[h] = steps
-    return out
-
-
-async def _undo(lab: Lab, plan_id: str, hosts: Sequence[str]) -> None:
-    async with transport_for(lab, desired_for(lab)) as t:
-        for h in hosts:
-            res = await t.run_script(h, build_rollback_script(plan_id, Phase.REAL_SERVERS_PREPARE))
-            assert parse_log(res.stdout).rolled_back, res.stdout
+    return {h: await joined_steps(lab, h) for h in hosts}
 
 
 async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
@@ -59,13 +38,18 @@ async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
     await lab.inject_failing_command("web3", hook("web3", 3))
     events: list[ApplyEvent] = []
     try:
-        desired = desired_for(lab, batch_size=1, lockout_timeout=5, command_timeout=10)
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(make_plan(steps), desired, t, on_event=events.append)
+        result = await apply_steps(
+            lab,
+            steps,
+            on_event=events.append,
+            batch_size=1,
+            lockout_timeout=5,
+            command_timeout=10,
+        )
     finally:
         await lab.clear_injections("web3")
     for h in SERVERS:
-        assert await raw_state(lab, h) == before[h], (h, _explain(result))
+        assert await raw_state(lab, h) == before[h], (h, explain(result))
     assert not result.ok
     # One host at a time, in order; the failure's own rollback, then the finished batches newest
     # first, each proven.
@@ -75,7 +59,7 @@ async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
         ("web3", "phase", True),
         ("web2", "controller", True),
         ("web1", "controller", True),
-    ], _explain(result)
+    ], explain(result)
     assert [p.batch for p in result.phases] == [0, 1, 2]
     assert all(s.rolled_back for h in ("web1", "web2") for s in result.hosts[h])
 
@@ -85,11 +69,9 @@ async def test_keep_policy_keeps_finished_batches(lab: Lab) -> None:
     steps = await _join_steps(lab, SERVERS)
     await lab.inject_failing_command("web3", hook("web3", 5))
     try:
-        desired = desired_for(
-            lab, batch_size=2, finished_batches="keep", lockout_timeout=5, command_timeout=10
+        result = await apply_steps(
+            lab, steps, batch_size=2, finished_batches="keep", lockout_timeout=5, command_timeout=10
         )
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(make_plan(steps), desired, t)
     finally:
         await lab.clear_injections("web3")
     try:
@@ -100,7 +82,7 @@ async def test_keep_policy_keeps_finished_batches(lab: Lab) -> None:
             assert all(s.result and not s.rolled_back for s in result.hosts[h])
         assert [(r.host, r.proven) for r in result.rollbacks] == [("web3", True)]
     finally:
-        await _undo(lab, result.plan_id, ("web1", "web2"))
+        await undo_phase(lab, result.plan_id, ("web1", "web2"))
     for h in ("web1", "web2"):
         assert await raw_state(lab, h) == before[h]
 
@@ -110,9 +92,7 @@ async def test_failure_inside_a_batch_rolls_back_its_batch_mates(lab: Lab) -> No
     steps = await _join_steps(lab, SERVERS)
     await lab.inject_failing_command("web2", hook("web2", 6))
     try:
-        desired = desired_for(lab, batch_size=2, lockout_timeout=5, command_timeout=10)
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(make_plan(steps), desired, t)
+        result = await apply_steps(lab, steps, batch_size=2, lockout_timeout=5, command_timeout=10)
     finally:
         await lab.clear_injections("web2")
     for h in SERVERS:
@@ -128,20 +108,16 @@ async def test_failure_inside_a_batch_rolls_back_its_batch_mates(lab: Lab) -> No
 async def test_backup_director_changes_before_primary(lab: Lab) -> None:
     marker = "/var/lib/shoal-exec-test-order"
     touch = [("sh", "-c", f"date +%s%N >>{marker}")]
-    plan = make_plan(
-        {
-            "lvs1": [step("lvs1", 0, "service", touch, [], phase=Phase.DIRECTOR_PRIMARY,
-                          with_hook=False)],
-            "lvs2": [step("lvs2", 0, "service", touch, [], phase=Phase.DIRECTOR_BACKUP,
-                          with_hook=False)],
-        }
-    )  # fmt: skip
+    plan_steps = {
+        "lvs1": [step("lvs1", 0, "service", touch, [], phase=Phase.DIRECTOR_PRIMARY,
+                      with_hook=False)],
+        "lvs2": [step("lvs2", 0, "service", touch, [], phase=Phase.DIRECTOR_BACKUP,
+                      with_hook=False)],
+    }  # fmt: skip
     events: list[ApplyEvent] = []
-    desired = desired_for(lab)
     try:
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(plan, desired, t, on_event=events.append)
-        assert result.ok, _explain(result)
+        result = await apply_steps(lab, plan_steps, on_event=events.append)
+        assert result.ok, explain(result)
         assert [e.host for e in events if e.kind == "host-start"] == ["lvs2", "lvs1"]
         assert [p.phase for p in result.phases] == ["director_backup", "director_primary"]
         t2 = int((await lab.exec("lvs2", ["cat", marker])).stdout)
@@ -158,15 +134,18 @@ async def test_backup_director_changes_before_primary(lab: Lab) -> None:
 async def test_unreachable_host_at_the_start(lab: Lab, policy: str) -> None:
     before = {h: await raw_state(lab, h) for h in ("web2", "web3")}
     steps = await _join_steps(lab, ("web2", "web3"))
-    desired = desired_for(
-        lab, unreachable_hosts=policy, lockout_timeout=5, command_timeout=10, connect_timeout=1
-    )
     await lab.set_link("web2", False)
     try:
-        async with transport_for(lab, desired) as t:
-            # lvs2 was already unknown when the plan was made; web2 goes away after it.
-            plan = make_plan(steps, unreachable=["lvs2"])
-            result = await apply_plan(plan, desired, t)
+        # lvs2 was already unknown when the plan was made; web2 goes away after it.
+        result = await apply_steps(
+            lab,
+            steps,
+            unreachable=["lvs2"],
+            unreachable_hosts=policy,
+            lockout_timeout=5,
+            command_timeout=10,
+            connect_timeout=1,
+        )
     finally:
         await lab.set_link("web2", True)
     try:
@@ -179,9 +158,9 @@ async def test_unreachable_host_at_the_start(lab: Lab, policy: str) -> None:
             assert all(s.result is None for s in result.hosts["web3"])
             assert await raw_state(lab, "web3") == before["web3"]
         else:
-            assert all(s.result for s in result.hosts["web3"]), _explain(result)
+            assert all(s.result for s in result.hosts["web3"]), explain(result)
             assert await raw_state(lab, "web3") != before["web3"]
     finally:
         if policy == "continue":
-            await _undo(lab, result.plan_id, ("web3",))
+            await undo_phase(lab, result.plan_id, ("web3",))
     assert await raw_state(lab, "web3") == before["web3"]
