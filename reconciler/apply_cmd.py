@@ -1,9 +1,10 @@
 """`shoal apply [REPO] [--yes] [--json]`: plan, show, ask, apply with progress, report.
 
-The plan is made and shown exactly as `shoal plan` does (reconciler.plan_cmd). Unless --yes,
-the operator confirms; the apply then gathers facts again and refuses a plan whose facts moved
-meanwhile (StalePlan: run it again). Progress is one line per host and phase on stderr; the
-per-step results and what was rolled back follow on stdout.
+The plan is made and shown exactly as `shoal plan` does (reconciler.plan_cmd). With --yes the
+apply follows at once on the same connections, from the facts the plan was made from: one facts
+round trip per host. Otherwise the operator confirms; the apply then gathers facts again and
+refuses a plan whose facts moved meanwhile (StalePlan: run it again). Progress is one line per
+host and phase on stderr; the per-step results and what was rolled back follow on stdout.
 
 Exit status: 0 applied (or nothing to do), 1 failed and rolled back, 2 refused (not confirmed,
 stale plan, --json without --yes), 3 a rollback that could not be proven (the host differs from
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.prompt import Confirm
 
 from reconciler.cli_common import consoles, fail, print_lines
+from reconciler.compile import managed_paths
 from reconciler.connect import transport_for
 from reconciler.errors import DesiredStateInvalid, RequisiteCycle, ShoalError, StalePlan
-from reconciler.executor import ApplyEvent, apply_plan
+from reconciler.executor import ApplyEvent, ScriptTransport, apply_plan
+from reconciler.facts import gather_facts
+from reconciler.hostfacts import HostFacts
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 from reconciler.plan import plan_desired
@@ -43,6 +47,16 @@ async def make_plan(desired: Desired, client_key: Path) -> Plan:
     """Facts of every inventory host (one round trip each), then the plan."""
     facts = await gather_over_ssh(desired, client_key, lambda host, facts: None)
     return plan_desired(desired, facts)
+
+
+async def gather_and_plan(
+    desired: Desired, transport: ScriptTransport
+) -> tuple[Plan, dict[str, HostFacts]]:
+    """`make_plan` on the caller's transport; the facts come back for `apply_plan(facts=)`."""
+    paths = managed_paths(desired)
+    hosts = sorted(desired.inventory.hosts)
+    facts = await gather_facts(transport, hosts, {h: paths.get(h, []) for h in hosts})
+    return plan_desired(desired, facts), facts
 
 
 class ApplyProgress:
@@ -151,28 +165,41 @@ def run_apply(
         return fail(out, as_json, [str(i) for i in exc.issues], EXIT_FAILED)
     if as_json and not yes:
         return fail(out, as_json, ["--json cannot ask for confirmation: add --yes"], EXIT_REFUSED)
+
+    def show(plan: Plan) -> bool:
+        """Print the plan; True if there is something to apply."""
+        if not as_json:
+            print_lines(out, render_plan(plan))
+        if plan.empty and all(hp.reachable for hp in plan.hosts.values()):
+            if as_json:
+                out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
+            else:
+                out.print("nothing to apply")
+            return False
+        return True
+
     try:
-        with err.status("gathering facts and planning", spinner="dots"):
-            plan = asyncio.run(make_plan(desired, client_key))
-    except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
-        return fail(out, as_json, [str(exc)], EXIT_FAILED)
-    if not as_json:
-        print_lines(out, render_plan(plan))
-    if plan.empty and all(hp.reachable for hp in plan.hosts.values()):
-        if as_json:
-            out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
+        if yes:
+            # No pause between plan and apply: one transport, the plan's facts reused.
+            plan, maybe = asyncio.run(_plan_and_apply(desired, client_key, err, as_json, show))
+            if maybe is None:
+                return EXIT_OK
+            result = maybe
         else:
-            out.print("nothing to apply")
-        return EXIT_OK
-    if not yes:
-        confirm = ask or (lambda q: Confirm.ask(q, console=out))
-        if not confirm(f"Apply plan {plan.id}?"):
-            out.print("not applied")
-            return EXIT_REFUSED
-    try:
-        result = asyncio.run(_apply(plan, desired, client_key, err, quiet=as_json))
+            with err.status("gathering facts and planning", spinner="dots"):
+                plan = asyncio.run(make_plan(desired, client_key))
+            if not show(plan):
+                return EXIT_OK
+            confirm = ask or (lambda q: Confirm.ask(q, console=out))
+            if not confirm(f"Apply plan {plan.id}?"):
+                out.print("not applied")
+                return EXIT_REFUSED
+            # The operator took their time: the apply reads the hosts again (stale check).
+            result = asyncio.run(_apply(plan, desired, client_key, err, quiet=as_json))
     except StalePlan as exc:
         return fail(out, as_json, [f"{exc}; run shoal apply again"], EXIT_REFUSED)
+    except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
+        return fail(out, as_json, [str(exc)], EXIT_FAILED)
     status = exit_status(result)
     if as_json:
         doc: dict[str, Any] = {
@@ -186,8 +213,37 @@ def run_apply(
     return status
 
 
+async def _plan_and_apply(
+    desired: Desired,
+    client_key: Path,
+    err: Console,
+    quiet: bool,
+    show: Callable[[Plan], bool],
+) -> tuple[Plan, RunResult | None]:
+    """Gather, plan, show and apply on one transport; (plan, None) when nothing to apply."""
+    async with transport_for(desired, client_key) as transport:
+        with err.status("gathering facts and planning", spinner="dots"):
+            plan, facts = await gather_and_plan(desired, transport)
+        if not show(plan):
+            return plan, None
+        return plan, await _run(plan, desired, transport, err, quiet=quiet, facts=facts)
+
+
 async def _apply(
     plan: Plan, desired: Desired, client_key: Path, err: Console, *, quiet: bool
+) -> RunResult:
+    async with transport_for(desired, client_key) as transport:
+        return await _run(plan, desired, transport, err, quiet=quiet)
+
+
+async def _run(
+    plan: Plan,
+    desired: Desired,
+    transport: ScriptTransport,
+    err: Console,
+    *,
+    quiet: bool,
+    facts: Mapping[str, HostFacts] | None = None,
 ) -> RunResult:
     columns = (
         TextColumn("{task.description}"),
@@ -196,7 +252,11 @@ async def _apply(
         TextColumn("{task.fields[status]}"),
     )
     with Progress(*columns, console=err, disable=quiet) as progress:
-        async with transport_for(desired, client_key) as transport:
-            return await apply_plan(
-                plan, desired, transport, on_event=ApplyProgress(progress), check_stale=True
-            )
+        return await apply_plan(
+            plan,
+            desired,
+            transport,
+            on_event=ApplyProgress(progress),
+            check_stale=True,
+            facts=facts,
+        )

@@ -13,11 +13,19 @@ from lab.cli import lab_app
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(lab_app, name="lab", help="Bring the lab of real test hosts up or down.")
 
+# The options several commands take, declared once so they read and behave the same everywhere.
+RepoArgument = Annotated[Path, typer.Argument(help="the config repository (a directory)")]
+KeyOption = Annotated[
+    Path, typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts")
+]
+DEFAULT_KEY = Path("~/.ssh/id_ed25519")
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON document")]
+
 
 @app.command()
 def validate(
-    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    repo: RepoArgument = Path("."),
+    as_json: JsonOption = False,
 ) -> None:
     """Check a config repository: every problem as file:line:col, or a short summary."""
     from reconciler.validate_cmd import run_validate
@@ -27,12 +35,9 @@ def validate(
 
 @app.command()
 def verify(
-    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
-    key: Annotated[
-        Path,
-        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
-    ] = Path("~/.ssh/id_ed25519"),
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
 ) -> None:
     """Send real traffic through every VIP and check who answers ARP; name the host at fault."""
     from reconciler.verify_cmd import run_verify
@@ -46,11 +51,8 @@ def verify(
 def facts(
     host: Annotated[str, typer.Argument(help="an inventory host name")],
     repo: Annotated[Path, typer.Option("--repo", help="the config repository")] = Path("."),
-    key: Annotated[
-        Path,
-        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
-    ] = Path("~/.ssh/id_ed25519"),
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
 ) -> None:
     """Gather one host's facts in one SSH round trip and print them."""
     from reconciler.facts_cmd import run_facts
@@ -115,12 +117,9 @@ def token_create(
 
 @app.command()
 def plan(
-    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
-    key: Annotated[
-        Path,
-        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
-    ] = Path("~/.ssh/id_ed25519"),
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
     states: Annotated[bool, typer.Option("--states", help="also show the low states")] = False,
 ) -> None:
     """Gather facts and show what would change, per host (exit 0 in sync, 2 changes, 1 error)."""
@@ -133,13 +132,10 @@ def plan(
 
 @app.command()
 def apply(
-    repo: Annotated[Path, typer.Argument(help="the config repository (a directory)")] = Path("."),
-    key: Annotated[
-        Path,
-        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts"),
-    ] = Path("~/.ssh/id_ed25519"),
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="apply without asking")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Plan, show, ask, apply with rollback (exit 0 ok, 1 rolled back, 2 refused, 3 unproven)."""
     from reconciler.apply_cmd import run_apply

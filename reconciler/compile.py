@@ -32,7 +32,7 @@ from reconciler.hostfacts import HostFacts
 from reconciler.leftovers import LEFTOVER_FILES
 from reconciler.models import ArpMethod, Desired
 from reconciler.persistence import RESTORE_UNIT, persistence_states
-from reconciler.steps import LowState, Phase
+from reconciler.steps import LowState, Phase, replace
 from states import OWNED, REGISTRY
 from states.nft import arp_table_args
 from states.service import wants_link
@@ -67,7 +67,7 @@ def compile_desired(
     for low in removals:
         removal_ids[low.host] += (low.id,)
     states += removals
-    states += [p.model_copy(update={"require": p.require + removal_ids[p.host]}) for p in persist]
+    states += [replace(p, require=p.require + removal_ids[p.host]) for p in persist]
     check_low_states(states)
     return states
 
@@ -220,7 +220,7 @@ def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> 
                 removals.append((owner.removal_rank, low))
         for rank, low in removals:
             before = tuple(other.id for r, other in removals if r < rank)
-            out.append(low.model_copy(update={"require": before}))
+            out.append(replace(low, require=before))
     return out
 
 

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -397,7 +397,7 @@ class Controller:
             hosts = unit_hosts(desired, unit, with_orphans=orphans)
             facts = await self._gather(transport, sub, hosts)
             plan = plan_desired(sub, facts)
-            return await self._decide(unit, sub, plan, transport)
+            return await self._decide(unit, sub, plan, transport, facts)
         finally:
             await transport.aclose()
 
@@ -413,17 +413,15 @@ class Controller:
             state, reason = "superseded", f"revision {revision[:12]} is newer"
         else:
             state, reason = "stale", why
-        if self.store.transition_plan(record.id, ("pending",), state, reason=reason):  # type: ignore[arg-type]
-            self.store.audit(
-                f"plan.{state}",
-                actor=ACTOR,
-                cluster=record.cluster,
-                plan_id=record.id,
-                detail={"reason": reason},
-            )
+        self._mark(record, state, reason, ACTOR)
 
     async def _decide(
-        self, unit: tuple[str, ...], desired: Desired, plan: Plan, transport: SSHTransport
+        self,
+        unit: tuple[str, ...],
+        desired: Desired,
+        plan: Plan,
+        transport: SSHTransport,
+        facts: Mapping[str, HostFacts] | None = None,
     ) -> PlanRecord | None:
         sha = desired.revision
         key = unit_key(unit)
@@ -490,7 +488,7 @@ class Controller:
         if current.state != "pending":
             return current
         if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
-            await self._approve_and_apply(current, desired, transport, AUTO_APPROVER)
+            await self._approve_and_apply(current, desired, transport, AUTO_APPROVER, facts)
         elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):
             since = (datetime.now(UTC) - HEAL_WINDOW).isoformat(timespec="milliseconds")
             recent_heals = [
@@ -509,7 +507,7 @@ class Controller:
                     detail={"heals_in_window": len(recent_heals)},
                 )
             else:
-                await self._approve_and_apply(current, desired, transport, HEAL_APPROVER)
+                await self._approve_and_apply(current, desired, transport, HEAL_APPROVER, facts)
         return self.store.get_plan(current.id)
 
     def _current_plan(self, key: str, plan: Plan, kind: PlanKind) -> PlanRecord:
@@ -543,23 +541,35 @@ class Controller:
     # --- applying -----------------------------------------------------------------------------
 
     async def _approve_and_apply(
-        self, record: PlanRecord, desired: Desired, transport: SSHTransport, actor: str
+        self,
+        record: PlanRecord,
+        desired: Desired,
+        transport: SSHTransport,
+        actor: str,
+        facts: Mapping[str, HostFacts] | None = None,
     ) -> None:
         run = self.store.approve_and_start_run(record.id, actor=actor, comment="by policy")
         if run is None:
             return
         self.store.audit("plan.approved", actor=actor, cluster=record.cluster, plan_id=record.id)
-        await self._execute(run, record, desired, transport)
+        await self._execute(run, record, desired, transport, facts)
 
     async def _execute(
-        self, run: RunRecord, record: PlanRecord, desired: Desired, transport: SSHTransport
+        self,
+        run: RunRecord,
+        record: PlanRecord,
+        desired: Desired,
+        transport: SSHTransport,
+        facts: Mapping[str, HostFacts] | None = None,
     ) -> None:
+        """Apply `record`'s plan. `facts`: just gathered on `transport` (the plan's own, or those
+        the approval's stale check read), so the executor does not read the hosts again."""
         self.store.audit(
             "run.started", actor=run.actor, cluster=record.cluster, plan_id=record.id, run_id=run.id
         )
         log.info("applying", extra={"plan_id": record.id, "run_id": run.id})
         try:
-            result: RunResult = await apply_plan(record.plan, desired, transport)
+            result: RunResult = await apply_plan(record.plan, desired, transport, facts=facts)
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Left `applying` on purpose: the next start rolls it back (crash recovery).
             raise
@@ -614,6 +624,28 @@ class Controller:
             raise PlanNotPending(plan_id, record.state)
         return record
 
+    def _no_longer_pending(self, plan_id: str) -> PlanNotPending:
+        """The error for a plan another request decided between our check and our write."""
+        current = self.store.get_plan(plan_id)
+        return PlanNotPending(plan_id, current.state if current else "missing")
+
+    def _audit_decision(
+        self,
+        action: str,
+        record: PlanRecord,
+        actor: str,
+        comment: str,
+        run_id: str | None = None,
+    ) -> None:
+        self.store.audit(
+            action,
+            actor=actor,
+            cluster=record.cluster,
+            plan_id=record.id,
+            run_id=run_id,
+            detail={"comment": comment},
+        )
+
     async def approve(self, plan_id: str, *, actor: str, comment: str = "") -> RunRecord:
         """Approve one pending plan and start applying it; raises StaleApproval (409) if git
         or the hosts moved since it was made. Returns the started run (apply continues in the
@@ -651,18 +683,10 @@ class Controller:
                 raise StaleApproval(plan_id, changed, reason, new.id if new else None)
             run = self.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
             if run is None:
-                current = self.store.get_plan(plan_id)
-                raise PlanNotPending(plan_id, current.state if current else "missing")
-            self.store.audit(
-                "plan.approved",
-                actor=actor,
-                cluster=record.cluster,
-                plan_id=plan_id,
-                run_id=run.id,
-                detail={"comment": comment},
-            )
+                raise self._no_longer_pending(plan_id)
+            self._audit_decision("plan.approved", record, actor, comment, run_id=run.id)
             task = asyncio.create_task(
-                self._execute_then_release(run, record, desired, transport, locks),
+                self._execute_then_release(run, record, desired, transport, locks, facts),
                 name=f"shoal-apply-{plan_id}",
             )
             self._applies.add(task)
@@ -682,9 +706,10 @@ class Controller:
         desired: Desired,
         transport: SSHTransport,
         locks: list[asyncio.Lock],
+        facts: Mapping[str, HostFacts] | None = None,
     ) -> None:
         try:
-            await self._execute(run, record, desired, transport)
+            await self._execute(run, record, desired, transport, facts)
         finally:
             try:
                 await transport.aclose()
@@ -704,15 +729,8 @@ class Controller:
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord:
         record = self._pending(plan_id)
         if not self.store.decide_plan(plan_id, decision="reject", actor=actor, comment=comment):
-            current = self.store.get_plan(plan_id)
-            raise PlanNotPending(plan_id, current.state if current else "missing")
-        self.store.audit(
-            "plan.rejected",
-            actor=actor,
-            cluster=record.cluster,
-            plan_id=plan_id,
-            detail={"comment": comment},
-        )
+            raise self._no_longer_pending(plan_id)
+        self._audit_decision("plan.rejected", record, actor, comment)
         rejected = self.store.get_plan(plan_id)
         assert rejected is not None
         return rejected

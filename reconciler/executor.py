@@ -25,7 +25,9 @@ phase and batch first, so the directors stop sending to a real server before it 
 each rollback proven, and the run's errors name the check and the host at fault.
 
 Staleness is the caller's business: apply_plan applies the plan it is given (the controller
-re-plans from fresh facts first, `shoal apply` plans right before applying).
+re-plans from fresh facts first, `shoal apply` plans right before applying). A caller that has
+just gathered the facts on the same transport hands them over (`facts=`): each host is then
+read once per apply, not once for the plan and again here.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -317,8 +319,10 @@ class _Run:
         transport: ScriptTransport,
         on_event: EventHandler | None,
         check_stale: bool,
+        facts: Mapping[str, HostFacts] | None = None,
     ) -> None:
         self.check_stale = check_stale
+        self.given_facts = facts
         self.plan = plan
         self.desired = desired
         self.settings: ApplySettings = desired.settings.apply
@@ -645,7 +649,11 @@ class _Run:
             if not hp.reachable
         }
         with_steps = [h for h, hp in plan.hosts.items() if hp.steps and hp.reachable]
-        self.facts = await self.gather(with_steps)
+        # The caller's facts (those the plan was made from, on this transport) save every host
+        # a second facts round trip; a host they lack is read now.
+        given = self.given_facts or {}
+        self.facts = {h: given[h] for h in with_steps if h in given}
+        self.facts.update(await self.gather([h for h in with_steps if h not in given]))
         for h in with_steps:
             if not self.facts[h].hostname.known:
                 unreachable[h] = self.facts[h].hostname.unknown_reason or "unreachable"
@@ -824,14 +832,20 @@ async def apply_plan(
     *,
     on_event: EventHandler | None = None,
     check_stale: bool = False,
+    facts: Mapping[str, HostFacts] | None = None,
 ) -> RunResult:
     """Apply `plan` host by host and phase by phase; never raises for a failed step.
 
     Inspect `RunResult.ok`, or call `RunResult.raise_for_errors()` for ApplyError /
     RollbackError. With `check_stale`, a host whose facts no longer have the plan's digest
     raises StalePlan before anything runs.
+
+    `facts`: the hosts' facts as just gathered over `transport` (for `desired`'s managed
+    paths), typically those the plan was made from. They are the pre-apply facts (and what
+    `check_stale` compares), so the hosts are not read again before the first phase. Without
+    them, every host with steps is read first.
     """
-    return await _Run(plan, desired, transport, on_event, check_stale).run()
+    return await _Run(plan, desired, transport, on_event, check_stale, facts).run()
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -288,12 +289,35 @@ class HostFacts(_Value):
         Connection counters are left out: they move with traffic, and a plan must not go stale
         because a client opened a connection.
         """
-        data = _drop_keys(self.model_dump(mode="json"), _VOLATILE_KEYS)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        # The model is frozen: the digest is computed once per instance (a plan of 10,000 hosts
+        # asks for every host's, and the executor asks again for the stale check).
+        entry = _DIGESTS.get(id(self))
+        if entry is not None and entry[0]() is self:
+            return entry[1]
+        value = _digest(self)
+        key = id(self)
+        _DIGESTS[key] = (weakref.ref(self, lambda _r: _DIGESTS.pop(key, None)), value)
+        return value
 
 
 _VOLATILE_KEYS = frozenset({"active_connections", "inactive_connections"})
+# id(facts) -> (weak reference, digest). Not a private attribute: pydantic would copy it into a
+# model_copy(update=...) with other facts, and compare it in ==.
+_DIGESTS: dict[int, tuple[weakref.ref[HostFacts], str]] = {}
+# The volatile keys exist only on IPVS destinations; pydantic leaves them out while dumping.
+_EXCLUDE_VOLATILE: dict[str, Any] = {
+    "ipvs": {"value": {"destinations": {"__all__": set(_VOLATILE_KEYS)}}}
+}
+
+
+def _digest(facts: HostFacts) -> str:
+    data = facts.model_dump(mode="json", exclude=_EXCLUDE_VOLATILE)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if any(f'"{k}"' in text for k in _VOLATILE_KEYS):
+        # A volatile key elsewhere (say a service of that name): drop it everywhere, as always.
+        data = _drop_keys(facts.model_dump(mode="json"), _VOLATILE_KEYS)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _drop_keys(data: Any, keys: frozenset[str]) -> Any:

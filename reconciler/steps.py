@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,16 +139,59 @@ class Plan(_Value):
 
 
 def plan_id(revision: str, digests: dict[str, str], hosts: dict[str, HostPlan]) -> str:
-    """Hash of the revision, every host's fact digest, and every step."""
-    body = {
-        "revision": revision,
-        "digests": dict(sorted(digests.items())),
-        "steps": {
-            host: [step.model_dump(mode="json") for step in hp.steps]
-            for host, hp in sorted(hosts.items())
-        },
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the revision, every host's fact digest, and every step.
+
+    The hashed text is `json.dumps(body, sort_keys=True)` of
+    `{"revision", "digests", "steps": {host: [step, ...]}}`, written out piece by piece: each
+    host's steps are serialised once (`host_steps_json`, cached per HostPlan) instead of
+    rebuilding one body holding every step of every host.
+    """
+    parts = [
+        '{"digests": ',
+        json.dumps(dict(sorted(digests.items())), sort_keys=True),
+        ', "revision": ',
+        json.dumps(revision),
+        ', "steps": {',
+        ", ".join(
+            f"{json.dumps(host)}: {host_steps_json(hp)}" for host, hp in sorted(hosts.items())
+        ),
+        "}}",
+    ]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
+# id(host plan) -> (weak reference, its steps as plan_id hashes them); see HostFacts.digest.
+_STEPS_JSON: dict[int, tuple[weakref.ref[HostPlan], str]] = {}
+
+
+def host_steps_json(hp: HostPlan) -> str:
+    """`json.dumps([step.model_dump(mode="json") ...], sort_keys=True)`, once per HostPlan."""
+    entry = _STEPS_JSON.get(id(hp))
+    if entry is not None and entry[0]() is hp:
+        return entry[1]
+    steps = hp.model_dump(mode="json", include={"steps"})["steps"] if hp.steps else []
+    text = json.dumps(steps, sort_keys=True)
+    key = id(hp)
+    _STEPS_JSON[key] = (weakref.ref(hp, lambda _r: _STEPS_JSON.pop(key, None)), text)
+    return text
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def replace(model: _M, **changes: Any) -> _M:
+    """`model.model_copy(update=changes)` without its per-call overhead.
+
+    Like model_copy it does not validate: only for values of the field's type, already checked.
+    """
+    cls = type(model)
+    new = cls.__new__(cls)
+    object.__setattr__(new, "__dict__", {**model.__dict__, **changes})
+    object.__setattr__(new, "__pydantic_extra__", None)
+    fields_set = model.__pydantic_fields_set__ | changes.keys()
+    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 Step.model_rebuild()

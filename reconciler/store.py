@@ -612,21 +612,30 @@ class Store:
         comment: str,
     ) -> bool:
         """Approve or reject a pending plan; returns False (and records nothing) otherwise."""
-        to_state: PlanState = "approved" if decision == "approve" else "rejected"
-        now = utcnow()
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE plans SET state = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
-                (to_state, now, plan_id),
-            )
-            if cur.rowcount != 1:
-                return False
-            db.execute(
-                "INSERT INTO approvals (plan_id, decision, actor, comment, at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (plan_id, decision, actor, comment, now),
-            )
-            return True
+            return self._decide_tx(db, plan_id, decision, actor, comment, utcnow())
+
+    @staticmethod
+    def _decide_tx(
+        db: sqlite3.Connection,
+        plan_id: str,
+        decision: Literal["approve", "reject"],
+        actor: str,
+        comment: str,
+        now: str,
+    ) -> bool:
+        to_state: PlanState = "approved" if decision == "approve" else "rejected"
+        cur = db.execute(
+            "UPDATE plans SET state = ?, updated_at = ? WHERE id = ? AND state = 'pending'",
+            (to_state, now, plan_id),
+        )
+        if cur.rowcount != 1:
+            return False
+        db.execute(
+            "INSERT INTO approvals (plan_id, decision, actor, comment, at) VALUES (?, ?, ?, ?, ?)",
+            (plan_id, decision, actor, comment, now),
+        )
+        return True
 
     def approve_and_start_run(
         self, plan_id: str, *, actor: str, comment: str
@@ -639,18 +648,8 @@ class Store:
         run_id = uuid.uuid4().hex[:16]
         now = utcnow()
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE plans SET state = 'approved', updated_at = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (now, plan_id),
-            )
-            if cur.rowcount != 1:
+            if not self._decide_tx(db, plan_id, "approve", actor, comment, now):
                 return None
-            db.execute(
-                "INSERT INTO approvals (plan_id, decision, actor, comment, at) "
-                "VALUES (?, 'approve', ?, ?, ?)",
-                (plan_id, actor, comment, now),
-            )
             self._start_run_tx(db, plan_id, run_id, actor, now)
         run = self.get_run(run_id)
         assert run is not None

@@ -13,8 +13,8 @@ from pydantic import Field, ValidationError
 
 from reconciler.models import InterfaceName, IPv4
 from reconciler.steps import LowState
-from states.base import Claim, PlanContext, StateResult
-from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+from states.base import Claim, PlanContext, StateResult, cached_args
+from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 
 FUNCTION = "addr.present"
 _KEY_RE = re.compile(r"^(?P<address>[0-9.]+)/(?P<prefix>[0-9]{1,2}) dev (?P<interface>\S+)$")
@@ -37,7 +37,7 @@ def key_of(args: AddrArgs) -> str:
 
 
 def ledger_key(low: LowState) -> str:
-    return key_of(parse_args(AddrArgs, low))
+    return key_of(cached_args(AddrArgs, low))
 
 
 def _from_key(key: str) -> AddrArgs | None:
@@ -78,7 +78,7 @@ def _state(low: LowState, ctx: PlanContext, args: AddrArgs) -> bool | None:
 
 
 def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(AddrArgs, low)
+    args = cached_args(AddrArgs, low)
     try:
         state = _state(low, ctx, args)
     except FactUnknown as exc:
@@ -103,7 +103,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = parse_args(AddrAbsentArgs, low).key
+    key = cached_args(AddrAbsentArgs, low).key
     args = _from_key(key)
     if args is None:
         return skip(low, f"not removing address {key!r}: not a key shoal writes")

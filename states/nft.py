@@ -27,14 +27,13 @@ from pydantic import AfterValidator, Field
 from reconciler.hostfacts import NftTable
 from reconciler.models import InterfaceName, Name
 from reconciler.steps import LowState
-from states.base import Claim, PlanContext, StateResult
+from states.base import Claim, PlanContext, StateResult, cached_args
 from states.common import (
     Args,
     FactUnknown,
     host_facts,
     known,
     make_step,
-    parse_args,
     skip,
     tool_missing,
 )
@@ -120,7 +119,7 @@ def key_of(family: str, name: str) -> str:
 
 
 def ledger_key(low: LowState) -> str:
-    t = parse_args(NftTableArgs, low)
+    t = cached_args(NftTableArgs, low)
     return key_of(t.family, t.name)
 
 
@@ -292,7 +291,7 @@ def _table(low: LowState, ctx: PlanContext, family: str, name: str) -> NftTable 
 
 
 def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(NftTableArgs, low)
+    args = cached_args(NftTableArgs, low)
     key = key_of(args.family, args.name)
     try:
         table = _table(low, ctx, args.family, args.name)
@@ -323,7 +322,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = parse_args(NftTableAbsentArgs, low).key
+    key = cached_args(NftTableAbsentArgs, low).key
     family, _, name = key.partition(" ")
     if family not in FAMILIES or not name.startswith(TABLE_PREFIX) or " " in name:
         return skip(low, f"not deleting nft table {key!r}: not a table shoal owns")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from reconciler.models import Name
 from reconciler.steps import LowState
-from states.base import PlanContext, StateResult
-from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+from states.base import PlanContext, StateResult, cached_args
+from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 
 _APT_INSTALL = (
     "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "--no-install-recommends"
@@ -22,7 +22,7 @@ class PkgArgs(Args):
 
 
 def installed(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(PkgArgs, low)
+    args = cached_args(PkgArgs, low)
     try:
         tools = known(host_facts(low, ctx).tools, "installed tools")
     except FactUnknown as exc:

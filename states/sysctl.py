@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator
 
 from reconciler.steps import LowState
-from states.base import Claim, PlanContext, StateResult
-from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+from states.base import Claim, PlanContext, StateResult, cached_args
+from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 
 FUNCTION = "sysctl.present"
 
@@ -65,7 +65,7 @@ def lookup(sysctls: dict[str, str], key: str) -> str | None:
 
 
 def ledger_key(low: LowState) -> str:
-    return parse_args(SysctlArgs, low).key
+    return cached_args(SysctlArgs, low).key
 
 
 def _assign(key: str, value: str) -> tuple[str, ...]:
@@ -73,7 +73,7 @@ def _assign(key: str, value: str) -> tuple[str, ...]:
 
 
 def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(SysctlArgs, low)
+    args = cached_args(SysctlArgs, low)
     try:
         sysctls = known(host_facts(low, ctx).sysctls, "sysctls")
     except FactUnknown as exc:
@@ -97,7 +97,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(SysctlAbsentArgs, low)
+    args = cached_args(SysctlAbsentArgs, low)
     try:
         facts = host_facts(low, ctx)
         ledger = known(facts.ledger, "ledger")

@@ -135,6 +135,18 @@ def real_server_steps(
     ]  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def failing_hook(
+    lab: Lab, host: str, k: int, *, exit_code: int = 1, hang: bool = False
+) -> AsyncIterator[None]:
+    """Step k's hook fails (or hangs) on `host` inside the block, and is harmless again after."""
+    await lab.inject_failing_command(host, hook(host, k), exit_code=exit_code, hang=hang)
+    try:
+        yield
+    finally:
+        await lab.clear_injections(host)
+
+
 async def joined_steps(lab: Lab, host: str) -> list[Step]:
     """`real_server_steps` for `host` undoing to its current sysctls, with their hooks in place."""
     steps = real_server_steps(lab, host, await sysctl_values(lab, host))

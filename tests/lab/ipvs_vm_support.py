@@ -168,34 +168,3 @@ class VmDrLab:
             if time.monotonic() > give_up:
                 pytest.fail(f"VIP {vip} held by {now}, expected {want}")
             await asyncio.sleep(0.2)
-
-
-# A command on a VM director that fails only for the arguments a test names, and runs the real
-# program otherwise (so facts, snapshots and the rollback's proof still read the host): the real
-# binary is copied into the guest's own /run and the wrapper bind-mounted over its path.
-_FAIL_WHEN = """set -e
-real=/run/shoal-lab/real-$(basename "$1"); mkdir -p /run/shoal-lab
-cp "$1" "$real"
-printf '%s\\n' "$2" >"$real.when"
-echo "$3" >"$real.nth"
-{
-  echo '#!/bin/sh'
-  printf 'w=$(cat %s.when); c=%s.nth\\n' "$real" "$real"
-  echo 'case " $* " in *"$w"*)'
-  echo '  n=$(($(cat "$c") - 1)); echo $n >"$c"'
-  echo '  if [ $n -eq 0 ]; then echo "shoal test: injected failure of $0" >&2; exit 3; fi ;;'
-  echo 'esac'
-  printf 'exec %s "$@"\\n' "$real"
-} >"$real.wrap"
-chmod 0755 "$real.wrap"
-mount --bind "$real.wrap" "$1"
-"""
-
-
-async def inject_failure_when(lab: Lab, host: str, path: str, args: str, nth: int = 1) -> None:
-    """Make `path` on `host` exit 3 on the `nth` call whose arguments contain `args`."""
-    await lab.exec(host, ["sh", "-c", _FAIL_WHEN, "sh", path, args, str(nth)])
-
-
-async def clear_failure(lab: Lab, host: str, path: str) -> None:
-    await lab.exec(host, ["umount", path])

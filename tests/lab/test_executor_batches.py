@@ -16,7 +16,7 @@ from reconciler.steps import Phase, Step
 from tests.lab.executor_support import (
     apply_steps,
     explain,
-    hook,
+    failing_hook,
     joined_steps,
     raw_state,
     step,
@@ -35,9 +35,8 @@ async def _join_steps(lab: Lab, hosts: Sequence[str]) -> dict[str, list[Step]]:
 async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
     before = {h: await raw_state(lab, h) for h in SERVERS}
     steps = await _join_steps(lab, SERVERS)
-    await lab.inject_failing_command("web3", hook("web3", 3))
     events: list[ApplyEvent] = []
-    try:
+    async with failing_hook(lab, "web3", 3):
         result = await apply_steps(
             lab,
             steps,
@@ -46,8 +45,6 @@ async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
             lockout_timeout=5,
             command_timeout=10,
         )
-    finally:
-        await lab.clear_injections("web3")
     for h in SERVERS:
         assert await raw_state(lab, h) == before[h], (h, explain(result))
     assert not result.ok
@@ -67,13 +64,10 @@ async def test_failed_last_batch_rolls_back_finished_batches(lab: Lab) -> None:
 async def test_keep_policy_keeps_finished_batches(lab: Lab) -> None:
     before = {h: await raw_state(lab, h) for h in SERVERS}
     steps = await _join_steps(lab, SERVERS)
-    await lab.inject_failing_command("web3", hook("web3", 5))
-    try:
+    async with failing_hook(lab, "web3", 5):
         result = await apply_steps(
             lab, steps, batch_size=2, finished_batches="keep", lockout_timeout=5, command_timeout=10
         )
-    finally:
-        await lab.clear_injections("web3")
     try:
         assert not result.ok
         assert await raw_state(lab, "web3") == before["web3"]
@@ -90,11 +84,8 @@ async def test_keep_policy_keeps_finished_batches(lab: Lab) -> None:
 async def test_failure_inside_a_batch_rolls_back_its_batch_mates(lab: Lab) -> None:
     before = {h: await raw_state(lab, h) for h in SERVERS}
     steps = await _join_steps(lab, SERVERS)
-    await lab.inject_failing_command("web2", hook("web2", 6))
-    try:
+    async with failing_hook(lab, "web2", 6):
         result = await apply_steps(lab, steps, batch_size=2, lockout_timeout=5, command_timeout=10)
-    finally:
-        await lab.clear_injections("web2")
     for h in SERVERS:
         assert await raw_state(lab, h) == before[h], h
     assert {(r.host, r.by, r.proven) for r in result.rollbacks} == {

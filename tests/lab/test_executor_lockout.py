@@ -15,20 +15,20 @@ import pytest
 
 from lab import Lab
 from reconciler.executor import apply_plan
-from reconciler.hostscript import build_rollback_script, phase_dir
-from reconciler.phaselog import parse_log
-from reconciler.runresult import RunResult
+from reconciler.hostscript import phase_dir
 from reconciler.steps import Phase, Step
 from tests.lab.executor_support import (
+    apply_steps,
     desired_for,
+    explain,
     hook,
     install_hooks,
+    joined_steps,
     make_plan,
     raw_state,
-    real_server_steps,
     step,
-    sysctl_values,
     transport_for,
+    undo_phase,
     vip,
 )
 
@@ -38,10 +38,6 @@ HOST = "web3"
 LOCKOUT = 5
 LONG_STEP = 4  # index of the step whose hook sleeps
 SLEEP = 3
-
-
-def _explain(result: RunResult) -> str:
-    return result.model_dump_json(indent=1, exclude={"phases"})
 
 
 async def _wait_for(lab: Lab, path: str, limit: float) -> float:
@@ -54,19 +50,11 @@ async def _wait_for(lab: Lab, path: str, limit: float) -> float:
     raise AssertionError(f"{path} did not appear within {limit}s")
 
 
-async def _undo(lab: Lab, plan_id: str) -> None:
-    desired = desired_for(lab)
-    async with transport_for(lab, desired) as t:
-        res = await t.run_script(HOST, build_rollback_script(plan_id, Phase.REAL_SERVERS_PREPARE))
-    assert parse_log(res.stdout).rolled_back, res.stdout
-
-
 async def test_link_cut_mid_phase_host_restores_itself_then_next_apply_converges(
     lab: Lab,
 ) -> None:
     before = await raw_state(lab, HOST)
-    steps = real_server_steps(lab, HOST, await sysctl_values(lab, HOST))
-    await install_hooks(lab, HOST, len(steps))
+    steps = await joined_steps(lab, HOST)
     await lab.exec(
         HOST, ["sh", "-c", f"printf '#!/bin/sh\\nsleep {SLEEP}\\n' >{hook(HOST, LONG_STEP)}"]
     )
@@ -95,7 +83,7 @@ async def test_link_cut_mid_phase_host_restores_itself_then_next_apply_converges
     assert not result.ok
     assert result.hosts[HOST][LONG_STEP].result is True
     (rb,) = result.rollbacks
-    assert rb.by == "timer" and rb.proven, _explain(result)
+    assert rb.by == "timer" and rb.proven, explain(result)
     assert await raw_state(lab, HOST) == before
 
     # The next apply of the same steps converges, and is confirmed in time.
@@ -103,13 +91,13 @@ async def test_link_cut_mid_phase_host_restores_itself_then_next_apply_converges
     async with transport_for(lab, desired) as t:
         again = await apply_plan(make_plan({HOST: steps}), desired, t)
     try:
-        assert again.ok, _explain(again)
+        assert again.ok, explain(again)
         assert again.phases[0].lockout == "confirmed"
         await asyncio.sleep(1)  # a live timer would still be waiting; it must be gone
         pids = await lab.exec(HOST, ["sh", "-c", "cat /var/lib/shoal/lockout-*.pid"], check=False)
         assert pids.returncode != 0, pids.stdout
     finally:
-        await _undo(lab, again.plan_id)
+        await undo_phase(lab, again.plan_id, (HOST,))
     assert await raw_state(lab, HOST) == before
 
 
@@ -122,15 +110,15 @@ async def test_phase_that_blocks_new_ssh_logins_is_undone_by_the_timer(lab: Lab)
              [("iptables", "-D", "INPUT", *block)], with_hook=False),
     ]  # fmt: skip
     filter_before = (await lab.exec(HOST, ["iptables-save", "-t", "filter"])).stdout
-    desired = desired_for(lab, lockout_timeout=LOCKOUT, command_timeout=5, connect_timeout=1)
     started = time.monotonic()
-    async with transport_for(lab, desired) as t:
-        result = await apply_plan(make_plan({HOST: steps}), desired, t)
+    result = await apply_steps(
+        lab, {HOST: steps}, lockout_timeout=LOCKOUT, command_timeout=5, connect_timeout=1
+    )
     elapsed = time.monotonic() - started
     assert not result.ok
     assert result.hosts[HOST][0].result is True and result.hosts[HOST][0].rolled_back
     (rb,) = result.rollbacks
-    assert rb.by == "timer" and rb.proven, _explain(result)
+    assert rb.by == "timer" and rb.proven, explain(result)
     assert "no new SSH connection" in result.errors[0].message
     assert result.phases[0].lockout == "fired"
     assert await raw_state(lab, HOST) == before

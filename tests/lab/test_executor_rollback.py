@@ -13,20 +13,17 @@ import pytest
 
 from lab import Lab
 from reconciler.executor import apply_plan
-from reconciler.hostscript import build_rollback_script
-from reconciler.phaselog import parse_log
-from reconciler.runresult import RunResult
-from reconciler.steps import Phase, Step
 from tests.lab.executor_support import (
+    apply_steps,
     desired_for,
-    hook,
-    install_hooks,
+    explain,
+    failing_hook,
+    joined_steps,
     make_plan,
     raw_state,
-    real_server_steps,
     step,
-    sysctl_values,
     transport_for,
+    undo_phase,
     vip,
 )
 
@@ -36,28 +33,9 @@ HOST = "web3"
 N_STEPS = 7
 
 
-def _explain(result: RunResult) -> str:
-    return result.model_dump_json(indent=1, exclude={"phases"})
-
-
-async def _steps(lab: Lab) -> list[Step]:
-    await install_hooks(lab, HOST, N_STEPS)
-    return real_server_steps(lab, HOST, await sysctl_values(lab, HOST))
-
-
-async def _cleanup(lab: Lab, result: RunResult) -> None:
-    """Undo a successful apply with the phase's own restore script (kept on the host)."""
-    desired = desired_for(lab)
-    async with transport_for(lab, desired) as t:
-        res = await t.run_script(
-            HOST, build_rollback_script(result.plan_id, Phase.REAL_SERVERS_PREPARE)
-        )
-    assert parse_log(res.stdout).rolled_back, res.stdout
-
-
 async def test_apply_succeeds_and_reports_every_step(lab: Lab) -> None:
     before = await raw_state(lab, HOST)
-    steps = await _steps(lab)
+    steps = await joined_steps(lab, HOST)
     desired = desired_for(lab, lockout_timeout=5, command_timeout=10)
     async with transport_for(lab, desired) as t:
         channels = t.channels_opened[HOST]
@@ -65,7 +43,7 @@ async def test_apply_succeeds_and_reports_every_step(lab: Lab) -> None:
         # One channel for the phase; the confirmation came over a new connection.
         assert t.channels_opened[HOST] - channels >= 2
     try:
-        assert result.ok, _explain(result)
+        assert result.ok, explain(result)
         assert [s.result for s in result.hosts[HOST]] == [True] * N_STEPS
         assert all(s.changes["after"] for s in result.hosts[HOST])
         (phase,) = result.phases
@@ -83,23 +61,18 @@ async def test_apply_succeeds_and_reports_every_step(lab: Lab) -> None:
         pid = await lab.exec(HOST, ["sh", "-c", "ls /var/lib/shoal/lockout-*.pid"], check=False)
         assert pid.returncode != 0, pid.stdout
     finally:
-        await _cleanup(lab, result)
+        await undo_phase(lab, result.plan_id, (HOST,))
     assert await raw_state(lab, HOST) == before
 
 
 @pytest.mark.parametrize("failing", range(N_STEPS))
 async def test_failure_at_each_step_restores_the_host_byte_for_byte(lab: Lab, failing: int) -> None:
     before = await raw_state(lab, HOST)
-    steps = await _steps(lab)
-    await lab.inject_failing_command(HOST, hook(HOST, failing), exit_code=3)
-    try:
-        desired = desired_for(lab, lockout_timeout=5, command_timeout=10)
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(make_plan({HOST: steps}), desired, t)
-    finally:
-        await lab.clear_injections(HOST)
+    steps = await joined_steps(lab, HOST)
+    async with failing_hook(lab, HOST, failing, exit_code=3):
+        result = await apply_steps(lab, {HOST: steps}, lockout_timeout=5, command_timeout=10)
     after = await raw_state(lab, HOST)
-    assert after == before, _explain(result)
+    assert after == before, explain(result)
     assert not result.ok
     results = [s.result for s in result.hosts[HOST]]
     assert results == [True] * failing + [False] + [None] * (N_STEPS - failing - 1)
@@ -117,7 +90,7 @@ async def test_failure_at_each_step_restores_the_host_byte_for_byte(lab: Lab, fa
 async def test_failing_real_command_is_rolled_back(lab: Lab) -> None:
     """No injection: the kernel refuses the last step's command (no such device)."""
     before = await raw_state(lab, HOST)
-    steps = await _steps(lab)
+    steps = await joined_steps(lab, HOST)
     bad = step(
         HOST,
         N_STEPS,
@@ -126,10 +99,8 @@ async def test_failing_real_command_is_rolled_back(lab: Lab) -> None:
         [("ip", "addr", "del", f"{vip(lab, 178)}/32", "dev", "nosuchdev0")],
         with_hook=False,
     )
-    desired = desired_for(lab, lockout_timeout=5, command_timeout=10)
-    async with transport_for(lab, desired) as t:
-        result = await apply_plan(make_plan({HOST: [*steps, bad]}), desired, t)
-    assert await raw_state(lab, HOST) == before, _explain(result)
+    result = await apply_steps(lab, {HOST: [*steps, bad]}, lockout_timeout=5, command_timeout=10)
+    assert await raw_state(lab, HOST) == before, explain(result)
     assert result.hosts[HOST][-1].result is False
     assert "nosuchdev0" in result.hosts[HOST][-1].output
     assert result.rollbacks[0].proven
@@ -137,17 +108,12 @@ async def test_failing_real_command_is_rolled_back(lab: Lab) -> None:
 
 async def test_hanging_command_is_stopped_by_the_timeout_and_rolled_back(lab: Lab) -> None:
     before = await raw_state(lab, HOST)
-    steps = await _steps(lab)
-    await lab.inject_failing_command(HOST, hook(HOST, 4), hang=True)
-    started = time.monotonic()
-    try:
-        desired = desired_for(lab, lockout_timeout=5, command_timeout=2)
-        async with transport_for(lab, desired) as t:
-            result = await apply_plan(make_plan({HOST: steps}), desired, t)
-    finally:
-        await lab.clear_injections(HOST)
+    steps = await joined_steps(lab, HOST)
+    async with failing_hook(lab, HOST, 4, hang=True):
+        started = time.monotonic()
+        result = await apply_steps(lab, {HOST: steps}, lockout_timeout=5, command_timeout=2)
     elapsed = time.monotonic() - started
-    assert await raw_state(lab, HOST) == before, _explain(result)
+    assert await raw_state(lab, HOST) == before, explain(result)
     hung = result.hosts[HOST][4]
     assert hung.result is False and hung.comment.startswith("timed out after 2s"), hung
     assert result.rollbacks[0].proven

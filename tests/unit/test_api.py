@@ -22,8 +22,9 @@ from api.app import create_app
 from reconciler.controller import Controller
 from reconciler.server_settings import ServerSettings
 from reconciler.source import GitSource
-from reconciler.steps import Change, HostPlan, Phase, Plan, Step, plan_id
+from reconciler.steps import Plan
 from reconciler.store import StepResultRecord, Store
+from tests.unit.test_store import make_plan as store_plan
 
 SECRET = "webhook-secret-for-tests"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -52,25 +53,8 @@ def push_tree(src: Path, bare: Path, work: Path) -> str:
 
 
 def make_plan(revision: str, host: str = "web1") -> Plan:
-    step = Step(
-        id=f"{host}/vip/add",
-        host=host,
-        state_id="vip",
-        function="addr.present",
-        subsystem="addr",
-        phase=Phase.REAL_SERVERS_PREPARE,
-        description="add the VIP to lo",
-        change=Change(before="", after="10.77.0.100/32 dev lo"),
-        commands=(("ip", "addr", "add", "10.77.0.100/32", "dev", "lo"),),
-        undo=(("ip", "addr", "del", "10.77.0.100/32", "dev", "lo"),),
-    )
-    hosts = {host: HostPlan(host=host, facts_digest="f" * 64, steps=(step,))}
-    return Plan(
-        id=plan_id(revision, {host: "f" * 64}, hosts),
-        revision=revision,
-        clusters=("web",),
-        hosts=hosts,
-    )
+    """The store tests' one-step plan, with a facts digest of the length real ones have."""
+    return store_plan(revision, host, digest="f" * 64)
 
 
 class World:
