@@ -94,6 +94,23 @@ def reload_argv(path: str = CONF_PATH) -> Argv:
     return ("sh", "-c", _RELOAD_SCRIPT, "sh", path, PID_DIR)
 
 
+# Undo of starting a daemon that was not running: stop it again, and wait until it has released
+# its VIPs and virtual servers, so a rollback leaves the host as it found it.
+_STOP_SCRIPT = (
+    "dir=$1; "
+    "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then "
+    "exec systemctl stop keepalived; fi; "
+    'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); [ -n "$pid" ] || exit 0; '
+    'kill -TERM "$pid" 2>/dev/null || exit 0; i=0; '
+    'while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
+    '! kill -0 "$pid" 2>/dev/null'
+)
+
+
+def stop_argv() -> Argv:
+    return ("sh", "-c", _STOP_SCRIPT, "sh", PID_DIR)
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -246,6 +263,7 @@ def _install_steps(
     existed: bool,
     before: str | None,
     after: tuple[str, ...],
+    was_running: bool = True,
 ) -> list[Step]:
     """validate (temp file, `keepalived -t`), install (atomic rename), reload."""
     tmp = f"{path}.shoal-new"
@@ -270,7 +288,10 @@ def _install_steps(
     undo: tuple[Argv, ...] = (("rm", "-f", path),)
     if existed:
         commands = (("cp", "-p", path, prev), *commands)
-        undo = (("mv", "-f", prev, path), reload_argv(path))
+        # A daemon that was not running stays stopped: the reload step's undo stops it first.
+        undo = (("mv", "-f", prev, path), reload_argv(path)) if was_running else (
+            ("mv", "-f", prev, path),
+        )
     install = step(
         "install", f"install {stage} {path}",
         change=Change(before=before, after=content),
@@ -279,6 +300,7 @@ def _install_steps(
     reload = step(
         "reload", "reload keepalived (SIGHUP, or start it)",
         commands=(reload_argv(path),), require=(install.id,),
+        undo=() if was_running else (stop_argv(),),
     )  # fmt: skip
     return [validate, install, reload]
 
@@ -305,13 +327,16 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
             function=low.function, subsystem="keepalived", phase=low.phase,
             description="start keepalived (config in sync, daemon not running)",
             commands=(reload_argv(path),),
+            undo=(stop_argv(),),
         )  # fmt: skip
         return StateResult(steps=(start,))
     steps: list[Step] = []
     drain_content = low.args.get("drain_content")
     drains: list[Mapping[str, Any]] = list(low.args.get("drains", []))
     if drain_content and current != sha256_text(str(drain_content)):
-        steps += _install_steps(low, "drain", str(drain_content), path, existed, before, ())
+        steps += _install_steps(
+            low, "drain", str(drain_content), path, existed, before, (), info.running
+        )
         existed, before = True, "drain config"
     if drain_content:
         timeout = float(low.args.get("drain_timeout", 30.0))
@@ -332,5 +357,5 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
             )  # fmt: skip
     # The final file waits for the drain config and for every drain.
     after = tuple(s.id for s in steps if s.id.endswith("/reload") or s.drain is not None)
-    steps += _install_steps(low, "final", content, path, existed, before, after)
+    steps += _install_steps(low, "final", content, path, existed, before, after, info.running)
     return StateResult(steps=tuple(steps))

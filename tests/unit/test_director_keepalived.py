@@ -17,6 +17,7 @@ from states.keepalived import (
     has_zero_weight_server,
     render_keepalived_conf,
     sha256_text,
+    stop_argv,
     validate_argv,
 )
 
@@ -127,6 +128,28 @@ def test_in_sync_is_empty_and_stopped_daemon_is_started() -> None:
         installed=True, config_sha256=sha256_text(render_keepalived_conf(d, "lvs1"))))  # fmt: skip
     _, steps, _ = plan(d, f)
     assert [s.id for s in steps] == ["lvs1/keepalived-conf/start"]
+
+
+def test_rollback_stops_a_daemon_that_was_not_running() -> None:
+    """Starting keepalived is undone by stopping it; reloading a running one is not."""
+    d = desired("keepalived", SERVICES)
+    old = KeepalivedInfo(installed=True, config_sha256="0" * 64)
+    _, stopped, _ = plan(d, {h: facts(h, keepalived=old) for h in ("lvs1", "lvs2")})
+    _, install, reload = [s for s in stopped if s.host == "lvs2"]
+    assert [u[2] for u in reload.undo] == [stop_argv()[2]]
+    # The old file comes back without a reload, which would start the daemon again.
+    assert install.undo == (("mv", "-f", CONF_PATH + ".shoal-prev", CONF_PATH),)
+    running = old.model_copy(update={"running": True})
+    _, live, _ = plan(d, {h: facts(h, keepalived=running) for h in ("lvs1", "lvs2")})
+    _, install, reload = [s for s in live if s.host == "lvs2"]
+    assert reload.undo == () and install.undo[-1][:2] == ("sh", "-c")
+    # A daemon started because it was found stopped is stopped again on rollback.
+    synced = KeepalivedInfo(
+        installed=True, config_sha256=sha256_text(render_keepalived_conf(d, "lvs1"))
+    )
+    _, start, _ = plan(d, {"lvs1": facts("lvs1", keepalived=synced),
+                           "lvs2": facts("lvs2", keepalived=running)})  # fmt: skip
+    assert [s.undo for s in start if s.host == "lvs1"] == [(stop_argv(),)]
 
 
 def test_leaving_real_server_drains_before_removal() -> None:

@@ -249,7 +249,7 @@ def test_golden_covers_every_scenario_and_plans_something() -> None:
     assert len({g["plan_id"] for g in golden.values()}) == len(golden)
 
 
-# --- the fast paths against the plain computations they replace ------------------------------------
+# --- the fast paths against the plain computations they replace ---------------------------------
 
 
 def _slow_digest(facts: HostFacts) -> str:
