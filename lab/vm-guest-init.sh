@@ -16,6 +16,11 @@ trap 'say "guest init failed at line $LINENO"; echo o >/proc/sysrq-trigger' ERR
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid devtmpfs /dev
+# The kernel's modules, for modprobe here and for the kernel's own module requests (ip_vs).
+# Bound before the tmpfs mounts below: the checkout (and its .cache) may live under /tmp,
+# /run or /root, which those mounts hide.
+mkdir -p /lib/modules
+mount --bind -o ro "$VM_MODULES_DIR" /lib/modules
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=000 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev,mode=1777 shoal-shm /dev/shm
@@ -25,9 +30,6 @@ mount -t tmpfs -o nosuid,nodev,mode=1777 shoal-tmp /tmp
 mount -t tmpfs -o mode=0700 shoal-root /root
 exec </dev/null >/dev/console 2>&1
 
-# The kernel's modules, for modprobe here and for the kernel's own module requests (ip_vs).
-mkdir -p /lib/modules
-mount --bind -o ro "$VM_MODULES_DIR" /lib/modules
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
 modprobe virtio_net
 modprobe virtio_rng 2>/dev/null || true  # entropy for sshd; the guest boots without it too

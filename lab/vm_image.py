@@ -16,6 +16,7 @@ import lzma
 import os
 import shutil
 import stat
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -190,8 +191,9 @@ def _pad(chunk: bytes) -> bytes:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    # Two test sessions may build the same file at once: each writes its own, one rename wins.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # Two test sessions, or two VMs of one lab booting concurrently (threads of one process),
+    # may build the same file at once: each writes its own temp file, one rename wins.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
 
