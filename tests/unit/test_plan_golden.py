@@ -8,14 +8,13 @@ applied (files and ledger written) and leaving hosts, unknown and unreachable ho
 the fixture repository with the captured facts, and a synthetic repository.
 
 To rewrite the file after an intended change in what the planner plans:
-`SHOAL_WRITE_GOLDEN=1 .venv/bin/pytest tests/unit/test_plan_golden.py`.
+`PYTHONPATH=. .venv/bin/python tests/unit/test_plan_golden.py` (from the project root).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -227,8 +226,8 @@ def _golden() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.skipif(not os.environ.get("SHOAL_WRITE_GOLDEN"), reason="writes the golden file")
-def test_write_golden() -> None:
+def write_golden() -> None:
+    """Record the current planner's output as the golden file (after a deliberate change)."""
     data = {name: fingerprint(plan_desired(*build())) for name, build in scenarios().items()}
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -309,3 +308,7 @@ def test_order_matches_graphlib_and_cycles_are_named() -> None:
     assert order_low_states("h", states) == _order_with_graphlib("h", states)
     with pytest.raises(RequisiteCycle):
         order_low_states("h", [low("x", Phase.EXTRA, "y"), low("y", Phase.EXTRA, "x")])
+
+
+if __name__ == "__main__":
+    write_golden()
