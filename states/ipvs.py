@@ -10,7 +10,8 @@ ipvsadm semantics that shape every command here (research notes, section 3):
 - DR forces the real server's port to the service port, so we always write them equal.
 - A new real server joins at weight 0 and gets its weight in a second command; a leaving one is
   set to weight 0, drained (the executor polls its connection counters), then deleted; a service
-  is deleted after its destinations. `ipvsadm -C` is never used: other people's services survive.
+  is deleted after its destinations. The table is never cleared as a whole: other people's
+  services survive.
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ def ipvs_restore_commands(desired: Desired, director: str) -> list[Argv]:
 
     Services first (`-A`, full spec), then their destinations (`-a -g -w W`, weight 0 kept for
     draining ones). Every command may fail with "already exists" when the table survived; the
-    restore script should go on (it must not `ipvsadm -C`).
+    restore script should go on (it must never clear the whole table).
     """
     out: list[Argv] = []
     for cname in sorted(desired.clusters):
