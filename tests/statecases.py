@@ -42,6 +42,7 @@ from reconciler.models import (
     Settings,
 )
 from reconciler.steps import Plan
+from states.nft import ARP_TABLE, NftTableArgs, arp_table_args, digest
 
 HOSTS = {
     "lvs1": "10.77.0.11",
@@ -255,3 +256,24 @@ def after_files(facts: dict[str, HostFacts], plan: Plan) -> dict[str, HostFacts]
                     files[f"/etc/systemd/system/multi-user.target.wants/{argv[2]}"] = None
         out[host] = with_files(f, files)
     return out
+
+
+def hand_configured(method: str, host: str, vips: list[str]) -> HostFacts:
+    """The host after the research notes' corrected commands, run by hand."""
+    f = fresh_facts(host)
+    rip = HOSTS[host]
+    if method == "sysctl":
+        f = set_sysctls(f, {f"net.ipv4.conf.{s}.{k}": v for s in ("all", "eth0")
+                            for k, v in (("arp_ignore", "1"), ("arp_announce", "2"))})  # fmt: skip
+        return add_addresses(f, [("lo", v, 32) for v in vips])
+    if method == "arptables":
+        rules = [r for v in vips for r in (arp_input_drop(v), arp_output_mangle(v, rip))]
+        return add_addresses(add_arp_rules(f, rules), [("eth0", v, 32) for v in vips])
+    if method == "nft-arp":
+        args = NftTableArgs.model_validate(arp_table_args(vips, rip))
+        comment = f"shoal:{digest(args)}"
+        table = NftTable(family="arp", name=ARP_TABLE, comment=comment,
+                         canonical_json=shoal_arp_table_json(vips, rip, comment))  # fmt: skip
+        return add_addresses(add_nft_tables(f, [table]), [("eth0", v, 32) for v in vips])
+    services = [(VIP_HTTP, "tcp", 80)] + ([(VIP_DNS, "udp", 53)] if VIP_DNS in vips else [])
+    return add_nat_rules(f, [redirect_rule(v, p, port) for v, p, port in services])

@@ -15,7 +15,6 @@ from reconciler.hostfacts import Fact, HostFacts, Ledger, NftTable
 from reconciler.models import Desired, ExtraState
 from reconciler.plan import LEDGER_PATH, plan_desired
 from reconciler.steps import Phase, Plan, Step
-from states.nft import ARP_TABLE, NftTableArgs, arp_table_args, digest
 from tests.statecases import (
     HOSTS,
     REAL_SERVERS,
@@ -31,9 +30,9 @@ from tests.statecases import (
     cluster_desired,
     fresh_facts,
     gathered,
+    hand_configured,
     redirect_rule,
     set_sysctls,
-    shoal_arp_table_json,
 )
 
 METHODS = ("sysctl", "arptables", "nft-arp", "redirect")
@@ -54,27 +53,6 @@ def runtime(plan: Plan, host: str) -> list[tuple[str, tuple[tuple[str, ...], ...
 
 def all_commands(plan: Plan) -> list[tuple[str, ...]]:
     return [argv for hp in plan.hosts.values() for s in hp.steps for argv in (*s.commands, *s.undo)]
-
-
-def hand_configured(method: str, host: str, vips: list[str]) -> HostFacts:
-    """The host after the research notes' corrected commands, run by hand."""
-    f = fresh_facts(host)
-    rip = HOSTS[host]
-    if method == "sysctl":
-        f = set_sysctls(f, {f"net.ipv4.conf.{s}.{k}": v for s in ("all", "eth0")
-                            for k, v in (("arp_ignore", "1"), ("arp_announce", "2"))})  # fmt: skip
-        return add_addresses(f, [("lo", v, 32) for v in vips])
-    if method == "arptables":
-        rules = [r for v in vips for r in (arp_input_drop(v), arp_output_mangle(v, rip))]
-        return add_addresses(add_arp_rules(f, rules), [("eth0", v, 32) for v in vips])
-    if method == "nft-arp":
-        args = NftTableArgs.model_validate(arp_table_args(vips, rip))
-        comment = f"shoal:{digest(args)}"
-        table = NftTable(family="arp", name=ARP_TABLE, comment=comment,
-                         canonical_json=shoal_arp_table_json(vips, rip, comment))  # fmt: skip
-        return add_addresses(add_nft_tables(f, [table]), [("eth0", v, 32) for v in vips])
-    services = [(VIP_HTTP, "tcp", 80)] + ([(VIP_DNS, "udp", 53)] if VIP_DNS in vips else [])
-    return add_nat_rules(f, [redirect_rule(v, p, port) for v, p, port in services])
 
 
 # --- fresh hosts ----------------------------------------------------------------------------------

@@ -29,30 +29,20 @@ from reconciler.hostfacts import (
     IpvsTable,
     KeepalivedInfo,
     Ledger,
-    NftTable,
 )
 from reconciler.loader import load_tree
 from reconciler.models import Desired, ExtraState
 from reconciler.plan import plan_desired
 from reconciler.steps import Plan
-from states.nft import ARP_TABLE, NftTableArgs, arp_table_args, digest
 from tests.statecases import (
     HOSTS,
     VIP_DNS,
     VIP_HTTP,
-    add_addresses,
-    add_arp_rules,
-    add_nat_rules,
-    add_nft_tables,
     after_files,
-    arp_input_drop,
-    arp_output_mangle,
     cluster_desired,
     fresh_facts,
     gathered,
-    redirect_rule,
-    set_sysctls,
-    shoal_arp_table_json,
+    hand_configured,
     with_files,
 )
 from tests.unit import _director_fixtures as df
@@ -72,26 +62,6 @@ def facts_for(desired: Desired, **overrides: HostFacts) -> dict[str, HostFacts]:
     for host, f in overrides.items():
         out[host] = gathered(f, paths.get(host, []))
     return out
-
-
-def hand_configured(method: str, host: str, vips: list[str]) -> HostFacts:
-    f = fresh_facts(host)
-    rip = HOSTS[host]
-    if method == "sysctl":
-        f = set_sysctls(f, {f"net.ipv4.conf.{s}.{k}": v for s in ("all", "eth0")
-                            for k, v in (("arp_ignore", "1"), ("arp_announce", "2"))})  # fmt: skip
-        return add_addresses(f, [("lo", v, 32) for v in vips])
-    if method == "arptables":
-        rules = [r for v in vips for r in (arp_input_drop(v), arp_output_mangle(v, rip))]
-        return add_addresses(add_arp_rules(f, rules), [("eth0", v, 32) for v in vips])
-    if method == "nft-arp":
-        args = NftTableArgs.model_validate(arp_table_args(vips, rip))
-        comment = f"shoal:{digest(args)}"
-        table = NftTable(family="arp", name=ARP_TABLE, comment=comment,
-                         canonical_json=shoal_arp_table_json(vips, rip, comment))  # fmt: skip
-        return add_addresses(add_nft_tables(f, [table]), [("eth0", v, 32) for v in vips])
-    services = [(VIP_HTTP, "tcp", 80)] + ([(VIP_DNS, "udp", 53)] if VIP_DNS in vips else [])
-    return add_nat_rules(f, [redirect_rule(v, p, port) for v, p, port in services])
 
 
 def _cluster_scenarios(out: dict[str, Callable[[], Scenario]]) -> None:
