@@ -24,11 +24,11 @@ import pytest_asyncio
 from lab import Lab, Topology
 from lab.httpd import run_load, start_services
 from lab.vm import VmHost, VmSpec, vm_host
-from lab.vm import prerequisites as vm_prerequisites
 from reconciler.facts import gather_facts
 from reconciler.models import Host, Inventory
 from reconciler.transport import SSHTransport
-from tests.conftest import SESSION_TOKEN, in_ci, require_lab
+from tests.conftest import SESSION_TOKEN
+from tests.lab.ipvs_vm_support import require_vm
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
@@ -49,18 +49,6 @@ class VmLab:
 
     def address(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
-
-
-def require_vm() -> None:
-    """Skip (locally) or fail (CI) when this machine cannot boot the VM director."""
-    require_lab()
-    missing = vm_prerequisites()
-    if not missing:
-        return
-    message = f"VM director prerequisites missing: {'; '.join(missing)}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: VM tests must run; scripts/setup.sh installs them)")
-    pytest.skip(message)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
