@@ -60,8 +60,18 @@ clients = ["client1"]
 """
 
 
-def cluster_toml(vip: str, weights: dict[str, int], arp_method: str = "sysctl") -> str:
-    """clusters/web.toml: an nftables cluster on lvs1/lvs2 with one HTTP service on `vip`."""
+HTTP_CHECK = '{ type = "http", path = "/", expect = 200 }'
+
+
+def cluster_toml(
+    vip: str,
+    weights: dict[str, int],
+    arp_method: str = "sysctl",
+    *,
+    director: str = "nftables",
+    check: str = HTTP_CHECK,
+) -> str:
+    """clusters/web.toml: a cluster on lvs1/lvs2 with one HTTP service on `vip`."""
     servers = "".join(
         f'\n  [[service.real_server]]\n  host = "{h}"\n  weight = {w}\n' for h, w in weights.items()
     )
@@ -69,7 +79,7 @@ def cluster_toml(vip: str, weights: dict[str, int], arp_method: str = "sysctl") 
 [cluster]
 name = "web"
 directors = ["lvs1", "lvs2"]
-director = "nftables"
+director = "{director}"
 arp_method = "{arp_method}"
 
 [[service]]
@@ -78,7 +88,7 @@ vip = "{vip}"
 port = {PORT}
 protocol = "tcp"
 scheduler = "wlc"
-check = {{ type = "http", path = "/", expect = 200 }}
+check = {check}
 {servers}"""
 
 

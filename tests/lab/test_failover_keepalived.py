@@ -41,8 +41,8 @@ from reconciler.models import Desired
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import require_lab
 from tests.lab.rollout_support import (
-    PORT,
     VIP_OCTET,
+    cluster_toml,
     converge,
     explain,
     pending,
@@ -74,30 +74,9 @@ enabled = false
 """
 
 
-def cluster_toml(vip: str) -> str:
-    return f"""\
-[cluster]
-name = "web"
-directors = ["lvs1", "lvs2"]
-director = "keepalived"
-arp_method = "sysctl"
-
-[[service]]
-name = "http"
-vip = "{vip}"
-port = {PORT}
-protocol = "tcp"
-scheduler = "wlc"
-check = {{ type = "tcp" }}
-
-  [[service.real_server]]
-  host = "web1"
-  weight = 1
-
-  [[service.real_server]]
-  host = "web2"
-  weight = 2
-"""
+def keepalived_cluster_toml(vip: str) -> str:
+    weights = {"web1": 1, "web2": 2}
+    return cluster_toml(vip, weights, director="keepalived", check='{ type = "tcp" }')
 
 
 @dataclass
@@ -161,7 +140,7 @@ async def failover(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fa
     async with Lab.up(f"f{secrets.token_hex(3)}", Topology.default()) as lab:
         vip = str(ipaddress.IPv4Network(lab.subnet)[VIP_OCTET])
         desired = write_repo(
-            lab, tmp_path_factory.mktemp("ka") / "repo", cluster_toml(vip), SETTINGS
+            lab, tmp_path_factory.mktemp("ka") / "repo", keepalived_cluster_toml(vip), SETTINGS
         )
         try:
             for h in DIRECTORS:
