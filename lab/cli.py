@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lab import ops
+from lab import vm as vms
 from lab.lab import Lab, LabError
 from lab.naming import DEMO_LAB_ID
+from lab.topology import HostKind
 
 lab_app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
+# Failures go to stderr, so that they show even when stdout is the --json document's file.
+err_console = Console(stderr=True)
 
 LabId = Annotated[str, typer.Option("--lab-id", help="lab id (1-8 of a-z, 0-9)")]
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -23,11 +28,21 @@ AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 def _print_lab(lab: Lab) -> None:
     table = Table(title=f"lab {lab.lab_id}  {lab.subnet}  bridge {lab.bridge}")
-    for col in ("host", "role", "address", "mac", "init pid", "sshd pid"):
+    for col in ("host", "role", "kind", "address", "mac", "init/qemu pid", "sshd pid"):
         table.add_column(col)
     for h in lab.hosts.values():
-        table.add_row(h.name, h.role, h.address, h.mac, str(h.init_pid), str(h.sshd_pid))
+        # A namespace host's init, or a VM's qemu (its sshd runs in the guest: no pid here).
+        pid, sshd = (h.qemu_pid, "-") if h.kind == "vm" else (h.init_pid, str(h.sshd_pid))
+        table.add_row(h.name, h.role, h.kind, h.address, h.mac, str(pid), sshd)
     console.print(table)
+
+
+def _up_failed(why: str) -> NoReturn:
+    # Plain text: a VM's boot failure quotes its console, whose brackets are not markup.
+    err_console.print(
+        Text.assemble(("lab up failed: ", "red"), why), highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(1)
 
 
 @lab_app.command()
@@ -35,15 +50,31 @@ def up(
     lab_id: LabId = DEMO_LAB_ID,
     real_servers: Annotated[int, typer.Option("--real-servers", min=0, max=123)] = 3,
     sshd_debug: Annotated[bool, typer.Option("--sshd-debug", help="sshd LogLevel DEBUG1")] = False,
+    director_kind: Annotated[
+        HostKind,
+        typer.Option(
+            "--director-kind",
+            help="netns: namespace hosts on this kernel; vm: qemu VMs with Debian's kernel "
+            "(real IPVS, lab/vm.py)",
+        ),
+    ] = "netns",
     as_json: AsJson = False,
 ) -> None:
     """Bring a lab up (replacing whatever a previous run of this lab id left)."""
+    if director_kind == "vm" and (missing := vms.prerequisites()):
+        # Before anything is made: a lab whose VMs cannot boot is not worth starting.
+        _up_failed(
+            "VM directors (--director-kind vm) need what this machine lacks: "
+            f"{'; '.join(missing)}. `make setup` (scripts/setup.sh) installs them."
+        )
+    what = "VM directors" if director_kind == "vm" else "namespace hosts"
     try:
-        with console.status(f"bringing lab {lab_id} up", spinner="dots"):
-            result = ops.up_lab(lab_id, real_servers, sshd_debug=sshd_debug)
+        with console.status(f"bringing lab {lab_id} up ({what})", spinner="dots"):
+            result = ops.up_lab(
+                lab_id, real_servers, sshd_debug=sshd_debug, director_kind=director_kind
+            )
     except (LabError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]lab up failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        _up_failed(str(exc))
     lab = result.lab
     if as_json:
         print(

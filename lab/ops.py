@@ -10,7 +10,7 @@ from lab import proc
 from lab.lab import Lab
 from lab.state import all_lab_ids, load_state
 from lab.teardown import TeardownReport, destroy_lab, lab_netns
-from lab.topology import Topology
+from lab.topology import HostKind, Topology
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,21 @@ class LabStatus:
     leftovers: list[str]  # namespaces found without a state file (a crashed run)
 
 
-def up_lab(lab_id: str, real_servers: int = 3, *, sshd_debug: bool = False) -> UpResult:
+def up_lab(
+    lab_id: str,
+    real_servers: int = 3,
+    *,
+    sshd_debug: bool = False,
+    director_kind: HostKind = "netns",
+) -> UpResult:
+    """Bring a lab up; `director_kind="vm"` boots its directors as VMs (lab/vm.py: real IPVS).
+
+    A VM keeps running after this process exits (qemu is in its own session and carries the
+    lab's marker), so `down_lab` or `Lab.down` removes it like any other host.
+    """
     start = time.monotonic()
-    lab = asyncio.run(
-        Lab.create(lab_id, Topology.with_real_servers(real_servers), sshd_debug=sshd_debug)
-    )
+    topology = Topology.build(real_servers=real_servers, director_kind=director_kind)
+    lab = asyncio.run(Lab.create(lab_id, topology, sshd_debug=sshd_debug))
     return UpResult(lab, time.monotonic() - start)
 
 

@@ -46,7 +46,7 @@ from typing import Any, Literal, Protocol
 from reconciler import hostscript as hs
 from reconciler.compile import managed_paths
 from reconciler.errors import ShoalError, StalePlan
-from reconciler.facts import gather_facts
+from reconciler.facts import IPVS_MODULE_DEFAULTS, gather_facts
 from reconciler.hostfacts import HostFacts
 from reconciler.models import ApplySettings, Desired
 from reconciler.phaselog import CommandRun, PhaseLog, compare_sections, parse_log
@@ -142,13 +142,22 @@ def batches(phase: Phase, hosts: Sequence[str], batch_size: int) -> list[list[st
 
 
 def _stable_facts(facts: HostFacts) -> dict[str, Any]:
-    """Facts without what changes on its own (IPVS connection counters)."""
+    """Facts without what changes on its own (IPVS connection counters), and with an empty
+    IPVS table the same whether ip_vs is loaded or not: a phase may load the module (states.kmod,
+    never unloaded), which creates its net.ipv4.vs.* keys at their defaults and carries nothing."""
     data: dict[str, Any] = facts.model_dump(mode="json")
     ipvs = data.get("ipvs", {}).get("value")
     if isinstance(ipvs, dict):
         for dest in ipvs.get("destinations", []):
             dest["active_connections"] = None
             dest["inactive_connections"] = None
+        if not ipvs.get("services") and not ipvs.get("destinations"):
+            ipvs["loaded"], ipvs["detail"] = None, None
+            sysctls = data.get("sysctls", {}).get("value")
+            if isinstance(sysctls, dict):
+                for key, default in IPVS_MODULE_DEFAULTS.items():
+                    if sysctls.get(key) == default:
+                        del sysctls[key]
     return data
 
 

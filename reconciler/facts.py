@@ -92,13 +92,15 @@ SERVICES: tuple[str, ...] = (
     "ipvsadm",
 )
 SYSCTL_CONF_KEYS: tuple[str, ...] = ("arp_ignore", "arp_announce", "rp_filter")
-IPVS_SYSCTLS: tuple[str, ...] = (
-    "expire_nodest_conn",
-    "expire_quiescent_template",
-    "conn_reuse_mode",
-    "backup_only",
-    "conntrack",
-)
+# net.ipv4.vs.* keys gathered, with the value each has right after ip_vs loads.
+IPVS_MODULE_DEFAULTS: dict[str, str] = {
+    "net.ipv4.vs.expire_nodest_conn": "0",
+    "net.ipv4.vs.expire_quiescent_template": "0",
+    "net.ipv4.vs.conn_reuse_mode": "1",
+    "net.ipv4.vs.backup_only": "0",
+    "net.ipv4.vs.conntrack": "0",
+}
+IPVS_SYSCTLS: tuple[str, ...] = tuple(k.rsplit(".", 1)[1] for k in IPVS_MODULE_DEFAULTS)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 

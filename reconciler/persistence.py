@@ -85,10 +85,18 @@ def sysctl_conf(states: Sequence[LowState]) -> str | None:
     for low in states:
         if low.function == "sysctl.present":
             args = parse_args(sysctl.SysctlArgs, low)
-            lines.append(f"{args.key} = {args.value}")
+            # A module's key does not exist before the module loads, which may be after
+            # systemd-sysctl: "-" lets that pass quietly (shoal-restore sets it after loading).
+            dash = "-" if args.module else ""
+            lines.append(f"{dash}{args.key} = {args.value}")
     if not lines:
         return None
-    head = "# Managed by shoal: ARP suppression for LVS Direct Routing.\n"
+    what = (
+        "kernel settings (ARP, IPVS)"
+        if any(ln.startswith("-") for ln in lines)
+        else "ARP suppression"
+    )
+    head = f"# Managed by shoal: {what} for LVS Direct Routing.\n"
     return head + "\n".join(sorted(set(lines))) + "\n"
 
 
@@ -102,7 +110,8 @@ def _restore_lines(low: LowState, desired: Desired) -> list[str]:
     q = shlex.join
     if low.function == "sysctl.present":
         sa = parse_args(sysctl.SysctlArgs, low)
-        return [q(("sysctl", "-q", "-w", f"{sa.key}={sa.value}"))]
+        assign = q(("sysctl", "-q", "-w", f"{sa.key}={sa.value}"))
+        return [f"{q(('modprobe', sa.module))} && {assign}" if sa.module else assign]
     if low.function == "arptables.rule_present":
         return [q(("arp_rule", *arptables.spec(parse_args(arptables.ArpRuleArgs, low))))]
     if low.function == "nft.table_present":

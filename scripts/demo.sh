@@ -6,6 +6,11 @@
 # `scripts/demo.sh down` (or `make demo-down`) stops the server, removes the lab and the demo's
 # directory, then checks that nothing of the demo is left (exit 1 naming what is).
 # Everything stays on this machine: the API listens on 127.0.0.1, traffic stays in the lab.
+#
+# DEMO_DIRECTOR=ipvs: the directors lvs1/lvs2 are qemu VMs booting Debian's kernel (lab/vm.py), so
+# IPVS is real; the cluster uses the IPVS backend DEMO_IPVS_BACKEND (keepalived, the default, with
+# VRRP between the two VMs; or ipvsadm), and after each apply the demo shows lvs1's `ipvsadm -Ln`.
+# Unset (the default): namespace directors with the nftables backend of fixtures/config-repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,7 +24,15 @@ API=http://127.0.0.1:$PORT
 BARE=$DEMO_DIR/config.git
 WORK=$DEMO_DIR/work
 STATE=$DEMO_DIR/state
-WAIT=${SHOAL_DEMO_WAIT:-180}   # seconds to wait for a plan or a run
+DEMO_DIRECTOR=${DEMO_DIRECTOR:-}
+BACKEND=${DEMO_IPVS_BACKEND:-keepalived}
+# Emulated VMs: a boot takes 5-15 s, each new SSH connection about 1 s (more on a busy machine).
+VM_CONNECT_TIMEOUT=60   # seconds; shoal.toml [apply] connect_timeout in the demo's repository
+if [ -n "$DEMO_DIRECTOR" ]; then
+  WAIT=${SHOAL_DEMO_WAIT:-600}
+else
+  WAIT=${SHOAL_DEMO_WAIT:-180}   # seconds to wait for a plan or a run
+fi
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
@@ -30,7 +43,7 @@ stop_server() {
   if [ -f "$DEMO_DIR/serve.pid" ]; then
     pid=$(cat "$DEMO_DIR/serve.pid")
     # Only our own server: the pid must still run `shoal serve` on the demo's state dir.
-    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--state-dir $STATE"; then
+    if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "--state-dir $STATE"; then
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
@@ -52,8 +65,11 @@ links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=T
 for line in links.splitlines():
     name = line.split(": ")[1].split("@")[0]
     if name == bridge_name(lab_id) or veth_re(lab_id).match(name):
-        print("link", name)
+        # A VM director's NIC is a tap named like a veth.
+        tap = Path(f"/sys/class/net/{name}/tun_flags").exists()
+        print("tap" if tap else "link", name)
 marker = f"{MARKER_ENV}={lab_id}/".encode()
+vm_name = f"-name shoal-{lab_id}-"  # lab/vm.py names each qemu after its lab and host
 for proc in Path("/proc").iterdir():
     if not proc.name.isdigit() or int(proc.name) == os.getpid():
         continue
@@ -61,6 +77,9 @@ for proc in Path("/proc").iterdir():
         env = (proc / "environ").read_bytes().split(b"\0")
         cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
+        continue
+    if "qemu-system" in cmd.split(" ", 1)[0] and vm_name in cmd:
+        print("VM process (qemu)", proc.name, cmd[:100])
         continue
     if any(e.startswith(marker) for e in env) or ("serve" in cmd and f"--state-dir {state}" in cmd):
         print("process", proc.name, cmd[:100])
@@ -79,9 +98,19 @@ if [ "${1:-}" = down ]; then
     printf 'demo-down: left behind:\n%s\n' "$left" >&2
     exit 1
   fi
-  echo "demo-down: nothing of the demo is left (namespaces, links, processes, directories)"
+  echo "demo-down: nothing of the demo is left (namespaces, links, taps, processes, VMs, directories)"
   exit 0
 fi
+
+case $DEMO_DIRECTOR in
+  "") ;;
+  ipvs)
+    case $BACKEND in
+      keepalived|ipvsadm) ;;
+      *) die "DEMO_IPVS_BACKEND must be keepalived or ipvsadm, not '$BACKEND'" ;;
+    esac ;;
+  *) die "DEMO_DIRECTOR must be unset (namespace directors, nftables) or 'ipvs' (VM directors), not '$DEMO_DIRECTOR'" ;;
+esac
 
 START=$(date +%s)
 
@@ -120,6 +149,31 @@ wait_for_plan() {  # wait_for_plan SHA -> id of the pending change plan for that
 
 show_plan() {
   api GET "/plans/$1" | json "'\n'.join(f\"--- {h} ({len(hp['steps'])} steps)\n{hp['diff']}\" for h, hp in sorted(d['hosts'].items()) if hp['steps'])"
+}
+
+show_ipvs() {  # after an apply with VM directors: lvs1's real IPVS table, and who holds the VIPs
+  [ -n "$DEMO_DIRECTOR" ] || return 0
+  bold "ipvsadm -Ln on lvs1 (the VM's kernel IPVS table, read over SSH), and the VIPs per director"
+  "$PY" - "$LAB_ID" <<'EOF' | sed 's/^/   /'
+import asyncio, ipaddress, sys
+from lab import Lab
+
+# VIPs are .100-.199 of the lab's /24 (lab/topology.py); only the active director holds them.
+SHOW = "ipvsadm -Ln; echo ==; ip -o -4 addr show dev eth0"
+
+async def main() -> None:
+    lab = Lab.attach(sys.argv[1])
+    outs = await asyncio.gather(*(lab.exec(d, ["sh", "-c", SHOW]) for d in ("lvs1", "lvs2")))
+    for name, out in zip(("lvs1", "lvs2"), outs):
+        table, addrs = out.stdout.split("==\n", 1)
+        if name == "lvs1":
+            print(table, end="")
+        vips = [f.split("/")[0] for line in addrs.splitlines() for f in line.split()[3:4]]
+        vips = [a for a in vips if 100 <= ipaddress.IPv4Address(a).packed[3] <= 199]
+        print(f"VIPs on {name}: {' '.join(vips) or 'none'}")
+
+asyncio.run(main())
+EOF
 }
 
 show_verification() {  # the run's own verification phase: requests per real server, ARP
@@ -192,13 +246,32 @@ push_and_plan() {  # push_and_plan MESSAGE -> prints the plan diff, sets PLAN
 
 # --- 1. the lab ------------------------------------------------------------------------------
 
-bold "1. demo lab (lab id $LAB_ID)"
+LAB_ARGS=(--lab-id "$LAB_ID" --json)
+if [ -n "$DEMO_DIRECTOR" ]; then
+  LAB_ARGS+=(--director-kind vm)
+  if [ "$BACKEND" = keepalived ]; then
+    BACKEND_DESC="keepalived (it programs IPVS; VRRP between lvs1 and lvs2 moves the VIP)"
+  else
+    BACKEND_DESC="ipvsadm (shoal programs IPVS directly; the VIP on the primary, lvs1)"
+  fi
+  bold "DEMO_DIRECTOR=ipvs: the directors lvs1 and lvs2 are virtual machines running real IPVS"
+  note "director backend: $BACKEND_DESC"
+  note "each is qemu (CPU emulation) booting Debian's kernel, which has IPVS: a boot takes 5-15 s"
+  note "and each new SSH connection about 1 s, so this demo is slower than the namespace one"
+  bold "1. demo lab (lab id $LAB_ID, directors: VMs)"
+else
+  bold "1. demo lab (lab id $LAB_ID)"
+fi
 stop_server
 mkdir -p "$DEMO_DIR"
 LABJSON=$DEMO_DIR/lab.json
-"$SHOAL" lab up --lab-id "$LAB_ID" --json >"$LABJSON" || die "lab up failed"
+"$SHOAL" lab up "${LAB_ARGS[@]}" >"$LABJSON" || die "lab up failed"
 KEY=$(json "d['client_key']" <"$LABJSON")
 note "$(json "d['subnet']" <"$LABJSON"): $(json "' '.join(f\"{n}={h['address']}\" for n, h in d['hosts'].items())" <"$LABJSON")"
+if [ -n "$DEMO_DIRECTOR" ]; then
+  KERNEL=$("$PY" -c 'from lab.vm_image import kernel_release; print(kernel_release())')
+  note "$(json "', '.join(f\"{n} is a VM (qemu pid {h['qemu_pid']})\" for n, h in d['hosts'].items() if h['kind'] == 'vm')" <"$LABJSON"): kernel $KERNEL; lab up in $(json "d['seconds']" <"$LABJSON")s"
+fi
 # The real servers run the lab's HTTP service (it answers with its hostname) on the VIP port.
 "$PY" -m lab.httpd start --lab-id "$LAB_ID" --port 80 | sed 's/^/   /'
 
@@ -209,12 +282,29 @@ rm -rf "$BARE" "$WORK" "$STATE"
 mkdir -p "$DEMO_DIR" "$STATE"
 git init -q --bare -b main "$BARE"
 git init -q -b main "$WORK"
-"$PY" - "$WORK" <<'EOF'
-import sys
+BACKEND_ARG=""   # empty: the fixture as it is
+if [ -n "$DEMO_DIRECTOR" ]; then BACKEND_ARG=$BACKEND; fi
+"$PY" - "$WORK" "$BACKEND_ARG" "$VM_CONNECT_TIMEOUT" <<'EOF'
+import re, sys
 from pathlib import Path
 from lab import Lab
-Lab.attach("demo").write_config_repo(Path("fixtures/config-repo"), Path(sys.argv[1]))
+work, backend, connect_timeout = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+Lab.attach("demo").write_config_repo(Path("fixtures/config-repo"), work)
+if backend:  # DEMO_DIRECTOR=ipvs: the fixture's cluster with an IPVS backend, slower SSH allowed
+    def rewrite(path: Path, pattern: str, new: str) -> None:
+        text, n = re.subn(pattern, new, path.read_text(), count=1, flags=re.M)
+        if n != 1:
+            sys.exit(f"demo: {path}: no line matching {pattern!r} to rewrite")
+        path.write_text(text)
+    rewrite(work / "clusters" / "web.toml", r'^director = "nftables" .*$',
+            f'director = "{backend}"  # the VM directors have real IPVS (DEMO_DIRECTOR=ipvs)')
+    rewrite(work / "shoal.toml", r"^\[apply\]\n",
+            f"[apply]\nconnect_timeout = {connect_timeout}  # SSH to emulated VMs is slow\n")
 EOF
+if [ -n "$DEMO_DIRECTOR" ]; then
+  note "clusters/web.toml: $(grep '^director = ' "$WORK/clusters/web.toml")"
+  note "shoal.toml: [apply] $(grep '^connect_timeout = ' "$WORK/shoal.toml")"
+fi
 git -C "$WORK" remote add origin "$BARE"
 "$SHOAL" validate "$WORK" | sed 's/^/   /'
 
@@ -231,17 +321,23 @@ nohup "$SHOAL" serve --repo "$BARE" --state-dir "$STATE" --listen "127.0.0.1:$PO
   >"$DEMO_DIR/serve.log" 2>&1 &
 echo $! >"$DEMO_DIR/serve.pid"
 for _ in $(seq 100); do curl -sf "$API/healthz" >/dev/null && break; sleep 0.2; done
-curl -sf "$API/healthz" >/dev/null || die "the server did not come up (see $DEMO_DIR/serve.log)"
+if ! curl -sf "$API/healthz" >/dev/null; then
+  tail -n 20 "$DEMO_DIR/serve.log" >&2 || true
+  die "the server did not come up (its log's end above; all of it in $DEMO_DIR/serve.log)"
+fi
 note "server pid $(cat "$DEMO_DIR/serve.pid"), log $DEMO_DIR/serve.log"
 
 # --- 4. first commit: the cluster as fixtures/config-repo describes it -----------------------
 
-bold "4. first commit: cluster web, VIP 10.77.0.100:80, web1 (weight 1) and web2 (weight 2)"
+ON=""
+if [ -n "$DEMO_DIRECTOR" ]; then ON=", director $BACKEND on the VMs"; fi
+bold "4. first commit: cluster web$ON, VIP 10.77.0.100:80, web1 (weight 1) and web2 (weight 2)"
 push_and_plan "web cluster: lvs1/lvs2, web1 w1, web2 w2"
 bold "approve over HTTP and apply (the run ends with its verification phase)"
 approve_and_apply "$PLAN"
 bold "verified by the run: requests from client1 through the VIP, counted on each real server"
 show_verification "$RUN"
+show_ipvs
 FIRST_RUN=$RUN
 
 # --- 5. a change: web3 joins with weight 3 ----------------------------------------------------
@@ -261,11 +357,19 @@ bold "approve over HTTP and apply"
 approve_and_apply "$PLAN"
 bold "verified by the run: web3 (weight 3) now takes about half of the requests"
 show_verification "$RUN"
+show_ipvs
 
 # --- 6. look around ---------------------------------------------------------------------------
 
 bold "6. look around (the demo took $(( $(date +%s) - START ))s)"
 AUTH="-H \"Authorization: Bearer \$(cat $DEMO_DIR/approver-token)\""
+if [ -n "$DEMO_DIRECTOR" ]; then
+  cat <<EOF
+   directors:      lvs1, lvs2 are VMs (qemu, Debian kernel $KERNEL) running real IPVS
+   backend:        $BACKEND_DESC
+   IPVS on lvs1:   ssh -i $KEY -o UserKnownHostsFile=$WORK/known_hosts root@10.77.0.11 ipvsadm -Ln
+EOF
+fi
 cat <<EOF
    API:            $API   (approver token in $DEMO_DIR/approver-token; API docs at $API/docs)
    clusters:       curl -s $AUTH $API/clusters

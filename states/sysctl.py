@@ -3,12 +3,19 @@
 Persistence (/etc/sysctl.d) is a separate file.managed state. The present form records the
 value it replaces, so the absent form can give the host its own value back; the absent form
 acts only on keys the ledger lists, restoring the recorded original.
+
+A key of a kernel module (`module = "ip_vs"`: the net.ipv4.vs.* keys) exists only once the
+module is loaded, and on a fresh director it is not yet (ipvsadm or keepalived load it on first
+use). Such a key is planned from the module's own default (`module_default`, what the key reads
+right after the module loads); the state requires a `kmod.present` that loads the module in the
+packages phase, before this step's phase takes its snapshot. On a kernel without the module the
+key is skipped, saying so.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -39,9 +46,15 @@ def _check_value(value: Any) -> str:
 SysctlKey = Annotated[str, AfterValidator(_check_key)]
 
 
+SysctlValue = Annotated[str, BeforeValidator(_check_value)]
+
+
 class SysctlArgs(Args):
     key: SysctlKey
-    value: Annotated[str, BeforeValidator(_check_value)]
+    value: SysctlValue
+    # The kernel module whose key this is, and the key's value right after the module loads.
+    module: Literal["ip_vs"] | None = None
+    module_default: SysctlValue | None = None
 
 
 class SysctlAbsentArgs(Args):
@@ -79,6 +92,8 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     except FactUnknown as exc:
         return skip(low, f"cannot plan {args.key}: {exc.reason}")
     current = lookup(sysctls, args.key)
+    if current is None and args.module is not None:
+        return _with_module(low, ctx, args)
     if current is None:
         return skip(low, f"cannot plan {args.key}: it was not gathered (no such key?)")
     if normalize(current) == args.value:
@@ -94,6 +109,35 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
         undo=(_assign(args.key, normalize(current)),),
     )
     return StateResult(steps=(step,), claims=(Claim(FUNCTION, args.key, normalize(current)),))
+
+
+def _with_module(low: LowState, ctx: PlanContext, args: SysctlArgs) -> StateResult:
+    """A module key not gathered: load the module, then set it (see the module docstring)."""
+    assert args.module is not None
+    try:
+        table = known(host_facts(low, ctx).ipvs, "IPVS")
+    except FactUnknown as exc:
+        return skip(low, f"cannot plan {args.key}: {exc.reason}")
+    if not table.available:
+        why = table.detail or f"this kernel has no {args.module}"
+        return skip(low, f"cannot plan {args.key}: {why}")
+    if table.loaded or args.module_default is None:
+        # Loaded, yet the key is missing: an older kernel without it. Nothing to write.
+        return skip(low, f"cannot plan {args.key}: this kernel's {args.module} has no such key")
+    default = args.module_default
+    if default == args.value:
+        return StateResult()
+    step = make_step(
+        low,
+        "set",
+        "sysctl",
+        f"set {args.key} = {args.value}",
+        before=f"{args.key} = {default} ({args.module} not loaded yet: its default)",
+        after=f"{args.key} = {args.value}",
+        commands=(_assign(args.key, args.value),),
+        undo=(_assign(args.key, default),),
+    )
+    return StateResult(steps=(step,), claims=(Claim(FUNCTION, args.key, default),))
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:

@@ -19,7 +19,7 @@ from tests.lab.ipvs_vm_support import (
     converge,
     transport_for,
 )
-from tests.lab.rollout_support import explain, pending, plan_for
+from tests.lab.rollout_support import assert_lossless, explain, pending, plan_for, under_load
 
 START = {"web1": 1, "web2": 2}
 
@@ -87,3 +87,34 @@ async def apply_and_verify(vm: VmDrLab, backend: str) -> None:
         hp.steps for h, hp in plan.hosts.items() if h != "lvs2"
     ), pending(plan)
     await lab.exec("lvs2", ["ipvsadm", "-e", "-t", f"{vip}:{PORT}", "-r", rip, "-g", "-w", "2"])
+
+
+THREE = {"web1": 1, "web2": 2, "web3": 2}
+
+
+async def drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
+    """web3 leaves the service while client1 sends a steady stream of new connections through
+    the VIP: IPVS (weight 0, drain, delete) and then web3's own VIP and ARP states go, and no
+    request fails."""
+    lab = vm.lab
+    vip = vm.vip(100)
+    await vm.reset_directors()
+    result, after = await converge(lab, vm.desired(backend, THREE, verify=False))
+    assert result is not None and result.ok, explain(result) if result else "nothing planned"
+    assert after.empty, pending(after)
+    await vm.wait_holders(vip, ["lvs1"])
+    desired = vm.desired(backend, START, verify=False)
+    started = time.monotonic()
+    outcome, load = await under_load(lab, vip, lambda: converge(lab, desired), timeout=10.0)
+    print(
+        f"\n{backend}: drain and removal of web3 under load: {load.summary()} "
+        f"(change {time.monotonic() - started:.1f} s)"
+    )
+    result, after = outcome
+    assert result is not None and result.ok, explain(result) if result else "nothing planned"
+    assert after.empty, pending(after)
+    assert_lossless(load, {"web1", "web2", "web3"})
+    assert "web3" not in load.after, load.summary()
+    web3 = f"{lab.hosts['web3'].address}:{PORT}"
+    for host in DIRECTORS:
+        assert web3 not in await vm.ipvs_save(host)

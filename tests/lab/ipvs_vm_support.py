@@ -139,12 +139,16 @@ class VmDrLab:
     def vip(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
 
-    def desired(self, backend: str, weights: dict[str, int], extra_vip: bool = False) -> Desired:
+    def desired(
+        self, backend: str, weights: dict[str, int], extra_vip: bool = False, verify: bool = True
+    ) -> Desired:
+        """The cluster repo; `verify=False` when the test measures the traffic itself."""
         vips = {"http": self.vip(100)}
         if extra_vip:
             vips["http2"] = self.vip(101)
         dest = self.workdir / f"repo-{secrets.token_hex(4)}"
-        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), SETTINGS)
+        settings = SETTINGS if verify else SETTINGS.replace("[verify]", "[verify]\nenabled = false")
+        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), settings)
 
     async def ipvs_save(self, host: str) -> str:
         return str((await self.lab.exec(host, ["ipvsadm", "-Sn"])).stdout)

@@ -24,3 +24,7 @@ BACKEND = "ipvsadm"
 
 async def test_plan_from_live_tables_apply_and_verify(vm_dr_lab: VmDrLab) -> None:
     await scenarios.apply_and_verify(vm_dr_lab, BACKEND)
+
+
+async def test_drain_and_remove_under_load_loses_nothing(vm_dr_lab: VmDrLab) -> None:
+    await scenarios.drain_and_remove_under_load(vm_dr_lab, BACKEND)

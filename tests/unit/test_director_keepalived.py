@@ -113,7 +113,9 @@ def test_fresh_director_steps() -> None:
     assert install.require == (validate.id,) and reload.require == (install.id,)
     assert reload.commands[0][:2] == ("sh", "-c") and reload.commands[0][-2:] == (
         CONF_PATH, "/var/lib/shoal/keepalived")  # fmt: skip
-    ledger = next(lw for lw in lows if lw.host == "lvs2").args["ledger"]
+    ledger = next(lw for lw in lows if lw.id == "keepalived-conf" and lw.host == "lvs2").args[
+        "ledger"
+    ]
     assert ledger[0]["op"] == "replace" and len(ledger[0]["keys"]) == 4
 
 
