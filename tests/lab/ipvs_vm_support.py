@@ -3,7 +3,9 @@
 `vm_dr_lab` (tests/lab/conftest.py) boots it once per test session: lvs1 and lvs2 are qemu VMs
 running Debian's kernel (lab/vm.py), web1-web3 and client1 are namespace hosts running the lab
 HTTP service. Each backend's module starts from `reset_directors`, so the modules do not depend
-on each other's order. Everything else goes through shoal's real path (rollout_support).
+on each other's order; within a module a test starts from what the one before left
+(`use_backend`), which saves a full apply through the emulated VMs per test. Everything else
+goes through shoal's real path (rollout_support).
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ class VmDrLab:
     lab: Lab
     workdir: Path
     boot_seconds: float
+    # The backend the directors were last converged to by a test; None after a reset.
+    backend: str | None = None
 
     def vip(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
@@ -158,6 +162,14 @@ class VmDrLab:
 
     async def reset_directors(self) -> None:
         await asyncio.gather(*(self.lab.exec(h, ["sh", "-c", _RESET]) for h in DIRECTORS))
+        self.backend = None
+
+    async def use_backend(self, backend: str) -> None:
+        """Start from what the previous test of the same backend left (the tests of a module
+        run in order and each converges to its own start); clean directors otherwise."""
+        if self.backend != backend:
+            await self.reset_directors()
+            self.backend = backend
 
     async def holders(self, vip: str) -> list[str]:
         out = []

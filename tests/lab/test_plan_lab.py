@@ -32,6 +32,7 @@ import pytest_asyncio
 
 from lab import Lab, Topology
 from reconciler.compile import managed_paths
+from reconciler.compile_director import IPVS_SYSCTLS
 from reconciler.facts import gather_facts
 from reconciler.hostfacts import HostFacts
 from reconciler.loader import load_repository
@@ -132,8 +133,12 @@ def expected_real_server(lab: Lab, method: str, host: str) -> list[tuple[str, st
     return out + _persist(h)
 
 
-def _persist(h: str) -> list[tuple[str, str, object]]:
+def _persist(h: str, sysctl_conf: bool = False) -> list[tuple[str, str, object]]:
+    # An IPVS director persists its IPVS sysctls (skipped at runtime on this kernel, which has
+    # no IPVS; set at boot once ip_vs loads): the sysctl.d file comes first.
+    conf = [(f"{h}/persist-sysctl-conf/write", "file.managed", ())] if sysctl_conf else []
     return [
+        *conf,
         (f"{h}/persist-restore-script/write", "file.managed", ()),
         (f"{h}/persist-restore-unit/write", "file.managed", ()),
         (f"{h}/persist-restore-enabled/enable", "service.enabled",
@@ -163,7 +168,7 @@ def expected_director(lab: Lab, backend: str, host: str) -> list[tuple[str, str,
              (("keepalived", "-t", "-f", new),)),
             (f"{h}/keepalived-conf/final/install", "keepalived.config", (("mv", "-f", new, conf),)),
             (f"{h}/keepalived-conf/final/reload", "keepalived.config", "reload"),
-            (f"{h}/shoal-ledger/write", "file.managed", ()),
+            *_persist(h, sysctl_conf=True),
         ]  # fmt: skip
     svc = f"{vip}:80"
     ipvs: list[tuple[str, str, object]] = [
@@ -179,7 +184,7 @@ def expected_director(lab: Lab, backend: str, host: str) -> list[tuple[str, str,
             (f"{h}/ipvs-rs:web:http:{rs}/weight", "ipvs.real_server_present",
              (("ipvsadm", "-e", "-t", svc, "-r", rip, "-g", "-w", str(weight)),)),
         ]  # fmt: skip
-    return ipvs + vip_add + _persist(h)
+    return ipvs + vip_add + _persist(h, sysctl_conf=True)
 
 
 def check_exact(got: Sequence[tuple[str, str, tuple[tuple[str, ...], ...]]],
@@ -228,6 +233,11 @@ async def test_fresh_hand_made_and_half_configured(
         assert not fresh.hosts[host].skipped
     for host in ("lvs1", "lvs2"):
         check_exact(rows(fresh, host), expected_director(lab, backend, host))
+        if backend != "nftables":
+            # The IPVS sysctls cannot be set on this kernel, and the plan says why.
+            why = {s.state_id: s.reason for s in fresh.hosts[host].skipped}
+            assert set(why) == {f"ipvs-sysctl:{key}" for key in IPVS_SYSCTLS}, why
+            assert all("no ip_vs module" in reason for reason in why.values()), why
     if backend == "ipvsadm":
         # This kernel has no IPVS: the plan says so first, in a step that will fail.
         kmod = fresh.hosts["lvs1"].steps[0]
@@ -266,8 +276,9 @@ async def test_fresh_hand_made_and_half_configured(
         # in shoal's reserved shoal_ namespace) and keepalived's real servers (to drain them
         # when they leave). No real-server object made by hand is ever recorded.
         own = {"lvs1": DIRECTOR_LEDGER[backend], "lvs2": DIRECTOR_LEDGER[backend]}.get(host, set())
-        # keepalived.conf is its own persistence: no restore script on such a director.
-        files = set() if own == {"keepalived.real_server"} else {"file.managed", "service.enabled"}
+        # Every director and real server has shoal's boot persistence (a keepalived director
+        # for its IPVS sysctls: keepalived.conf persists the rest).
+        files = {"file.managed", "service.enabled"}
         assert set(ledger["entries"]) == files | own, ledger
         assert ledger["sysctl_originals"] == {}
     # Half-configured: exactly the missing steps, in the same order with the same commands.
