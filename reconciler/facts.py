@@ -196,7 +196,7 @@ f_keepalived() {
 *}"
   _run=0
   # The last: where states.keepalived starts it on a host without systemd (its PID_DIR).
-  for _p in /run/keepalived.pid /var/run/keepalived.pid /var/lib/shoal/keepalived/keepalived.pid; do
+  for _p in /run/keepalived.pid /var/run/keepalived.pid /var/lib/shoal/keepalived.pid; do
     [ -r "$_p" ] && read -r _pid < "$_p" || continue
     # The pid must be a keepalived in this host's network namespace (lab hosts share /proc).
     [ -r "/proc/$_pid/comm" ] && read -r _c < "/proc/$_pid/comm" || continue

@@ -29,8 +29,10 @@ from states.base import PlanContext, StateResult
 FUNCTION = "keepalived.config"
 CONF_PATH = "/etc/keepalived/keepalived.conf"
 # Only where no service manager runs keepalived; private to the host's /var/lib, which the lab
-# gives every host (its /run may be shared).
-PID_DIR = "/var/lib/shoal/keepalived"
+# gives every host (its /run may be shared). shoal's own state directory, not one of its own:
+# every phase has made it before a step runs, while a directory the start made would be left
+# behind when the start is rolled back.
+PID_DIR = "/var/lib/shoal"
 
 # Decided on the host at apply time: systemd as PID 1 -> systemctl; else SIGHUP through the pid
 # file when that process is alive; else start keepalived. Every value is a positional parameter.
@@ -48,8 +50,8 @@ _RELOAD_SCRIPT = (
     'mkdir -p "$dir" || exit; opts=; '
     "if [ -r /etc/default/keepalived ]; then "
     'opts=$(. /etc/default/keepalived >/dev/null 2>&1; printf %s "${DAEMON_ARGS-}"); fi; '
-    'keepalived $opts -f "$conf" -p "$dir/keepalived.pid" -r "$dir/vrrp.pid" '
-    '-c "$dir/checkers.pid" || exit; sleep 1; '
+    'keepalived $opts -f "$conf" -p "$dir/keepalived.pid" -r "$dir/keepalived_vrrp.pid" '
+    '-c "$dir/keepalived_checkers.pid" || exit; sleep 1; '
     'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
     'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exit 0; fi; '
     'echo "keepalived exited right after starting (DAEMON_ARGS: ${opts:-none}); a kernel '
@@ -264,8 +266,13 @@ def _install_steps(
     before: str | None,
     after: tuple[str, ...],
     was_running: bool = True,
+    staged: bool = False,
 ) -> list[Step]:
-    """validate (temp file, `keepalived -t`), install (atomic rename), reload."""
+    """validate (temp file, `keepalived -t`), install (atomic rename), reload.
+
+    `staged`: an earlier stage of the same plan (the drain config) installed over the file
+    already, keeping the original in `prev`.
+    """
     tmp = f"{path}.shoal-new"
     prev = f"{path}.shoal-prev"
     base = f"{low.host}/{low.id}/{stage}"
@@ -286,11 +293,18 @@ def _install_steps(
     # The validated bytes are what gets installed: a rename, not a second write.
     commands: tuple[Argv, ...] = (("mv", "-f", tmp, path),)
     undo: tuple[Argv, ...] = (("rm", "-f", path),)
-    if existed:
+    if staged:
+        # No second copy: it would overwrite the original in `prev` with the drain config, and
+        # the drain stage's undo (which runs after this one's) could not put the original back.
+        # That undo restores the original and reloads; until then the drain config is in place.
+        undo = ()
+    elif existed:
         commands = (("cp", "-p", path, prev), *commands)
         # A daemon that was not running stays stopped: the reload step's undo stops it first.
-        undo = (("mv", "-f", prev, path), reload_argv(path)) if was_running else (
-            ("mv", "-f", prev, path),
+        undo = (
+            (("mv", "-f", prev, path), reload_argv(path))
+            if was_running
+            else (("mv", "-f", prev, path),)
         )
     install = step(
         "install", f"install {stage} {path}",
@@ -333,11 +347,12 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
     steps: list[Step] = []
     drain_content = low.args.get("drain_content")
     drains: list[Mapping[str, Any]] = list(low.args.get("drains", []))
+    staged = False
     if drain_content and current != sha256_text(str(drain_content)):
         steps += _install_steps(
             low, "drain", str(drain_content), path, existed, before, (), info.running
         )
-        existed, before = True, "drain config"
+        existed, before, staged = True, "drain config", True
     if drain_content:
         timeout = float(low.args.get("drain_timeout", 30.0))
         prior = steps[-1].id if steps else None
@@ -357,5 +372,7 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
             )  # fmt: skip
     # The final file waits for the drain config and for every drain.
     after = tuple(s.id for s in steps if s.id.endswith("/reload") or s.drain is not None)
-    steps += _install_steps(low, "final", content, path, existed, before, after, info.running)
+    steps += _install_steps(
+        low, "final", content, path, existed, before, after, info.running, staged
+    )
     return StateResult(steps=tuple(steps))

@@ -112,7 +112,7 @@ def test_fresh_director_steps() -> None:
     assert install.undo == (("rm", "-f", CONF_PATH),)  # there was no file before
     assert install.require == (validate.id,) and reload.require == (install.id,)
     assert reload.commands[0][:2] == ("sh", "-c") and reload.commands[0][-2:] == (
-        CONF_PATH, "/var/lib/shoal/keepalived")  # fmt: skip
+        CONF_PATH, "/var/lib/shoal")  # fmt: skip
     ledger = next(lw for lw in lows if lw.id == "keepalived-conf" and lw.host == "lvs2").args[
         "ledger"
     ]
