@@ -90,14 +90,28 @@ async def apply_and_verify(vm: VmDrLab, backend: str) -> None:
     await lab.exec("lvs2", ["ipvsadm", "-e", "-t", f"{vip}:{PORT}", "-r", rip, "-g", "-w", "2"])
 
 
-THREE = {"web1": 1, "web2": 2, "web3": 2}
+# web3 joins and web1 and web2 swap their weights in the same change; the change back swaps them
+# again while web3 drains: both loaded changes also edit live weights (`-e` / a reload).
+THREE = {"web1": 2, "web2": 1, "web3": 2}
+
+
+async def _weights_are(vm: VmDrLab, weights: dict[str, int]) -> None:
+    """Both directors' live IPVS tables have exactly these real servers at these weights."""
+    lab, vip = vm.lab, vm.vip(100)
+    want = sorted(
+        f"-a -t {vip}:{PORT} -r {lab.hosts[h].address}:{PORT} -g -w {w}" for h, w in weights.items()
+    )
+    for host in DIRECTORS:
+        have = sorted(ln for ln in (await vm.ipvs_save(host)).splitlines() if ln.startswith("-a"))
+        assert have == want, (host, have)
 
 
 async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     """While client1 sends a steady stream of new connections through the VIP, web3 joins the
     service (its ARP suppression and VIP first, then the directors add it at weight 0 and raise
-    the weight), and then leaves it again (weight 0, drain, delete on each director, then web3's
-    own VIP and ARP states go). No request fails in either change."""
+    the weight) as web1 and web2 swap weights, and then leaves it again (weight 0, drain, delete
+    on each director, then web3's own VIP and ARP states go) as they swap back. No request fails
+    in either change, and the live tables have the new weights after each."""
     lab = vm.lab
     vip = vm.vip(100)
     await vm.use_backend(backend)
@@ -110,7 +124,7 @@ async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     started = time.monotonic()
     outcome, load = await under_load(lab, vip, lambda: converge(lab, joined), timeout=10.0)
     print(
-        f"\n{backend}: web3 joins under load: {load.summary()} "
+        f"\n{backend}: web3 joins and weights change under load: {load.summary()} "
         f"(change {time.monotonic() - started:.1f} s)"
     )
     result, after = outcome
@@ -118,12 +132,13 @@ async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     assert after.empty, pending(after)
     assert_lossless(load, {"web1", "web2", "web3"})
     assert load.after["web3"] > 0, load.summary()
+    await _weights_are(vm, THREE)
 
     desired = vm.desired(backend, START, verify=False)
     started = time.monotonic()
     outcome, load = await under_load(lab, vip, lambda: converge(lab, desired), timeout=10.0)
     print(
-        f"{backend}: drain and removal of web3 under load: {load.summary()} "
+        f"{backend}: drain and removal of web3 and weights back under load: {load.summary()} "
         f"(change {time.monotonic() - started:.1f} s)"
     )
     result, after = outcome
@@ -137,6 +152,4 @@ async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     assert not any("timed out" in c for c in drains), explain(result)
     assert_lossless(load, {"web1", "web2", "web3"})
     assert "web3" not in load.after, load.summary()
-    web3 = f"{lab.hosts['web3'].address}:{PORT}"
-    for host in DIRECTORS:
-        assert web3 not in await vm.ipvs_save(host)
+    await _weights_are(vm, START)
