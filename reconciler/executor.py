@@ -213,6 +213,8 @@ def _command_argv(hp: hs.HostPhase, run: CommandRun) -> str:
         return _argv_text(step.commands[run.index])
     if kind == "u" and run.index < len(step.undo):
         return _argv_text(step.undo[run.index])
+    if kind == "r" and run.index < len(step.after_rollback):
+        return _argv_text(step.after_rollback[run.index])
     if kind == "w":
         return f"write {hp.targets.files[run.index]}"
     return run.name
@@ -287,7 +289,8 @@ def _restored(hp: hs.HostPhase, log: PhaseLog) -> list[str]:
     for rb in log.rollbacks:
         for u in rb.undo:
             status = "ok" if u.rc == 0 else f"exit {u.rc} (tolerated)"
-            out.append(f"undo {_command_argv(hp, u)}: {status}")
+            what = "after the restores, ran again" if u.name.startswith("r.") else "undo"
+            out.append(f"{what} {_command_argv(hp, u)}: {status}")
         for k, rc in rb.files:
             path = hp.targets.files[k] if k < len(hp.targets.files) else f"file {k}"
             out.append(f"restored {path}: {'ok' if rc == 0 else f'exit {rc}'}")

@@ -492,6 +492,14 @@ def _restore(hp: HostPhase) -> str:
             lines.append(f'if [ -e "$B/progress/{i}.started" ]; then')
             lines.extend("  " + b for b in body)
             lines.append("fi")
+    # After every restore: what must run again with the old files back (Step.after_rollback).
+    for i, step in enumerate(hp.steps):
+        if step.after_rollback:
+            lines.append(f'if [ -e "$B/progress/{i}.started" ]; then')
+            lines.extend(
+                f"  run r.{i}.{j} {_cmd(argv)}" for j, argv in enumerate(step.after_rollback)
+            )
+            lines.append("fi")
     if t.arptables:
         lines.append("drop_if_created arp filter arptables-save")
     for table in t.iptables_tables:

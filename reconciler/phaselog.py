@@ -35,7 +35,9 @@ class Section:
 
 @dataclass
 class CommandRun:
-    name: str  # "c.<step>.<n>" command, "u.<step>.<n>" undo, "w.<step>.<file>" write
+    # "c.<step>.<n>" command, "u.<step>.<n>" undo, "w.<step>.<file>" write,
+    # "r.<step>.<n>" run again at the end of a rollback (Step.after_rollback)
+    name: str
     rc: int
     output: str
 
@@ -175,9 +177,9 @@ def _section(log: PhaseLog, sec: Section) -> None:
         log.pre[rest] = Section(rest, sec.rc, sec.content)
     elif kind == "post":
         log.post[rest] = Section(rest, sec.rc, sec.content)
-    elif kind in ("c", "w", "u"):
+    elif kind in ("c", "w", "u", "r"):
         run = CommandRun(sec.name, sec.rc, sec.content)
-        if kind == "u":
+        if kind in ("u", "r"):  # an undo, or a command run again after the restores
             if not log.rollbacks:
                 log.rollbacks.append(RollbackLog(by="unknown"))
             log.rollbacks[-1].undo.append(run)

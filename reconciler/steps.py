@@ -89,6 +89,10 @@ class Step(_Value):
     require: tuple[str, ...] = ()  # step ids that must run first
     # Seconds to wait after the commands, e.g. a drain; the executor turns it into a poll.
     drain: DrainWait | None = None
+    # Run at the very end of a rollback that undid this step (after every undo and file
+    # restore), if the step had started: a restart that picked up a watched change must run
+    # again once the old file is back, or the daemon keeps the new config (or stays down).
+    after_rollback: tuple[Argv, ...] = ()
 
 
 class DrainWait(_Value):

@@ -72,19 +72,36 @@ def running(low: LowState, ctx: PlanContext) -> StateResult:
 
 
 def mod_watch(low: LowState, ctx: PlanContext) -> StateResult:
-    """The extra step of a `watch`: reload or restart, because something it watches changed."""
+    """The extra step of a `watch`: reload or restart, because something it watches changed.
+
+    A restart has nothing to undo, but a rollback restores the watched file after it, so the
+    daemon must pick the old file up again (`after_rollback`): restarted (or reloaded) when it
+    was running before the plan, even if this restart failed and left it down; when it was
+    stopped, `running`'s start step is undone by a stop and nothing more runs; when the facts
+    do not say, `try-restart` restarts it only if it runs.
+    """
     args = parse_args(RunningArgs, low)
     verb = "reload" if args.reload else "restart"
+    facts = ctx.facts.get(low.host)
+    was_active = None
+    if facts is not None and facts.services.known and facts.services.value is not None:
+        was_active = _lookup(facts.services.value, args.name)
+    again: tuple[tuple[str, ...], ...]
+    if was_active is None:
+        again = (("systemctl", "try-reload-or-restart" if args.reload else "try-restart",
+                  args.name),)  # fmt: skip
+    elif was_active:
+        again = (("systemctl", "reload-or-restart" if args.reload else "restart", args.name),)
+    else:
+        again = ()
     step = make_step(
         low,
         verb,
         "service",
         f"{verb} {args.name}: a watched state changed",
         commands=(("systemctl", verb, args.name),),
-        # Rolling back the watched change and running this again restores the old behaviour;
-        # a restart itself has nothing to undo.
     )
-    return StateResult(steps=(step,))
+    return StateResult(steps=(step.model_copy(update={"after_rollback": again}),))
 
 
 def wants_link(name: str, wanted_by: str = DEFAULT_TARGET) -> str:

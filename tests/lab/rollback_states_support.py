@@ -322,14 +322,18 @@ def unit_rules(unit: str) -> list[Rule]:
     ]
 
 
-def with_inactive_unit(unit: str) -> Callable[[HostFacts], HostFacts]:
-    """Facts as a host with systemd would report them: `unit` known and inactive (the lab's
+def with_unit(unit: str, *, active: bool) -> Callable[[HostFacts], HostFacts]:
+    """Facts as a host with systemd would report them: `unit` known, active or not (the lab's
     hosts run no systemd, so their services fact is unknown and service.running plans nothing)."""
 
     def adjust(facts: HostFacts) -> HostFacts:
-        return facts.model_copy(update={"services": Fact.of({unit: False})})
+        return facts.model_copy(update={"services": Fact.of({unit: active})})
 
     return adjust
+
+
+def with_inactive_unit(unit: str) -> Callable[[HostFacts], HostFacts]:
+    return with_unit(unit, active=False)
 
 
 # --- the state a rollback must give back ---------------------------------------------------

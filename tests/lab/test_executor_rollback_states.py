@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from tests.lab.rollback_states_support import (
     unit_rules,
     vip,
     with_inactive_unit,
+    with_unit,
     write_desired,
     write_fault,
 )
@@ -460,6 +462,48 @@ async def test_service_running_failure_stops_the_phase(rb: RbLab, step_id: str) 
     assert_same(before, await host_state(rb.lab, EXTRAS), result)
     function = "service.running" if step_id in (START, RESTART) else "file.managed"
     assert_failed_at(result, EXTRAS, steps, failing, function)
+
+
+@pytest.mark.parametrize("step_id", [RESTART, AFTER_WRITE, EXTRAS_LEDGER])
+async def test_running_unit_restarted_for_a_change_gets_the_old_file_back(
+    rb: RbLab, step_id: str
+) -> None:
+    """nftables runs (as systemd would say) with the file it watches as it was; the plan
+    rewrites the file and restarts it. After a failure of the restart (the unit is down) or of a
+    later step, the rollback restores the file and only then restarts the unit again
+    (Step.after_rollback), so it runs the old file: the stand-in restart records the file it
+    started with."""
+    lab = rb.lab
+    unit = shlex.quote(f"{UNITS_DIR}/nftables")
+    watched = shlex.quote(f"{STATES_DIR}/before.conf")
+    await lab.exec(EXTRAS, ["sh", "-c", f"mkdir -p {STATES_DIR} && echo old >{watched} && "
+                                        f"cp {watched} {unit}"])  # fmt: skip
+    restart = f"cat {watched} >{unit}; chmod 0644 {unit}; exit 0"
+    try:
+        before = await host_state(lab, EXTRAS)
+        assert f"== {UNITS_DIR}/nftables\nold\n" in before["shoal"], before["shoal"]
+        if step_id == RESTART:
+            # The first restart (with the new file) fails and takes the unit down.
+            once = "/tmp/shoal-rb-failed-once"
+            restart = (f"if [ -e {once} ]; then {restart}; fi; "
+                       f"touch {once}; rm -f {unit}; "
+                       'echo "shoal test: injected failure of $0 $*" >&2; exit 3')  # fmt: skip
+        systemctl = [Rule("restart nftables", restart)]
+        async with cleared(lab, EXTRAS):
+            steps, failing, result = await extras_apply_failing(
+                rb, "extras-svcup", SVC_STATE, step_id, {"/usr/bin/systemctl": systemctl},
+                with_unit("nftables", active=True),
+            )  # fmt: skip
+        assert [s.id for s in steps] == [BEFORE, RESTART, AFTER_WRITE, EXTRAS_LEDGER]
+        assert steps[1].after_rollback == (("systemctl", "restart", "nftables"),)
+        assert_same(before, await host_state(lab, EXTRAS), result)
+        function = "service.running" if step_id == RESTART else "file.managed"
+        assert_failed_at(result, EXTRAS, steps, failing, function)
+        (rollback,) = result.rollbacks
+        assert "after the restores, ran again systemctl restart nftables: ok" in rollback.restored
+    finally:
+        await lab.exec(EXTRAS, ["sh", "-c", f"rm -rf {STATES_DIR} {UNITS_DIR}/nftables "
+                                            "/tmp/shoal-rb-failed-once"])  # fmt: skip
 
 
 # --- kmod.present ---------------------------------------------------------------------------

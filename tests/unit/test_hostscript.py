@@ -125,3 +125,20 @@ def test_batches() -> None:
     assert batches(Phase.REAL_SERVERS_CLEANUP, hosts, 1) == [["web1"], ["web2"], ["web3"]]
     assert batches(Phase.DIRECTOR_BACKUP, ["lvs2"], 1) == [["lvs2"]]
     assert batches(Phase.EXTRA, [], 1) == []
+
+
+def test_after_rollback_runs_last_and_only_for_started_steps() -> None:
+    conf = _step(0, "file", [], writes=[FileWrite(path="/etc/app.conf", content="new\n")])
+    restart = _step(1, "service", [("systemctl", "restart", "app")],
+                    after_rollback=[("systemctl", "restart", "app")])  # fmt: skip
+    script = hs.build_phase_script(hs.HostPhase("p1", Phase.EXTRA, "h", (conf, restart), NONCE))
+    restore = script[script.index("rollback-begin") :]
+    # The restart runs again once the old file is back, and only if it had started.
+    assert restore.index("restore_file 0 /etc/app.conf") < restore.index("run r.1.0 ")
+    assert 'if [ -e "$B/progress/1.started" ]; then\n  run r.1.0 systemctl restart app\nfi' in (
+        restore
+    )
+    m = f"@@shoal {NONCE}"
+    log = parse_log(f"@@shoal-run {NONCE}\n{m} rollback-begin phase\n"
+                    f"{m} begin r.1.0\nok\n{m} end r.1.0 0\n{m} rollback-end\n")  # fmt: skip
+    assert [u.name for u in log.rollbacks[0].undo] == ["r.1.0"]

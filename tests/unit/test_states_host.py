@@ -233,3 +233,30 @@ def test_ledger_keys_name_what_the_state_manages() -> None:
     ].key(low)
     assert sysctl.normalize("4096\t87380  6291456") == "4096 87380 6291456"
     assert Ledger().entries == {}
+
+
+@pytest.mark.parametrize(
+    ("services", "reload", "again"),
+    [
+        ({"app.service": True}, False, ("systemctl", "restart", "app")),
+        ({"app": True}, True, ("systemctl", "reload-or-restart", "app")),
+        ({"app": False}, False, None),  # running's start step is undone by a stop
+        (None, False, ("systemctl", "try-restart", "app")),
+        (None, True, ("systemctl", "try-reload-or-restart", "app")),
+    ],
+)
+def test_watch_restart_runs_again_after_a_rollback(
+    services: dict[str, bool] | None, reload: bool, again: tuple[str, ...] | None
+) -> None:
+    """After the rollback restored the watched file, the unit must pick the old file up."""
+    facts = fresh_facts("web1")
+    facts = facts.model_copy(
+        update={"services": Fact.of(services) if services is not None else Fact.unknown("no")}
+    )
+    low = LowState(id="t", function="service.running", host="web1",
+                   args={"name": "app", "reload": reload})  # fmt: skip
+    (step,) = WATCHERS["service.running"](
+        low, PlanContext(desired=DESIRED, facts={"web1": facts})
+    ).steps
+    assert step.commands == (("systemctl", "reload" if reload else "restart", "app"),)
+    assert step.after_rollback == ((again,) if again else ())
