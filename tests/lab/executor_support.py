@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from lab import Lab
 from reconciler.executor import ApplyEvent, apply_plan
@@ -154,7 +154,7 @@ async def joined_steps(lab: Lab, host: str) -> list[Step]:
     return steps
 
 
-def make_plan(steps_by_host: dict[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
+def make_plan(steps_by_host: Mapping[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
     hosts = {
         h: HostPlan(host=h, facts_digest="test", steps=tuple(st)) for h, st in steps_by_host.items()
     }
@@ -191,7 +191,7 @@ async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTranspor
 
 async def apply_steps(
     lab: Lab,
-    steps_by_host: dict[str, Sequence[Step]],
+    steps_by_host: Mapping[str, Sequence[Step]],
     *,
     unreachable: Sequence[str] = (),
     on_event: Callable[[ApplyEvent], None] | None = None,

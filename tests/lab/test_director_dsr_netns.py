@@ -178,7 +178,7 @@ def _facts(n: Net) -> HostFacts:
         interfaces=Fact.of((Interface(name="eth0", mac=n.macs["dir"], up=True),)),
         sysctls=u, arptables=u, iptables_nat=u, keepalived=u, ipvs=u, files=u, tools=u,
         services=u, nft=Fact.of(NftRuleset(tables=tuple(tables))),
-    )  # type: ignore[arg-type]  # fmt: skip
+    )  # fmt: skip
 
 
 def _plan(n: Net, w1: int, w2: int) -> tuple[LowState, PlanContext]:

@@ -123,6 +123,9 @@ async def test_phase_that_blocks_new_ssh_logins_is_undone_by_the_timer(lab: Lab)
     assert result.phases[0].lockout == "fired"
     assert await raw_state(lab, HOST) == before
     filter_after = (await lab.exec(HOST, ["iptables-save", "-t", "filter"])).stdout
-    strip = lambda text: [ln for ln in text.splitlines() if not ln.startswith("#")]  # noqa: E731
+
+    def strip(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if not ln.startswith("#")]
+
     assert strip(filter_after) == strip(filter_before)
     assert elapsed < 30, elapsed

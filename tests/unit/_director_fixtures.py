@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from reconciler.compile_director import compile_directors
 from reconciler.hostfacts import (
@@ -10,6 +11,7 @@ from reconciler.hostfacts import (
     HostFacts,
     Interface,
     IpvsDestination,
+    IpvsProtocol,
     IpvsService,
     IpvsTable,
     KeepalivedInfo,
@@ -47,15 +49,15 @@ def desired(backend: str, services: list[dict[str, Any]] | None = None) -> Desir
 
 
 def svc(address: str = "10.77.0.100", port: int = 80, sched: str = "wlc",
-        persistence: int | None = None, protocol: str = "tcp") -> IpvsService:  # fmt: skip
-    return IpvsService(protocol=protocol, address=address, port=port, scheduler=sched,  # type: ignore[arg-type]
+        persistence: int | None = None, protocol: IpvsProtocol = "tcp") -> IpvsService:  # fmt: skip
+    return IpvsService(protocol=protocol, address=address, port=port, scheduler=sched,
                        persistence=persistence)  # fmt: skip
 
 
 def dest(rs: str, weight: int, vip: str = "10.77.0.100", port: int = 80,
-         forward: str = "route") -> IpvsDestination:  # fmt: skip
+         forward: Literal["route", "tunnel", "masq"] = "route") -> IpvsDestination:  # fmt: skip
     return IpvsDestination(protocol="tcp", service_address=vip, service_port=port,
-                           address=ADDRESSES[rs], port=port, forward=forward,  # type: ignore[arg-type]
+                           address=ADDRESSES[rs], port=port, forward=forward,
                            weight=weight)  # fmt: skip
 
 
@@ -63,7 +65,7 @@ def facts(
     host: str,
     *,
     ipvs: IpvsTable | None = None,
-    ledger: dict[str, tuple[str, ...]] | None = None,
+    ledger: Mapping[str, tuple[str, ...]] | None = None,
     keepalived: KeepalivedInfo | None = None,
     nft: NftRuleset | None = None,
     ipvs_unknown: str | None = None,
@@ -79,7 +81,7 @@ def facts(
         keepalived=Fact.of(keepalived or KeepalivedInfo(installed=True)),
         nft=Fact.of(nft or NftRuleset()),
         ledger=Fact[Ledger].unknown(ledger_unknown) if ledger_unknown
-        else Fact.of(Ledger(entries=ledger or {})),
+        else Fact.of(Ledger(entries=dict(ledger or {}))),
     )  # fmt: skip
 
 

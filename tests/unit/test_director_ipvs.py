@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shlex
 
-from _director_fixtures import commands, desired, dest, facts, plan, svc
-
 from reconciler.hostfacts import IpvsTable
 from reconciler.steps import Phase
 from states.ipvs import ipvs_restore_commands, ipvs_restore_lines
+from tests.unit._director_fixtures import commands, desired, dest, facts, plan, svc
 
 SVC_KEY = "tcp 10.77.0.100:80"
 OWNED = {

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _director_fixtures import desired, facts, plan
 
 from reconciler.hostfacts import KeepalivedInfo
 from reconciler.steps import Phase
@@ -20,6 +19,7 @@ from states.keepalived import (
     stop_argv,
     validate_argv,
 )
+from tests.unit._director_fixtures import desired, facts, plan
 
 DATA = Path(__file__).parent / "director_data"
 SERVICES = [

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _director_fixtures import MACS, commands, desired, facts, plan
 
 from reconciler.hostfacts import NftRuleset, NftTable
 from reconciler.steps import LowState, Phase
 from states import nft_dsr
 from states.base import PlanContext
+from tests.unit._director_fixtures import MACS, commands, desired, facts, plan
 
 DATA = Path(__file__).parent / "director_data"
 CAPTURED = (DATA / "nft-dsr-list.json").read_text()  # `nft -j list table`, nft 1.0.6, no handles

@@ -14,8 +14,8 @@ import pytest
 from reconciler.hostfacts import Fact, Ledger
 from reconciler.plan import plan_desired
 from reconciler.steps import Phase
-from tests.statecases import VIP_HTTP, cluster_desired
-from tests.unit.test_plan import facts_for, hand_configured
+from tests.statecases import VIP_HTTP, cluster_desired, hand_configured
+from tests.unit.test_plan import facts_for
 
 
 @pytest.mark.parametrize(("method", "device"), [("sysctl", "lo"), ("nft-arp", "eth0")])

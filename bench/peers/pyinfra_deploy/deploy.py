@@ -8,9 +8,11 @@ restore script with its unit. Inputs come from peer-vars.json next to the invent
 import json
 import os
 
-from pyinfra import host
-from pyinfra.facts.server import Command
-from pyinfra.operations import files, server
+# pyinfra is installed only in the peers' own venv (bench/peerenv.py), never in the project's
+# .venv that mypy checks against, so mypy cannot resolve these imports (pyinfra itself is typed).
+from pyinfra import host  # type: ignore[import-not-found]
+from pyinfra.facts.server import Command  # type: ignore[import-not-found]
+from pyinfra.operations import files, server  # type: ignore[import-not-found]
 
 with open(os.environ["PEER_VARS"]) as f:
     V = json.load(f)
