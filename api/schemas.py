@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconciler.stepdiff import file_diff
 from reconciler.steps import HostPlan, Step
 from reconciler.store import (
     ApprovalRecord,
@@ -140,6 +141,9 @@ class StepOut(_Out):
     writes: list[FileWriteOut]
     undo: list[str]
     require: list[str]
+    # For a step that writes a whole file: the unified diff of the file as it is against the
+    # file as planned (`--- PATH (on HOST)`, `+++ PATH (planned)`); None for other steps.
+    diff: str | None = None
 
 
 class SkippedOut(_Out):
@@ -318,6 +322,28 @@ def _step_out(step: Step) -> StepOut:
         ],
         undo=[shlex.join(argv) for argv in step.undo],
         require=list(step.require),
+        diff=_joined(file_diff(step)),
+    )
+
+
+def _joined(lines: list[str] | None) -> str | None:
+    return None if lines is None else "\n".join(lines)
+
+
+def step_diff(step: Step) -> list[str]:
+    """One step's unified diff: a file it writes as `--- PATH (on HOST)` against
+    `+++ PATH (planned)`, any other change as the host's state now against the desired one."""
+    diff = file_diff(step)
+    if diff is not None:
+        return diff
+    return list(
+        difflib.unified_diff(
+            (step.change.before or "").splitlines(),
+            (step.change.after or "").splitlines(),
+            fromfile=f"{step.host}: {step.state_id} (now)",
+            tofile=f"{step.host}: {step.state_id} (desired)",
+            lineterm="",
+        )
     )
 
 
@@ -325,19 +351,8 @@ def host_diff(host_plan: HostPlan) -> str:
     """A unified diff per step: the host as it is (---) against the desired state (+++)."""
     chunks: list[str] = []
     for step in host_plan.steps:
-        before = (step.change.before or "").splitlines()
-        after = (step.change.after or "").splitlines()
-        lines = list(
-            difflib.unified_diff(
-                before,
-                after,
-                fromfile=f"{host_plan.host}: {step.state_id} (now)",
-                tofile=f"{host_plan.host}: {step.state_id} (desired)",
-                lineterm="",
-            )
-        )
         chunks.append(f"# {step.id}: {step.description}")
-        chunks.extend(lines)
+        chunks.extend(step_diff(step))
     return "\n".join(chunks)
 
 

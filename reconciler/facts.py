@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import FactParseError, ShoalError
 from reconciler.hostfacts import (
+    FILE_CONTENT_MAX,
     ArptablesRules,
     Fact,
     FileInfo,
@@ -204,8 +205,12 @@ f_keepalived() {
   done
   printf 'running=%s\n' "$_run"
 }
+# Each path: missing, or stat (mode, size, type); a digest if it is a file; and the content of
+# a regular file (not a link) of at most CONTENT_MAX bytes, base64 on one line, so a plan can
+# show a real diff. stat's size spares reading a large file; head caps what one file sends
+# should it grow in between. A file base64 cannot send just has no content line.
 f_files() {
-  _s=; _h=
+  _s=; _h=; _st=
   set -- $FILES
   for _p do
     if [ -e "$_p" ] || [ -L "$_p" ]; then
@@ -215,8 +220,18 @@ f_files() {
       printf 'missing %s\n' "$_p"
     fi
   done
-  [ -z "$_s" ] || stat -c 'stat %a %F|%n' -- $_s || return
-  [ -z "$_h" ] || sha256sum -- $_h
+  [ -n "$_s" ] || return 0
+  _st=$(stat -c 'stat %a %s %F|%n' -- $_s) || return
+  printf '%s\n' "$_st"
+  [ -z "$_h" ] || sha256sum -- $_h || return
+  while read -r _x _m _z _k; do
+    case $_k in "regular file|"* | "regular empty file|"*) ;; *) continue ;; esac
+    [ "$_z" -le "$CONTENT_MAX" ] || continue
+    _c=$(head -c "$((CONTENT_MAX + 1))" < "${_k#*|}" | base64 -w0) || continue
+    printf 'content %s %s\n' "${_k#*|}" "$_c"
+  done <<EOF
+$_st
+EOF
 }
 f_tools() {
   for _t in $TOOLS; do
@@ -291,6 +306,7 @@ def build_facts_script(
         "SYSCTL_CONF_KEYS": " ".join(SYSCTL_CONF_KEYS),
         "IPVS_SYSCTLS": " ".join(IPVS_SYSCTLS),
         "LEDGER": LEDGER_PATH,
+        "CONTENT_MAX": str(FILE_CONTENT_MAX),
     }
     head = "".join(f"{k}={shlex.quote(v)}\n" for k, v in assignments.items())
     return head + _PRELUDE + _BODY.replace("{version}", SCRIPT_VERSION)

@@ -216,6 +216,11 @@ class IpvsTable(_Value):
 # --- keepalived, files, tools ---------------------------------------------------------------------
 
 
+# The largest file whose content the facts carry: a plan shows a diff of it, and every plan
+# gathers it from every host (base64 on the wire), so a large file falls back to its digest.
+FILE_CONTENT_MAX = 64 * 1024
+
+
 class KeepalivedInfo(_Value):
     installed: bool
     version: str | None = None
@@ -224,11 +229,21 @@ class KeepalivedInfo(_Value):
 
 
 class FileInfo(_Value):
+    """One managed path as the facts script saw it.
+
+    `content` is the text of a regular file of at most `FILE_CONTENT_MAX` bytes, gathered so a
+    plan can show what a write really changes; it always matches `sha256`. When an existing file
+    has no content, `content_unknown_reason` says why (too large, binary, a symbolic link, ...)
+    and a plan falls back to the digest.
+    """
+
     path: str
     exists: bool
     sha256: str | None = None
     mode: str | None = None  # octal, e.g. "0644"
     kind: str | None = None  # "regular file", "directory", "symbolic link", ... as stat(1) says
+    content: str | None = None
+    content_unknown_reason: str | None = None
 
 
 class Ledger(_Value):

@@ -3,12 +3,17 @@
 Exit status: 0 when every host is in sync, 2 when the plan has changes (or removals it could
 not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read).
 Progress goes to stderr, so `--json` leaves stdout to one JSON document.
+
+A step that writes a whole file shows a unified diff of it (`reconciler.stepdiff`), other steps
+their before/after lines. `--json` adds those diffs, by step id, next to the plan. File content
+comes from the hosts, so control characters are printed escaped, never sent to the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +29,14 @@ from reconciler.hostfacts import HostFacts
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 from reconciler.plan import plan_desired, unreachable_reason
+from reconciler.stepdiff import file_diff
 from reconciler.steps import Phase, Plan, Step
 
 EXIT_IN_SYNC, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 MAX_DIFF_LINES = 40
+# A file's diff holds only the changed lines and their context: it may be longer than a
+# before/after, since it is what the operator approves.
+MAX_FILE_DIFF_LINES = 200
 HostDone = Callable[[str, HostFacts], None]
 Gather = Callable[[Desired, HostDone], Awaitable[dict[str, HostFacts]]]
 
@@ -81,21 +90,69 @@ def summary(plan: Plan) -> dict[str, Any]:
     }
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """`text` safe for a terminal: escape sequences from a host's file are shown, not run."""
+    text = _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escape(text)
+
+
 def _clip(text: str) -> list[str]:
     lines = text.rstrip("\n").split("\n")
-    if len(lines) > MAX_DIFF_LINES:
-        lines = [*lines[:MAX_DIFF_LINES], f"... ({len(lines) - MAX_DIFF_LINES} more lines)"]
+    return _clip_lines(lines, MAX_DIFF_LINES)
+
+
+def _clip_lines(lines: list[str], limit: int) -> list[str]:
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... ({len(lines) - limit} more lines)"]
     return lines
 
 
+# By a hunk line's first character; the two header lines are told by their place (a removed
+# line "-- x" also starts with "---").
+_DIFF_STYLES = {"@": "cyan", "-": "red", "+": "green", "\\": "dim"}
+
+
+def _diff_lines(diff: list[str], limit: int) -> list[str]:
+    out = []
+    for i, line in enumerate(_clip_lines(diff, limit)):
+        style = "bold" if i < 2 else _DIFF_STYLES.get(line[:1])
+        out.append(f"      [{style}]{_visible(line)}[/]" if style else f"      {_visible(line)}")
+    return out
+
+
 def render_step(step: Step) -> list[str]:
-    """Rich markup lines for one step: what it does, then its before/after as a diff."""
+    """Rich markup lines for one step: what it does, then its change: a unified diff for a
+    file it writes, its before/after lines otherwise."""
     out = [f"  [bold]{escape(step.subsystem):<9}[/] {escape(step.description)}  "
            f"[dim]{escape(step.id)}[/]"]  # fmt: skip
+    diff = file_diff(step)
+    if diff is not None:
+        if not diff:
+            return [*out, "      [dim](content unchanged)[/]"]
+        # A new file is all "+" lines: clipped as an `after` is, so a fresh host stays short.
+        new_file = step.change.before is None
+        return out + _diff_lines(diff, MAX_DIFF_LINES + 3 if new_file else MAX_FILE_DIFF_LINES)
     if step.change.before is not None:
-        out += [f"      [red]- {escape(line)}[/]" for line in _clip(step.change.before)]
+        out += [f"      [red]- {_visible(line)}[/]" for line in _clip(step.change.before)]
     if step.change.after is not None:
-        out += [f"      [green]+ {escape(line)}[/]" for line in _clip(step.change.after)]
+        out += [f"      [green]+ {_visible(line)}[/]" for line in _clip(step.change.after)]
+    return out
+
+
+def file_diffs(plan: Plan) -> dict[str, str]:
+    """Step id -> unified diff of every step that changes an existing file (`--json`'s
+    "diffs"). A new file's diff would repeat its step's `after`, so it has none."""
+    out: dict[str, str] = {}
+    for hp in plan.hosts.values():
+        for step in hp.steps:
+            if step.change.before is None:
+                continue
+            diff = file_diff(step)
+            if diff is not None:
+                out[step.id] = "\n".join(diff)
     return out
 
 
@@ -181,6 +238,7 @@ def run_plan(
     if as_json:
         doc: dict[str, Any] = {"summary": summary(plan), "exit_status": status}
         doc["plan"] = plan.model_dump(mode="json", exclude=None if show_states else {"low_states"})
+        doc["diffs"] = file_diffs(plan)
         out.print_json(json.dumps(doc, sort_keys=True))
         return status
     if show_states:

@@ -2,8 +2,12 @@
 
 The content goes into the step as a FileWrite, which the executor writes atomically after
 snapshotting the path under /var/lib/shoal/backups/<plan-id>/. The undo of a write over an
-existing file is that snapshot (the facts hold only its digest, not its content), so such a
-step carries no undo argv; a file shoal created is undone by removing it.
+existing file is that snapshot (the facts carry the content of small text files only, for the
+plan's diff), so such a step carries no undo argv; a file shoal created is undone by removing it.
+
+A write's change is the file as it is (its content, when the facts carry it) against the file
+as planned, so a plan shows a diff of the lines that change; a file without gathered content
+(too large, binary, ...) shows its digest and mode, and why there is no content.
 
 Ownership: only a file shoal created (absent before) is claimed for the ledger. A file that was
 there before shoal wrote it is never deleted later, whatever the desired state says.
@@ -66,10 +70,20 @@ def _info(low: LowState, ctx: PlanContext, path: str) -> FileInfo:
     return info
 
 
-def _describe(info: FileInfo) -> str | None:
+def _describe(info: FileInfo, note: str = "") -> str | None:
     if not info.exists:
         return None
-    return f"(sha256 {(info.sha256 or '?')[:12]}, mode {info.mode or '?'})"
+    return f"(sha256 {(info.sha256 or '?')[:12]}, mode {info.mode or '?'}{note})"
+
+
+def current_text(info: FileInfo) -> str | None:
+    """The "before" of a write: the file's content when gathered, else its digest and why not."""
+    if not info.exists:
+        return None
+    if info.content is not None:
+        return info.content
+    why = info.content_unknown_reason or "content not gathered"
+    return _describe(info, f"; content not shown: {why}")
 
 
 def managed_result(low: LowState, args: FileArgs, info: FileInfo, *, claim: bool) -> StateResult:
@@ -89,12 +103,14 @@ def managed_result(low: LowState, args: FileArgs, info: FileInfo, *, claim: bool
             undo=(("chmod", mode_now, args.path),) if mode_now else (),
         )
         return StateResult(steps=(step,))
+    # The before side is the content itself: the mode it had goes in the description.
+    mode = args.mode if mode_now in (None, args.mode) else f"{mode_now} -> {args.mode}"
     step = make_step(
         low,
         "write",
         "file",
-        f"{'update' if info.exists else 'create'} {args.path} (mode {args.mode})",
-        before=_describe(info),
+        f"{'update' if info.exists else 'create'} {args.path} (mode {mode})",
+        before=current_text(info),
         after=args.content,
         writes=(FileWrite(path=args.path, content=args.content, mode=args.mode),),
         # An existing file comes back from the executor's snapshot; a new one just goes.

@@ -257,6 +257,17 @@ def _skip(low: LowState, reason: str) -> StateResult:
     return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
 
 
+def current_config(facts: HostFacts, path: str, sha: str) -> str:
+    """The installed file as the plan's "before": its content when the facts carry that very
+    file (same digest), else its digest and why there is no content."""
+    files = facts.files.value if facts.files.known else None
+    info = (files or {}).get(path)
+    if info is not None and info.content is not None and info.sha256 == sha:
+        return info.content
+    why = info.content_unknown_reason if info is not None else None
+    return f"sha256 {sha} (content not shown: {why or 'content not gathered'})"
+
+
 def _install_steps(
     low: LowState,
     stage: str,
@@ -332,7 +343,7 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
     content = str(low.args["content"])
     current = info.config_sha256
     existed = current is not None
-    before = f"sha256 {current}" if existed else None
+    before = current_config(facts, path, current) if current is not None else None
     if current == sha256_text(content):
         if info.running:
             return StateResult()
@@ -352,7 +363,8 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
         steps += _install_steps(
             low, "drain", str(drain_content), path, existed, before, (), info.running
         )
-        existed, before, staged = True, "drain config", True
+        # The final stage replaces the drain config: its diff is drain -> final.
+        existed, before, staged = True, str(drain_content), True
     if drain_content:
         timeout = float(low.args.get("drain_timeout", 30.0))
         prior = steps[-1].id if steps else None
