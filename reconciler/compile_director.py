@@ -18,7 +18,8 @@ one drained to weight 0 (so the drain never ends), and after the real server is 
 SYNs are silently dropped (a lost request). `expire_nodest_conn = 1` reschedules such a SYN and
 expires the deleted server's entries; `expire_quiescent_template = 1` does the same for the
 persistence templates of a weight-0 server. (Measured in tests/lab/test_ipvs_vm_ipvsadm.py:
-without them, 17 of 3760 requests lost during a drain and removal; with them, none.)
+without them, 17 of 3760 requests lost during a drain and removal; with them, none.) shoal.toml's
+[ipvs] can turn either off; the key is then kept at 0, the kernel's default.
 
 Backup directors' states are in Phase.DIRECTOR_BACKUP, primaries' in Phase.DIRECTOR_PRIMARY (a host
 that is primary of any cluster counts as primary).
@@ -50,16 +51,25 @@ LEDGER_KEEPALIVED_RS = "keepalived.real_server"
 LEDGER_NFT_TABLE = "nft.dsr_table"
 NFT_TABLE_KEY = f"{nft_dsr.FAMILY} {nft_dsr.TABLE}"
 KMOD_IPVS = "kmod-ip_vs"
-IPVS_SYSCTLS = {"net.ipv4.vs.expire_nodest_conn": "1", "net.ipv4.vs.expire_quiescent_template": "1"}
+IPVS_SYSCTLS = ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template")
 
 
-def _ipvs_sysctl_states(host: str, phase: Phase, required: bool) -> list[LowState]:
+def _ipvs_sysctl_values(desired: Desired) -> dict[str, str]:
+    """The drain sysctls' values from shoal.toml's [ipvs] (both on by default)."""
+    ipvs_settings = desired.settings.ipvs
+    on = (ipvs_settings.expire_nodest_conn, ipvs_settings.expire_quiescent_template)
+    return {key: "1" if enabled else "0" for key, enabled in zip(IPVS_SYSCTLS, on, strict=True)}
+
+
+def _ipvs_sysctl_states(
+    desired: Desired, host: str, phase: Phase, required: bool
+) -> list[LowState]:
     """ip_vs loaded in the packages phase, then the drain sysctls in the director's phase."""
     out = [
         LowState(id=KMOD_IPVS, function=kmod.FUNCTION, host=host, phase=Phase.PACKAGES,
                  args={"name": "ip_vs", "required": required})
     ]  # fmt: skip
-    for key, value in IPVS_SYSCTLS.items():
+    for key, value in _ipvs_sysctl_values(desired).items():
         out.append(
             LowState(
                 id=_sid("ipvs-sysctl", key), function=sysctl.FUNCTION, host=host, phase=phase,
@@ -157,7 +167,7 @@ def _compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
             if host not in kmod_hosts:
                 # A kernel without IPVS shows up here, first, not as a failing ipvsadm -A.
                 kmod_hosts.add(host)
-                out += _ipvs_sysctl_states(host, phase, required=True)
+                out += _ipvs_sysctl_states(desired, host, phase, required=True)
             for svc in sorted(cl.services, key=lambda s: s.name):
                 skey = ipvs.service_key(svc.protocol, svc.vip, svc.port)
                 sid = _sid("ipvs-svc", name, svc.name)
@@ -346,7 +356,7 @@ def _compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> lis
     for host in hosts:
         phase = _host_phase(desired, host)
         # keepalived without IPVS still runs VRRP: the module is optional here.
-        out += _ipvs_sysctl_states(host, phase, required=False)
+        out += _ipvs_sysctl_states(desired, host, phase, required=False)
         wanted = keepalived.desired_rs_keys(desired, host)
         args: dict[str, Any] = {
             "path": keepalived.CONF_PATH,

@@ -166,6 +166,16 @@ class VerifySettings(_Model):
     timeout: float = Field(default=5.0, gt=0, le=300)
 
 
+class IpvsSettings(_Model):
+    """Kernel settings shoal keeps on every IPVS director (reconciler.compile_director)."""
+
+    # Reschedule a new connection that reuses the source port of a closed one whose real server
+    # is drained or deleted, instead of sending it there or dropping it (lost requests).
+    expire_nodest_conn: bool = True
+    # Move persistent clients of a weight-0 real server at once, so a drain can end.
+    expire_quiescent_template: bool = True
+
+
 class Settings(_Model):
     """`shoal.toml`: repository-wide settings."""
 
@@ -173,6 +183,7 @@ class Settings(_Model):
     drift: DriftPolicy = "report"
     apply: ApplySettings = ApplySettings()
     verify: VerifySettings = VerifySettings()
+    ipvs: IpvsSettings = IpvsSettings()
 
 
 # --- inventory.toml ---------------------------------------------------------------------------

@@ -17,18 +17,27 @@ from reconciler.compile_director import IPVS_SYSCTLS, KMOD_IPVS
 from reconciler.executor import stable_digest
 from reconciler.facts import IPVS_MODULE_DEFAULTS
 from reconciler.hostfacts import Fact, HostFacts, IpvsTable
+from reconciler.models import IpvsSettings
 from reconciler.persistence import RESTORE_SCRIPT, SYSCTL_CONF
 from reconciler.plan import plan_desired
 from reconciler.steps import Phase, Plan, Step
 from tests.statecases import HOSTS, cluster_desired, fresh_facts, gathered, set_sysctls
 
+WANT = dict.fromkeys(IPVS_SYSCTLS, "1")  # the default: both on
 EXPIRE = "net.ipv4.vs.expire_nodest_conn"
 TEMPLATE = "net.ipv4.vs.expire_quiescent_template"
 BACKENDS = ("ipvsadm", "keepalived")
 
 
-def _facts(backend: str, ipvs: IpvsTable, sysctls: dict[str, str] | None = None) -> Plan:
+def _facts(
+    backend: str,
+    ipvs: IpvsTable,
+    sysctls: dict[str, str] | None = None,
+    settings: IpvsSettings | None = None,
+) -> Plan:
     d = cluster_desired("sysctl", director=backend)
+    if settings is not None:
+        d = d.model_copy(update={"settings": d.settings.model_copy(update={"ipvs": settings})})
     paths = managed_paths(d)
     facts: dict[str, HostFacts] = {}
     for h in HOSTS:
@@ -62,7 +71,7 @@ def test_fresh_director_loads_ip_vs_then_sets_the_drain_sysctls(backend: str) ->
         assert load.undo == ()
         sets = [s for s in steps if s.function == "sysctl.present" and ".vs." in s.id]
         assert [s.commands for s in sets] == [
-            (("sysctl", "-w", f"{key}={value}"),) for key, value in IPVS_SYSCTLS.items()
+            (("sysctl", "-w", f"{key}={value}"),) for key, value in WANT.items()
         ]
         for s in sets:
             key = s.commands[0][2].split("=")[0]
@@ -95,7 +104,7 @@ def test_keepalived_without_ipvs_skips_the_sysctls_and_plans_no_modprobe() -> No
     steps = _steps(plan, "lvs1")
     assert not any("modprobe" in c for s in steps for c in s.commands), [s.id for s in steps]
     skipped = {s.state_id: s.reason for s in plan.hosts["lvs1"].skipped}
-    for key in IPVS_SYSCTLS:
+    for key in WANT:
         assert "no ip_vs module" in skipped[f"ipvs-sysctl:{key}"], skipped
 
 
@@ -109,10 +118,10 @@ def test_ipvsadm_without_ipvs_still_plans_the_failing_modprobe() -> None:
 def test_persisted_for_boot_after_the_module_loads(backend: str) -> None:
     plan = _facts(backend, IpvsTable(available=True, loaded=False))
     conf = _file(plan, "lvs1", SYSCTL_CONF)
-    for key, value in IPVS_SYSCTLS.items():
+    for key, value in WANT.items():
         assert f"-{key} = {value}\n" in conf, conf
     script = _file(plan, "lvs1", RESTORE_SCRIPT)
-    for key, value in IPVS_SYSCTLS.items():
+    for key, value in WANT.items():
         assert f"modprobe ip_vs && sysctl -q -w {key}={value}\n" in script, script
     # Real servers' sysctl.d files stay what they were: no IPVS keys, the old header.
     web = _file(plan, "web1", SYSCTL_CONF)
@@ -131,3 +140,18 @@ def test_an_empty_table_proves_the_same_loaded_or_not() -> None:
     # A key left at a value other than its default is a difference the proof must show.
     changed = set_sysctls(loaded, {EXPIRE: "1"})
     assert stable_digest(changed) != stable_digest(unloaded)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shoal_toml_can_turn_them_off(backend: str) -> None:
+    off = IpvsSettings(expire_nodest_conn=False)
+    # Not loaded yet: the module's default is what is wanted, nothing to set.
+    fresh = _facts(backend, IpvsTable(available=True, loaded=False), settings=off)
+    sets = [s.commands for s in _steps(fresh, "lvs1") if ".vs." in s.id]
+    assert sets == [(("sysctl", "-w", f"{TEMPLATE}=1"),)]
+    # Set to 1 earlier (by hand or by shoal): back to the kernel's default.
+    loaded = _facts(backend, IpvsTable(available=True, loaded=True), {EXPIRE: "1", TEMPLATE: "1"},
+                    settings=off)  # fmt: skip
+    sets = [s.commands for s in _steps(loaded, "lvs1") if ".vs." in s.id]
+    assert sets == [(("sysctl", "-w", f"{EXPIRE}=0"),)]
+    assert f"-{EXPIRE} = 0\n" in _file(fresh, "lvs1", SYSCTL_CONF)
