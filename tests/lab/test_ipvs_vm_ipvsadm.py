@@ -16,17 +16,27 @@ lvs1 (primary, holds the VIP) and lvs2 (backup) are qemu VMs booted once per ses
    of the failed phase; nothing after it runs and no verification runs. So lvs1's
    `ipvsadm -Sn` and addresses must be byte for byte what they were, lvs2 keeps the new service,
    and a plain re-apply of the old config converges everything back.
+4. A reboot simulation: the directors' IPVS tables, VIPs and ip_vs module gone, shoal-restore
+   (the boot unit's script) brings them back, IPVS sysctls included, and the plan is empty.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from reconciler.compile_director import IPVS_SYSCTLS
 from reconciler.executor import apply_plan
 from reconciler.models import Desired
+from reconciler.persistence import RESTORE_SCRIPT
 from tests.lab import ipvs_vm_scenarios as scenarios
 from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
-from tests.lab.ipvs_vm_support import VmDrLab, cluster_toml, transport_for, vm_tests_wanted
+from tests.lab.ipvs_vm_support import (
+    DIRECTORS,
+    VmDrLab,
+    cluster_toml,
+    transport_for,
+    vm_tests_wanted,
+)
 from tests.lab.rollout_support import explain, pending, plan_for, settings_toml, write_repo
 
 pytestmark = [
@@ -121,3 +131,45 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
     assert after.empty, pending(after)
     assert await vm.ipvs_save("lvs2") == before["lvs2"][0]
     assert await vm.ipvs_save("lvs1") == before["lvs1"][0]
+
+
+# A reboot as far as the director's kernel state goes: no IPVS table, ip_vs unloaded (so its
+# sysctls are back at their defaults), no VIP. Test-side, on the test's own VMs.
+_REBOOT = """set -eu
+ipvsadm -C
+for m in $(awk '$1 ~ /^ip_vs_/ { print $1 }' /proc/modules); do modprobe -r "$m"; done
+modprobe -r ip_vs
+for a in $(ip -o -4 addr show dev eth0 | awk '{ print $4 }'); do
+  case ${a%/*} in *.1[0-9][0-9]) ip addr del "$a" dev eth0 ;; esac
+done
+"""
+
+
+async def test_boot_restore_brings_the_director_back(vm_dr_lab: VmDrLab) -> None:
+    """shoal-restore (what shoal-restore.service runs at boot) on a director whose runtime state
+    is gone: the IPVS table, the VIP and the IPVS sysctls come back, and the plan is empty."""
+    vm, lab = vm_dr_lab, vm_dr_lab.lab
+    await vm.use_backend(BACKEND)
+    one = _desired(vm, [100])
+    async with transport_for(lab, one) as t:
+        plan = await plan_for(one, t)
+        if not plan.empty:
+            result = await apply_plan(plan, one, t)
+            assert result.ok, explain(result)
+    sysctls = ["sysctl", "-n", *IPVS_SYSCTLS]
+
+    async def state(host: str) -> tuple[str, str, str]:
+        values = (await lab.exec(host, sysctls)).stdout
+        return await vm.ipvs_save(host), await vm.addresses(host), values
+
+    before = {h: await state(h) for h in DIRECTORS}
+    assert before["lvs1"][2].split() == ["1", "1"], before
+    for host in DIRECTORS:
+        await lab.exec(host, ["sh", "-c", _REBOOT])
+        gone = await lab.exec(host, ["test", "-e", "/proc/sys/net/ipv4/vs"], check=False)
+        assert gone.returncode != 0, f"{host}: ip_vs is still loaded"
+        await lab.exec(host, [RESTORE_SCRIPT])
+    assert {h: await state(h) for h in DIRECTORS} == before
+    async with transport_for(lab, one) as t:
+        after = await plan_for(one, t)
+    assert after.empty, pending(after)
