@@ -391,8 +391,20 @@ def _compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> lis
 
 def compile_directors(desired: Desired, facts: Mapping[str, HostFacts]) -> list[LowState]:
     """Every director low state of every cluster, removals included; pure and deterministic."""
-    return (
+    lows = (
         _compile_ipvsadm(desired, facts)
         + _compile_nftables(desired, facts)
         + _compile_keepalived(desired, facts)
     )
+    # A host directing both an ipvsadm and a keepalived cluster loads ip_vs and sets its sysctls
+    # once: the ipvsadm backend's states come first, and its module is the required one.
+    once = {KMOD_IPVS, *IPVS_SYSCTL_IDS}
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for low in lows:
+        if low.id in once:
+            if (low.host, low.id) in seen:
+                continue
+            seen.add((low.host, low.id))
+        out.append(low)
+    return out

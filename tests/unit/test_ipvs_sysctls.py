@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.compile import managed_paths
-from reconciler.compile_director import IPVS_SYSCTLS, KMOD_IPVS
+from reconciler.compile_director import IPVS_SYSCTLS, KMOD_IPVS, compile_directors
 from reconciler.executor import stable_digest
 from reconciler.facts import IPVS_MODULE_DEFAULTS
 from reconciler.hostfacts import Fact, HostFacts, IpvsTable
@@ -155,3 +155,16 @@ def test_shoal_toml_can_turn_them_off(backend: str) -> None:
     sets = [s.commands for s in _steps(loaded, "lvs1") if ".vs." in s.id]
     assert sets == [(("sysctl", "-w", f"{EXPIRE}=0"),)]
     assert f"-{EXPIRE} = 0\n" in _file(fresh, "lvs1", SYSCTL_CONF)
+
+
+def test_a_director_of_an_ipvsadm_and_a_keepalived_cluster_gets_them_once() -> None:
+    ka = cluster_desired("sysctl", director="keepalived")
+    adm = cluster_desired("sysctl", director="ipvsadm").clusters["web"]
+    other = adm.model_copy(update={"cluster": adm.cluster.model_copy(update={"name": "web2"})})
+    both = ka.model_copy(update={"clusters": {"web": ka.clusters["web"], "web2": other}})
+    facts = {h: fresh_facts(h) for h in HOSTS}
+    lows = [lw for lw in compile_directors(both, facts) if lw.host == "lvs1"]
+    ids = [lw.id for lw in lows]
+    assert ids.count(KMOD_IPVS) == 1 and all(ids.count(f"ipvs-sysctl:{k}") == 1 for k in WANT)
+    kmod = next(lw for lw in lows if lw.id == KMOD_IPVS)
+    assert kmod.args["required"] is True  # the ipvsadm cluster needs IPVS
