@@ -19,7 +19,14 @@ from tests.lab.ipvs_vm_support import (
     converge,
     transport_for,
 )
-from tests.lab.rollout_support import assert_lossless, explain, pending, plan_for, under_load
+from tests.lab.rollout_support import (
+    LoadReport,
+    assert_lossless,
+    explain,
+    pending,
+    plan_for,
+    under_load,
+)
 
 START = {"web1": 1, "web2": 2}
 
@@ -106,6 +113,23 @@ async def _weights_are(vm: VmDrLab, weights: dict[str, int]) -> None:
         assert have == want, (host, have)
 
 
+async def _loaded_change(
+    vm: VmDrLab, backend: str, weights: dict[str, int], what: str
+) -> tuple[RunResult, LoadReport]:
+    """Converge to `weights` while client1 sends new connections through the VIP; the change
+    must apply and leave an empty plan."""
+    lab = vm.lab
+    desired = vm.desired(backend, weights, verify=False)
+    started = time.monotonic()
+    outcome, load = await under_load(lab, vm.vip(100), lambda: converge(lab, desired), timeout=10.0)
+    print(f"\n{backend}: {what} under load: {load.summary()} "
+          f"(change {time.monotonic() - started:.1f} s)")  # fmt: skip
+    result, after = outcome
+    assert result is not None and result.ok, explain(result) if result else "nothing planned"
+    assert after.empty, pending(after)
+    return result, load
+
+
 async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     """While client1 sends a steady stream of new connections through the VIP, web3 joins the
     service (its ARP suppression and VIP first, then the directors add it at weight 0 and raise
@@ -120,30 +144,14 @@ async def join_drain_and_remove_under_load(vm: VmDrLab, backend: str) -> None:
     assert after.empty, pending(after)
     await vm.wait_holders(vip, ["lvs1"])
 
-    joined = vm.desired(backend, THREE, verify=False)
-    started = time.monotonic()
-    outcome, load = await under_load(lab, vip, lambda: converge(lab, joined), timeout=10.0)
-    print(
-        f"\n{backend}: web3 joins and weights change under load: {load.summary()} "
-        f"(change {time.monotonic() - started:.1f} s)"
-    )
-    result, after = outcome
-    assert result is not None and result.ok, explain(result) if result else "nothing planned"
-    assert after.empty, pending(after)
+    _, load = await _loaded_change(vm, backend, THREE, "web3 joins and weights change")
     assert_lossless(load, {"web1", "web2", "web3"})
     assert load.after["web3"] > 0, load.summary()
     await _weights_are(vm, THREE)
 
-    desired = vm.desired(backend, START, verify=False)
-    started = time.monotonic()
-    outcome, load = await under_load(lab, vip, lambda: converge(lab, desired), timeout=10.0)
-    print(
-        f"{backend}: drain and removal of web3 and weights back under load: {load.summary()} "
-        f"(change {time.monotonic() - started:.1f} s)"
+    result, load = await _loaded_change(
+        vm, backend, START, "drain and removal of web3 and weights back"
     )
-    result, after = outcome
-    assert result is not None and result.ok, explain(result) if result else "nothing planned"
-    assert after.empty, pending(after)
     drains = [s.comment for s in result.steps() if "drain" in s.comment]
     print("drains: " + "; ".join(f"{s.host} {s.comment}" for s in result.steps()
                                  if "drain" in s.comment))  # fmt: skip

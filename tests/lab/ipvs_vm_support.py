@@ -31,7 +31,7 @@ from reconciler.steps import Plan
 from reconciler.transport import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
-from tests.lab.rollout_support import plan_for, write_repo
+from tests.lab.rollout_support import plan_for, settings_toml, write_repo
 
 DIRECTORS = ("lvs1", "lvs2")
 PORT = 80
@@ -153,6 +153,14 @@ class VmDrLab:
         dest = self.workdir / f"repo-{secrets.token_hex(4)}"
         settings = SETTINGS if verify else SETTINGS.replace("[verify]", "[verify]\nenabled = false")
         return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), settings)
+
+    def services_desired(self, backend: str, octets: list[int], weights: dict[str, int]) -> Desired:
+        """One service per VIP octet (http, http2, ...), without the verification phase: the
+        tests using it check the tables and traffic themselves."""
+        names = ["http", *(f"http{n}" for n in range(2, len(octets) + 1))]
+        vips = {name: self.vip(o) for name, o in zip(names, octets, strict=True)}
+        dest = self.workdir / f"{backend}-{'-'.join(map(str, octets))}-{secrets.token_hex(3)}"
+        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), settings_toml())
 
     async def ipvs_save(self, host: str) -> str:
         return str((await self.lab.exec(host, ["ipvsadm", "-Sn"])).stdout)

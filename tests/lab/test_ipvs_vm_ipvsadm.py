@@ -33,11 +33,10 @@ from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
 from tests.lab.ipvs_vm_support import (
     DIRECTORS,
     VmDrLab,
-    cluster_toml,
     transport_for,
     vm_tests_wanted,
 )
-from tests.lab.rollout_support import explain, pending, plan_for, settings_toml, write_repo
+from tests.lab.rollout_support import explain, pending, plan_for
 
 pytestmark = [
     pytest.mark.lab,
@@ -65,13 +64,7 @@ IP = "/usr/sbin/ip"  # `ip` on the guest (the shared root is merged-/usr Debian:
 
 
 def _desired(vm: VmDrLab, octets: list[int]) -> Desired:
-    """The ipvsadm cluster with one service per VIP octet. No verification phase: traffic through
-    these VMs is proven by test_ipvs_vm_ipvsadm; here it would only add emulation-bound seconds
-    and a way to fail that is not the subject (the failing run never reaches it anyway)."""
-    names = ["http", *(f"http{n}" for n in range(2, len(octets) + 1))]
-    vips = {name: vm.vip(o) for name, o in zip(names, octets, strict=True)}
-    dest = vm.workdir / f"rollback-{'-'.join(map(str, octets))}"
-    return write_repo(vm.lab, dest, cluster_toml(BACKEND, vips, WEIGHTS), settings_toml())
+    return vm.services_desired(BACKEND, octets, WEIGHTS)
 
 
 async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(

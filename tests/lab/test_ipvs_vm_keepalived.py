@@ -26,11 +26,10 @@ from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
 from tests.lab.ipvs_vm_support import (
     PORT,
     VmDrLab,
-    cluster_toml,
     transport_for,
     vm_tests_wanted,
 )
-from tests.lab.rollout_support import explain, pending, plan_for, settings_toml, write_repo
+from tests.lab.rollout_support import explain, pending, plan_for
 
 pytestmark = [
     pytest.mark.lab,
@@ -58,11 +57,7 @@ async def test_join_then_drain_and_remove_under_load_lose_nothing(vm_dr_lab: VmD
 
 
 def _desired(vm: VmDrLab, octets: list[int]) -> Desired:
-    """One service per VIP octet; the test checks the tables itself (no verification phase)."""
-    names = ["http", *(f"http{n}" for n in range(2, len(octets) + 1))]
-    vips = {name: vm.vip(o) for name, o in zip(names, octets, strict=True)}
-    dest = vm.workdir / f"ka-rollback-{'-'.join(map(str, octets))}"
-    return write_repo(vm.lab, dest, cluster_toml(BACKEND, vips, WEIGHTS), settings_toml())
+    return vm.services_desired(BACKEND, octets, WEIGHTS)
 
 
 async def _settled(vm: VmDrLab, host: str, vips: list[str]) -> str:
