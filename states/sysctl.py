@@ -92,8 +92,12 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     except FactUnknown as exc:
         return skip(low, f"cannot plan {args.key}: {exc.reason}")
     current = lookup(sysctls, args.key)
+    note = ""
     if current is None and args.module is not None:
-        return _with_module(low, ctx, args)
+        found = _module_default(low, ctx, args)
+        if isinstance(found, StateResult):
+            return found
+        current, note = found, f" ({args.module} not loaded yet: its default)"
     if current is None:
         return skip(low, f"cannot plan {args.key}: it was not gathered (no such key?)")
     if normalize(current) == args.value:
@@ -103,7 +107,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
         "set",
         "sysctl",
         f"set {args.key} = {args.value}",
-        before=f"{args.key} = {normalize(current)}",
+        before=f"{args.key} = {normalize(current)}{note}",
         after=f"{args.key} = {args.value}",
         commands=(_assign(args.key, args.value),),
         undo=(_assign(args.key, normalize(current)),),
@@ -111,8 +115,9 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,), claims=(Claim(FUNCTION, args.key, normalize(current)),))
 
 
-def _with_module(low: LowState, ctx: PlanContext, args: SysctlArgs) -> StateResult:
-    """A module key not gathered: load the module, then set it (see the module docstring)."""
+def _module_default(low: LowState, ctx: PlanContext, args: SysctlArgs) -> str | StateResult:
+    """A module key that was not gathered: the value it will read once the packages phase has
+    loaded the module (see the module docstring), or the skip that says why it cannot be set."""
     assert args.module is not None
     try:
         table = known(host_facts(low, ctx).ipvs, "IPVS")
@@ -124,20 +129,7 @@ def _with_module(low: LowState, ctx: PlanContext, args: SysctlArgs) -> StateResu
     if table.loaded or args.module_default is None:
         # Loaded, yet the key is missing: an older kernel without it. Nothing to write.
         return skip(low, f"cannot plan {args.key}: this kernel's {args.module} has no such key")
-    default = args.module_default
-    if default == args.value:
-        return StateResult()
-    step = make_step(
-        low,
-        "set",
-        "sysctl",
-        f"set {args.key} = {args.value}",
-        before=f"{args.key} = {default} ({args.module} not loaded yet: its default)",
-        after=f"{args.key} = {args.value}",
-        commands=(_assign(args.key, args.value),),
-        undo=(_assign(args.key, default),),
-    )
-    return StateResult(steps=(step,), claims=(Claim(FUNCTION, args.key, default),))
+    return args.module_default
 
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:

@@ -69,6 +69,22 @@ exit 0
 """
 
 
+# The marks of every module testing the VM directors.
+VM_TEST_MARKS = [
+    pytest.mark.lab,
+    pytest.mark.asyncio(loop_scope="session"),
+    # The VMs run under CPU emulation on a shared machine: generous, but bounded.
+    pytest.mark.timeout(600),
+]
+
+
+def skip_module_unless_wanted() -> None:
+    """Called at a VM test module's top: SHOAL_VM_TESTS=0 leaves it out at collection (never a
+    skipped lab test under CI=true)."""
+    if not vm_tests_wanted():
+        pytest.skip("SHOAL_VM_TESTS=0: VM director tests left out", allow_module_level=True)
+
+
 def vm_tests_wanted() -> bool:
     """SHOAL_VM_TESTS=0 leaves the VM modules out (a collection-time skip, as test_vm_director)."""
     return os.environ.get("SHOAL_VM_TESTS", "1") != "0"

@@ -25,21 +25,15 @@ from tests.lab import ipvs_vm_scenarios as scenarios
 from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
 from tests.lab.ipvs_vm_support import (
     PORT,
+    VM_TEST_MARKS,
     VmDrLab,
+    skip_module_unless_wanted,
     transport_for,
-    vm_tests_wanted,
 )
 from tests.lab.rollout_support import explain, pending, plan_for
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.asyncio(loop_scope="session"),
-    # The VMs run under CPU emulation on a shared machine: generous, but bounded.
-    pytest.mark.timeout(600),
-]
-
-if not vm_tests_wanted():
-    pytest.skip("SHOAL_VM_TESTS=0: VM director tests left out", allow_module_level=True)
+pytestmark = VM_TEST_MARKS
+skip_module_unless_wanted()
 
 BACKEND = "keepalived"
 WEIGHTS = {"web1": 1, "web2": 2}
