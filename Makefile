@@ -17,6 +17,10 @@ typecheck: setup
 test: setup lint typecheck
 	@$(BIN)/pytest -q
 
+# The pure tests only (no lab, no root): the quick loop while editing.
+unit: setup
+	@$(BIN)/pytest -q tests/unit
+
 demo: setup
 	@./scripts/demo.sh
 

@@ -23,6 +23,9 @@ for dir in /etc /var/lib /run /var/log /root /usr/local; do
     "$dir"
 done
 mount -t tmpfs -o mode=1777,size=256m,nosuid,nodev shoal-tmp /tmp
+# shellcheck source=fresh-host.sh
+. "$(dirname "$0")/fresh-host.sh"
+hide_machine_shoal_state
 # sysfs shows the network namespace of whoever mounts it: mount this host's own.
 mount -t sysfs -o nosuid,nodev,noexec shoal-sys /sys
 

@@ -28,6 +28,9 @@ mount -t tmpfs -o nosuid,nodev,mode=0755 shoal-run /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 shoal-tmp /tmp
 # The machine's /root (shell start-up files, tool caches) is not the guest's business.
 mount -t tmpfs -o mode=0700 shoal-root /root
+# shellcheck source=fresh-host.sh
+. "$(dirname "$0")/fresh-host.sh"
+hide_machine_shoal_state
 exec </dev/null >/dev/console 2>&1
 
 echo /sbin/modprobe >/proc/sys/kernel/modprobe

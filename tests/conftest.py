@@ -15,12 +15,18 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology, prerequisites, reap_abandoned_labs
+from tests.machine_leftovers import SESSION_ENV, Snapshot, leftovers, snapshot
 
 # One token per pytest process (each xdist worker too), so parallel runs never share a lab.
 SESSION_TOKEN = secrets.token_hex(4)[:7]
 SESSION_LAB_ID = f"t{SESSION_TOKEN}"
 
+# Inherited by every process a test starts: one still running at the end is a leftover.
+os.environ[SESSION_ENV] = SESSION_TOKEN
+
 _skipped_lab_tests: list[str] = []
+_machine_before: Snapshot | None = None
+_machine_leftovers: list[str] = []
 
 
 def in_ci() -> bool:
@@ -81,8 +87,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("=", "lab tests skipped under CI=true", red=True)
         for nodeid in _skipped_lab_tests:
             terminalreporter.write_line(nodeid)
+    if _machine_leftovers:
+        terminalreporter.write_sep("=", "the session left these on the machine", red=True)
+        for line in _machine_leftovers:
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _machine_before
+    _machine_before = snapshot(SESSION_TOKEN)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _skipped_lab_tests and in_ci() and exitstatus == pytest.ExitCode.OK:
+    if _machine_before is not None:
+        _machine_leftovers.extend(leftovers(_machine_before, snapshot(SESSION_TOKEN)))
+    failed = (_skipped_lab_tests and in_ci()) or _machine_leftovers
+    if failed and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

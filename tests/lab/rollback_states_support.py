@@ -337,14 +337,21 @@ def with_inactive_unit(unit: str) -> Callable[[HostFacts], HostFacts]:
 
 
 # --- the state a rollback must give back ---------------------------------------------------
+# Everything, but for one thing a rollback keeps on purpose: the phase's backups, under
+# /var/lib/shoal/backups/<plan-id>/ (and so /var/lib/shoal itself, mode 0700, on a host that had
+# none). They are shoal's record of what it put back, which `GET /runs/{id}` lists and the
+# operator may need after the fact; pruned to the newest few plans by the next apply. Anything
+# else under /var/lib/shoal (the ledger, nft files) must be as before.
 
 _EXTRA_STATE = f"""
 for f in {CONF_PATH} {UNDO_PATH} {SCRIPT_PATH} {LEDGER_PATH}; do
   if [ -f "$f" ]; then echo "== $f"; cat "$f"; else echo "== $f absent"; fi
 done
 echo "== trees"
-find /etc/keepalived /var/lib/shoal {STATES_DIR} {UNITS_DIR} -path /var/lib/shoal/backups -prune \\
-  -o -printf '%p %y %m %s %l\\n' 2>&1 | sort
+find /etc/keepalived {STATES_DIR} {UNITS_DIR} -printf '%p %y %m %s %l\\n' 2>&1 | sort
+echo "== /var/lib/shoal, but for the backups"
+find /var/lib/shoal -mindepth 1 -path /var/lib/shoal/backups -prune \\
+  -o -printf '%p %y %m %s %l\\n' 2>/dev/null | sort
 for f in {STATES_DIR}/* {UNITS_DIR}/*; do [ -f "$f" ] && echo "== $f" && cat "$f"; done
 echo "== keepalived"
 p=$(cat {KEEPALIVED_PID} 2>/dev/null)

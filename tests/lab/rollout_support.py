@@ -199,34 +199,40 @@ async def under_load(
     port: int = 80,
     workers: int = 4,
     batch: int = 20,
-    max_batches: int = 100,
+    batches_after: int = 2,
+    deadline: float = 600.0,
     timeout: float = 10.0,
 ) -> tuple[T, LoadReport]:
     """Run `change()` while `workers` probe processes on `client` send requests to vip:port.
 
-    Bounded: each worker sends batches of `batch` requests (each request its own connection,
-    `timeout` seconds at most) until one batch has started after the change finished, and never
-    more than `max_batches`. At least one batch of every worker is on the wire before the change
-    starts.
+    Driven by the change, not by a count: each worker sends batches of `batch` requests (each
+    request its own connection, `timeout` seconds at most) for as long as the change runs, then
+    `batches_after` more that start after it finished, so what is measured after the change does
+    not depend on how fast this machine is. At least one batch of every worker is on the wire
+    before the change starts. The whole run has `deadline` seconds: a change still running then
+    fails the test (TimeoutError, with what the load saw so far).
     """
     report = LoadReport()
     done = asyncio.Event()
     first = [asyncio.Event() for _ in range(workers)]
-    deadline = batch * timeout
+    batch_deadline = batch * timeout
 
     async def worker(i: int) -> None:
-        for n in range(max_batches):
+        sent_after = 0
+        n = 0
+        while sent_after < batches_after:
             after = done.is_set()
-            task = asyncio.ensure_future(
-                run_load(lab, client, vip, port, count=batch, timeout=timeout, deadline=deadline)
+            probe = run_load(
+                lab, client, vip, port, count=batch, timeout=timeout, deadline=batch_deadline
             )
+            task = asyncio.ensure_future(probe)
             if n == 0:
                 # The probe process needs a moment to start: give it its first request's time.
                 await asyncio.sleep(0.3)
                 first[i].set()
             report.add(await task, after)
-            if after:
-                return
+            sent_after += after
+            n += 1
             await asyncio.sleep(0.1)  # a steady stream, not a flood
 
     retrans_before = await syn_retransmits(lab, client)
@@ -234,10 +240,15 @@ async def under_load(
     start = time.monotonic()
     tasks = [asyncio.ensure_future(worker(i)) for i in range(workers)]
     try:
-        await asyncio.gather(*(e.wait() for e in first))
-        outcome = await change()
-        done.set()
-        await asyncio.gather(*tasks)
+        async with asyncio.timeout(deadline):
+            await asyncio.gather(*(e.wait() for e in first))
+            outcome = await change()
+            done.set()
+            await asyncio.gather(*tasks)
+    except TimeoutError as e:
+        report.seconds = time.monotonic() - start
+        state = "the load after it" if done.is_set() else "the change"
+        raise TimeoutError(f"{state} ran past {deadline:.0f} s: {report.summary()}") from e
     finally:
         done.set()
         for t in tasks:

@@ -120,7 +120,7 @@ async def test_host_without_a_machine_is_all_unknown_within_connect_timeout(lab:
         started = time.monotonic()
         facts = await gather_facts(transport, ["ghost", "web1"])
         elapsed = time.monotonic() - started
-    assert elapsed < timeout * 2 + 1
+    assert elapsed < timeout * 2 + 5  # the connect timeout, not TCP's own minutes
     ghost = facts["ghost"]
     assert len(ghost.unknown_facts) == len(HostFacts.model_fields) - 1
     assert all(r.startswith("host unreachable: ") for r in ghost.unknown_facts.values())
@@ -142,7 +142,7 @@ async def test_link_down_host_is_unknown_and_comes_back(session_token: str) -> N
             started = time.monotonic()
             facts = await gather_facts(transport, ["lvs1", "web1"])
             elapsed = time.monotonic() - started
-            assert elapsed < timeout * 2 + 1
+            assert elapsed < timeout * 2 + 5  # the connect timeout, not TCP's own minutes
             assert not facts["web1"].hostname.known
             assert "host unreachable" in str(facts["web1"].hostname.unknown_reason)
             assert facts["lvs1"].hostname.value == "lvs1"
