@@ -2,8 +2,9 @@
 
 Started by tests/lab/test_states_netns.py as
 `ip netns exec NS unshare --mount --propagation private python netns_apply.py METHOD`.
-It puts tmpfs over the directories shoal writes, gives the namespace an `eth0`, creates some
-foreign objects (someone else's address, ARP rule, nft table, REDIRECT), then:
+It puts tmpfs over the directories shoal writes (inside overlays, so nothing is made on the
+machine), gives the namespace an `eth0`, creates some foreign objects (someone else's
+address, ARP rule, nft table, REDIRECT), then:
 
 1. gathers facts with the real facts script, plans, runs the steps (argv and file writes);
 2. gathers again: the plan must be empty (the commands are exactly what the facts read back);
@@ -21,6 +22,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -34,6 +38,7 @@ from reconciler.steps import Plan, Step
 from tests.statecases import HOSTS, cluster_desired
 
 HOST = "web1"
+OVERLAID = ("/etc", "/var/lib", "/usr/local")
 MOUNTS = ("/etc/sysctl.d", "/usr/local/sbin", "/etc/systemd/system", "/var/lib/shoal")
 FOREIGN = (
     ("ip", "addr", "add", "10.9.9.10/32", "dev", "lo"),
@@ -61,10 +66,34 @@ def fail(check: str, **data: object) -> None:
     sys.exit(1)
 
 
+@contextmanager
+def private_trees() -> Iterator[None]:
+    """/etc, /var/lib and /usr/local as overlays whose upper dirs are on a tmpfs, then a tmpfs on
+    each of MOUNTS. The namespace's mounts are private, but a directory made in the machine's
+    trees (/var/lib/shoal where it is missing) would be the machine's: made in an overlay, it is
+    not. The only trace on the machine is an empty scratch directory, removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="shoal-netns-") as scratch:
+        run(("mount", "-t", "tmpfs", "tmpfs", scratch))
+        mounted = [scratch]
+        try:
+            for tree in OVERLAID:
+                layer = Path(scratch) / tree.strip("/").replace("/", "-")
+                (layer / "upper").mkdir(parents=True)
+                (layer / "work").mkdir()
+                options = f"lowerdir={tree},upperdir={layer}/upper,workdir={layer}/work"
+                run(("mount", "-t", "overlay", "-o", options, "shoal-netns", tree))
+                mounted.append(tree)
+            for path in MOUNTS:
+                os.makedirs(path, exist_ok=True)
+                run(("mount", "-t", "tmpfs", "tmpfs", path))
+                mounted.append(path)
+            yield
+        finally:
+            for path in reversed(mounted):
+                subprocess.run(("umount", "-l", path), capture_output=True)
+
+
 def setup() -> None:
-    for path in MOUNTS:
-        os.makedirs(path, exist_ok=True)
-        run(("mount", "-t", "tmpfs", "tmpfs", path))
     run(("ip", "link", "set", "lo", "up"))
     run(("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"))
     run(("ip", "link", "set", "eth0peer", "up"))
@@ -131,6 +160,11 @@ def foreign_survives(check: str) -> None:
 
 
 def main(method: str) -> None:
+    with private_trees():
+        checks(method)
+
+
+def checks(method: str) -> None:
     setup()
     desired = cluster_desired(method)
     first = plan_desired(desired, facts(desired))
