@@ -12,7 +12,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q "uv==$UV_VERSION" >"$tmp/pip.log" 2>&1 || { cat "$tmp/pip.log"; exit 1; }
-args=(pip compile pyproject.toml scripts/lock-tools.in --extra dev --generate-hashes
+args=(pip compile --quiet pyproject.toml scripts/lock-tools.in --extra dev --generate-hashes
       --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o requirements.lock)
 [ -z "${UPGRADE:-}" ] || args+=(--upgrade)
 "$tmp/venv/bin/uv" "${args[@]}"

@@ -5,8 +5,8 @@ One small lab (lvs1 lvs2 web1 web2 client1); inside web2 (its own /etc) a user `
 created that the inventory logs in as. Checked: the tools in /usr/sbin are found whatever the
 login's PATH; a ledger that user cannot read (behind a 0700 directory, or a 0600 file) is
 unknown, never absent; the plan then refuses web2 with a message naming the host, the file and
-the reason, plans nothing there, and `shoal plan` exits 1 as documented. The lab goes away with
-the user and everything planted on it.
+the reason, plans nothing there, and `shoal plan` exits 1 as documented; `shoal apply` then
+changes nothing on any host. The lab goes away with the user and everything planted on it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOAL = Path(sys.executable).with_name("shoal")
 USER = "shoaltest"
 # What the Debian tools packages put in /usr/sbin, which a non-root login's PATH lacks.
+ARP_IGNORE = "net.ipv4.conf.all.arp_ignore"
 SBIN_TOOLS = ("nft", "iptables", "iptables-save", "arptables", "sysctl", "ipvsadm")
 # The user: no home on the machine (/home is not private to a lab host), a password field
 # that is not locked (sshd without PAM refuses a locked account even for a key), and the
@@ -117,6 +118,20 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert text.returncode == 1 and f"blocked: {want}" in text.stdout, text.stdout[-3000:]
-    # Untouched: the ledger is still what was planted.
+    # `shoal apply --yes`: the run refuses (a blocked host stops it under the default policy)
+    # and nothing changes anywhere: web1 keeps its kernel defaults, web2 its ledger.
+    before = (await lab.exec("web1", ["sysctl", "-n", ARP_IGNORE])).stdout
+    res = subprocess.run(
+        [str(SHOAL), "apply", str(desired_repo), "--key", str(lab.client_key_path), "--yes",
+         "--json"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
+    run = json.loads(res.stdout)["run"]
+    assert not run["ok"] and want in run["comment"], run["comment"]
+    assert [(e["kind"], e["host"], e["message"]) for e in run["errors"]] == [
+        ("FactsUnknown", "web2", want)
+    ]
+    assert run["hosts"] and all(r["result"] is None for st in run["hosts"].values() for r in st)
+    assert (await lab.exec("web1", ["sysctl", "-n", ARP_IGNORE])).stdout == before
     seen = await lab.exec("web2", ["cat", LEDGER_PATH])
     assert json.loads(seen.stdout) == ledger
