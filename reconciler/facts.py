@@ -229,6 +229,12 @@ f_keepalived() {
     there "$_p" || { [ $? = 1 ] && continue; return 13; }
     [ -r "$_p" ] || { denied "$_p"; return; }
     read -r _pid < "$_p" || continue
+    case $_pid in '' | *[!0-9]*) continue ;; esac
+    if ! [ -e "/proc/$_pid" ]; then
+      # /proc mounted with hidepid hides other users' processes: one that exists is unknown.
+      case $(kill -0 "$_pid" 2>&1) in *ermitted*) denied "/proc/$_pid"; return ;; esac
+      continue
+    fi
     # The pid must be a keepalived in this host's network namespace (lab hosts share /proc).
     [ -r "/proc/$_pid/comm" ] && read -r _c < "/proc/$_pid/comm" || continue
     [ "$_c" = keepalived ] || continue

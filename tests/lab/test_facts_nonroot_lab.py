@@ -11,6 +11,7 @@ changes nothing on any host. The lab goes away with the user and everything plan
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -89,6 +90,7 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
     assert not facts.ledger.value.entries
     for fact in (facts.arptables, facts.nft, facts.iptables_nat):
         assert not fact.known and "not installed" not in str(fact.unknown_reason), fact
+    assert facts.keepalived.value is not None and not facts.keepalived.value.running
     plan = plan_desired(desired, {"web2": facts})
     web2 = plan.hosts["web2"]
     assert web2.blocked is None, web2.blocked
@@ -118,6 +120,20 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert text.returncode == 1 and f"blocked: {want}" in text.stdout, text.stdout[-3000:]
+    # A keepalived of root's: the user may not see its network namespace, so whether it runs
+    # on this host is unknown, not "stopped".
+    conf = "/etc/keepalived/keepalived.conf"
+    start = f"mkdir -p /etc/keepalived && : >{conf} && keepalived -p /run/keepalived.pid -f {conf}"
+    await lab.exec("web2", ["sh", "-c", f"rm -rf /var/lib/shoal && {start}"])
+    pid = (await _wait_for_pid(lab)).strip()
+    async with SSHTransport(desired.inventory, desired.known_hosts, lab.client_key_path,
+                            connect_timeout=3) as t:  # fmt: skip
+        seen_facts = (await gather_facts(t, ["web2"], managed_paths(desired)))["web2"]
+    assert seen_facts.keepalived.unknown_reason == f"/proc/{pid}/ns/net: Permission denied"
+    assert seen_facts.ledger.known  # the ledger directory is gone: absent, and known to be
+    await lab.exec("web2", ["sh", "-c", f"mkdir -p /var/lib/shoal && chmod 700 /var/lib/shoal && "
+                            f"cat >{LEDGER_PATH}"], input=json.dumps(ledger))  # fmt: skip
+
     # `shoal apply --yes`: the run refuses (a blocked host stops it under the default policy)
     # and nothing changes anywhere: web1 keeps its kernel defaults, web2 its ledger.
     before = (await lab.exec("web1", ["sysctl", "-n", ARP_IGNORE])).stdout
@@ -135,3 +151,13 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
     assert (await lab.exec("web1", ["sysctl", "-n", ARP_IGNORE])).stdout == before
     seen = await lab.exec("web2", ["cat", LEDGER_PATH])
     assert json.loads(seen.stdout) == ledger
+
+
+async def _wait_for_pid(lab: Lab) -> str:
+    # keepalived writes its pid file once it has daemonised.
+    for _ in range(100):
+        res = await lab.exec("web2", ["cat", "/run/keepalived.pid"], check=False)
+        if res.returncode == 0 and res.stdout.strip():
+            return res.stdout
+        await asyncio.sleep(0.05)
+    raise AssertionError("keepalived wrote no pid file in 5 s")
