@@ -3,10 +3,14 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint typecheck unit demo demo-down bench clean
+.PHONY: setup lock test lint typecheck unit demo demo-down bench clean
 
 setup:
 	@./scripts/setup.sh
+
+# Regenerate requirements.lock from pyproject.toml (UPGRADE=1: newest versions that fit).
+lock:
+	@./scripts/lock.sh
 
 lint: setup
 	@$(BIN)/ruff check reconciler states api lab tests bench

@@ -156,6 +156,8 @@ class HostPlanOut(_Out):
     facts_digest: str
     reachable: bool
     unknown_reason: str | None
+    # Why nothing may change on this reachable host (a fact its plan needs could not be read).
+    blocked: str | None = None
     diff: str
     steps: list[StepOut]
     skipped: list[SkippedOut]
@@ -366,6 +368,7 @@ def plan_detail(
             facts_digest=hp.facts_digest,
             reachable=hp.reachable,
             unknown_reason=hp.unknown_reason,
+            blocked=hp.blocked,
             diff=host_diff(hp),
             steps=[_step_out(s) for s in hp.steps],
             skipped=[SkippedOut(state_id=s.state_id, reason=s.reason) for s in hp.skipped],

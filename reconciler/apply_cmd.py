@@ -170,7 +170,8 @@ def run_apply(
         """Print the plan; True if there is something to apply."""
         if not as_json:
             print_lines(out, render_plan(plan))
-        if plan.empty and all(hp.reachable for hp in plan.hosts.values()):
+        # A blocked host has no steps but is not in sync: the apply goes on to say so and fail.
+        if plan.empty and all(hp.reachable and not hp.blocked for hp in plan.hosts.values()):
             if as_json:
                 out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
             else:

@@ -683,15 +683,22 @@ class _Run:
         for h, why in sorted(unreachable.items()):
             result.unreachable.append(h)
             result.errors.append(RunError(kind="HostUnreachable", host=h, message=why))
-        if unreachable and self.settings.unreachable_hosts == "stop":
+        # A blocked host has no steps; like an unreachable one it is a host the plan could not
+        # bring to the desired state, so the same policy decides whether the others go on.
+        blocked = {h: hp.blocked for h, hp in plan.hosts.items() if hp.blocked and hp.reachable}
+        for h, why in sorted(blocked.items()):
+            result.errors.append(RunError(kind="FactsUnknown", host=h, message=why))
+        if (unreachable or blocked) and self.settings.unreachable_hosts == "stop":
             result.ok = False
+            what = [f"unreachable: {', '.join(sorted(unreachable))}"] if unreachable else []
+            what += [f"blocked: {why}" for _, why in sorted(blocked.items())]
             result.comment = (
-                f"unreachable: {', '.join(sorted(unreachable))}; "
-                "settings.apply.unreachable_hosts = stop, so nothing ran"
+                f"{'; '.join(what)}; settings.apply.unreachable_hosts = stop, so nothing ran"
             )
-            self.not_run(set(plan.hosts), "not run: a host is unreachable and the policy is stop")
+            self.not_run(set(plan.hosts), "not run: a host is unreachable or blocked and the "
+                         "policy is stop")  # fmt: skip
             return self.done()
-        skip = set(unreachable)
+        skip = set(unreachable) | set(blocked)
         self.not_run(skip, "not run: host unreachable")
         phases = sorted({s.phase for hp in plan.hosts.values() for s in hp.steps})
         for n, phase in enumerate(phases):

@@ -12,8 +12,12 @@ The script prints one section per fact:
 
 A section whose command failed (RC != 0, tool missing, output the parser does not understand)
 becomes `Fact.unknown(reason)`, never an empty value: an empty value would read as "absent" and
-could make a state remove things. The script reads /proc/sys and pid files with shell builtins
-and runs each tool once, since it runs on every plan for every host.
+could make a state remove things. The same holds for what this login may not see: a path behind
+a directory it cannot search, or a file it cannot read, fails its section with status 13
+(`DENIED`) and a reason naming the path, instead of reading as missing. Tools are looked up on
+a fixed PATH that includes the sbin directories, whoever logs in. The script reads /proc/sys
+and pid files with shell builtins and runs each tool once, since it runs on every plan for
+every host.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from reconciler.parsers.sysctl import parse_sysctls
 from reconciler.parsers.systemctl import parse_systemctl_show
 
 MARKER = "#shoal-facts#"
+# A section's status when this login may not read what it needs (`denied` in the script).
+DENIED = 13
 SCRIPT_VERSION = "1"
 
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
@@ -108,6 +114,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 # The script's fixed part. Sections run as `sec NAME CMD...`: CMD's stdout goes straight to
 # ours, its stderr is captured (the `2>&1 1>&3` swap) and printed after the end marker.
 _PRELUDE = r"""
+# The login's own PATH may lack the sbin directories (a non-root user's does on Debian): tools
+# are looked up in the same places whoever logs in, or a tool there would read as not installed.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
 M='#shoal-facts#'
 tab=$(printf '\t')
 sec() {
@@ -122,6 +132,19 @@ emit() {
   if [ "$2" = 0 ]; then printf '%s begin %s\n%s\n\n%s end %s 0\n' "$M" "$1" "$3" "$M" "$1"
   else printf '%s begin %s\n\n%s end %s %s\n%s\n' "$M" "$1" "$M" "$1" "$2" "$3"; fi
 }
+# there P: 0 when P exists (a dangling link too), 1 when it surely does not, 13 when a
+# directory on the way cannot be searched (a non-root login behind a 0700 directory): then P
+# may well exist, and what depends on it is unknown, never absent.
+there() {
+  { [ -e "$1" ] || [ -L "$1" ]; } && return 0
+  _tw=${1%/*}
+  while [ -n "$_tw" ] && ! [ -e "$_tw" ]; do _tw=${_tw%/*}; done
+  [ -n "$_tw" ] || _tw=/
+  if [ -d "$_tw" ] && ! [ -x "$_tw" ]; then denied "$1"; return; fi
+  return 1
+}
+# denied P: P exists (or may) but this login cannot read it; status 13, the reason on stderr.
+denied() { printf '%s: Permission denied\n' "$1" >&2; return 13; }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed" >&2; return 127; }; }
 version() { need "$1" && "$1" -V; }
 f_hostname() { rd /proc/sys/kernel/hostname && printf '%s\n' "$_v"; }
@@ -140,7 +163,8 @@ f_sysctl() {
     done
   done
   for _k in $IPVS_SYSCTLS; do
-    [ -r "/proc/sys/net/ipv4/vs/$_k" ] || continue
+    # A key that exists but cannot be read fails the section, as any other unreadable key.
+    [ -e "/proc/sys/net/ipv4/vs/$_k" ] || continue
     rd "/proc/sys/net/ipv4/vs/$_k" && printf 'net.ipv4.vs.%s=%s\n' "$_k" "$_v" || _rc=1
   done
   return $_rc
@@ -156,9 +180,13 @@ f_ipt_save() {
     *nf_tables*) ;;
     *)
       _t=
-      [ -r /proc/net/ip_tables_names ] && while read -r _x; do
-        [ "$_x" = nat ] && _t=1
-      done < /proc/net/ip_tables_names
+      if [ -e /proc/net/ip_tables_names ]; then
+        # 0440 root: a non-root login cannot tell whether a nat table exists.
+        [ -r /proc/net/ip_tables_names ] || { denied /proc/net/ip_tables_names; return; }
+        while read -r _x; do
+          [ "$_x" = nat ] && _t=1
+        done < /proc/net/ip_tables_names
+      fi
       [ -n "$_t" ] || return 0
       ;;
   esac
@@ -198,10 +226,24 @@ f_keepalived() {
   _run=0
   # The last: where states.keepalived starts it on a host without systemd (its PID_DIR).
   for _p in /run/keepalived.pid /var/run/keepalived.pid /var/lib/shoal/keepalived.pid; do
-    [ -r "$_p" ] && read -r _pid < "$_p" || continue
+    there "$_p" || { [ $? = 1 ] && continue; return 13; }
+    [ -r "$_p" ] || { denied "$_p"; return; }
+    read -r _pid < "$_p" || continue
+    case $_pid in '' | *[!0-9]*) continue ;; esac
+    if ! [ -e "/proc/$_pid" ]; then
+      # /proc mounted with hidepid hides other users' processes: one that exists is unknown.
+      case $(kill -0 "$_pid" 2>&1) in *ermitted*) denied "/proc/$_pid"; return ;; esac
+      continue
+    fi
     # The pid must be a keepalived in this host's network namespace (lab hosts share /proc).
     [ -r "/proc/$_pid/comm" ] && read -r _c < "/proc/$_pid/comm" || continue
-    [ "$_c" = keepalived ] && [ "/proc/$_pid/ns/net" -ef /proc/self/ns/net ] && _run=1
+    [ "$_c" = keepalived ] || continue
+    # Another user's process hides its namespace links: whether it runs here is unknown.
+    if ! [ -e "/proc/$_pid/ns/net" ]; then
+      [ -L "/proc/$_pid/ns/net" ] && { denied "/proc/$_pid/ns/net"; return; }
+      continue
+    fi
+    [ "/proc/$_pid/ns/net" -ef /proc/self/ns/net ] && _run=1
   done
   printf 'running=%s\n' "$_run"
 }
@@ -213,12 +255,12 @@ f_files() {
   _s=; _h=; _st=
   set -- $FILES
   for _p do
-    if [ -e "$_p" ] || [ -L "$_p" ]; then
-      _s="$_s $_p"
-      [ -f "$_p" ] && _h="$_h $_p"
-    else
-      printf 'missing %s\n' "$_p"
-    fi
+    there "$_p"
+    case $? in
+      0) _s="$_s $_p"; [ -f "$_p" ] && _h="$_h $_p" ;;
+      1) printf 'missing %s\n' "$_p" ;;
+      *) return 13 ;;
+    esac
   done
   [ -n "$_s" ] || return 0
   _st=$(stat -c 'stat %a %s %F|%n' -- $_s) || return
@@ -243,7 +285,8 @@ f_services() {
   systemctl show -p Id -p ActiveState -p UnitFileState -- $SERVICES
 }
 f_ledger() {
-  [ -e "$LEDGER" ] || { echo absent; return 0; }
+  there "$LEDGER" || { [ $? = 1 ] && echo absent && return 0; return 13; }
+  [ -r "$LEDGER" ] || { denied "$LEDGER"; return; }
   echo present
   while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done < "$LEDGER"
 }
@@ -327,6 +370,8 @@ class Section:
         tail = f": {detail[-1]}" if detail else ""
         if self.exit_status == 127:
             return f"{what}: not installed{tail}"
+        if self.exit_status == DENIED and detail:
+            return detail[-1]  # the script's own "PATH: Permission denied"
         return f"{what} exited {self.exit_status}{tail}"
 
 

@@ -14,9 +14,14 @@ Ownership: every state result says what it created (claims) and what it removed 
 the director states say it in `args["ledger"]`. When that changes what the host's ledger lists,
 the host's last step writes /var/lib/shoal/ledger.json (a file.managed step), keeping each
 sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
-working files removed instead (`reconciler.leftovers`). A host whose ledger is unknown gets no
-removal and no ledger write, and its HostPlan says why. A host whose facts could not be read at
+working files removed instead (`reconciler.leftovers`). A host whose facts could not be read at
 all is marked unreachable, with no steps.
+
+Blocking: a host whose ledger is unknown, or one of whose states could not be planned because a
+fact it needs is unknown, gets no step at all: its HostPlan is `blocked`, with a message naming
+the host, what could not be read and why (`web3: /var/lib/shoal/ledger.json: Permission
+denied`). Planning around the gap would be unsafe (a VIP added without its ARP suppression, a
+ledger written over one that lists what shoal owns), so nothing on that host is touched.
 """
 
 from __future__ import annotations
@@ -214,25 +219,37 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
             ops += [op for op in low.args["ledger"] if isinstance(op, Mapping)]
     steps.sort(key=lambda s: (s.phase, position[s.id]))
     if not hf.ledger.known or hf.ledger.value is None:
-        skipped.append(
+        why = hf.ledger.unknown_reason or "unknown"
+        why = why if LEDGER_PATH in why else f"{LEDGER_PATH}: {why}"
+        skipped.insert(
+            0,
             SkippedRemoval(
                 host=host,
                 state_id=LEDGER_STATE_ID,
-                reason=f"ledger unknown ({hf.ledger.unknown_reason}): nothing is removed on this "
-                "host, and what this plan creates is not recorded",
-            )
+                reason=f"ledger unknown ({why}): nothing is changed on this host",
+                fact_unknown=True,
+            ),
         )
-    else:
-        new = updated_ledger(hf.ledger.value, claims, releases, ops)
-        # Nothing of shoal's left on the host: remove its own files instead of an empty ledger.
-        cleanup = leftover_steps(host, hf, states, new, skipped, steps)
-        if cleanup is not None:
-            steps += cleanup
-        elif normalized(new) != normalized(hf.ledger.value):
-            steps.append(ledger_step(host, hf, new, steps))
+        return _blocked(host, hf, f"{host}: {why}", skipped)
+    unknown = [s for s in skipped if s.fact_unknown]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        return _blocked(host, hf, f"{host}: {unknown[0].state_id}: {unknown[0].reason}{more}",
+                        skipped)  # fmt: skip
+    new = updated_ledger(hf.ledger.value, claims, releases, ops)
+    # Nothing of shoal's left on the host: remove its own files instead of an empty ledger.
+    cleanup = leftover_steps(host, hf, states, new, skipped, steps)
+    if cleanup is not None:
+        steps += cleanup
+    elif normalized(new) != normalized(hf.ledger.value):
+        steps.append(ledger_step(host, hf, new, steps))
     return HostPlan(
         host=host, facts_digest=hf.digest(), steps=tuple(steps), skipped=tuple(skipped)
     )
+
+
+def _blocked(host: str, hf: HostFacts, why: str, skipped: Sequence[SkippedRemoval]) -> HostPlan:
+    return HostPlan(host=host, facts_digest=hf.digest(), skipped=tuple(skipped), blocked=why)
 
 
 # --- the ledger -----------------------------------------------------------------------------------

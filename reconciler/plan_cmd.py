@@ -1,7 +1,8 @@
 """`shoal plan [REPO] [--json] [--states]`: gather facts, plan, print the per-host diff.
 
 Exit status: 0 when every host is in sync, 2 when the plan has changes (or removals it could
-not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read).
+not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read, or
+one blocked because a fact its plan depends on, such as its ledger, could not be read).
 Progress goes to stderr, so `--json` leaves stdout to one JSON document.
 
 A step that writes a whole file shows a unified diff of it (`reconciler.stepdiff`), other steps
@@ -69,7 +70,7 @@ async def gather_over_ssh(
 
 
 def exit_status(plan: Plan) -> int:
-    if any(not hp.reachable for hp in plan.hosts.values()):
+    if any(not hp.reachable or hp.blocked for hp in plan.hosts.values()):
         return EXIT_ERROR
     if any(hp.steps or hp.skipped for hp in plan.hosts.values()):
         return EXIT_CHANGES
@@ -84,8 +85,11 @@ def summary(plan: Plan) -> dict[str, Any]:
         "in_sync": exit_status(plan) == EXIT_IN_SYNC,
         "steps": sum(len(hp.steps) for hp in hosts),
         "hosts_changing": sorted(hp.host for hp in hosts if hp.steps),
-        "hosts_in_sync": sorted(hp.host for hp in hosts if hp.reachable and not hp.steps),
+        "hosts_in_sync": sorted(
+            hp.host for hp in hosts if hp.reachable and not hp.blocked and not hp.steps
+        ),
         "hosts_unreachable": sorted(hp.host for hp in hosts if not hp.reachable),
+        "hosts_blocked": {hp.host: hp.blocked for hp in hosts if hp.reachable and hp.blocked},
         "skipped": sum(len(hp.skipped) for hp in hosts),
     }
 
@@ -163,6 +167,12 @@ def render_plan(plan: Plan) -> list[str]:
             why = escape(hp.unknown_reason or "")
             lines.append(f"[bold red]{escape(host)}: unreachable[/] ({why})")
             continue
+        if hp.blocked:
+            lines.append(f"[bold red]blocked: {_visible(hp.blocked)}[/]: nothing is changed on "
+                         f"{escape(host)}")  # fmt: skip
+            lines += [f"  [magenta]not planned:[/] {escape(s.state_id)}: {_visible(s.reason)}"
+                      for s in hp.skipped]  # fmt: skip
+            continue
         if not hp.steps and not hp.skipped:
             lines.append(f"[green]{escape(host)}: in sync[/]")
             continue
@@ -180,7 +190,8 @@ def render_plan(plan: Plan) -> list[str]:
     lines.append(
         f"plan {plan.id} (revision {escape(plan.revision or '-')}): {verdict} on "
         f"{len(s['hosts_changing'])} host(s); {len(s['hosts_in_sync'])} in sync; "
-        f"{len(s['hosts_unreachable'])} unreachable; {s['skipped']} not planned"
+        f"{len(s['hosts_unreachable'])} unreachable; {len(s['hosts_blocked'])} blocked; "
+        f"{s['skipped']} not planned"
     )
     return lines
 

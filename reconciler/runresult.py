@@ -76,7 +76,13 @@ class RollbackReport(_Value):
 
 class RunError(_Value):
     kind: Literal[
-        "ApplyError", "RollbackError", "HostUnreachable", "Interrupted", "Busy", "VerificationError"
+        "ApplyError",
+        "RollbackError",
+        "HostUnreachable",
+        "FactsUnknown",
+        "Interrupted",
+        "Busy",
+        "VerificationError",
     ]
     host: str
     phase: str | None = None

@@ -104,11 +104,16 @@ class DrainWait(_Value):
 
 
 class SkippedRemoval(_Value):
-    """A removal the planner did not plan because a fact was unknown; shown with the plan."""
+    """Something the planner did not plan, and why; shown with the plan.
+
+    `fact_unknown`: because a fact of the host could not be read. Such a host gets no step at
+    all (its HostPlan is `blocked`): what was planned around the gap could be unsafe alone.
+    """
 
     host: str
     state_id: str
     reason: str
+    fact_unknown: bool = False
 
 
 class HostPlan(_Value):
@@ -118,6 +123,9 @@ class HostPlan(_Value):
     unknown_reason: str | None = None
     steps: tuple[Step, ...] = ()
     skipped: tuple[SkippedRemoval, ...] = ()
+    # Why nothing may change on this reachable host ("web3: /var/lib/shoal/ledger.json:
+    # Permission denied"): a fact a step depends on, or the ledger, could not be read.
+    blocked: str | None = None
 
 
 class Plan(_Value):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what shoal's tests and demo need on a Debian 12 machine (run as root), idempotently:
-# the system packages the lab uses, and the project's virtual environment from pyproject.toml.
+# the system packages the lab uses, and the project's virtual environment from requirements.lock.
 # Quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,13 +48,23 @@ if ! compgen -G "$KERNEL_ROOT/boot/vmlinuz-*" >/dev/null; then
   mv "$KERNEL_ROOT.new" "$KERNEL_ROOT"  # last: its presence means "complete"
 fi
 
+# The virtual environment holds exactly requirements.lock (every version pinned, every file
+# checked against its sha256), then shoal itself without resolving anything (`make lock`
+# regenerates the lock from pyproject.toml's ranges). The stamp hashes both files: a change to
+# either reinstalls; a package the lock no longer lists is removed.
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.shoal-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: creating .venv from pyproject.toml"
+  echo "setup: installing .venv from requirements.lock"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/tmp/shoal-pip.log 2>&1 || { cat /tmp/shoal-pip.log; exit 1; }
-  .venv/bin/pip install -q -e '.[dev]' >>/tmp/shoal-pip.log 2>&1 || { cat /tmp/shoal-pip.log; exit 1; }
+  pip_log=/tmp/shoal-pip.log
+  pip() { .venv/bin/pip "$@" >>"$pip_log" 2>&1 || { cat "$pip_log"; exit 1; }; }
+  : >"$pip_log"
+  pip install -q --require-hashes --no-deps -r requirements.lock
+  pip install -q --no-deps --no-build-isolation -e .
+  extra=$(.venv/bin/python scripts/lock_extra.py requirements.lock)
+  # shellcheck disable=SC2086 # one name per word, from pip's own list
+  [ -z "$extra" ] || pip uninstall -q -y $extra
   echo "$want" > "$stamp"
 fi

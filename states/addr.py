@@ -82,7 +82,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         state = _state(low, ctx, args)
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {key_of(args)}: {exc.reason}")
+        return skip(low, f"cannot plan {key_of(args)}: {exc.reason}", unknown=exc.unread)
     if state is None:
         return skip(low, f"cannot plan {key_of(args)}: interface {args.interface} does not exist")
     if state:
@@ -110,7 +110,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         state = _state(low, ctx, args)
     except FactUnknown as exc:
-        return skip(low, f"not removing {key_of(args)}: {exc.reason}")
+        return skip(low, f"not removing {key_of(args)}: {exc.reason}", unknown=exc.unread)
     release = (Claim(FUNCTION, key_of(args)),)
     if not state:  # gone already, or its interface is
         return StateResult(releases=release)

@@ -36,7 +36,7 @@ def plan_present(
     try:
         found = count()
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {rule.tool} {rule.key}: {exc.reason}")
+        return skip(low, f"cannot plan {rule.tool} {rule.key}: {exc.reason}", unknown=exc.unread)
     if found:
         return StateResult()
     step = make_step(
@@ -58,7 +58,7 @@ def plan_absent(
     try:
         found = count()
     except FactUnknown as exc:
-        return skip(low, f"not removing {rule.tool} {rule.key}: {exc.reason}")
+        return skip(low, f"not removing {rule.tool} {rule.key}: {exc.reason}", unknown=exc.unread)
     release = (Claim(rule.function, rule.key),)
     if not found:
         return StateResult(releases=release)

@@ -28,10 +28,15 @@ class Args(BaseModel):
 
 
 class FactUnknown(Exception):
-    """A fact a state needs could not be read; the state skips and says why."""
+    """A fact a state needs could not be read; the state skips and says why.
 
-    def __init__(self, reason: str) -> None:
+    `unread`: the host was asked and could not answer (the fact is unknown), which blocks the
+    host; False for a value the facts were never asked for (a path not gathered).
+    """
+
+    def __init__(self, reason: str, *, unread: bool = False) -> None:
         self.reason = reason
+        self.unread = unread
         super().__init__(reason)
 
 
@@ -56,14 +61,14 @@ def parse_args(model: type[A], low: LowState) -> A:
 def host_facts(low: LowState, ctx: PlanContext) -> HostFacts:
     facts = ctx.facts.get(low.host)
     if facts is None:
-        raise FactUnknown(f"no facts were gathered for {low.host}")
+        raise FactUnknown(f"no facts were gathered for {low.host}", unread=True)
     return facts
 
 
 def known(fact: Fact[T], what: str) -> T:
     """The value of a known fact; FactUnknown (naming `what`) otherwise."""
     if not fact.known or fact.value is None:
-        raise FactUnknown(f"{what} unknown: {fact.unknown_reason or 'no value'}")
+        raise FactUnknown(f"{what} unknown: {fact.unknown_reason or 'no value'}", unread=True)
     return fact.value
 
 
@@ -74,8 +79,11 @@ def tool_missing(facts: HostFacts, tool: str) -> bool:
     return facts.tools.value.get(tool) is False
 
 
-def skip(low: LowState, reason: str) -> StateResult:
-    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+def skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
+    """Nothing planned for `low`; `unknown` when a fact it needs could not be read, which keeps
+    the whole host from changing (the planner blocks it)."""
+    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
+    return StateResult(skipped=(skipped,))
 
 
 def step_id(low: LowState, action: str) -> str:

@@ -125,7 +125,7 @@ def managed(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         info = _info(low, ctx, args.path)
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {args.path}: {exc.reason}")
+        return skip(low, f"cannot plan {args.path}: {exc.reason}", unknown=exc.unread)
     return managed_result(low, args, info, claim=True)
 
 
@@ -134,7 +134,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         info = _info(low, ctx, path)
     except FactUnknown as exc:
-        return skip(low, f"not removing {path}: {exc.reason}")
+        return skip(low, f"not removing {path}: {exc.reason}", unknown=exc.unread)
     release = (Claim(FUNCTION, path),)
     if not info.exists:
         return StateResult(releases=release)

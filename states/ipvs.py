@@ -113,8 +113,9 @@ def _find_dest(
     return None
 
 
-def _skip(low: LowState, reason: str) -> StateResult:
-    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+def _skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
+    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
+    return StateResult(skipped=(skipped,))
 
 
 def _step(low: LowState, action: str, description: str, **kw: Any) -> Step:
@@ -141,7 +142,7 @@ def service_present(low: LowState, ctx: PlanContext) -> StateResult:
     """`ipvs.service_present`: args protocol, vip, port, scheduler, persistence."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; service not planned")
+        return _skip(low, f"{table}; service not planned", unknown=True)
     protocol, vip, port = _svc_args(low.args)
     scheduler = str(low.args.get("scheduler", "wlc"))
     persistence = int(low.args.get("persistence", 0))
@@ -180,7 +181,7 @@ def real_server_present(low: LowState, ctx: PlanContext) -> StateResult:
     """`ipvs.real_server_present`: args protocol, vip, port, address, weight."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; real server not planned")
+        return _skip(low, f"{table}; real server not planned", unknown=True)
     protocol, vip, port = _svc_args(low.args)
     address = str(low.args["address"])
     weight = int(low.args.get("weight", 1))
@@ -222,7 +223,7 @@ def real_server_absent(low: LowState, ctx: PlanContext) -> StateResult:
     """`ipvs.real_server_absent`: weight 0, drain, then `-d`. Args as present + drain_timeout."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; removal not planned")
+        return _skip(low, f"{table}; removal not planned", unknown=True)
     protocol, vip, port = _svc_args(low.args)
     address = str(low.args["address"])
     timeout = float(low.args.get("drain_timeout", 30.0))
@@ -257,7 +258,7 @@ def service_absent(low: LowState, ctx: PlanContext) -> StateResult:
     """`ipvs.service_absent`: `-D` (its destinations are drained by their own absent states)."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; removal not planned")
+        return _skip(low, f"{table}; removal not planned", unknown=True)
     protocol, vip, port = _svc_args(low.args)
     have = _find_service(table, protocol, vip, port)
     if have is None:

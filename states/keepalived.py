@@ -253,8 +253,9 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
 # --- the state function ---------------------------------------------------------------------------
 
 
-def _skip(low: LowState, reason: str) -> StateResult:
-    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+def _skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
+    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
+    return StateResult(skipped=(skipped,))
 
 
 def current_config(facts: HostFacts, path: str, sha: str) -> str:
@@ -337,7 +338,7 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
         return _skip(low, str(low.args["skip_reason"]))
     if facts is None or not facts.keepalived.known or facts.keepalived.value is None:
         why = facts.keepalived.unknown_reason if facts is not None else "no facts"
-        return _skip(low, f"keepalived facts unknown ({why}); config not planned")
+        return _skip(low, f"keepalived facts unknown ({why}); config not planned", unknown=True)
     info = facts.keepalived.value
     path = str(low.args.get("path", CONF_PATH))
     content = str(low.args["content"])

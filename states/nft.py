@@ -296,7 +296,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         table = _table(low, ctx, args.family, args.name)
     except FactUnknown as exc:
-        return skip(low, f"cannot plan nft table {key}: {exc.reason}")
+        return skip(low, f"cannot plan nft table {key}: {exc.reason}", unknown=exc.unread)
     if table is not None and in_sync(table, args):
         return StateResult()
     text = render(args)
@@ -329,7 +329,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         table = _table(low, ctx, family, name)
     except FactUnknown as exc:
-        return skip(low, f"not deleting nft table {key}: {exc.reason}")
+        return skip(low, f"not deleting nft table {key}: {exc.reason}", unknown=exc.unread)
     release = (Claim(FUNCTION, key),)
     if table is None:
         return StateResult(releases=release)

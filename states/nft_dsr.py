@@ -458,8 +458,9 @@ def current_members(t: DsrTable) -> dict[str, set[str]]:
 # --- the state function ---------------------------------------------------------------------------
 
 
-def _skip(low: LowState, reason: str) -> StateResult:
-    return StateResult(skipped=(SkippedRemoval(host=low.host, state_id=low.id, reason=reason),))
+def _skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
+    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
+    return StateResult(skipped=(skipped,))
 
 
 def _drain_argv(flow_map: str, mac: str, timeout: float) -> Argv:
@@ -474,7 +475,7 @@ def plan_dsr_table(low: LowState, ctx: PlanContext) -> StateResult:
     facts: HostFacts | None = ctx.facts.get(low.host)
     if facts is None or not facts.nft.known or facts.nft.value is None:
         why = facts.nft.unknown_reason if facts is not None else "no facts"
-        return _skip(low, f"nftables ruleset unknown ({why}); table not planned")
+        return _skip(low, f"nftables ruleset unknown ({why}); table not planned", unknown=True)
     want = table_from_args(low.args)
     present = facts.nft.value.table(FAMILY, TABLE)
     current: DsrTable | None = None
@@ -572,7 +573,7 @@ def plan_dsr_table_absent(low: LowState, ctx: PlanContext) -> StateResult:
     """`nft.dsr_table_absent`: delete the table from a host that is no nftables director now."""
     facts = ctx.facts.get(low.host)
     if facts is None or not facts.nft.known or facts.nft.value is None:
-        return _skip(low, "nftables ruleset unknown; table removal not planned")
+        return _skip(low, "nftables ruleset unknown; table removal not planned", unknown=True)
     present = facts.nft.value.table(FAMILY, TABLE)
     if present is None:
         return StateResult()

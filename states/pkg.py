@@ -26,7 +26,7 @@ def installed(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         tools = known(host_facts(low, ctx).tools, "installed tools")
     except FactUnknown as exc:
-        return skip(low, f"cannot plan packages: {exc.reason}")
+        return skip(low, f"cannot plan packages: {exc.reason}", unknown=exc.unread)
     not_gathered = sorted(t for t in args.packages if t not in tools)
     if not_gathered:
         return skip(low, f"cannot plan packages: tools not gathered: {', '.join(not_gathered)}")

@@ -53,7 +53,7 @@ def running(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         active = _lookup(known(host_facts(low, ctx).services, "services"), args.name)
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {args.name}: {exc.reason}")
+        return skip(low, f"cannot plan {args.name}: {exc.reason}", unknown=exc.unread)
     if active is None:
         return skip(low, f"cannot plan {args.name}: its state was not gathered")
     if active:
@@ -122,7 +122,7 @@ def enabled(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         state = _is_enabled(low, ctx, args.name, args.wanted_by)
     except FactUnknown as exc:
-        return skip(low, f"cannot plan enabling {args.name}: {exc.reason}")
+        return skip(low, f"cannot plan enabling {args.name}: {exc.reason}", unknown=exc.unread)
     if state:
         return StateResult()
     step = make_step(
@@ -143,7 +143,7 @@ def disabled(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         state = _is_enabled(low, ctx, name, DEFAULT_TARGET)
     except FactUnknown as exc:
-        return skip(low, f"not disabling {name}: {exc.reason}")
+        return skip(low, f"not disabling {name}: {exc.reason}", unknown=exc.unread)
     release = (Claim(ENABLED, name),)
     if not state:
         return StateResult(releases=release)

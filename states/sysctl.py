@@ -90,7 +90,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     try:
         sysctls = known(host_facts(low, ctx).sysctls, "sysctls")
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {args.key}: {exc.reason}")
+        return skip(low, f"cannot plan {args.key}: {exc.reason}", unknown=exc.unread)
     current = lookup(sysctls, args.key)
     note = ""
     if current is None and args.module is not None:
@@ -122,7 +122,7 @@ def _module_default(low: LowState, ctx: PlanContext, args: SysctlArgs) -> str | 
     try:
         table = known(host_facts(low, ctx).ipvs, "IPVS")
     except FactUnknown as exc:
-        return skip(low, f"cannot plan {args.key}: {exc.reason}")
+        return skip(low, f"cannot plan {args.key}: {exc.reason}", unknown=exc.unread)
     if not table.available:
         why = table.detail or f"this kernel has no {args.module}"
         return skip(low, f"cannot plan {args.key}: {why}")
@@ -139,7 +139,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         ledger = known(facts.ledger, "ledger")
         sysctls = known(facts.sysctls, "sysctls")
     except FactUnknown as exc:
-        return skip(low, f"not restoring {args.key}: {exc.reason}")
+        return skip(low, f"not restoring {args.key}: {exc.reason}", unknown=exc.unread)
     original = ledger.sysctl_originals.get(args.key)
     if original is None:
         return skip(low, f"not restoring {args.key}: the ledger has no original value for it")

@@ -130,7 +130,15 @@ def _directors_with_tables() -> Scenario:
     f["lvs1"] = df.facts("lvs1", ipvs=ipvs, ledger=ledger,
                          keepalived=KeepalivedInfo(installed=True, running=True))  # fmt: skip
     f["lvs2"] = df.facts("lvs2", ipvs_unknown="ipvsadm exited 1")
-    return df.desired("ipvsadm"), f
+    # The director fixtures leave the other facts unknown; an unknown fact blocks its host, so
+    # here they are a fresh host's: only lvs2 (its IPVS table unknown) is blocked.
+    return df.desired("ipvsadm"), {h: _known_rest(hf) for h, hf in f.items()}
+
+
+def _known_rest(hf: HostFacts) -> HostFacts:
+    fresh = fresh_facts(hf.host, df.ADDRESSES[hf.host])
+    names = ("sysctls", "arptables", "iptables_nat", "files", "tools", "services")
+    return hf.model_copy(update={n: getattr(fresh, n) for n in names})
 
 
 def _fixture_repo_files() -> dict[str, bytes]:
