@@ -24,8 +24,8 @@ from tests.server.serve import ServeProcess
 from tests.unit.test_store import make_plan
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
-# Per operation; with 12 operations and every phase this stays near 20 s on a busy 2-core box.
-MAX_EXAMPLES = 40
+# Per operation: with 12 operations and every phase, about 20 s on a busy 2-core machine.
+MAX_EXAMPLES = 50
 SEED = 20261202
 
 
@@ -99,7 +99,10 @@ def test_schemathesis_finds_nothing(serve: ServeProcess, tmp_path: Path) -> None
             "--checks", "all",
             "--max-examples", str(MAX_EXAMPLES),
             "--seed", str(SEED),
-            "--workers", "2",
+            # One worker: schemathesis's threads can hit CPython 3.11's thread-unsafe AST
+            # recursion counter (python/cpython#106905, "AST constructor recursion depth
+            # mismatch") when hypothesis describes a filter, and the run errors out.
+            "--workers", "1",
             "--header", f"Authorization: Bearer {serve.tokens['admin']}",
             "--generation-database", "none",
             "--report", "json", "--report-json-path", str(report),
@@ -121,5 +124,8 @@ def test_schemathesis_finds_nothing(serve: ServeProcess, tmp_path: Path) -> None
     with httpx.Client(base_url=serve.url, timeout=10) as http:
         operations = sum(len(item) for item in http.get("/openapi.json").json()["paths"].values())
     assert summary["operations"]["tested"] == operations == summary["operations"]["total"]
-    # The seeded ids were used: every operation with a path id reached an answer other than 404.
-    assert summary["warnings"]["missing_test_data"] == []
+    # The seeded ids were used: each GET with a path id got answers other than 404. Not always
+    # approve and reject: once the pending plan is decided (superseded, rejected) they can only
+    # answer 404 or 409, and schemathesis leaves 409s out when it counts 404s.
+    decisions = {"POST /plans/{plan_id}/approve", "POST /plans/{plan_id}/reject"}
+    assert set(summary["warnings"]["missing_test_data"]) <= decisions
