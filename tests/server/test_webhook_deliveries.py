@@ -96,9 +96,9 @@ class Client:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     serve = ServeProcess(tmp_path_factory.mktemp("webhooks"))
-    serve.start()
     c = Client(serve)
     try:
+        serve.start()
         yield c
     finally:
         c.http.close()
