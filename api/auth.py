@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import get_store
+from api.schemas import Problem
 from reconciler.store import ROLE_RANK, Role, TokenRecord
 
 log = logging.getLogger("shoal.api.auth")
@@ -54,6 +55,16 @@ def require_role(role: Role) -> Callable[..., TokenRecord]:
         return token
 
     return dependency
+
+
+def auth_responses(role: Role) -> dict[int | str, dict[str, Any]]:
+    """The answers `require_role(role)` can give, for a route's OpenAPI `responses`."""
+    responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "no bearer token, or an unknown or revoked one"}
+    }
+    if ROLE_RANK[role] > 0:  # every valid token is at least a viewer
+        responses[403] = {"model": Problem, "description": f"the token's role is below {role}"}
+    return responses
 
 
 Viewer = Annotated[TokenRecord, Depends(require_role("viewer"))]

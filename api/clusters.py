@@ -1,4 +1,5 @@
-"""GET /clusters: per cluster its revisions, last plan, drift and validation errors."""
+"""GET /clusters: per cluster its revisions, last plan, drift and validation errors; the loop's
+counters (wakes and passes since the process started)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from api.auth import Viewer
+from api.auth import Viewer, auth_responses
 from api.deps import ControllerPort, get_controller, get_settings, get_store
-from api.schemas import ClustersResponse, RepositoryOut, cluster_out, issues_out
+from api.schemas import ClustersResponse, LoopOut, RepositoryOut, cluster_out, issues_out
 from reconciler.server_settings import ServerSettings
 from reconciler.source import redact_url
 from reconciler.store import Store
@@ -16,7 +17,7 @@ from reconciler.store import Store
 router = APIRouter(tags=["clusters"])
 
 
-@router.get("/clusters")
+@router.get("/clusters", responses=auth_responses("viewer"))
 def list_clusters(
     _: Viewer,
     store: Annotated[Store, Depends(get_store)],
@@ -38,6 +39,11 @@ def list_clusters(
             head_errors=issues_out(revision.errors if revision else []),
             last_source_error=controller.last_source_error,
             last_pass_at=controller.last_pass_at,
+        ),
+        loop=LoopOut(
+            wakes=controller.wake_requests,
+            passes_started=controller.passes,
+            passes_completed=controller.passes_completed,
         ),
         clusters=clusters,
     )

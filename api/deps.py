@@ -20,7 +20,9 @@ class ControllerPort(Protocol):
     head_errors: list[dict[str, Any]]
     last_source_error: str | None
     last_pass_at: str | None
+    wake_requests: int
     passes: int
+    passes_completed: int
 
     def wake(self, reason: str) -> None: ...
 

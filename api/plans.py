@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
-from api.auth import Approver, Viewer
+from api.auth import Approver, Viewer, auth_responses
 from api.deps import ControllerPort, get_controller, get_store
+from api.params import ClusterQuery, LimitQuery, PlanIdPath, PlanStateQuery
 from api.schemas import (
     ApproveResponse,
     Conflict,
@@ -24,37 +25,40 @@ from api.schemas import (
     plan_detail,
     plan_summary,
 )
-from reconciler.store import PLAN_STATES, Store
+from reconciler.store import Store
 
 router = APIRouter(tags=["plans"])
 
-_CONFLICT: dict[int | str, dict[str, Any]] = {
-    status.HTTP_404_NOT_FOUND: {"model": Problem},
-    status.HTTP_409_CONFLICT: {"model": Conflict},
+_DECISION: dict[int | str, dict[str, Any]] = {
+    **auth_responses("approver"),
+    # FastAPI's own answer to a body it cannot decode (not UTF-8, say) before any route runs.
+    status.HTTP_400_BAD_REQUEST: {"model": Problem, "description": "the body cannot be read"},
+    status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "no such plan"},
+    status.HTTP_409_CONFLICT: {
+        "model": Conflict,
+        "description": "the plan is no longer pending, or git or the hosts moved since it was made",
+    },
 }
 
 
-@router.get("/plans")
+@router.get("/plans", responses=auth_responses("viewer"))
 def list_plans(
     _: Viewer,
     store: Annotated[Store, Depends(get_store)],
-    cluster: str | None = None,
-    state: Annotated[str | None, Query(description=" | ".join(PLAN_STATES))] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cluster: ClusterQuery = None,
+    state: PlanStateQuery = None,
+    limit: LimitQuery = 100,
 ) -> list[PlanSummary]:
-    if state is not None and state not in PLAN_STATES:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"state must be one of {', '.join(PLAN_STATES)}"
-        )
-    records = store.list_plans(
-        cluster=cluster, states=(state,) if state else None, limit=limit
-    )
+    records = store.list_plans(cluster=cluster, states=(state,) if state else None, limit=limit)
     return [plan_summary(r) for r in records]
 
 
-@router.get("/plans/{plan_id}", responses={404: {"model": Problem}})
+@router.get(
+    "/plans/{plan_id}",
+    responses={**auth_responses("viewer"), 404: {"model": Problem, "description": "no such plan"}},
+)
 def show_plan(
-    plan_id: str, _: Viewer, store: Annotated[Store, Depends(get_store)]
+    plan_id: PlanIdPath, _: Viewer, store: Annotated[Store, Depends(get_store)]
 ) -> PlanDetail:
     record = store.get_plan(plan_id)
     if record is None:
@@ -63,9 +67,19 @@ def show_plan(
     return plan_detail(record, store.approvals_for(plan_id), runs)
 
 
-@router.post("/plans/{plan_id}/approve", status_code=202, responses=_CONFLICT)
+@router.post(
+    "/plans/{plan_id}/approve",
+    status_code=202,
+    responses={
+        **_DECISION,
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "model": Problem,
+            "description": "git or a host could not be read; nothing was decided, retry",
+        },
+    },
+)
 async def approve_plan(
-    plan_id: str,
+    plan_id: PlanIdPath,
     token: Approver,
     controller: Annotated[ControllerPort, Depends(get_controller)],
     body: Decision | None = None,
@@ -75,9 +89,9 @@ async def approve_plan(
     return ApproveResponse(plan_id=plan_id, state="applying", run_id=run.id)
 
 
-@router.post("/plans/{plan_id}/reject", responses=_CONFLICT)
+@router.post("/plans/{plan_id}/reject", responses=_DECISION)
 async def reject_plan(
-    plan_id: str,
+    plan_id: PlanIdPath,
     token: Approver,
     controller: Annotated[ControllerPort, Depends(get_controller)],
     body: Decision | None = None,

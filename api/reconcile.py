@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from api.auth import Admin
+from api.auth import Admin, auth_responses
 from api.deps import ControllerPort, get_controller, get_store
 from api.schemas import ReconcileAccepted
 from reconciler.store import Store
@@ -14,7 +14,7 @@ from reconciler.store import Store
 router = APIRouter(tags=["reconcile"])
 
 
-@router.post("/reconcile", status_code=202)
+@router.post("/reconcile", status_code=202, responses=auth_responses("admin"))
 def reconcile_now(
     token: Admin,
     controller: Annotated[ControllerPort, Depends(get_controller)],

@@ -112,8 +112,18 @@ class RepositoryOut(_Out):
     last_pass_at: str | None
 
 
+class LoopOut(_Out):
+    """The watch loop's counters since the process started: a wake that was refused or
+    deduplicated (a replayed webhook) leaves `wakes` as it was."""
+
+    wakes: int
+    passes_started: int
+    passes_completed: int
+
+
 class ClustersResponse(_Out):
     repository: RepositoryOut
+    loop: LoopOut
     clusters: list[ClusterOut]
 
 
@@ -274,8 +284,13 @@ class AuditOut(_Out):
 
 
 class WebhookAccepted(_Out):
+    """202: the delivery was taken; only `queued` woke the loop."""
+
     queued: bool
-    scheme: str
+    scheme: Literal["github", "gitlab", "shoal"]
+    outcome: Literal["queued", "duplicate", "ignored"]
+    delivery: str | None = None
+    reason: str = ""
 
 
 class ReconcileAccepted(_Out):

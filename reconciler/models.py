@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 # A name is something we put on a command line or in a file path: no shell metacharacters,
 # no leading dash (it would read as an option), bounded length.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+NAME_PATTERN = _NAME_RE.pattern  # the same rule, for the API's OpenAPI parameters
 # Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are refused by the kernel, ':' is
 # only an alias label, which we do not accept as an interface.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")

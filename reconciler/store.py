@@ -1,8 +1,9 @@
 """Everything the server remembers, in one SQLite file (WAL mode), behind this one module.
 
 The store owns persistence only: cluster status, revisions seen, plans and their lifecycle,
-approvals, runs and their per-step results, the backups index, the audit log, API tokens (hashed)
-and the last facts of every host. It decides nothing; the controller does.
+approvals, runs and their per-step results, the backups index, the audit log, API tokens (hashed),
+the last facts of every host and the webhook delivery ids already seen. It decides nothing; the
+controller does.
 
 Every write is a committed transaction before the call returns, so a killed server loses nothing
 it has acknowledged. Plan state changes are compare-and-set (`transition_plan`): two requests
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
@@ -175,9 +176,29 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        # Webhook delivery ids already acted on, so a replayed delivery wakes nothing, also
+        # after a restart. Bounded by `remember_delivery` (count and age).
+        """
+        CREATE TABLE webhook_deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scheme TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (scheme, delivery_id)
+        );
+        CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+# How many webhook delivery ids are kept, and for how long: a Git host redelivers within
+# minutes or by hand within days; past that the poll would have caught up anyway.
+DELIVERIES_KEPT = 10_000
+DELIVERIES_KEPT_FOR = timedelta(days=7)
 
 
 def utcnow() -> str:
@@ -841,6 +862,44 @@ class Store:
             limit=limit,
         )
         return [_record(AuditRecord, r, detail=_loads(r["detail_json"])) for r in rows]
+
+    # --- webhook deliveries ------------------------------------------------------------------
+
+    def remember_delivery(
+        self,
+        scheme: str,
+        delivery_id: str,
+        *,
+        now: datetime | None = None,
+        keep: int = DELIVERIES_KEPT,
+        keep_for: timedelta = DELIVERIES_KEPT_FOR,
+    ) -> bool:
+        """Record a webhook delivery; False if (scheme, delivery_id) was recorded already.
+
+        Ids older than `keep_for` are forgotten before the check (an old replay counts as new),
+        and all but the newest `keep` after it, in the same transaction: the table stays
+        bounded, and two racing replays of one delivery cannot both be new.
+        """
+        at = now or datetime.now(UTC)
+        cutoff = (at - keep_for).isoformat(timespec="milliseconds")
+        with self._tx() as db:
+            db.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (cutoff,))
+            cur = db.execute(
+                "INSERT INTO webhook_deliveries (scheme, delivery_id, received_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (scheme, delivery_id) DO NOTHING",
+                (scheme, delivery_id, at.isoformat(timespec="milliseconds")),
+            )
+            new = cur.rowcount == 1
+            # AUTOINCREMENT ids only grow, so the newest `keep` are the largest ids.
+            db.execute(
+                "DELETE FROM webhook_deliveries "
+                "WHERE id <= (SELECT MAX(id) FROM webhook_deliveries) - ?",
+                (keep,),
+            )
+            return new
+
+    def delivery_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM webhook_deliveries")[0][0])
 
     # --- tokens ------------------------------------------------------------------------------
 

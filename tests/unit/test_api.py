@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import shutil
 import subprocess
 import time
@@ -109,10 +110,16 @@ def test_health_and_openapi(world: World) -> None:
         ("GET", "/clusters", "viewer", 200),
         ("GET", "/plans", None, 401),
         ("GET", "/audit", None, 401),
-        ("POST", "/plans/abc/approve", None, 401),
-        ("POST", "/plans/abc/approve", "viewer", 403),
-        ("POST", "/plans/abc/reject", "viewer", 403),
-        ("POST", "/plans/abc/approve", "approver", 404),
+        ("POST", "/plans/0123456789abcdef/approve", None, 401),
+        ("POST", "/plans/0123456789abcdef/approve", "viewer", 403),
+        ("POST", "/plans/0123456789abcdef/reject", "viewer", 403),
+        ("POST", "/plans/0123456789abcdef/approve", "approver", 404),
+        ("POST", "/plans/not-a-plan-id/approve", "approver", 422),
+        ("GET", "/runs/0123456789abcdef", "viewer", 404),
+        ("GET", "/runs/nope", "viewer", 422),
+        ("GET", "/audit?after_id=9223372036854775807", "viewer", 200),
+        ("GET", "/audit?after_id=9223372036854775808", "viewer", 422),
+        ("GET", "/plans?state=s", "viewer", 422),
         ("POST", "/reconcile", "approver", 403),
         ("POST", "/reconcile", "admin", 202),
     ],
@@ -184,7 +191,7 @@ def test_run_and_facts(world: World) -> None:
     assert body["state"] == "failed" and body["plan_id"] == plan.id
     assert [s["result"] for s in body["steps"]] == ["failed"]
     assert [s["name"] for s in body["rollbacks"]] == ["restore addr"]
-    assert world.client.get("/runs/nope", headers=world.auth("viewer")).status_code == 404
+    assert world.client.get("/runs/" + "0" * 16, headers=world.auth("viewer")).status_code == 404
 
     assert world.client.get("/hosts/web1/facts", headers=world.auth("viewer")).status_code == 404
     world.store.put_host_facts("web1", "d" * 64, {"hostname": {"value": "web1"}})
@@ -204,7 +211,14 @@ def test_webhooks(world: World) -> None:
         content=body,
         headers={"X-Hub-Signature-256": sig(body), "X-GitHub-Event": "push"},
     )
-    assert ok.status_code == 202 and ok.json() == {"queued": True, "scheme": "github"}
+    assert ok.status_code == 202
+    assert ok.json() == {
+        "queued": True,
+        "scheme": "github",
+        "outcome": "queued",
+        "delivery": None,
+        "reason": "",
+    }
     assert c.wake_requests == 1
     bad = world.client.post(
         "/webhooks/git", content=body, headers={"X-Hub-Signature-256": sig(body + b"x")}
@@ -255,3 +269,37 @@ def test_lifespan_runs_the_loop_and_records_invalid_revision(world: World) -> No
     actions = [a.action for a in world.store.list_audit()]
     assert "revision.invalid" in actions
     assert world.controller.ready is False  # stopped by the lifespan
+
+
+def test_validation_errors_are_fastapi_422_bodies(world: World) -> None:
+    # The shape the OpenAPI promises for 422 (HTTPValidationError): detail is a list of objects
+    # each naming the parameter it is about.
+    for query in ("state=s", "after_id=9223372036854775808", "cluster=a%20b", "action=DROP"):
+        response = world.client.get(f"/plans?{query}", headers=world.auth("viewer"))
+        if query.startswith(("after_id", "action")):
+            response = world.client.get(f"/audit?{query}", headers=world.auth("viewer"))
+        assert response.status_code == 422, (query, response.text)
+        detail = response.json()["detail"]
+        assert isinstance(detail, list) and detail, detail
+        assert detail[0]["loc"] == ["query", query.split("=")[0]]
+
+
+def test_openapi_documents_every_auth_answer(world: World) -> None:
+    spec = world.client.get("/openapi.json").json()
+    needs = {
+        ("get", "/clusters"): {"401"},
+        ("get", "/audit"): {"401", "422"},
+        ("get", "/plans"): {"401", "422"},
+        ("get", "/plans/{plan_id}"): {"401", "404", "422"},
+        ("get", "/runs/{run_id}"): {"401", "404", "422"},
+        ("get", "/hosts/{name}/facts"): {"401", "404", "422"},
+        ("post", "/plans/{plan_id}/approve"): {"400", "401", "403", "404", "409", "422", "503"},
+        ("post", "/plans/{plan_id}/reject"): {"400", "401", "403", "404", "409", "422"},
+        ("post", "/reconcile"): {"401", "403"},
+        ("post", "/webhooks/git"): {"400", "401", "413"},
+    }
+    for (method, path), statuses in needs.items():
+        documented = set(spec["paths"][path][method]["responses"])
+        assert statuses <= documented, (method, path, statuses - documented)
+    state = next(p for p in spec["paths"]["/plans"]["get"]["parameters"] if p["name"] == "state")
+    assert "pending" in json.dumps(state["schema"]) and "enum" in json.dumps(state["schema"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,46 @@ def test_host_facts_upsert(store: Store) -> None:
     assert record is not None and record.digest == "d2"
     assert record.facts["hostname"]["value"] == "web1b"
     assert store.get_host_facts("nope") is None
+
+
+def test_webhook_deliveries_are_remembered_across_a_restart(tmp_path: Path) -> None:
+    first = Store.open(tmp_path)
+    assert first.remember_delivery("github", "d-1") is True
+    assert first.remember_delivery("github", "d-1") is False
+    # The same id from another scheme is another delivery.
+    assert first.remember_delivery("gitlab", "d-1") is True
+    first.close()
+    again = Store.open(tmp_path)
+    assert again.remember_delivery("github", "d-1") is False
+    assert again.delivery_count() == 2
+
+
+def test_webhook_deliveries_are_bounded_by_count_and_age(store: Store) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(5):
+        assert store.remember_delivery("shoal", f"n{i}", now=start, keep=3)
+    assert store.delivery_count() == 3
+    # The two oldest were forgotten, so they count as new again; the newest three do not.
+    assert [store.remember_delivery("shoal", f"n{i}", now=start, keep=3) for i in (4, 3)] == [
+        False,
+        False,
+    ]
+    assert store.remember_delivery("shoal", "n0", now=start, keep=3) is True
+    later = start + timedelta(days=7, seconds=1)
+    assert store.remember_delivery("shoal", "n4", now=later, keep=3) is True
+    assert store.delivery_count() == 1
+
+
+def test_migration_2_upgrades_a_version_1_store(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.audit("before.upgrade", actor="t")
+    store.close()
+    db = sqlite3.connect(tmp_path / "shoal.db")
+    db.execute("DROP TABLE webhook_deliveries")
+    db.execute("DELETE FROM schema_migrations WHERE version >= 2")
+    db.commit()
+    db.close()
+    upgraded = Store.open(tmp_path)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    assert upgraded.remember_delivery("github", "x") is True
+    assert [a.action for a in upgraded.list_audit()] == ["before.upgrade"]

@@ -1,4 +1,5 @@
-"""Webhook signatures: GitHub HMAC, GitLab token, X-Shoal-Signature HMAC (pure)."""
+"""Webhook signatures (GitHub HMAC, GitLab token, X-Shoal-Signature HMAC), delivery ids and
+bodies (pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hmac
 import pytest
 
 from api.signatures import sign, verify_webhook
+from api.webhook_events import BadDelivery, delivery_id, ignored_because
 
 SECRET = "s3cret-for-tests"
 BODY = b'{"ref": "refs/heads/main", "after": "0123"}'
@@ -74,3 +76,63 @@ def test_no_secret_configured_refuses_everything() -> None:
     headers = {"x-hub-signature-256": github_signature(BODY, "")}
     assert not verify_webhook(headers, BODY, None).ok
     assert not verify_webhook({"x-gitlab-token": ""}, BODY, "").ok
+
+
+@pytest.mark.parametrize(
+    ("headers", "scheme", "expected"),
+    [
+        (
+            {"x-github-delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"},
+            "github",
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        ),
+        ({"x-gitea-delivery": "abc"}, "github", "abc"),
+        ({"x-gitlab-event-uuid": " 62b4-e3 "}, "gitlab", "62b4-e3"),
+        ({"x-shoal-delivery": "push:42"}, "shoal", "push:42"),
+        # Another scheme's header is not this delivery's id.
+        ({"x-github-delivery": "abc"}, "gitlab", None),
+        ({}, "shoal", None),
+    ],
+)
+def test_delivery_id(headers: dict[str, str], scheme: str, expected: str | None) -> None:
+    assert delivery_id(headers, scheme) == expected
+
+
+@pytest.mark.parametrize("value", ["", "a b", "x" * 129, "id;rm", "é"])
+def test_malformed_delivery_id_names_the_header(value: str) -> None:
+    with pytest.raises(BadDelivery, match="x-shoal-delivery"):
+        delivery_id({"x-shoal-delivery": value}, "shoal")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"ref": "refs/heads/main"}', None),
+        (b'{"ref": "main"}', None),
+        (b'{"zen": "ping", "hook_id": 1}', None),
+        (b'{"ref": "refs/heads/feature"}', "refs/heads/feature"),
+        (b'{"ref": "refs/heads/main-2"}', "refs/heads/main-2"),
+        (b'{"ref": "refs/tags/v1"}', "refs/tags/v1"),
+    ],
+)
+def test_ignored_because(body: bytes, reason: str | None) -> None:
+    got = ignored_because(body, "main")
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and reason in got and "refs/heads/main" in got
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"payload=%7B%7D", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"", "not JSON"),
+        (b"[1, 2]", "JSON object, not list"),
+        (b'{"ref": 1}', "ref must be a string"),
+    ],
+)
+def test_unreadable_bodies_are_bad_deliveries(body: bytes, message: str) -> None:
+    with pytest.raises(BadDelivery, match=message):
+        ignored_because(body, "main")
