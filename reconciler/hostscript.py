@@ -804,6 +804,9 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
 
     Whoever already restores (the phase itself, the timer) is waited for; a phase that finished
     but was never confirmed is rolled back too, because the controller never saw its result.
+    A confirmed phase is rolled back as well (marked `recover-confirmed` first): whoever asks
+    for a recovery gave up on the run, and a confirmed phase kept while the phases after it are
+    undone would leave the host at a state no plan describes (see `reconciler.recovery`).
     Prints the phase's log, then the restore's.
     """
     return _preamble(plan_id, phase) + (
@@ -815,6 +818,13 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
         '  touch "$B/restore.done"\n'
         'elif [ "$(lock_owner)" = confirmed ]; then\n'
         "  mark recover-confirmed\n"
+        "  disarm >/dev/null\n"
+        '  rm -rf -- "$B/restore.lock" "$B/restore.done" "$B/post"\n'
+        '  mkdir -p "$B/post"\n'
+        "  take_lock recover\n"
+        '  sh "$B/restore.sh"\n'
+        '  sh "$B/snapshot.sh" post\n'
+        '  touch "$B/restore.done"\n'
         "else\n"
         '  mark restore-by "$(lock_owner)"\n'
         "  wait_done 600\n"
