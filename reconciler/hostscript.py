@@ -807,9 +807,12 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
     A confirmed phase is rolled back as well (marked `recover-confirmed` first): whoever asks
     for a recovery gave up on the run, and a confirmed phase kept while the phases after it are
     undone would leave the host at a state no plan describes (see `reconciler.recovery`).
-    Prints the phase's log, then the restore's.
+    Prints the phase's log, then the restore's. A controller that dies again while this runs
+    closes its channel: the restore goes on (SIGHUP and SIGPIPE ignored), so the next recovery
+    finds it done instead of waiting for a restore that was cut off halfway.
     """
     return _preamble(plan_id, phase) + (
+        "trap '' HUP PIPE\n"
         "if take_lock recover; then\n"
         "  disarm\n"
         "  abort_phase\n"
