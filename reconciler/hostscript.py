@@ -830,7 +830,7 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
         '  touch "$B/restore.done"\n'
         "else\n"
         '  mark restore-by "$(lock_owner)"\n'
-        "  wait_done 600\n"
+        "  wait_done 600 && mark restore-done\n"
         "fi\n"
         'cat "$B/phase.log" 2>/dev/null\n'
         '[ -s "$B/lockout.log" ] && cat "$B/lockout.log"\n'

@@ -79,8 +79,12 @@ def _found(log: PhaseLog) -> tuple[str, str | None]:
     by = log.rollback.by if log.rollback is not None else log.restore_by
     if log.found_confirmed:
         return "confirmed", by
+    if log.restore_by is not None and log.restore_done:
+        # The phase itself or its timer before the crash, or a recovery that a second crash
+        # cut off (its own log went to the dead controller; the host finished it).
+        return "restored", by
     if log.restore_by not in (None, "recover"):
-        return "restored", by  # the phase itself or its timer restored it before the crash
+        return "restored", by
     if log.rollback is not None and log.rollback.by not in ("recover", "unknown"):
         return "restored", by
     if log.aborted:
@@ -109,7 +113,7 @@ async def _recover_phase(
     out.found, out.restored_by = _found(out.log)
     if int(result.exit_status) != 0:
         out.error = f"the recover script exited {result.exit_status}"
-    elif not out.log.rolled_back:
+    elif not out.log.rolled_back and not out.log.restore_done:
         out.error = "the restore did not report its end"
     return out
 

@@ -45,6 +45,10 @@ def test_a_confirmed_phase_is_found_confirmed_and_restored_by_the_recovery() -> 
         f"@@shoal {N} rollback-begin timer\n@@shoal {N} rollback-end\n",
     )
     assert (timer.found, timer.restored_by) == ("restored", "timer")
+    earlier = _recovered(
+        "web1", f"@@shoal {N} restore-by recover\n@@shoal {N} restore-done\n"
+    )
+    assert (earlier.found, earlier.restored_by) == ("restored", "recover")
     running = _recovered(
         "web1", f"@@shoal {N} aborted-phase\n@@shoal {N} rollback-begin recover\n"
     )
