@@ -17,8 +17,9 @@ Plan lifecycle: pending -> approved -> applying -> applied | failed (rolled back
 executor); pending -> rejected | superseded (a newer revision) | stale (facts changed).
 An approval is for one plan id. Before applying an approved plan the facts are gathered again;
 a different digest makes the plan stale (HTTP 409) and a new plan is made. At start, a run left
-`applying` by a crash is rolled back from the hosts' snapshots (or shown converged) and marked
-interrupted; pending plans stay pending.
+`applying` by a crash is rolled back on every host it touched, confirmed phases included, from
+the hosts' own backups, each host proven by its facts (`reconciler.recovery` has the policy and
+why), and marked interrupted; pending plans stay pending.
 
 One reconciliation per cluster at a time: every pass, approval and recovery holds the asyncio
 locks of its clusters (taken in name order, so two units cannot deadlock).
@@ -48,7 +49,8 @@ from reconciler.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
 from reconciler.loader import load_repository
 from reconciler.models import Desired
 from reconciler.plan import plan_desired
-from reconciler.recovery import restore_snapshots
+from reconciler.recovery import backups as recovery_backups
+from reconciler.recovery import host_verdicts, restore_snapshots
 from reconciler.run_record import run_result_records
 from reconciler.runresult import RunResult
 from reconciler.source import GitSource
@@ -751,7 +753,7 @@ class Controller:
         log.warning("recovering interrupted run", extra={"run_id": run.id, "plan_id": record.id})
         async with self._locked(unit):
             try:
-                detail = await self._restore_hosts(record)
+                detail = await self._restore_hosts(record, run.id)
             except Exception as exc:
                 log.exception("recovery of run failed", extra={"run_id": run.id})
                 detail["error"] = f"{type(exc).__name__}: {exc}"
@@ -773,29 +775,31 @@ class Controller:
             detail=detail,
         )
 
-    async def _restore_hosts(self, record: PlanRecord) -> dict[str, Any]:
-        """Converged already (a fresh plan is empty)? Otherwise restore every touched host from
-        its on-host snapshot and compare its facts with the plan's pre-apply digests."""
+    async def _restore_hosts(self, record: PlanRecord, run_id: str) -> dict[str, Any]:
+        """Roll every host of the plan back from its on-host backups (`reconciler.recovery`:
+        confirmed phases too), index the backups found, and prove each host by its facts."""
         full = await self.load(record.revision)
         desired = restrict(full, unit_of(record))
-        hosts = sorted(record.plan.hosts)
-        pre = {h: hp.facts_digest for h, hp in record.plan.hosts.items()}
+        plan = record.plan
         transport = self._transport(desired)
         try:
+            phases = await restore_snapshots(plan, transport)
+            for p in recovery_backups(phases):
+                self.store.add_backup(
+                    run_id, record.id, p.host, p.backup, {**p.as_dict(), "recovery": True}
+                )
             everything = unit_hosts(full, unit_of(record), with_orphans=True)
-            facts = await self._gather(transport, desired, everything)
-            if plan_desired(desired, facts).empty:
-                return {"outcome": "converged", "hosts": hosts}
-            restored = await restore_snapshots(record.plan, transport)
-            facts = await self._gather(transport, desired, hosts)
-            at_pre = sorted(h for h in hosts if h in facts and facts[h].digest() == pre[h])
-            converged = plan_desired(desired, facts).empty
-            return {
-                "outcome": "rolled_back" if len(at_pre) == len(hosts) else "partial",
-                "hosts": hosts,
-                "restored": restored,
-                "hosts_at_pre_apply_state": at_pre,
-                "converged": converged,
-            }
+            hosts_read = sorted(set(everything) | set(plan.hosts))
+            facts = await self._gather(transport, desired, hosts_read)
+            fresh = plan_desired(desired, facts)
+            hosts = host_verdicts(plan, phases, facts, fresh)
         finally:
             await transport.aclose()
+        at_pre = sorted(h for h, v in hosts.items() if v["state"] in ("restored", "untouched"))
+        return {
+            "policy": "roll back every host of the run, confirmed phases included",
+            "outcome": "rolled_back" if len(at_pre) == len(hosts) else "unproven",
+            "hosts": hosts,
+            "hosts_at_pre_apply_state": at_pre,
+            "hosts_unknown": sorted(h for h, v in hosts.items() if v["state"] == "unknown"),
+        }

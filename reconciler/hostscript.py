@@ -804,9 +804,15 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
 
     Whoever already restores (the phase itself, the timer) is waited for; a phase that finished
     but was never confirmed is rolled back too, because the controller never saw its result.
-    Prints the phase's log, then the restore's.
+    A confirmed phase is rolled back as well (marked `recover-confirmed` first): whoever asks
+    for a recovery gave up on the run, and a confirmed phase kept while the phases after it are
+    undone would leave the host at a state no plan describes (see `reconciler.recovery`).
+    Prints the phase's log, then the restore's. A controller that dies again while this runs
+    closes its channel: the restore goes on (SIGHUP and SIGPIPE ignored), so the next recovery
+    finds it done instead of waiting for a restore that was cut off halfway.
     """
     return _preamble(plan_id, phase) + (
+        "trap '' HUP PIPE\n"
         "if take_lock recover; then\n"
         "  disarm\n"
         "  abort_phase\n"
@@ -815,9 +821,16 @@ def build_recover_script(plan_id: str, phase: Phase) -> str:
         '  touch "$B/restore.done"\n'
         'elif [ "$(lock_owner)" = confirmed ]; then\n'
         "  mark recover-confirmed\n"
+        "  disarm >/dev/null\n"
+        '  rm -rf -- "$B/restore.lock" "$B/restore.done" "$B/post"\n'
+        '  mkdir -p "$B/post"\n'
+        "  take_lock recover\n"
+        '  sh "$B/restore.sh"\n'
+        '  sh "$B/snapshot.sh" post\n'
+        '  touch "$B/restore.done"\n'
         "else\n"
         '  mark restore-by "$(lock_owner)"\n'
-        "  wait_done 600\n"
+        "  wait_done 600 && mark restore-done\n"
         "fi\n"
         'cat "$B/phase.log" 2>/dev/null\n'
         '[ -s "$B/lockout.log" ] && cat "$B/lockout.log"\n'

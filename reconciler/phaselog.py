@@ -94,6 +94,10 @@ class PhaseLog:
     missing: bool = False
     confirm: str | None = None  # "confirmed" | "restored"
     restore_by: str | None = None
+    # A recover script found the phase confirmed (and rolled it back all the same).
+    found_confirmed: bool = False
+    # A recover script waited for someone else's restore (restore-by) and saw it finish.
+    restore_done: bool = False
     stray: str = ""
 
     @property
@@ -223,6 +227,10 @@ def _marker(log: PhaseLog, verb: str, args: list[str]) -> None:
         log.aborted = True
     elif verb == "busy":
         log.busy = True
+    elif verb == "recover-confirmed":
+        log.found_confirmed = True
+    elif verb == "restore-done":
+        log.restore_done = True
     elif verb == "restore-by" and args:
         log.restore_by = args[0]
 
