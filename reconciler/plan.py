@@ -32,6 +32,7 @@ from typing import Any
 from reconciler.compile import compile_desired
 from reconciler.errors import RequisiteCycle
 from reconciler.hostfacts import FileInfo, HostFacts, Ledger
+from reconciler.invariants import check_host, kept_suppression
 from reconciler.leftovers import has_leftovers, leftover_steps
 from reconciler.models import Desired
 from reconciler.steps import (
@@ -87,7 +88,8 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
                 host=host, facts_digest=hf.digest(), reachable=False, unknown_reason=reason
             )
             continue
-        plans[host] = plan_host(host, by_host.get(host, []), ctx, hf)
+        plans[host] = checked(plan_host(host, by_host.get(host, []), ctx, hf), desired, hf,
+                              by_host.get(host, []))  # fmt: skip
     digests = {h: hp.facts_digest for h, hp in plans.items()}
     return Plan(
         id=plan_id(desired.revision, digests, plans),
@@ -184,7 +186,11 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
             step_ids[low.id] = ()
             continue  # nothing it listens to changed
-        result = REGISTRY[low.function](low, ctx)
+        kept = kept_suppression(low, hf, states) if low.origin == "ledger" else None
+        if kept is not None:
+            result = StateResult(skipped=(SkippedRemoval(host=host, state_id=low.id, reason=kept),))
+        else:
+            result = REGISTRY[low.function](low, ctx)
         if any(step_ids.get(t) for t in low.watch) and low.function in WATCHERS:
             watched = WATCHERS[low.function](low, ctx)
             result = StateResult(
@@ -233,6 +239,15 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
     return HostPlan(
         host=host, facts_digest=hf.digest(), steps=tuple(steps), skipped=tuple(skipped)
     )
+
+
+def checked(hp: HostPlan, desired: Desired, hf: HostFacts, states: Sequence[LowState]) -> HostPlan:
+    """`hp` with the safety invariants' findings; a host that breaks one keeps no step."""
+    found = check_host(hp.host, hf, desired, hp.steps, {low.id: low for low in states})
+    if not found.violations and not found.notes:
+        return hp
+    steps = () if found.violations else hp.steps
+    return replace(hp, steps=steps, violations=found.violations, notes=found.notes)
 
 
 # --- the ledger -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`shoal plan [REPO] [--json] [--states]`: gather facts, plan, print the per-host diff.
 
 Exit status: 0 when every host is in sync, 2 when the plan has changes (or removals it could
-not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read).
+not plan, or a host it refuses because it breaks an LVS-DR safety rule), 1 on an error
+(invalid repository, requisite cycle, a host that could not be read).
 Progress goes to stderr, so `--json` leaves stdout to one JSON document.
 
 A step that writes a whole file shows a unified diff of it (`reconciler.stepdiff`), other steps
@@ -71,7 +72,7 @@ async def gather_over_ssh(
 def exit_status(plan: Plan) -> int:
     if any(not hp.reachable for hp in plan.hosts.values()):
         return EXIT_ERROR
-    if any(hp.steps or hp.skipped for hp in plan.hosts.values()):
+    if any(hp.steps or hp.skipped or hp.violations for hp in plan.hosts.values()):
         return EXIT_CHANGES
     return EXIT_IN_SYNC
 
@@ -84,9 +85,13 @@ def summary(plan: Plan) -> dict[str, Any]:
         "in_sync": exit_status(plan) == EXIT_IN_SYNC,
         "steps": sum(len(hp.steps) for hp in hosts),
         "hosts_changing": sorted(hp.host for hp in hosts if hp.steps),
-        "hosts_in_sync": sorted(hp.host for hp in hosts if hp.reachable and not hp.steps),
+        "hosts_in_sync": sorted(
+            hp.host for hp in hosts if hp.reachable and not hp.steps and not hp.violations
+        ),
         "hosts_unreachable": sorted(hp.host for hp in hosts if not hp.reachable),
         "skipped": sum(len(hp.skipped) for hp in hosts),
+        "hosts_refused": {h: list(v) for h, v in plan.refused.items()},
+        "notes": {hp.host: list(hp.notes) for hp in hosts if hp.notes},
     }
 
 
@@ -163,8 +168,16 @@ def render_plan(plan: Plan) -> list[str]:
             why = escape(hp.unknown_reason or "")
             lines.append(f"[bold red]{escape(host)}: unreachable[/] ({why})")
             continue
+        notes = [f"  [blue]note:[/] {escape(n)}" for n in hp.notes]
+        if hp.violations:
+            lines.append(f"[bold red]{escape(host)}: refused[/] (breaks an LVS-DR safety rule; "
+                         "nothing is applied to it)")  # fmt: skip
+            lines += [f"  [red]violation:[/] {escape(v)}" for v in hp.violations]
+            lines += notes
+            continue
         if not hp.steps and not hp.skipped:
             lines.append(f"[green]{escape(host)}: in sync[/]")
+            lines += notes
             continue
         lines.append(f"[bold yellow]{escape(host)}: {len(hp.steps)} step(s)[/]")
         phase: Phase | None = None
@@ -175,12 +188,14 @@ def render_plan(plan: Plan) -> list[str]:
             lines += render_step(step)
         lines += [f"  [magenta]not planned:[/] {escape(s.state_id)}: {escape(s.reason)}"
                   for s in hp.skipped]  # fmt: skip
+        lines += notes
     s = summary(plan)
     verdict = "[green]in sync[/]" if s["in_sync"] else f"[yellow]{s['steps']} step(s)[/]"
     lines.append(
         f"plan {plan.id} (revision {escape(plan.revision or '-')}): {verdict} on "
         f"{len(s['hosts_changing'])} host(s); {len(s['hosts_in_sync'])} in sync; "
         f"{len(s['hosts_unreachable'])} unreachable; {s['skipped']} not planned"
+        + (f"; {len(s['hosts_refused'])} refused" if s["hosts_refused"] else "")
     )
     return lines
 
