@@ -45,6 +45,7 @@ from reconciler.steps import (
     plan_id,
     replace,
 )
+from reconciler.xtables_tables import created_tables, removal_steps
 from states import REGISTRY, WATCHERS
 from states.base import Claim, PlanContext, StateResult
 from states.file import FileArgs, managed_result
@@ -229,7 +230,12 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
             )
         )
     else:
+        claims += created_tables(hf, steps)
         new = updated_ledger(hf.ledger.value, claims, releases, ops)
+        tables, dropped = removal_steps(host, hf, new, steps)
+        if tables or dropped:
+            steps += tables
+            new = updated_ledger(new, (), dropped)
         # Nothing of shoal's left on the host: remove its own files instead of an empty ledger.
         cleanup = leftover_steps(host, hf, states, new, skipped, steps)
         if cleanup is not None:

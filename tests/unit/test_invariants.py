@@ -184,3 +184,56 @@ def test_unknown_arp_rules_make_a_held_vip_a_violation() -> None:
 def test_host_adopt_defaults_off() -> None:
     assert Host(name="web3", address=RIP).adopt is False
     assert not cluster_desired("sysctl").adopts("web3")
+
+
+# --- tables the xtables-nft tools made for shoal's rules ------------------------------------------
+
+
+def test_the_first_arptables_rule_records_the_table_it_makes() -> None:
+    desired = cluster_desired("arptables")
+    plan = plan_desired(desired, facts_for(desired))
+    (ledger_step,) = [s for s in plan.hosts["web1"].steps if s.state_id == "shoal-ledger"]
+    assert '"xtables.table": [\n      "arp filter"\n    ]' in ledger_step.writes[0].content
+    # A table that was there first is not shoal's.
+    web1 = add_nft_tables(fresh_facts("web1"), [NftTable(family="arp", name="filter")])
+    plan = plan_desired(desired, facts_for(desired, web1=web1))
+    (ledger_step,) = [s for s in plan.hosts["web1"].steps if s.state_id == "shoal-ledger"]
+    assert "xtables.table" not in ledger_step.writes[0].content
+
+
+def _left_arptables(*, foreign_rule: bool) -> Plan:
+    desired = cluster_desired("sysctl")
+    ledger = Ledger(entries={"arptables.rule_present": (SHOAL_OUTPUT,),
+                             "xtables.table": ("arp filter",)})  # fmt: skip
+    web3 = add_arp_rules(fresh_facts("web3"), [arp_output_mangle(VIP_HTTP, RIP)]
+                         + ([arp_input_drop("10.9.9.9")] if foreign_rule else []))  # fmt: skip
+    web3 = add_nft_tables(web3, [NftTable(family="arp", name="filter")])
+    return plan_desired(desired, facts_for(desired, web3=web3.model_copy(
+        update={"ledger": Fact.of(ledger)})))  # fmt: skip
+
+
+def test_an_empty_table_shoal_made_goes_after_its_last_rule() -> None:
+    plan = _left_arptables(foreign_rule=False)
+    cmds = commands(plan, "web3")
+    assert cmds.index(("arptables", "-D", *SHOAL_OUTPUT.split())) < cmds.index(
+        ("nft", "delete", "table", "arp", "filter"))  # fmt: skip
+    (ledger_step,) = [s for s in plan.hosts["web3"].steps if s.state_id == "shoal-ledger"]
+    assert "xtables.table" not in ledger_step.writes[0].content
+
+
+def test_a_table_shoal_made_stays_while_someone_elses_rule_is_in_it() -> None:
+    plan = _left_arptables(foreign_rule=True)
+    assert ("nft", "delete", "table", "arp", "filter") not in commands(plan, "web3")
+    (ledger_step,) = [s for s in plan.hosts["web3"].steps if s.state_id == "shoal-ledger"]
+    assert "xtables.table" not in ledger_step.writes[0].content  # theirs now
+
+
+def test_a_foreign_empty_table_stays() -> None:
+    desired = cluster_desired("sysctl")
+    ledger = Ledger(entries={"arptables.rule_present": (SHOAL_OUTPUT,)})
+    web3 = add_arp_rules(fresh_facts("web3"), [arp_output_mangle(VIP_HTTP, RIP)])
+    web3 = add_nft_tables(web3, [NftTable(family="arp", name="filter")])
+    plan = plan_desired(desired, facts_for(desired, web3=web3.model_copy(
+        update={"ledger": Fact.of(ledger)})))  # fmt: skip
+    assert ("nft", "delete", "table", "arp", "filter") not in commands(plan, "web3")
+    assert ("arptables", "-D", *SHOAL_OUTPUT.split()) in commands(plan, "web3")
