@@ -73,6 +73,8 @@ class DriftOut(_Out):
     plan_id: str | None = None
     revision: str | None = None
     detected_at: str | None = None
+    # Host -> the LVS-DR safety rules it breaks (reconciler.invariants): refused, not healed.
+    violations: dict[str, list[str]] = {}
 
 
 class PlanSummary(_Out):

@@ -7,8 +7,9 @@ refuses a plan whose facts moved meanwhile (StalePlan: run it again). Progress i
 host and phase on stderr; the per-step results and what was rolled back follow on stdout.
 
 Exit status: 0 applied (or nothing to do), 1 failed and rolled back, 2 refused (not confirmed,
-stale plan, --json without --yes), 3 a rollback that could not be proven (the host differs from
-its pre-apply facts: look at it).
+stale plan, --json without --yes, or a host the plan refuses because it breaks an LVS-DR safety
+rule: the other hosts are applied, that one is left alone and named), 3 a rollback that could
+not be proven (the host differs from its pre-apply facts: look at it).
 """
 
 from __future__ import annotations
@@ -172,10 +173,12 @@ def run_apply(
             print_lines(out, render_plan(plan))
         # A blocked host has no steps but is not in sync: the apply goes on to say so and fail.
         if plan.empty and all(hp.reachable and not hp.blocked for hp in plan.hosts.values()):
+            status = EXIT_REFUSED if plan.refused else EXIT_OK
             if as_json:
-                out.print_json(json.dumps({"plan": summary(plan), "run": None, "exit_status": 0}))
+                doc = {"plan": summary(plan), "run": None, "exit_status": status}
+                out.print_json(json.dumps(doc))
             else:
-                out.print("nothing to apply")
+                out.print(f"nothing to apply{refused_note(plan)}")
             return False
         return True
 
@@ -184,13 +187,13 @@ def run_apply(
             # No pause between plan and apply: one transport, the plan's facts reused.
             plan, maybe = asyncio.run(_plan_and_apply(desired, client_key, err, as_json, show))
             if maybe is None:
-                return EXIT_OK
+                return EXIT_REFUSED if plan.refused else EXIT_OK
             result = maybe
         else:
             with err.status("gathering facts and planning", spinner="dots"):
                 plan = asyncio.run(make_plan(desired, client_key))
             if not show(plan):
-                return EXIT_OK
+                return EXIT_REFUSED if plan.refused else EXIT_OK
             confirm = ask or (lambda q: Confirm.ask(q, console=out))
             if not confirm(f"Apply plan {plan.id}?"):
                 out.print("not applied")
@@ -202,6 +205,8 @@ def run_apply(
     except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
         return fail(out, as_json, [str(exc)], EXIT_FAILED)
     status = exit_status(result)
+    if status == EXIT_OK and plan.refused:
+        status = EXIT_REFUSED
     if as_json:
         doc: dict[str, Any] = {
             "plan": summary(plan),
@@ -211,7 +216,18 @@ def run_apply(
         out.print_json(json.dumps(doc, sort_keys=True))
         return status
     print_lines(out, render_result(result))
+    if plan.refused:
+        out.print(refused_note(plan).lstrip("; "))
     return status
+
+
+def refused_note(plan: Plan) -> str:
+    """What the operator must fix by hand (or allow with `adopt`), if the plan refused a host."""
+    if not plan.refused:
+        return ""
+    hosts = ", ".join(plan.refused)
+    return (f"; refused (LVS-DR safety rule broken, see above): {hosts}; fix it by hand or set "
+            "adopt = true for the host to let shoal fix it")
 
 
 async def _plan_and_apply(

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from reconciler.compile_director import compile_directors
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.hostfacts import HostFacts
+from reconciler.invariants import adopted_removals
 from reconciler.leftovers import LEFTOVER_FILES
 from reconciler.models import ArpMethod, Desired
 from reconciler.persistence import RESTORE_UNIT, persistence_states
@@ -61,7 +62,9 @@ def compile_desired(
     for low in states:
         by_host[low.host].append(low)
     persist = [p for h in sorted(by_host) for p in persistence_states(h, by_host[h], desired)]
-    removals = compile_removals(states + persist, facts)
+    adopted = {h: adopted_removals(desired, h, facts[h], by_host.get(h, ()))
+               for h in facts if h in desired.inventory.hosts}  # fmt: skip
+    removals = compile_removals(states + persist, facts, adopted)
     # The persisted form is written after the removals too (their phase, their order).
     removal_ids: dict[str, tuple[str, ...]] = defaultdict(tuple)
     for low in removals:
@@ -176,9 +179,15 @@ def removal_id(function: str, key: str) -> str:
     return REMOVAL_PREFIX + kind + "-" + _UNSAFE_ID_CHARS.sub("_", key).strip("_")
 
 
-def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> list[LowState]:
+def compile_removals(
+    states: list[LowState],
+    facts: Mapping[str, HostFacts],
+    adopted: Mapping[str, Mapping[str, set[str]]] | None = None,
+) -> list[LowState]:
     """Absent states for what each host's ledger lists and no state wants any more.
 
+    `adopted` adds, per host, what shoal takes over from an operator to remove it (a hand-added
+    VIP breaking a safety rule, `reconciler.invariants.adopted_removals`), in the same order.
     A host whose ledger is unknown gets none (the planner says why). On one host, removals run
     in `removal_rank` order: every removal requires those of a lower rank.
     """
@@ -200,7 +209,10 @@ def compile_removals(states: list[LowState], facts: Mapping[str, HostFacts]) -> 
             continue
         removals: list[tuple[int, LowState]] = []
         used: set[str] = set()
-        for function, keys in sorted(ledger.value.entries.items()):
+        entries = {f: set(k) for f, k in ledger.value.entries.items()}
+        for function, keys in (adopted or {}).get(host, {}).items():
+            entries.setdefault(function, set()).update(keys)
+        for function, keys in sorted(entries.items()):
             owner = OWNED.get(function)
             if owner is None:
                 continue  # another compiler's entries (directors) are theirs to remove

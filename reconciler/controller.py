@@ -439,7 +439,8 @@ class Controller:
             "checked_at": now,
         }
 
-        if plan.empty:
+        # A host refused for breaking a safety rule is not in sync, even with no step to run.
+        if plan.empty and not plan.refused:
             for record in self._open_plans(unit):
                 self._close_plan(record, sha, "the hosts already match this revision")
             for name in unit:
@@ -461,8 +462,11 @@ class Controller:
 
         drift: dict[str, Any] | None = None
         if kind == "drift":
-            hosts = sorted(h for h, hp in plan.hosts.items() if hp.steps)
+            hosts = sorted(h for h, hp in plan.hosts.items() if hp.steps or hp.violations)
             drift = {"hosts": hosts, "plan_id": current.id, "revision": sha, "detected_at": now}
+            if plan.refused:
+                # The same words as the plan's: what breaks the safety rules, and where.
+                drift["violations"] = {h: list(v) for h, v in plan.refused.items()}
             previous = next((r.drift for r in records if r is not None and r.drift), None)
             if previous is None or previous.get("plan_id") != current.id:
                 self.store.audit(
@@ -470,8 +474,9 @@ class Controller:
                     actor=ACTOR,
                     cluster=key,
                     plan_id=current.id,
-                    detail={"hosts": hosts, "revision": sha},
-                )
+                    detail={"hosts": hosts, "revision": sha,
+                            **({"violations": drift["violations"]} if plan.refused else {})},
+                )  # fmt: skip
                 log.warning("drift detected", extra={"clusters": key, "hosts": hosts})
             else:
                 drift["detected_at"] = previous.get("detected_at", now)
@@ -487,8 +492,8 @@ class Controller:
                 **common,
             )
 
-        if current.state != "pending":
-            return current
+        if current.state != "pending" or plan.empty:
+            return current  # nothing shoal may run: only refused hosts are out of sync
         if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
             await self._approve_and_apply(current, desired, transport, AUTO_APPROVER, facts)
         elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):

@@ -199,6 +199,9 @@ class Host(_Model):
     user: Name = "root"
     port: Port = 22
     prefix: int = Field(default=24, ge=8, le=32, description="prefix of the interface's subnet")
+    # Let shoal take over (remove) what an operator configured by hand on this host when it
+    # breaks an LVS-DR safety rule (reconciler.invariants); off: shoal refuses the host instead.
+    adopt: bool = False
 
 
 class Inventory(_Model):
@@ -297,6 +300,8 @@ class ClusterHeader(_Model):
     arp_method: ArpMethod = "sysctl"
     approval: Approval | None = None
     drift: DriftPolicy | None = None
+    # As `Host.adopt`, for every host of this cluster.
+    adopt: bool = False
     vrrp: Vrrp = Vrrp()
 
     @property
@@ -336,6 +341,19 @@ class Desired(_Model):
 
     def approval_for(self, cluster: str) -> Approval:
         return self.clusters[cluster].cluster.approval or self.settings.approval
+
+    def adopts(self, host: str) -> bool:
+        """Whether shoal may take over hand-made state on `host` (its own or a cluster's
+        `adopt`)."""
+        inv = self.inventory.hosts.get(host)
+        if inv is not None and inv.adopt:
+            return True
+        return any(
+            c.cluster.adopt
+            and (host in c.cluster.directors
+                 or any(r.host == host for s in c.services for r in s.real_servers))
+            for c in self.clusters.values()
+        )  # fmt: skip
 
     def drift_for(self, cluster: str) -> DriftPolicy:
         return self.clusters[cluster].cluster.drift or self.settings.drift

@@ -37,6 +37,7 @@ from typing import Any
 from reconciler.compile import compile_desired
 from reconciler.errors import RequisiteCycle
 from reconciler.hostfacts import FileInfo, HostFacts, Ledger
+from reconciler.invariants import check_host, kept_suppression
 from reconciler.leftovers import has_leftovers, leftover_steps
 from reconciler.models import Desired
 from reconciler.steps import (
@@ -49,6 +50,7 @@ from reconciler.steps import (
     plan_id,
     replace,
 )
+from reconciler.xtables_tables import created_tables, removal_steps
 from states import REGISTRY, WATCHERS
 from states.base import Claim, PlanContext, StateResult
 from states.file import FileArgs, managed_result
@@ -92,7 +94,8 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
                 host=host, facts_digest=hf.digest(), reachable=False, unknown_reason=reason
             )
             continue
-        plans[host] = plan_host(host, by_host.get(host, []), ctx, hf)
+        plans[host] = checked(plan_host(host, by_host.get(host, []), ctx, hf), desired, hf,
+                              by_host.get(host, []))  # fmt: skip
     digests = {h: hp.facts_digest for h, hp in plans.items()}
     return Plan(
         id=plan_id(desired.revision, digests, plans),
@@ -189,7 +192,11 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
             step_ids[low.id] = ()
             continue  # nothing it listens to changed
-        result = REGISTRY[low.function](low, ctx)
+        kept = kept_suppression(low, hf, states) if low.origin == "ledger" else None
+        if kept is not None:
+            result = StateResult(skipped=(SkippedRemoval(host=host, state_id=low.id, reason=kept),))
+        else:
+            result = REGISTRY[low.function](low, ctx)
         if any(step_ids.get(t) for t in low.watch) and low.function in WATCHERS:
             watched = WATCHERS[low.function](low, ctx)
             result = StateResult(
@@ -236,7 +243,12 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         return _blocked(host, hf, f"{host}: {unknown[0].state_id}: {unknown[0].reason}{more}",
                         skipped)  # fmt: skip
+    claims += created_tables(hf, steps)
     new = updated_ledger(hf.ledger.value, claims, releases, ops)
+    tables, dropped = removal_steps(host, hf, new, steps)
+    if tables or dropped:
+        steps += tables
+        new = updated_ledger(new, (), dropped)
     # Nothing of shoal's left on the host: remove its own files instead of an empty ledger.
     cleanup = leftover_steps(host, hf, states, new, skipped, steps)
     if cleanup is not None:
@@ -250,6 +262,15 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
 
 def _blocked(host: str, hf: HostFacts, why: str, skipped: Sequence[SkippedRemoval]) -> HostPlan:
     return HostPlan(host=host, facts_digest=hf.digest(), skipped=tuple(skipped), blocked=why)
+
+
+def checked(hp: HostPlan, desired: Desired, hf: HostFacts, states: Sequence[LowState]) -> HostPlan:
+    """`hp` with the safety invariants' findings; a host that breaks one keeps no step."""
+    found = check_host(hp.host, hf, desired, hp.steps, {low.id: low for low in states})
+    if not found.violations and not found.notes:
+        return hp
+    steps = () if found.violations else hp.steps
+    return replace(hp, steps=steps, violations=found.violations, notes=found.notes)
 
 
 # --- the ledger -----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`shoal plan [REPO] [--json] [--states]`: gather facts, plan, print the per-host diff.
 
 Exit status: 0 when every host is in sync, 2 when the plan has changes (or removals it could
-not plan), 1 on an error (invalid repository, requisite cycle, a host that could not be read, or
-one blocked because a fact its plan depends on, such as its ledger, could not be read).
+not plan, or a host it refuses because it breaks an LVS-DR safety rule), 1 on an error
+(invalid repository, requisite cycle, a host that could not be read, or one blocked because a
+fact its plan depends on, such as its ledger, could not be read).
 Progress goes to stderr, so `--json` leaves stdout to one JSON document.
 
 A step that writes a whole file shows a unified diff of it (`reconciler.stepdiff`), other steps
@@ -72,7 +73,7 @@ async def gather_over_ssh(
 def exit_status(plan: Plan) -> int:
     if any(not hp.reachable or hp.blocked for hp in plan.hosts.values()):
         return EXIT_ERROR
-    if any(hp.steps or hp.skipped for hp in plan.hosts.values()):
+    if any(hp.steps or hp.skipped or hp.violations for hp in plan.hosts.values()):
         return EXIT_CHANGES
     return EXIT_IN_SYNC
 
@@ -86,11 +87,15 @@ def summary(plan: Plan) -> dict[str, Any]:
         "steps": sum(len(hp.steps) for hp in hosts),
         "hosts_changing": sorted(hp.host for hp in hosts if hp.steps),
         "hosts_in_sync": sorted(
-            hp.host for hp in hosts if hp.reachable and not hp.blocked and not hp.steps
+            hp.host
+            for hp in hosts
+            if hp.reachable and not hp.blocked and not hp.steps and not hp.violations
         ),
         "hosts_unreachable": sorted(hp.host for hp in hosts if not hp.reachable),
         "hosts_blocked": {hp.host: hp.blocked for hp in hosts if hp.reachable and hp.blocked},
         "skipped": sum(len(hp.skipped) for hp in hosts),
+        "hosts_refused": {h: list(v) for h, v in plan.refused.items()},
+        "notes": {hp.host: list(hp.notes) for hp in hosts if hp.notes},
     }
 
 
@@ -173,8 +178,16 @@ def render_plan(plan: Plan) -> list[str]:
             lines += [f"  [magenta]not planned:[/] {escape(s.state_id)}: {_visible(s.reason)}"
                       for s in hp.skipped]  # fmt: skip
             continue
+        notes = [f"  [blue]note:[/] {escape(n)}" for n in hp.notes]
+        if hp.violations:
+            lines.append(f"[bold red]{escape(host)}: refused[/] (breaks an LVS-DR safety rule; "
+                         "nothing is applied to it)")  # fmt: skip
+            lines += [f"  [red]violation:[/] {escape(v)}" for v in hp.violations]
+            lines += notes
+            continue
         if not hp.steps and not hp.skipped:
             lines.append(f"[green]{escape(host)}: in sync[/]")
+            lines += notes
             continue
         lines.append(f"[bold yellow]{escape(host)}: {len(hp.steps)} step(s)[/]")
         phase: Phase | None = None
@@ -185,6 +198,7 @@ def render_plan(plan: Plan) -> list[str]:
             lines += render_step(step)
         lines += [f"  [magenta]not planned:[/] {escape(s.state_id)}: {escape(s.reason)}"
                   for s in hp.skipped]  # fmt: skip
+        lines += notes
     s = summary(plan)
     verdict = "[green]in sync[/]" if s["in_sync"] else f"[yellow]{s['steps']} step(s)[/]"
     lines.append(
@@ -192,6 +206,7 @@ def render_plan(plan: Plan) -> list[str]:
         f"{len(s['hosts_changing'])} host(s); {len(s['hosts_in_sync'])} in sync; "
         f"{len(s['hosts_unreachable'])} unreachable; {len(s['hosts_blocked'])} blocked; "
         f"{s['skipped']} not planned"
+        + (f"; {len(s['hosts_refused'])} refused" if s["hosts_refused"] else "")
     )
     return lines
 

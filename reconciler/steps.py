@@ -126,6 +126,10 @@ class HostPlan(_Value):
     # Why nothing may change on this reachable host ("web3: /var/lib/shoal/ledger.json:
     # Permission denied"): a fact a step depends on, or the ledger, could not be read.
     blocked: str | None = None
+    # LVS-DR safety rules the host's facts (or this plan) break: the host is refused, no steps.
+    violations: tuple[str, ...] = ()
+    # What the plan found and says, without refusing (a violation it fixes, a seed-form rule).
+    notes: tuple[str, ...] = ()
 
 
 class Plan(_Value):
@@ -140,6 +144,11 @@ class Plan(_Value):
     @property
     def empty(self) -> bool:
         return all(not hp.steps for hp in self.hosts.values())
+
+    @property
+    def refused(self) -> dict[str, tuple[str, ...]]:
+        """Host -> the safety rules it breaks, for every host the plan refuses."""
+        return {h: hp.violations for h, hp in sorted(self.hosts.items()) if hp.violations}
 
     def steps_in_phase(self, phase: Phase) -> dict[str, tuple[Step, ...]]:
         out: dict[str, tuple[Step, ...]] = {}

@@ -40,7 +40,7 @@ def ledger_key(low: LowState) -> str:
     return key_of(cached_args(AddrArgs, low))
 
 
-def _from_key(key: str) -> AddrArgs | None:
+def from_key(key: str) -> AddrArgs | None:
     """The address a ledger key names, or None if it is not a key this module writes."""
     m = _KEY_RE.fullmatch(key)
     if m is None:
@@ -104,7 +104,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
     key = cached_args(AddrAbsentArgs, low).key
-    args = _from_key(key)
+    args = from_key(key)
     if args is None:
         return skip(low, f"not removing address {key!r}: not a key shoal writes")
     try:

@@ -1,9 +1,11 @@
 """Planning for a firewall rule that is appended with `-A` and deleted with `-D`.
 
 arptables and iptables rules work alike: `-A` appends a duplicate when the rule is already
-there, so whether to add is decided by counting the matching rules in the facts, and removal
-deletes every instance (a rule appended twice by hand needs two `-D`). The tool's own module
-says what its rule looks like; this one plans the add or the delete.
+there, so whether to add is decided by counting the matching rules in the facts. Ownership is by
+count: shoal appends a rule only when no copy is there, so it owns exactly one copy of each
+rule its ledger lists, and removal deletes that one copy (`-D` takes one instance). An exact
+copy an operator added stays. The tool's own module says what its rule looks like; this one
+plans the add or the delete.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def plan_present(
 def plan_absent(
     low: LowState, rule: AppendedRule, count: Callable[[], int], description: str
 ) -> StateResult:
-    """Delete every instance `count()` finds and release the ledger entry."""
+    """Delete shoal's one copy (if `count()` finds any) and release the ledger entry."""
     try:
         found = count()
     except FactUnknown as exc:
@@ -62,14 +64,15 @@ def plan_absent(
     release = (Claim(rule.function, rule.key),)
     if not found:
         return StateResult(releases=release)
-    # -D removes one instance; a rule appended twice (by hand) needs two.
+    # Any further copy is someone else's: -D removes one instance, shoal's.
+    kept = f" ({found - 1} identical copy(ies) not shoal's stay)" if found > 1 else ""
     step = make_step(
         low,
         "delete",
         rule.subsystem,
-        description,
-        before="\n".join([rule.line] * found),
-        commands=(rule.delete,) * found,
-        undo=(rule.add,) * found,
+        description + kept,
+        before=rule.line,
+        commands=(rule.delete,),
+        undo=(rule.add,),
     )
     return StateResult(steps=(step,), releases=release)

@@ -78,7 +78,7 @@ def ledger_key(low: LowState) -> str:
 _FLAGS = {"-s": "source", "-d": "destination", "-j": "target", "--mangle-ip-s": "mangle_ip_s"}
 
 
-def _from_key(key: str) -> ArpRuleArgs | None:
+def from_key(key: str) -> ArpRuleArgs | None:
     """The rule a ledger key names, or None if it is not a key this module writes."""
     words = shlex.split(key)
     if len(words) % 2 != 1:
@@ -142,7 +142,7 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
 
 def absent(low: LowState, ctx: PlanContext) -> StateResult:
     key = parse_args(ArpRuleAbsentArgs, low).key
-    args = _from_key(key)
+    args = from_key(key)
     if args is None:
         return skip(low, f"not removing arptables rule {key!r}: not a key shoal writes")
     return plan_absent(

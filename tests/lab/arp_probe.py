@@ -3,9 +3,11 @@
 Every `--interval` seconds for `--duration` seconds (or until the file `--until` exists) one ARP
 request for the VIP goes out as an Ethernet broadcast, so every host on the segment is asked
 each time (iputils arping switches to unicast after the first reply and takes whole seconds
-only). Every ARP reply for the VIP is recorded with its sender MAC and time.time(). Standard
-library only; needs CAP_NET_RAW in the host's network namespace. Prints one JSON object:
-{"sent": N, "replies": [[time, mac], ...]}.
+only). Every ARP reply for the VIP is recorded with its sender MAC and time.time(), and so is
+every ARP request another host sends with the VIP as its sender address (it announces the VIP:
+the seed HOWTO's `-d` mangle rule lets a real server do that). Standard library only; needs
+CAP_NET_RAW in the host's network namespace. Prints one JSON object:
+{"sent": N, "replies": [[time, mac], ...], "announcers": [[time, mac], ...]}.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def _reply_sender(frame: bytes, vip: bytes) -> str | None:
     return ":".join(f"{b:02x}" for b in frame[22:28])
 
 
+def _announcer(frame: bytes, vip: bytes) -> str | None:
+    """The sender MAC of an ARP request sent with `vip` as sender address, else None."""
+    if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
+        return None
+    if struct.unpack("!H", frame[20:22])[0] != 1 or frame[28:32] != vip:
+        return None
+    return ":".join(f"{b:02x}" for b in frame[22:28])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vip", required=True)
@@ -55,6 +66,16 @@ def main() -> None:
     sock.bind((args.iface, 0))
     frame = _request(src_mac, src_ip, vip)
     replies: list[tuple[float, str]] = []
+    announcers: list[tuple[float, str]] = []
+
+    def record(frame: bytes) -> None:
+        sender = _reply_sender(frame, vip)
+        if sender is not None:
+            replies.append((time.time(), sender))
+        announcer = _announcer(frame, vip)
+        if announcer is not None:
+            announcers.append((time.time(), announcer))
+
     sent = 0
     end = time.monotonic() + args.duration
     next_send = time.monotonic()
@@ -66,18 +87,14 @@ def main() -> None:
             next_send = now + args.interval
         ready, _, _ = select.select([sock], [], [], max(0.0, next_send - time.monotonic()))
         if ready:
-            sender = _reply_sender(sock.recv(2048), vip)
-            if sender is not None:
-                replies.append((time.time(), sender))
+            record(sock.recv(2048))
     # Replies to the last request.
     drain_end = time.monotonic() + 0.2
     while (left := drain_end - time.monotonic()) > 0:
         ready, _, _ = select.select([sock], [], [], left)
         if ready:
-            sender = _reply_sender(sock.recv(2048), vip)
-            if sender is not None:
-                replies.append((time.time(), sender))
-    print(json.dumps({"sent": sent, "replies": replies}))
+            record(sock.recv(2048))
+    print(json.dumps({"sent": sent, "replies": replies, "announcers": announcers}))
 
 
 if __name__ == "__main__":
