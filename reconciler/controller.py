@@ -9,6 +9,7 @@ never fight over one host):
 
     fetch head -> load + validate (invalid: record the errors, plan nothing, keep the last good
     plan) -> gather facts -> plan -> store, then by policy:
+      empty plan, a host unread       not in sync: last_error names the host and why
       empty plan                      in sync; open plans are stale/superseded
       revision not applied yet        a pending plan (approval = "auto": applied at once)
       revision already applied        drift: reported (API + audit); drift = "heal": applied
@@ -439,6 +440,14 @@ class Controller:
             "checked_at": now,
         }
 
+        # A host whose facts could not be read has no step, yet is not known to be in sync:
+        # the cluster is recorded out of sync, naming the host and why, and nothing runs.
+        if plan.empty and plan.unread:
+            for name in unit:
+                self.store.update_cluster(
+                    name, in_sync=False, **{**common, "last_error": "; ".join(plan.unread.values())}
+                )
+            return None
         # A host refused for breaking a safety rule is not in sync, even with no step to run.
         if plan.empty and not plan.refused:
             for record in self._open_plans(unit):

@@ -146,6 +146,18 @@ class Plan(_Value):
         return all(not hp.steps for hp in self.hosts.values())
 
     @property
+    def unread(self) -> dict[str, str]:
+        """Host -> why its facts could not be read (unreachable) or were not enough (blocked).
+        Such a host has no step, yet nobody knows it is in sync."""
+        out: dict[str, str] = {}
+        for h, hp in sorted(self.hosts.items()):
+            if not hp.reachable:
+                out[h] = f"{h}: unreachable ({hp.unknown_reason or 'no reason given'})"
+            elif hp.blocked:
+                out[h] = hp.blocked
+        return out
+
+    @property
     def refused(self) -> dict[str, tuple[str, ...]]:
         """Host -> the safety rules it breaks, for every host the plan refuses."""
         return {h: hp.violations for h, hp in sorted(self.hosts.items()) if hp.violations}
