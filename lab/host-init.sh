@@ -9,6 +9,9 @@ set -euo pipefail
 exec 2>>"$LAB_HOST_DIR/init.log"
 
 hostname "$LAB_HOSTNAME"
+# Read now: the checkout may live under /tmp, /run or /root, which the mounts below hide.
+# shellcheck source=fresh-host.sh
+. "$(dirname "$0")/fresh-host.sh"
 
 # A copy of the machine's /run/netns mounts would keep other hosts' namespaces alive. A lazy
 # unmount detaches the whole subtree at once (-R would race with netns deleted meanwhile).
@@ -23,8 +26,6 @@ for dir in /etc /var/lib /run /var/log /root /usr/local; do
     "$dir"
 done
 mount -t tmpfs -o mode=1777,size=256m,nosuid,nodev shoal-tmp /tmp
-# shellcheck source=fresh-host.sh
-. "$(dirname "$0")/fresh-host.sh"
 hide_machine_shoal_state
 # sysfs shows the network namespace of whoever mounts it: mount this host's own.
 mount -t sysfs -o nosuid,nodev,noexec shoal-sys /sys

@@ -9,6 +9,9 @@
 set -euo pipefail
 # shellcheck source=/dev/null
 . "$1"
+# Read now: the checkout may live under /tmp, /run or /root, which the mounts below hide.
+# shellcheck source=fresh-host.sh
+. "$(dirname "$0")/fresh-host.sh"
 
 say() { echo "shoal-vm: $*" >/dev/console; }
 trap 'say "guest init failed at line $LINENO"; echo o >/proc/sysrq-trigger' ERR
@@ -28,8 +31,6 @@ mount -t tmpfs -o nosuid,nodev,mode=0755 shoal-run /run
 mount -t tmpfs -o nosuid,nodev,mode=1777 shoal-tmp /tmp
 # The machine's /root (shell start-up files, tool caches) is not the guest's business.
 mount -t tmpfs -o mode=0700 shoal-root /root
-# shellcheck source=fresh-host.sh
-. "$(dirname "$0")/fresh-host.sh"
 hide_machine_shoal_state
 exec </dev/null >/dev/console 2>&1
 
