@@ -213,6 +213,7 @@ class Controller:
             if still:
                 await asyncio.wait(still)
         self._loop_task = None
+        await asyncio.to_thread(self.source.close)
         self.ready = False
 
     def wake(self, reason: str) -> None:

@@ -52,6 +52,14 @@ class GitSource:
     def display_url(self) -> str:
         return redact_url(self.url)
 
+    def close(self) -> None:
+        """Stop the git helper processes the mirror's Repo keeps (`git cat-file --batch`);
+        the next use opens it again."""
+        with self._git_lock:
+            if self._repo is not None:
+                self._repo.close()
+                self._repo = None
+
     # --- synchronous (worker thread) ----------------------------------------------------------
 
     def _open(self) -> git.Repo:
