@@ -8,7 +8,7 @@ host and phase on stderr; the per-step results and what was rolled back follow o
 
 Exit status: 0 applied (or nothing to do), 1 failed and rolled back, 2 refused (not confirmed,
 stale plan, --json without --yes, or a host the plan refuses because it breaks an LVS-DR safety
-rule: the other hosts are applied, that one is left alone and named), 3 a rollback that could
+rule: then nothing runs on any host, and the refused one is named), 3 a rollback that could
 not be proven (the host differs from its pre-apply facts: look at it).
 """
 
@@ -205,7 +205,7 @@ def run_apply(
     except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
         return fail(out, as_json, [str(exc)], EXIT_FAILED)
     status = exit_status(result)
-    if status == EXIT_OK and plan.refused:
+    if plan.refused and status in (EXIT_OK, EXIT_FAILED):
         status = EXIT_REFUSED
     if as_json:
         doc: dict[str, Any] = {

@@ -680,6 +680,21 @@ class _Run:
             ]
             if changed:
                 raise StalePlan(plan.id, changed)
+        if plan.refused:
+            # A refused host breaks an LVS-DR safety rule; changing the others around it could
+            # make it worse (directors sending to a real server whose own states were refused),
+            # so whatever the unreachable-hosts policy, nothing runs anywhere.
+            for h, rules in plan.refused.items():
+                result.errors.append(
+                    RunError(kind="SafetyRuleBroken", host=h, message="; ".join(rules))
+                )
+            result.ok = False
+            result.comment = (
+                f"refused: {', '.join(plan.refused)} break(s) an LVS-DR safety rule, so nothing "
+                "ran; fix it by hand or set `adopt` for it"
+            )
+            self.not_run(set(plan.hosts), "not run: a host of the plan is refused")
+            return self.done()
         for h, why in sorted(unreachable.items()):
             result.unreachable.append(h)
             result.errors.append(RunError(kind="HostUnreachable", host=h, message=why))

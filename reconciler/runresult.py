@@ -80,6 +80,7 @@ class RunError(_Value):
         "RollbackError",
         "HostUnreachable",
         "FactsUnknown",
+        "SafetyRuleBroken",
         "Interrupted",
         "Busy",
         "VerificationError",

@@ -225,6 +225,17 @@ async def test_apply_verifies_and_a_hand_broken_real_server_is_named(
     print(f"{method}: apply + verification {applied_in:.1f}s")
 
 
+# The plan's own effect breaks web2: its VIP's port 80 redirected to a port nothing listens on.
+WEB2_REDIRECT_AWAY = """
+[[state]]
+id = "web2-port-80-elsewhere"
+function = "iptables.rule_present"
+hosts = ["web2"]
+args = {{ destination = "{vip}", protocol = "tcp", dport = 80, to_ports = 8099 }}
+"""
+
+# A plan that would put the VIP on web2's client-facing interface, where arp_ignore=1 no longer
+# hides it: an LVS-DR safety rule broken by the plan itself.
 WEB2_VIP_ON_ETH0 = """
 [[state]]
 id = "web2-vip-on-eth0"
@@ -237,10 +248,8 @@ args = {{ address = "{vip}", prefix = 32, interface = "eth0" }}
 async def test_plan_failing_verification_is_rolled_back_and_says_why(
     lab: Lab, clean_hosts: dict[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    # The plan's own effect breaks the cluster: the VIP on web2's client-facing interface,
-    # where arp_ignore=1 no longer hides it.
     vip = str(ipaddress.IPv4Network(lab.subnet)[100])  # the fixture's VIP, in this lab
-    desired = _repo(lab, tmp_path / "repo", extra=WEB2_VIP_ON_ETH0.format(vip=vip))
+    desired = _repo(lab, tmp_path / "repo", extra=WEB2_REDIRECT_AWAY.format(vip=vip))
     assert desired.clusters["web"].services[0].vip == vip
     try:
         result = await _apply(lab, desired)
@@ -252,9 +261,9 @@ async def test_plan_failing_verification_is_rolled_back_and_says_why(
     # Every step applied; it was the verification that failed, and it names web2.
     assert all(s.result is True for s in result.steps()), _explain(result)
     errors = [e for e in result.errors if e.kind == "VerificationError"]
-    assert ("web2", "verify/arp") in {(e.host, e.step_id) for e in errors}, _explain(result)
-    assert result.comment.startswith("verification failed (arp check, host web2)"), result.comment
-    assert f"web2 answers ARP for {vip}" in result.comment
+    assert ("web2", "verify/traffic") in {(e.host, e.step_id) for e in errors}, _explain(result)
+    assert result.comment.startswith("verification failed (traffic check"), result.comment
+    assert "web2 received" in result.comment and "answered none" in result.comment
     # Every host phase that changed was rolled back, directors first, each one proven.
     changed = {(p.host, p.phase) for p in result.phases if p.ok}
     assert {(r.host, r.phase) for r in result.rollbacks} == changed
@@ -263,5 +272,23 @@ async def test_plan_failing_verification_is_rolled_back_and_says_why(
     assert order == sorted(order, key=["extra", "director_primary", "director_backup",
                                        "real_servers_prepare"].index)  # fmt: skip
     assert all(s.rolled_back for s in result.steps())
+    for h in HOSTS:
+        assert await raw_state(lab, h) == clean_hosts[h], h
+
+
+async def test_plan_breaking_a_safety_rule_is_refused_and_runs_nothing(
+    lab: Lab, clean_hosts: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    vip = str(ipaddress.IPv4Network(lab.subnet)[100])
+    desired = _repo(lab, tmp_path / "repo", extra=WEB2_VIP_ON_ETH0.format(vip=vip))
+    result = await _apply(lab, desired)
+    assert not result.ok and result.verification is None, _explain(result)
+    (error,) = result.errors
+    assert (error.kind, error.host) == ("SafetyRuleBroken", "web2"), _explain(result)
+    assert f"web2 holds {vip}/32 on eth0" in error.message
+    assert result.comment.startswith("refused: web2 "), result.comment
+    # Not only web2: the directors would have sent web2 traffic it was never prepared for.
+    assert all(s.result is None for s in result.steps()), _explain(result)
+    assert not result.rollbacks
     for h in HOSTS:
         assert await raw_state(lab, h) == clean_hosts[h], h

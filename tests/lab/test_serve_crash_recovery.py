@@ -110,7 +110,7 @@ class Cluster:
 async def cluster(
     session_token: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Cluster]:
-    async with Lab.up(f"c{session_token}", Topology.default(), ephemeral=True) as lab:
+    async with Lab.up(f"x{session_token}", Topology.default(), ephemeral=True) as lab:
         c = Cluster(lab, tmp_path_factory.mktemp("crash"))
         first = c.repo.push(lambda _: None, "web1 and web2")
         try:
