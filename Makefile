@@ -18,8 +18,9 @@ lint: setup
 typecheck: setup
 	@$(BIN)/mypy
 
+# Two pytest processes side by side: the VM directors' tests and the rest (scripts/run-tests.sh).
 test: setup lint typecheck
-	@$(BIN)/pytest -q
+	@./scripts/run-tests.sh
 
 # The pure tests only (no lab, no root): the quick loop while editing.
 unit: setup
