@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from reconciler.controller import Controller
 from reconciler.server_settings import ServerSettings
 from reconciler.source import GitSource
 from reconciler.store import PlanRecord, Store
+from tests.server.serve import free_port, git, pushing_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
@@ -43,12 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_REPO = ROOT / "fixtures" / "config-repo"
 SECRET = "lab-webhook-secret"
 SHOAL = str(Path(sys.executable).with_name("shoal"))
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def sign(body: bytes) -> str:
@@ -59,13 +53,7 @@ class Repo:
     """A bare repository and a clone that commits and pushes to it."""
 
     def __init__(self, tmp: Path, lab: Lab) -> None:
-        self.bare = tmp / "config.git"
-        self.work = tmp / "work"
-        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=tmp)
-        git("init", "-q", "-b", "main", str(self.work), cwd=tmp)
-        git("config", "user.email", "lab@example.invalid", cwd=self.work)
-        git("config", "user.name", "lab", cwd=self.work)
-        git("remote", "add", "origin", str(self.bare), cwd=self.work)
+        self.bare, self.work = pushing_repo(tmp, "lab")
         lab.write_config_repo(FIXTURE_REPO, self.work)
         # No lab HTTP service runs here, so no verification phase after the controller's applies
         # (test_executor_verify and the demo run it).
@@ -367,12 +355,6 @@ async def test_fifty_concurrent_webhooks_make_one_plan(server: Server) -> None:
 
 
 # --- a real `shoal serve` process, killed while applying ---------------------------------------
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 TWO_CLUSTERS_WEB = """

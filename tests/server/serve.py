@@ -34,17 +34,23 @@ def git(*args: str, cwd: Path) -> str:
     ).stdout.strip()
 
 
+def pushing_repo(tmp: Path, who: str) -> tuple[Path, Path]:
+    """A bare repository on branch main (what the server watches) and a work tree whose
+    `origin` it is, committing as `who`: (bare, work)."""
+    bare, work = tmp / "config.git", tmp / "work"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp)
+    git("init", "-q", "-b", "main", str(work), cwd=tmp)
+    git("config", "user.email", f"{who}@example.invalid", cwd=work)
+    git("config", "user.name", who, cwd=work)
+    git("remote", "add", "origin", str(bare), cwd=work)
+    return bare, work
+
+
 class Repo:
     """A bare repository on branch main, and a clone that pushes to it."""
 
     def __init__(self, tmp: Path) -> None:
-        self.bare = tmp / "config.git"
-        self.work = tmp / "work"
-        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=tmp)
-        git("init", "-q", "-b", "main", str(self.work), cwd=tmp)
-        git("config", "user.email", "server-test@example.invalid", cwd=self.work)
-        git("config", "user.name", "server-test", cwd=self.work)
-        git("remote", "add", "origin", str(self.bare), cwd=self.work)
+        self.bare, self.work = pushing_repo(tmp, "server-test")
         shutil.copytree(INVALID_TREE, self.work, dirs_exist_ok=True)
         self.head = self.commit("an invalid revision: no host is ever contacted")
 

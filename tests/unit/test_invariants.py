@@ -79,14 +79,21 @@ def test_adopt_removes_the_ineffective_d_rule() -> None:
     assert not plan.hosts["web3"].violations
 
 
-def test_switching_to_sysctl_keeps_shoals_suppression_while_the_hand_added_vip_stays() -> None:
-    desired = cluster_desired("sysctl")
+def kept_suppression_plan(desired: Desired) -> tuple[Plan, HostFacts]:
+    """web3 with the hand-added VIP on eth0 and shoal's OUTPUT rule in its ledger: the plan
+    removes none of its arptables rules (the VIP still needs them) and refuses nothing."""
     ledger = Ledger(entries={"arptables.rule_present": (SHOAL_OUTPUT,)})
     web3 = add_arp_rules(seed_host(ledger=ledger), [arp_output_mangle(VIP_HTTP, RIP)])
     plan = plan_desired(desired, facts_for(desired, web3=web3))
     hp = plan.hosts["web3"]
     assert not hp.violations
     assert not [a for a in commands(plan, "web3") if a[:2] == ("arptables", "-D")]
+    return plan, web3
+
+
+def test_switching_to_sysctl_keeps_shoals_suppression_while_the_hand_added_vip_stays() -> None:
+    plan, _ = kept_suppression_plan(cluster_desired("sysctl"))
+    hp = plan.hosts["web3"]
     (kept,) = [s for s in hp.skipped if s.state_id.startswith("remove-arptables")]
     assert f"{VIP_HTTP}/32 stays on eth0" in kept.reason
     assert exit_status(plan) == EXIT_CHANGES  # never "in sync" while it is kept
@@ -120,13 +127,8 @@ def test_adopt_takes_the_hand_added_vip_off_eth0_instead() -> None:
 
 def test_a_removed_real_server_keeps_its_suppression_while_the_hand_added_vip_stays() -> None:
     desired = cluster_desired("arptables", real_servers=("web1", "web2"))
-    ledger = Ledger(entries={"arptables.rule_present": (SHOAL_OUTPUT,)})
-    web3 = add_arp_rules(seed_host(ledger=ledger), [arp_output_mangle(VIP_HTTP, RIP)])
-    plan = plan_desired(desired, facts_for(desired, web3=web3))
-    hp = plan.hosts["web3"]
-    assert not hp.violations
-    assert not [a for a in commands(plan, "web3") if a[:2] == ("arptables", "-D")]
-    assert any("stays on eth0" in s.reason for s in hp.skipped)
+    plan, web3 = kept_suppression_plan(desired)
+    assert any("stays on eth0" in s.reason for s in plan.hosts["web3"].skipped)
     # With adopt, the VIP goes first, then the suppression.
     plan = plan_desired(adopting(desired, "web3"), facts_for(desired, web3=web3))
     cmds = commands(plan, "web3")
