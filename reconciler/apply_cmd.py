@@ -171,8 +171,9 @@ def run_apply(
         """Print the plan; True if there is something to apply."""
         if not as_json:
             print_lines(out, render_plan(plan))
-        # A blocked host has no steps but is not in sync: the apply goes on to say so and fail.
-        if plan.empty and all(hp.reachable and not hp.blocked for hp in plan.hosts.values()):
+        # An unread (unreachable or blocked) host has no steps but is not in sync: the apply
+        # goes on to say so and fail.
+        if plan.empty and not plan.unread:
             status = EXIT_REFUSED if plan.refused else EXIT_OK
             if as_json:
                 doc = {"plan": summary(plan), "run": None, "exit_status": status}

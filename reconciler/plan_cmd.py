@@ -71,7 +71,7 @@ async def gather_over_ssh(
 
 
 def exit_status(plan: Plan) -> int:
-    if any(not hp.reachable or hp.blocked for hp in plan.hosts.values()):
+    if plan.unread:
         return EXIT_ERROR
     if any(hp.steps or hp.skipped or hp.violations for hp in plan.hosts.values()):
         return EXIT_CHANGES
