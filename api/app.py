@@ -16,9 +16,9 @@ from api import audit, clusters, health, hosts, plans, reconcile, runs, webhooks
 from api.deps import ControllerPort
 from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
-from reconciler.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
-from reconciler.server_settings import ServerSettings
-from reconciler.store import Store
+from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.settings import ServerSettings
+from reconciler.server.store import Store
 
 ROUTERS = (
     health.router,

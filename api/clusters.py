@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends
 from api.auth import Viewer, auth_responses
 from api.deps import ControllerPort, get_controller, get_settings, get_store
 from api.schemas import ClustersResponse, LoopOut, RepositoryOut, cluster_out, issues_out
-from reconciler.server_settings import ServerSettings
-from reconciler.source import redact_url
-from reconciler.store import Store
+from reconciler.server.settings import ServerSettings
+from reconciler.server.source import redact_url
+from reconciler.server.store import Store
 
 router = APIRouter(tags=["clusters"])
 

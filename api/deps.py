@@ -1,7 +1,7 @@
 """What a route needs from the app: the controller, the store and the settings.
 
-`ControllerPort` is the part of `reconciler.controller.Controller` the API uses; routes depend
-on it, not on the engine, so the API stays a thin layer over the store and the controller.
+`ControllerPort` is the part of `reconciler.server.controller.Controller` the API uses; routes
+depend on it, not on the engine, so the API stays a thin layer over the store and the controller.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Protocol, cast
 
 from fastapi import Request
 
-from reconciler.server_settings import ServerSettings
-from reconciler.store import PlanRecord, RunRecord, Store
+from reconciler.server.settings import ServerSettings
+from reconciler.server.store import PlanRecord, RunRecord, Store
 
 
 class ControllerPort(Protocol):

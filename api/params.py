@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-from reconciler.models import NAME_PATTERN
-from reconciler.store import PlanState
+from reconciler.desired.models import NAME_PATTERN
+from reconciler.server.store import PlanState
 
 # SQLite stores INTEGER as a signed 64-bit value; a larger bound parameter overflows.
 SQLITE_INT_MAX = 2**63 - 1
-# Plan ids hash the plan (reconciler.steps.plan_id); run ids are random; both 16 hex digits.
+# Plan ids hash the plan (reconciler.plan.steps.plan_id); run ids are random; both 16 hex digits.
 ID_PATTERN = r"^[0-9a-f]{16}$"
 # Audit actions are dotted lowercase words: plan.approved, drift.detected, run.interrupted.
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$"

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.stepdiff import file_diff
-from reconciler.steps import HostPlan, Step
-from reconciler.store import (
+from reconciler.plan.stepdiff import file_diff
+from reconciler.plan.steps import HostPlan, Step
+from reconciler.server.store import (
     ApprovalRecord,
     AuditRecord,
     BackupRecord,
@@ -73,7 +73,7 @@ class DriftOut(_Out):
     plan_id: str | None = None
     revision: str | None = None
     detected_at: str | None = None
-    # Host -> the LVS-DR safety rules it breaks (reconciler.invariants): refused, not healed.
+    # Host -> the LVS-DR safety rules it breaks (reconciler.plan.invariants): refused, not healed.
     violations: dict[str, list[str]] = {}
 
 

@@ -32,8 +32,8 @@ from api.webhook_events import (
     delivery_id,
     ignored_because,
 )
-from reconciler.server_settings import ServerSettings
-from reconciler.store import Store
+from reconciler.server.settings import ServerSettings
+from reconciler.server.store import Store
 
 log = logging.getLogger("shoal.api.webhooks")
 

@@ -27,9 +27,9 @@ from bench.proc import Measured, detached_cpu, run_measured
 from bench.sshlog import LogWindow, summarise
 from bench.stats import Sample, Series
 from lab import Lab
-from reconciler.compile import managed_paths
-from reconciler.facts import build_facts_script
-from reconciler.loader import load_repository
+from reconciler.desired.loader import load_repository
+from reconciler.facts.gather import build_facts_script
+from reconciler.plan.compile import managed_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"

@@ -15,8 +15,8 @@ import time
 import tracemalloc
 
 from bench.synthetic import synthetic_facts, synthetic_repo
-from reconciler.loader import load_tree
-from reconciler.plan import plan_desired
+from reconciler.desired.loader import load_tree
+from reconciler.plan.planner import plan_desired
 
 
 def measure(n: int, vips: int, reps: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ import ipaddress
 import struct
 from pathlib import Path
 
-from reconciler.hostfacts import Address, Fact, HostFacts, Interface
+from reconciler.facts.hostfacts import Address, Fact, HostFacts, Interface
 
 FRESH_FACTS = (
     Path(__file__).resolve().parent.parent / "fixtures/facts/facts_script/fresh_namespace.json"

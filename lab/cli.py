@@ -1,4 +1,4 @@
-"""`shoal lab up|down|status`: the lab of real test hosts from the command line."""
+"""`python -m lab up|down|status`: the lab of real test hosts from the command line."""
 
 from __future__ import annotations
 

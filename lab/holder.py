@@ -103,7 +103,7 @@ async def start_holder(
         stderr=subprocess.DEVNULL,
         env=env,
         cwd="/",
-        # Its own session: a Ctrl-C at the terminal that ran `shoal lab up` does not reach it.
+        # Its own session: a Ctrl-C at the terminal that ran `python -m lab up` does not reach it.
         start_new_session=True,
     )
     holder = Holder(name, host_dir, process)

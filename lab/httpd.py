@@ -8,7 +8,7 @@ VIP held on `lo`), and writes a pid file under the host's private /var/lib so it
 This file is also the server program itself: `start_services` sends this very source to the host
 (`python3 -c <source> serve ...`), which is why the top level imports the standard library only.
 
-The load generator is `reconciler.verify_probe` (the same program `shoal verify` ships to a
+The load generator is `reconciler.verify.probe_traffic` (the same program `shoal verify` ships to a
 client), run inside a lab client host by `run_load`, aimed only at addresses of the lab's subnet.
 """
 
@@ -223,7 +223,7 @@ async def run_load(
     addr = ipaddress.IPv4Address(vip)
     if addr not in ipaddress.IPv4Network(lab.subnet) or addr.is_loopback:
         raise ValueError(f"{vip} is not an address of the lab subnet {lab.subnet}")
-    from reconciler.verify_probe import probe_source
+    from reconciler.verify.probe_traffic import probe_source
 
     argv = ["python3", "-", "--vip", str(addr), "--port", str(port), "--count", str(count),
             "--timeout", str(timeout), "--deadline", str(deadline)]

@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SHOAL=$ROOT/.venv/bin/shoal
+LABCTL=("$ROOT/.venv/bin/python" -m lab)
 PY=$ROOT/.venv/bin/python
 
 LAB_ID=demo
@@ -91,7 +92,7 @@ EOF
 
 if [ "${1:-}" = down ]; then
   stop_server
-  "$SHOAL" lab down --lab-id "$LAB_ID"
+  "${LABCTL[@]}" down --lab-id "$LAB_ID"
   rm -rf "$DEMO_DIR"
   left=$(leftovers)
   if [ -n "$left" ]; then
@@ -179,8 +180,8 @@ EOF
 show_verification() {  # the run's own verification phase: requests per real server, ARP
   api GET "/runs/$1" | "$PY" -c '
 import json, sys
-from reconciler.verify import VerificationResult
-from reconciler.verify_cmd import render
+from reconciler.verify.run import VerificationResult
+from reconciler.cli.verify import render
 data = (json.load(sys.stdin).get("result") or {}).get("verification")
 if data is None:
     sys.exit("the run has no verification (verify.clients empty?)")
@@ -265,7 +266,7 @@ fi
 stop_server
 mkdir -p "$DEMO_DIR"
 LABJSON=$DEMO_DIR/lab.json
-"$SHOAL" lab up "${LAB_ARGS[@]}" >"$LABJSON" || die "lab up failed"
+"${LABCTL[@]}" up "${LAB_ARGS[@]}" >"$LABJSON" || die "lab up failed"
 KEY=$(json "d['client_key']" <"$LABJSON")
 note "$(json "d['subnet']" <"$LABJSON"): $(json "' '.join(f\"{n}={h['address']}\" for n, h in d['hosts'].items())" <"$LABJSON")"
 if [ -n "$DEMO_DIRECTOR" ]; then

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.steps import LowState
+from reconciler.plan.steps import LowState
 from states import addr, arptables, file, iptables, kmod, nft, pkg, service, sysctl
 from states.base import StateFunction
 from states.director import DIRECTOR_STATES

@@ -11,8 +11,8 @@ import re
 
 from pydantic import Field, ValidationError
 
-from reconciler.models import InterfaceName, IPv4
-from reconciler.steps import LowState
+from reconciler.desired.models import InterfaceName, IPv4
+from reconciler.plan.steps import LowState
 from states.base import Claim, PlanContext, StateResult, cached_args
 from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.steps import Argv, LowState, Subsystem
+from reconciler.plan.steps import Argv, LowState, Subsystem
 from states.base import Claim, StateResult
 from states.common import FactUnknown, make_step, skip
 

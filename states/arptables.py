@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError, model_validator
 
-from reconciler.hostfacts import ArpRule
-from reconciler.models import IPv4
-from reconciler.steps import LowState
+from reconciler.desired.models import IPv4
+from reconciler.facts.hostfacts import ArpRule
+from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
 from states.base import PlanContext, StateResult
 from states.common import (

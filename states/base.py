@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from reconciler.hostfacts import HostFacts
-from reconciler.models import Desired
-from reconciler.steps import LowState, SkippedRemoval, Step
+from reconciler.desired.models import Desired
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.steps import LowState, SkippedRemoval, Step
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
-from reconciler.hostfacts import Fact, HostFacts
-from reconciler.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step, Subsystem
+from reconciler.facts.hostfacts import Fact, HostFacts
+from reconciler.plan.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step, Subsystem
 from states.base import PlanContext, StateResult
 
 A = TypeVar("A", bound=BaseModel)

@@ -6,7 +6,7 @@ ledger, IPVS table or MAC) into the plan, where it is shown as a SkippedRemoval.
 
 from __future__ import annotations
 
-from reconciler.steps import LowState, SkippedRemoval
+from reconciler.plan.steps import LowState, SkippedRemoval
 from states import ipvs, keepalived, nft_dsr
 from states.base import PlanContext, StateFunction, StateResult
 

@@ -21,8 +21,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from reconciler.hostfacts import FileInfo
-from reconciler.steps import FileWrite, LowState
+from reconciler.facts.hostfacts import FileInfo
+from reconciler.plan.steps import FileWrite, LowState
 from states.base import Claim, PlanContext, StateResult
 from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
 

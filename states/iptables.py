@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from reconciler.models import IPv4, Port
-from reconciler.steps import LowState
+from reconciler.desired.models import IPv4, Port
+from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
 from states.base import PlanContext, StateResult
 from states.common import Args, host_facts, known, parse_args, skip, tool_missing

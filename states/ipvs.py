@@ -1,7 +1,7 @@
 """IPVS states for the `ipvsadm` director backend, planned from the parsed `ipvsadm -Sn` facts.
 
 Functions: `ipvs.service_present`, `ipvs.real_server_present` (what the cluster file asks for)
-and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.compile_director`
+and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.plan.compile_director`
 from the facts and the host's ledger, so only what shoal created is removed).
 
 ipvsadm semantics that shape every command here (research notes, section 3):
@@ -20,9 +20,9 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
-from reconciler.models import Desired
-from reconciler.steps import Argv, Change, DrainWait, LowState, SkippedRemoval, Step
+from reconciler.desired.models import Desired
+from reconciler.facts.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
+from reconciler.plan.steps import Argv, Change, DrainWait, LowState, SkippedRemoval, Step
 from states.base import PlanContext, StateResult
 
 IPVSADM = "ipvsadm"

@@ -21,9 +21,9 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from reconciler.hostfacts import HostFacts
-from reconciler.models import Cluster, Desired, Service
-from reconciler.steps import Argv, Change, DrainWait, FileWrite, LowState, SkippedRemoval, Step
+from reconciler.desired.models import Cluster, Desired, Service
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, SkippedRemoval, Step
 from states.base import PlanContext, StateResult
 
 FUNCTION = "keepalived.config"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reconciler.steps import LowState
+from reconciler.plan.steps import LowState
 from states.base import PlanContext, StateResult
 from states.common import Args, make_step, parse_args
 

@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from reconciler.hostfacts import NftTable
-from reconciler.models import InterfaceName, Name
-from reconciler.steps import LowState
+from reconciler.desired.models import InterfaceName, Name
+from reconciler.facts.hostfacts import NftTable
+from reconciler.plan.steps import LowState
 from states.base import Claim, PlanContext, StateResult, cached_args
 from states.common import (
     Args,

@@ -46,8 +46,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.hostfacts import HostFacts
-from reconciler.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step
 from states.base import PlanContext, StateResult
 
 FUNCTION = "nft.dsr_table"
@@ -147,7 +147,7 @@ def weighted_buckets(members: Sequence[tuple[str, int]]) -> tuple[Bucket, ...]:
 
 
 def table_from_args(args: Mapping[str, Any]) -> DsrTable:
-    """The model from a low state's args (see `reconciler.compile_director`)."""
+    """The model from a low state's args (see `reconciler.plan.compile_director`)."""
     services = []
     for s in args["services"]:
         members = [(str(m["mac"]), int(m["weight"])) for m in s["members"]]

@@ -7,8 +7,8 @@ software's dependencies with it. So the step has no undo and nothing goes into t
 
 from __future__ import annotations
 
-from reconciler.models import Name
-from reconciler.steps import LowState
+from reconciler.desired.models import Name
+from reconciler.plan.steps import LowState
 from states.base import PlanContext, StateResult, cached_args
 from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from reconciler.steps import LowState
+from reconciler.plan.steps import LowState
 from states.base import Claim, PlanContext, StateResult
 from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
 

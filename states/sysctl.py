@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
-from reconciler.steps import LowState
+from reconciler.plan.steps import LowState
 from states.base import Claim, PlanContext, StateResult, cached_args
 from states.common import Args, FactUnknown, host_facts, known, make_step, skip
 

@@ -14,7 +14,18 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reconciler.hostfacts import (
+from reconciler.desired.models import (
+    Cluster,
+    ClusterHeader,
+    Desired,
+    ExtraState,
+    Host,
+    Inventory,
+    RealServer,
+    Service,
+    Settings,
+)
+from reconciler.facts.hostfacts import (
     Address,
     ArpRule,
     ArptablesRules,
@@ -30,18 +41,7 @@ from reconciler.hostfacts import (
     NftRuleset,
     NftTable,
 )
-from reconciler.models import (
-    Cluster,
-    ClusterHeader,
-    Desired,
-    ExtraState,
-    Host,
-    Inventory,
-    RealServer,
-    Service,
-    Settings,
-)
-from reconciler.steps import Plan
+from reconciler.plan.steps import Plan
 from states.nft import ARP_TABLE, NftTableArgs, arp_table_args, digest
 
 HOSTS = {

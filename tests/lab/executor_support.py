@@ -15,13 +15,13 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from lab import Lab
-from reconciler.executor import ApplyEvent, apply_plan
-from reconciler.hostscript import build_rollback_script
-from reconciler.models import ApplySettings, Desired, Host, Inventory, Settings
-from reconciler.phaselog import parse_log
-from reconciler.runresult import RunResult
-from reconciler.steps import Argv, Change, FileWrite, HostPlan, Phase, Plan, Step, Subsystem
-from reconciler.transport import SSHTransport
+from reconciler.apply.executor import ApplyEvent, apply_plan
+from reconciler.apply.hostscript import build_rollback_script
+from reconciler.apply.phaselog import parse_log
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.models import ApplySettings, Desired, Host, Inventory, Settings
+from reconciler.plan.steps import Argv, Change, FileWrite, HostPlan, Phase, Plan, Step, Subsystem
+from reconciler.transport.ssh import SSHTransport
 
 VIP_OCTET = 177
 TEST_DIR = "/etc/shoal-exec-test"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from reconciler.runresult import RunResult
+from reconciler.apply.runresult import RunResult
 from tests.lab.ipvs_vm_support import (
     DIRECTORS,
     PORT,

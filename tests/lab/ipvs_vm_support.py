@@ -24,11 +24,11 @@ import pytest
 
 from lab import Lab
 from lab.vm import prerequisites as vm_prerequisites
-from reconciler.executor import apply_plan
-from reconciler.models import Desired
-from reconciler.runresult import RunResult
-from reconciler.steps import Plan
-from reconciler.transport import SSHTransport
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.models import Desired
+from reconciler.plan.steps import Plan
+from reconciler.transport.ssh import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
 from tests.lab.rollout_support import plan_for, settings_toml, write_repo

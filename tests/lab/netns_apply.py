@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reconciler.compile import managed_paths
-from reconciler.facts import build_facts_script, parse_facts_output
-from reconciler.hostfacts import HostFacts
-from reconciler.models import Desired
-from reconciler.plan import plan_desired
-from reconciler.steps import Plan, Step
+from reconciler.desired.models import Desired
+from reconciler.facts.gather import build_facts_script, parse_facts_output
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import plan_desired
+from reconciler.plan.steps import Plan, Step
 from tests.statecases import HOSTS, cluster_desired
 
 HOST = "web1"

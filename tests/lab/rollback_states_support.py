@@ -35,15 +35,15 @@ from pathlib import Path
 
 from lab import Lab
 from lab.inject import HANG_NAME
-from reconciler.compile import managed_paths
-from reconciler.executor import apply_plan
-from reconciler.facts import gather_facts
-from reconciler.hostfacts import Fact, HostFacts
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.plan import LEDGER_PATH, plan_desired
-from reconciler.runresult import RunResult
-from reconciler.steps import Plan, Step
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.facts.gather import gather_facts
+from reconciler.facts.hostfacts import Fact, HostFacts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import LEDGER_PATH, plan_desired
+from reconciler.plan.steps import Plan, Step
 from states.keepalived import CONF_PATH, PID_DIR
 from states.nft_dsr import SCRIPT_PATH, UNDO_PATH
 from tests.lab.executor_support import raw_state, transport_for
@@ -290,7 +290,7 @@ async def cleared(lab: Lab, *hosts: str) -> AsyncIterator[None]:
 
 def written_tmp(path: str) -> str:
     """The temporary file the phase script writes a FileWrite into before its rename
-    (reconciler.hostscript); its `chmod` is the one command of a write a fault can fail."""
+    (reconciler.apply.hostscript); its `chmod` is the one command of a write a fault can fail."""
     head, tail = posixpath.split(path)
     return posixpath.join(head, f".{tail}.shoal-new")
 

@@ -29,15 +29,15 @@ import pytest
 
 from lab import Lab, Topology
 from lab.httpd import run_load, start_services, stop_services
-from reconciler.compile import managed_paths
-from reconciler.executor import ApplyEvent, apply_plan
-from reconciler.facts import gather_facts
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.plan import plan_desired
-from reconciler.runresult import RunResult
-from reconciler.steps import Plan
-from reconciler.transport import SSHTransport
+from reconciler.apply.executor import ApplyEvent, apply_plan
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.facts.gather import gather_facts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import plan_desired
+from reconciler.plan.steps import Plan
+from reconciler.transport.ssh import SSHTransport
 from tests.conftest import require_lab
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "config-repo"

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
-from reconciler.apply_cmd import gather_and_plan
-from reconciler.executor import apply_plan
-from reconciler.hostscript import needs_lockout
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.steps import Plan
-from reconciler.transport import SSHTransport
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.hostscript import needs_lockout
+from reconciler.cli.apply import gather_and_plan
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.plan.steps import Plan
+from reconciler.transport.ssh import SSHTransport
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 

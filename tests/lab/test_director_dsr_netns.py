@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.hostfacts import Fact, HostFacts, Interface, NftRuleset, NftTable
-from reconciler.models import Desired, Inventory, Settings
-from reconciler.steps import LowState, Phase
+from reconciler.desired.models import Desired, Inventory, Settings
+from reconciler.facts.hostfacts import Fact, HostFacts, Interface, NftRuleset, NftTable
+from reconciler.plan.steps import LowState, Phase
 from states import nft_dsr
 from states.base import PlanContext
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import pytest
 
 from lab import Lab
-from reconciler.executor import ApplyEvent
-from reconciler.steps import Phase, Step
+from reconciler.apply.executor import ApplyEvent
+from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     apply_steps,
     explain,

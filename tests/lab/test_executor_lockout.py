@@ -14,9 +14,9 @@ import time
 import pytest
 
 from lab import Lab
-from reconciler.executor import apply_plan
-from reconciler.hostscript import phase_dir
-from reconciler.steps import Phase, Step
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.hostscript import phase_dir
+from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     apply_steps,
     desired_for,

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
-from reconciler.compile import managed_paths
-from reconciler.executor import apply_plan
-from reconciler.facts import gather_facts
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.plan import plan_desired
-from reconciler.runresult import RunResult
-from reconciler.steps import Plan
-from reconciler.transport import SSHTransport
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.facts.gather import gather_facts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import plan_desired
+from reconciler.plan.steps import Plan
+from reconciler.transport.ssh import SSHTransport
 from tests.lab.executor_support import raw_state
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

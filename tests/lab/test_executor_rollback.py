@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lab import Lab
-from reconciler.executor import apply_plan
+from reconciler.apply.executor import apply_plan
 from tests.lab.executor_support import (
     apply_steps,
     desired_for,

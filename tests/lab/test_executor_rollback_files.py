@@ -20,10 +20,10 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.executor import apply_plan
-from reconciler.hostscript import BACKUP_ROOT, KEEP_BACKUPS, WANTS_DIR
-from reconciler.runresult import RunResult
-from reconciler.steps import Phase, Step
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.hostscript import BACKUP_ROOT, KEEP_BACKUPS, WANTS_DIR
+from reconciler.apply.runresult import RunResult
+from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     desired_for,
     hook,

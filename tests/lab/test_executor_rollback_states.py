@@ -36,9 +36,9 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.hostfacts import HostFacts
-from reconciler.runresult import RunResult
-from reconciler.steps import Step
+from reconciler.apply.runresult import RunResult
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.steps import Step
 from states.keepalived import CONF_PATH, stop_argv
 from tests.lab.rollback_states_support import (
     AFTER,

@@ -19,11 +19,11 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
+from reconciler.desired.models import Host, Inventory
 from reconciler.errors import CommandTimeout, HostKeyRejected
-from reconciler.facts import gather_facts
-from reconciler.hostfacts import HostFacts
-from reconciler.models import Host, Inventory
-from reconciler.transport import SSHTransport
+from reconciler.facts.gather import gather_facts
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.transport.ssh import SSHTransport
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 

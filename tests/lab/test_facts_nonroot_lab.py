@@ -23,11 +23,11 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.compile import managed_paths
-from reconciler.facts import gather_facts
-from reconciler.loader import load_repository
-from reconciler.plan import LEDGER_PATH, plan_desired
-from reconciler.transport import SSHTransport
+from reconciler.desired.loader import load_repository
+from reconciler.facts.gather import gather_facts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import LEDGER_PATH, plan_desired
+from reconciler.transport.ssh import SSHTransport
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 

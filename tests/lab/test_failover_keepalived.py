@@ -37,7 +37,7 @@ import pytest
 
 from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
-from reconciler.models import Desired
+from reconciler.desired.models import Desired
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import require_lab
 from tests.lab.rollout_support import (

@@ -30,10 +30,10 @@ import pytest
 
 from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.runresult import RunResult
-from reconciler.steps import Plan
+from reconciler.apply.runresult import RunResult
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.plan.steps import Plan
 from tests.conftest import require_lab
 from tests.lab.rollout_support import (
     FIXTURE,

@@ -10,7 +10,7 @@ lvs1 (primary, holds the VIP) and lvs2 (backup) are qemu VMs booted once per ses
 3. An injected failure after IPVS changes, rolled back byte for byte: from one service, a second
    one (VIP .101) is applied. On lvs1 (the primary, the last phase) `ipvsadm -A`, `-a` and `-e`
    succeed and then `ip addr add` of the new VIP fails (ipvs_vm_inject.py). What the executor
-   promises (reconciler/executor.py): the failed host phase restores itself and the restore is
+   promises (reconciler/apply/executor.py): the failed host phase restores itself and the restore is
    proven against its snapshot and facts; phases that finished before it on other hosts (the
    real servers' prepare, the backup lvs2) stay applied, since they are not real-server batches
    of the failed phase; nothing after it runs and no verification runs. So lvs1's
@@ -22,10 +22,10 @@ lvs1 (primary, holds the VIP) and lvs2 (backup) are qemu VMs booted once per ses
 
 from __future__ import annotations
 
-from reconciler.compile_director import IPVS_SYSCTLS
-from reconciler.executor import apply_plan
-from reconciler.models import Desired
-from reconciler.persistence import RESTORE_SCRIPT
+from reconciler.apply.executor import apply_plan
+from reconciler.desired.models import Desired
+from reconciler.plan.compile_director import IPVS_SYSCTLS
+from reconciler.plan.persistence import RESTORE_SCRIPT
 from tests.lab import ipvs_vm_scenarios as scenarios
 from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
 from tests.lab.ipvs_vm_support import (

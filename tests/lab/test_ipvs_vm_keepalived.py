@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from reconciler.executor import apply_plan
-from reconciler.models import Desired
+from reconciler.apply.executor import apply_plan
+from reconciler.desired.models import Desired
 from tests.lab import ipvs_vm_failover
 from tests.lab import ipvs_vm_scenarios as scenarios
 from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
@@ -37,7 +37,7 @@ skip_module_unless_wanted()
 
 BACKEND = "keepalived"
 WEIGHTS = {"web1": 1, "web2": 2}
-MV = "/usr/bin/mv"  # what the executor's file writes end with (reconciler/hostscript.py)
+MV = "/usr/bin/mv"  # what the executor's file writes end with (reconciler/apply/hostscript.py)
 LEDGER = "/var/lib/shoal/ledger.json"
 SETTLE = 30.0  # seconds for keepalived to program IPVS and VRRP to place the VIPs
 

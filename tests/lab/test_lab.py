@@ -262,7 +262,7 @@ async def test_injected_failures_stay_on_one_host(lab: Lab) -> None:
 
 
 async def test_config_repo_gets_this_labs_hosts_and_keys(lab: Lab, tmp_path: Path) -> None:
-    from reconciler.loader import load_repository
+    from reconciler.desired.loader import load_repository
 
     dest = tmp_path / "repo"
     lab.write_config_repo(REPO / "fixtures" / "config-repo", dest)

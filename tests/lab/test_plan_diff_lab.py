@@ -18,15 +18,15 @@ from rich.console import Console
 
 from api.schemas import host_diff
 from lab import Lab
-from reconciler.cli_common import print_lines
-from reconciler.compile import managed_paths
-from reconciler.facts import gather_facts
-from reconciler.loader import load_repository
-from reconciler.plan import plan_desired
-from reconciler.plan_cmd import file_diffs, render_plan
-from reconciler.stepdiff import file_diff
-from reconciler.steps import Plan, Step
-from reconciler.transport import SSHTransport
+from reconciler.cli.common import print_lines
+from reconciler.cli.plan import file_diffs, render_plan
+from reconciler.desired.loader import load_repository
+from reconciler.facts.gather import gather_facts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.planner import plan_desired
+from reconciler.plan.stepdiff import file_diff
+from reconciler.plan.steps import Plan, Step
+from reconciler.transport.ssh import SSHTransport
 from states.keepalived import CONF_PATH
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

@@ -31,15 +31,15 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.compile import managed_paths
-from reconciler.compile_director import IPVS_SYSCTLS
-from reconciler.facts import gather_facts
-from reconciler.hostfacts import HostFacts
-from reconciler.loader import load_repository
-from reconciler.models import Desired
-from reconciler.plan import LEDGER_PATH, plan_desired
-from reconciler.steps import Plan, Step
-from reconciler.transport import SSHTransport
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.facts.gather import gather_facts
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.compile import managed_paths
+from reconciler.plan.compile_director import IPVS_SYSCTLS
+from reconciler.plan.planner import LEDGER_PATH, plan_desired
+from reconciler.plan.steps import Plan, Step
+from reconciler.transport.ssh import SSHTransport
 from states.nft_dsr import SCRIPT_PATH
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

@@ -28,12 +28,12 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.compile import managed_paths
-from reconciler.connect import transport_for
-from reconciler.facts import gather_facts
-from reconciler.hostscript import BACKUP_ROOT
-from reconciler.loader import load_repository
-from reconciler.transport import SSHTransport
+from reconciler.apply.hostscript import BACKUP_ROOT
+from reconciler.desired.loader import load_repository
+from reconciler.facts.gather import gather_facts
+from reconciler.plan.compile import managed_paths
+from reconciler.transport.connect import transport_for
+from reconciler.transport.ssh import SSHTransport
 from tests.lab.test_server_lab import Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

@@ -31,10 +31,10 @@ import pytest_asyncio
 
 from api.app import create_app
 from lab import Lab, Topology
-from reconciler.controller import Controller
-from reconciler.server_settings import ServerSettings
-from reconciler.source import GitSource
-from reconciler.store import PlanRecord, Store
+from reconciler.server.controller import Controller
+from reconciler.server.settings import ServerSettings
+from reconciler.server.source import GitSource
+from reconciler.server.store import PlanRecord, Store
 from tests.server.serve import free_port, git, pushing_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

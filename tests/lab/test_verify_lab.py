@@ -29,7 +29,7 @@ import pytest
 
 from lab import Lab, Topology, prerequisites
 from lab.httpd import run_load, start_services, stop_services
-from reconciler.models import (
+from reconciler.desired.models import (
     Cluster,
     ClusterHeader,
     Desired,
@@ -41,8 +41,8 @@ from reconciler.models import (
     Settings,
     VerifySettings,
 )
-from reconciler.transport import SSHTransport
-from reconciler.verify import VerificationResult, verify_desired
+from reconciler.transport.ssh import SSHTransport
+from reconciler.verify.run import VerificationResult, verify_desired
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 

@@ -24,9 +24,9 @@ import pytest_asyncio
 from lab import Lab, Topology
 from lab.httpd import run_load, start_services
 from lab.vm import VmHost, VmSpec, vm_host
-from reconciler.facts import gather_facts
-from reconciler.models import Host, Inventory
-from reconciler.transport import SSHTransport
+from reconciler.desired.models import Host, Inventory
+from reconciler.facts.gather import gather_facts
+from reconciler.transport.ssh import SSHTransport
 from tests.conftest import SESSION_TOKEN
 from tests.lab.ipvs_vm_support import require_vm
 

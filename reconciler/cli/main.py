@@ -1,0 +1,144 @@
+"""The `shoal` command line (typer + rich). Each command is a thin wrapper; the work lives in
+the module it names, so this file only wires options to functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+# The options several commands take, declared once so they read and behave the same everywhere.
+RepoArgument = Annotated[Path, typer.Argument(help="the config repository (a directory)")]
+KeyOption = Annotated[
+    Path, typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH private key for the hosts")
+]
+DEFAULT_KEY = Path("~/.ssh/id_ed25519")
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON document")]
+
+
+@app.command()
+def validate(
+    repo: RepoArgument = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Check a config repository: every problem as file:line:col, or a short summary."""
+    from reconciler.cli.validate import run_validate
+
+    raise typer.Exit(run_validate(repo, as_json=as_json, echo=typer.echo))
+
+
+@app.command()
+def verify(
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
+) -> None:
+    """Send real traffic through every VIP and check who answers ARP; name the host at fault."""
+    from reconciler.cli.verify import run_verify
+
+    raise typer.Exit(
+        run_verify(repo, client_key=key.expanduser(), as_json=as_json, echo=typer.echo)
+    )
+
+
+@app.command()
+def facts(
+    host: Annotated[str, typer.Argument(help="an inventory host name")],
+    repo: Annotated[Path, typer.Option("--repo", help="the config repository")] = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
+) -> None:
+    """Gather one host's facts in one SSH round trip and print them."""
+    from reconciler.cli.facts import run_facts
+
+    raise typer.Exit(
+        run_facts(repo, host, client_key=key.expanduser(), as_json=as_json, echo=typer.echo)
+    )
+
+
+@app.command()
+def serve(
+    repo: Annotated[str, typer.Option("--repo", help="config repository URL or path")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="the server's own state")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8080",
+    poll: Annotated[float, typer.Option("--poll", min=1.0, help="seconds between polls")] = 60.0,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", envvar="SHOAL_SSH_KEY", help="SSH key [STATE_DIR/id_ed25519]"),
+    ] = None,
+    branch: Annotated[str, typer.Option("--branch", help="the watched branch")] = "main",
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option("--webhook-secret-file", help="else $SHOAL_WEBHOOK_SECRET[_FILE]"),
+    ] = None,
+) -> None:
+    """Watch the repository, plan, serve the API, apply approved plans."""
+    from reconciler.cli.serve import run_serve
+    from reconciler.server.settings import ServerSettings, load_webhook_secret, parse_listen
+
+    host, port = parse_listen(listen)
+    settings = ServerSettings(
+        repo=repo,
+        state_dir=state_dir,
+        branch=branch,
+        listen_host=host,
+        listen_port=port,
+        poll_interval=poll,
+        client_key=key.expanduser() if key else None,
+        webhook_secret=load_webhook_secret(webhook_secret_file),
+    )
+    raise typer.Exit(run_serve(settings))
+
+
+token_app = typer.Typer(no_args_is_help=True)
+app.add_typer(token_app, name="token", help="API tokens (stored hashed in the state dir).")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option("--role", help="viewer | approver | admin")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="the server's state dir")],
+    name: Annotated[str, typer.Option("--name", help="a label for the audit log")] = "",
+) -> None:
+    """Create a token and print it once; only its hash is kept."""
+    from reconciler.cli.serve import create_token
+    from reconciler.server.store import ROLES
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
+    typer.echo(create_token(state_dir, role, name))
+
+
+@app.command()
+def plan(
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    as_json: JsonOption = False,
+    states: Annotated[bool, typer.Option("--states", help="also show the low states")] = False,
+) -> None:
+    """Gather facts and show what would change, per host (exit 0 in sync, 2 changes, 1 error)."""
+    from reconciler.cli.plan import run_plan
+
+    raise typer.Exit(
+        run_plan(repo, client_key=key.expanduser(), as_json=as_json, show_states=states)
+    )
+
+
+@app.command()
+def apply(
+    repo: RepoArgument = Path("."),
+    key: KeyOption = DEFAULT_KEY,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="apply without asking")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan, show, ask, apply with rollback (exit 0 ok, 1 rolled back, 2 refused, 3 unproven)."""
+    from reconciler.cli.apply import run_apply
+
+    raise typer.Exit(run_apply(repo, client_key=key.expanduser(), yes=yes, as_json=as_json))
+
+
+def main() -> None:
+    app()

@@ -1,1 +1,0 @@
-"""Pure parsers from a tool's raw output to the typed facts of `reconciler.hostfacts`."""

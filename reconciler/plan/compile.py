@@ -1,0 +1,303 @@
+"""Compile the desired state into Salt-style low states (`compile_desired`), pure.
+
+Like Salt's highstate -> lowstate: the cluster model becomes an ordered list of single state
+calls (id, function, host, args, requisites, phase). Sources, in this order:
+
+1. real servers, per ARP method (research notes 4.4-4.7):
+   - sysctl: arp_ignore=1 and arp_announce=2 for `all` and the interface, the VIP /32 on `lo`;
+   - arptables: `INPUT -d VIP -j DROP`, `OUTPUT -s VIP -j mangle --mangle-ip-s RIP`, VIP on the
+     interface;
+   - nft-arp: the `arp shoal_arp` table, VIP on the interface;
+   - redirect: one nat REDIRECT per VIP/port/protocol, no VIP on the host.
+   ARP suppression is a requisite of every VIP (suppression first, safety rule);
+2. the directors (`reconciler.plan.compile_director.compile_directors`);
+3. `[[state]]` extras of the cluster files;
+4. the persisted form of each host's runtime states (`reconciler.plan.persistence`);
+5. removals: whatever a host's ledger lists that nothing above wants any more, reverse order
+   (a VIP before its ARP suppression); a host with an unknown ledger gets none. The persisted
+   form is written after them.
+
+Ids are valid `[[state]]` names, so extras can require compiled states.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from reconciler.desired.models import ArpMethod, Desired
+from reconciler.errors import ConfigIssue, DesiredStateInvalid
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.compile_director import compile_directors
+from reconciler.plan.invariants import adopted_removals
+from reconciler.plan.leftovers import LEFTOVER_FILES
+from reconciler.plan.persistence import RESTORE_UNIT, persistence_states
+from reconciler.plan.steps import LowState, Phase, replace
+from states import OWNED, REGISTRY
+from states.nft import arp_table_args
+from states.service import wants_link
+from states.sysctl import interface_key
+
+REMOVAL_PREFIX = "remove-"
+DIRECTOR_PHASES = (Phase.DIRECTOR_BACKUP, Phase.DIRECTOR_PRIMARY)
+ARP_SYSCTLS = (("arp_ignore", "1"), ("arp_announce", "2"))
+# tool (as the facts name it) -> Debian package, per ARP method
+METHOD_PACKAGES: dict[str, dict[str, str]] = {
+    "sysctl": {"ip": "iproute2", "sysctl": "procps"},
+    "arptables": {"ip": "iproute2", "arptables": "arptables"},
+    "nft-arp": {"ip": "iproute2", "nft": "nftables"},
+    "redirect": {"iptables": "iptables"},
+}
+
+
+def compile_desired(
+    desired: Desired, facts: Mapping[str, HostFacts] | None = None
+) -> list[LowState]:
+    """Every low state of every host, removals (from the ledgers in `facts`) included."""
+    facts = facts or {}
+    states = compile_real_servers(desired) + compile_directors(desired, facts)
+    states += compile_extras(desired)
+    by_host: dict[str, list[LowState]] = defaultdict(list)
+    for low in states:
+        by_host[low.host].append(low)
+    persist = [p for h in sorted(by_host) for p in persistence_states(h, by_host[h], desired)]
+    adopted = {h: adopted_removals(desired, h, facts[h], by_host.get(h, ()))
+               for h in facts if h in desired.inventory.hosts}  # fmt: skip
+    removals = compile_removals(states + persist, facts, adopted)
+    # The persisted form is written after the removals too (their phase, their order).
+    removal_ids: dict[str, tuple[str, ...]] = defaultdict(tuple)
+    for low in removals:
+        removal_ids[low.host] += (low.id,)
+    states += removals
+    states += [replace(p, require=p.require + removal_ids[p.host]) for p in persist]
+    check_low_states(states)
+    return states
+
+
+# --- real servers ---------------------------------------------------------------------------------
+
+
+def _rs_hosts(desired: Desired) -> dict[str, tuple[ArpMethod, list[tuple[str, int, str]]]]:
+    """host -> (ARP method, [(vip, port, protocol)]) over every cluster."""
+    out: dict[str, tuple[ArpMethod, list[tuple[str, int, str]]]] = {}
+    for cname in sorted(desired.clusters):
+        cl = desired.clusters[cname]
+        for svc in cl.services:
+            for rs in svc.real_servers:
+                _method, services = out.setdefault(rs.host, (cl.cluster.arp_method, []))
+                # The loader refuses a host with two methods; keep the first if it did not run.
+                services.append((svc.vip, svc.port, svc.protocol))
+    return out
+
+
+def _vip_order(vip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in vip.split("."))
+
+
+def compile_real_servers(desired: Desired) -> list[LowState]:
+    out: list[LowState] = []
+    for host, (method, services) in sorted(_rs_hosts(desired).items()):
+        inv = desired.inventory.hosts[host]
+        vips = sorted({vip for vip, _, _ in services}, key=_vip_order)
+
+        def low(sid: str, function: str, args: Mapping[str, object], require: Iterable[str] = (),
+                phase: Phase = Phase.REAL_SERVERS_PREPARE, _host: str = host) -> LowState:
+            return LowState(id=sid, function=function, host=_host, args=dict(args),
+                            require=tuple(require), phase=phase)  # fmt: skip
+
+        pkg = low("pkg-lvs-dr", "pkg.installed", {"packages": METHOD_PACKAGES[method]},
+                  phase=Phase.PACKAGES)  # fmt: skip
+        out.append(pkg)
+        if method == "redirect":
+            for vip, port, proto in sorted(set(services), key=lambda s: (_vip_order(s[0]), s[1:])):
+                args: dict[str, object] = {"destination": vip, "protocol": proto, "dport": port}
+                out.append(low(f"redirect-{proto}-{vip}-{port}", "iptables.rule_present", args,
+                               [pkg.id]))  # fmt: skip
+            continue
+        # vip -> ids of the states that silence it; the VIP requires all of them.
+        guards: dict[str, list[str]] = {vip: [] for vip in vips}
+        if method == "sysctl":
+            for scope in ("all", inv.interface):
+                for name, value in ARP_SYSCTLS:
+                    key = interface_key(scope, name)
+                    state = low(f"sysctl-{key.replace('/', '.')}", "sysctl.present",
+                                {"key": key, "value": value}, [pkg.id])  # fmt: skip
+                    out.append(state)
+                    for ids in guards.values():
+                        ids.append(state.id)
+            vip_dev = "lo"  # arp_ignore=1 only hides addresses not on the receiving interface
+        elif method == "arptables":
+            for vip in vips:
+                drop = {"chain": "INPUT", "destination": vip, "target": "DROP"}
+                mangle = {"chain": "OUTPUT", "source": vip, "target": "mangle",
+                          "mangle_ip_s": inv.address}  # fmt: skip
+                out.append(low(f"arptables-input-{vip}", "arptables.rule_present", drop, [pkg.id]))
+                out.append(low(f"arptables-output-{vip}", "arptables.rule_present", mangle,
+                               [pkg.id]))  # fmt: skip
+                guards[vip] += [f"arptables-input-{vip}", f"arptables-output-{vip}"]
+            vip_dev = inv.interface
+        else:  # nft-arp
+            table = low("nft-arp-shoal_arp", "nft.table_present",
+                        arp_table_args(vips, inv.address), [pkg.id])  # fmt: skip
+            out.append(table)
+            for ids in guards.values():
+                ids.append(table.id)
+            vip_dev = inv.interface
+        for vip in vips:
+            out.append(low(f"vip-{vip}", "addr.present",
+                           {"address": vip, "prefix": 32, "interface": vip_dev},
+                           guards[vip]))  # fmt: skip
+    return out
+
+
+# --- [[state]] extras -----------------------------------------------------------------------------
+
+
+def compile_extras(desired: Desired) -> list[LowState]:
+    out = []
+    for cname in sorted(desired.clusters):
+        for extra in desired.clusters[cname].states:
+            for host in extra.hosts:
+                out.append(
+                    LowState(
+                        id=extra.id, function=extra.function, host=host, args=dict(extra.args),
+                        require=extra.require, watch=extra.watch, onchanges=extra.onchanges,
+                        phase=Phase.EXTRA, origin=f"clusters/{cname}.toml:state.{extra.id}",
+                    )
+                )  # fmt: skip
+    return out
+
+
+# --- removals from the ledger ---------------------------------------------------------------------
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def removal_id(function: str, key: str) -> str:
+    kind = function.split(".", 1)[0]
+    return REMOVAL_PREFIX + kind + "-" + _UNSAFE_ID_CHARS.sub("_", key).strip("_")
+
+
+def compile_removals(
+    states: list[LowState],
+    facts: Mapping[str, HostFacts],
+    adopted: Mapping[str, Mapping[str, set[str]]] | None = None,
+) -> list[LowState]:
+    """Absent states for what each host's ledger lists and no state wants any more.
+
+    `adopted` adds, per host, what shoal takes over from an operator to remove it (a hand-added
+    VIP breaking a safety rule, `reconciler.plan.invariants.adopted_removals`), in the same order.
+    A host whose ledger is unknown gets none (the planner says why). On one host, removals run
+    in `removal_rank` order: every removal requires those of a lower rank.
+    """
+    wanted: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    # address -> hosts that will hold it as a director VIP (added in a director phase)
+    director_vips: dict[str, set[str]] = defaultdict(set)
+    # Hosts that are directors in the desired state: only their VIPs can move between directors.
+    directors = {low.host for low in states if low.phase in DIRECTOR_PHASES}
+    for low in states:
+        owner = OWNED.get(low.function)
+        if owner is not None:
+            wanted[low.host].add((low.function, owner.key(low)))
+        if low.function == "addr.present" and low.phase >= Phase.DIRECTOR_BACKUP:
+            director_vips[str(low.args.get("address"))].add(low.host)
+    out: list[LowState] = []
+    for host in sorted(facts):
+        ledger = facts[host].ledger
+        if not ledger.known or ledger.value is None:
+            continue
+        removals: list[tuple[int, LowState]] = []
+        used: set[str] = set()
+        entries = {f: set(k) for f, k in ledger.value.entries.items()}
+        for function, keys in (adopted or {}).get(host, {}).items():
+            entries.setdefault(function, set()).update(keys)
+        for function, keys in sorted(entries.items()):
+            owner = OWNED.get(function)
+            if owner is None:
+                continue  # another compiler's entries (directors) are theirs to remove
+            for key in sorted(set(keys)):
+                if (function, key) in wanted[host]:
+                    continue
+                sid = removal_id(function, key)
+                while sid in used:  # two keys that read the same once made id-safe
+                    sid += "_"
+                used.add(sid)
+                low = LowState(
+                    id=sid, function=owner.absent, host=host,
+                    args={"key": key},
+                    phase=_removal_phase(function, key, host, director_vips, directors),
+                    origin="ledger",
+                )  # fmt: skip
+                removals.append((owner.removal_rank, low))
+        for rank, low in removals:
+            before = tuple(other.id for r, other in removals if r < rank)
+            out.append(replace(low, require=before))
+    return out
+
+
+def _removal_phase(
+    function: str,
+    key: str,
+    host: str,
+    director_vips: Mapping[str, set[str]],
+    directors: set[str],
+) -> Phase:
+    """Removals go last, except a VIP moving to another director.
+
+    Its old holder drops it before the new primary adds it (DIRECTOR_BACKUP runs before
+    DIRECTOR_PRIMARY): two hosts holding one VIP answer ARP for it in turn (an ARP fight) and
+    split the clients between them. A short gap with no holder is the lesser harm.
+    A real server's VIP (same address, on lo or behind ARP suppression) is no such move: it
+    goes last, after the directors stopped sending it new flows and drained it.
+    """
+    if function == "addr.present" and host in directors:
+        address = key.split("/", 1)[0]
+        if director_vips.get(address, set()) - {host}:
+            return Phase.DIRECTOR_BACKUP
+    return Phase.REAL_SERVERS_CLEANUP
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def check_low_states(states: list[LowState]) -> None:
+    """Unique ids per host, known functions, requisites naming states of the same host."""
+    issues: list[ConfigIssue] = []
+    ids: dict[str, dict[str, LowState]] = defaultdict(dict)
+    for low in states:
+        where = low.origin.partition(":")[0]
+        if low.function not in REGISTRY:
+            issues.append(ConfigIssue(where, f"{low.id}: unknown state function {low.function!r}"))
+        seen = ids[low.host].get(low.id)
+        if seen is not None:
+            issues.append(ConfigIssue(where, f"state id {low.id!r} is used twice on {low.host}"
+                                      f" ({seen.origin} and {low.origin})"))  # fmt: skip
+        ids[low.host][low.id] = low
+    for low in states:
+        for kind in ("require", "watch", "onchanges"):
+            for target in getattr(low, kind):
+                if target not in ids[low.host]:
+                    issues.append(ConfigIssue(
+                        low.origin.partition(":")[0],
+                        f"{low.id} on {low.host}: {kind} {target!r} names no state on that host",
+                    ))  # fmt: skip
+    if issues:
+        raise DesiredStateInvalid(issues)
+
+
+def managed_paths(desired: Desired) -> dict[str, list[str]]:
+    """Per inventory host, every file path a plan compares (the facts script's `files`).
+
+    The persistence files, the restore unit's enable link and shoal's own working files (ledger,
+    director nft files) are asked of every host, so a host that left every cluster still shows
+    what shoal left there.
+    """
+    always = {wants_link(RESTORE_UNIT), *LEFTOVER_FILES}
+    out: dict[str, set[str]] = {h: set(always) for h in desired.inventory.hosts}
+    for low in compile_desired(desired):
+        if low.function == "file.managed" and isinstance(low.args.get("path"), str):
+            out.setdefault(low.host, set()).add(low.args["path"])
+        if low.function == "service.enabled" and isinstance(low.args.get("name"), str):
+            out.setdefault(low.host, set()).add(wants_link(low.args["name"]))
+    return {h: sorted(p) for h, p in sorted(out.items())}

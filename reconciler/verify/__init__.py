@@ -1,0 +1,1 @@
+"""Verification: real traffic and real ARP from client hosts, and the judgement of what was seen."""

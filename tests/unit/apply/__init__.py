@@ -1,0 +1,1 @@
+"""Unit tests of applying: executor decisions, host scripts, recovery."""

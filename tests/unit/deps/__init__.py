@@ -1,0 +1,1 @@
+"""Unit tests of the dependencies: the lock file against pyproject.toml."""

@@ -1,0 +1,1 @@
+"""Unit tests of facts: the script, its parsers, unknown facts."""

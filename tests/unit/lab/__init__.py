@@ -1,0 +1,1 @@
+"""Unit tests of the lab's pure parts and the leftovers check."""

@@ -1,0 +1,1 @@
+"""Unit tests of planning, compile and the safety rules."""

@@ -1,0 +1,67 @@
+"""A plan with nothing to run is "in sync" only when every host's facts were read in full.
+
+An unreachable host, or one blocked because a fact its plan needs (its ledger) could not be
+read, has no step; the server must record the cluster out of sync, naming the host and why,
+and run nothing. These call the controller's decision directly on a real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from reconciler.desired.loader import load_repository
+from reconciler.plan.steps import HostPlan, Plan
+from reconciler.server.controller import Controller
+from reconciler.server.source import GitSource
+from reconciler.server.store import Store
+
+FIXTURE = Path(__file__).resolve().parents[3] / "fixtures" / "config-repo"
+REVISION = "a" * 40
+
+
+def decide(tmp_path: Path, hosts: dict[str, HostPlan]) -> Store:
+    store = Store.open(tmp_path / "state")
+    controller = Controller(
+        source=GitSource(str(tmp_path / "nowhere.git"), tmp_path / "state"),
+        store=store,
+        client_key=tmp_path / "no-key",
+        poll_interval=3600,
+    )
+    desired = load_repository(FIXTURE, REVISION)
+    plan = Plan(id="p" * 16, revision=REVISION, clusters=("web",), hosts=hosts)
+    # The transport is not reached when there is nothing to run.
+    asyncio.run(controller._decide(("web",), desired, plan, None))  # type: ignore[arg-type]
+    return store
+
+
+def test_an_unreachable_host_keeps_the_cluster_out_of_sync(tmp_path: Path) -> None:
+    store = decide(tmp_path, {
+        "web1": HostPlan(host="web1", facts_digest="d" * 64),
+        "web2": HostPlan(host="web2", facts_digest="", reachable=False,
+                         unknown_reason="connect timed out after 5s"),
+    })  # fmt: skip
+    record = store.get_cluster("web")
+    assert record is not None
+    assert record.in_sync is False
+    assert record.last_error == "web2: unreachable (connect timed out after 5s)"
+    assert record.applied_revision is None
+    assert store.list_plans(cluster="web") == []
+
+
+def test_a_blocked_host_keeps_the_cluster_out_of_sync(tmp_path: Path) -> None:
+    why = "web3: /var/lib/shoal/ledger.json: Permission denied"
+    store = decide(tmp_path, {
+        "web1": HostPlan(host="web1", facts_digest="d" * 64),
+        "web3": HostPlan(host="web3", facts_digest="e" * 64, blocked=why),
+    })  # fmt: skip
+    record = store.get_cluster("web")
+    assert record is not None
+    assert (record.in_sync, record.last_error, record.applied_revision) == (False, why, None)
+
+
+def test_every_host_read_and_nothing_to_do_is_in_sync(tmp_path: Path) -> None:
+    store = decide(tmp_path, {"web1": HostPlan(host="web1", facts_digest="d" * 64)})
+    record = store.get_cluster("web")
+    assert record is not None
+    assert (record.in_sync, record.last_error, record.applied_revision) == (True, None, REVISION)
