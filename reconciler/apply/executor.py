@@ -41,7 +41,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from reconciler.apply import hostscript as hs
 from reconciler.apply.phaselog import CommandRun, PhaseLog, compare_sections, parse_log
@@ -59,6 +59,7 @@ from reconciler.facts.gather import IPVS_MODULE_DEFAULTS, gather_facts
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.steps import Phase, Plan, Step
+from reconciler.transport.protocol import Transport
 from reconciler.verify.run import verify_desired
 
 logger = logging.getLogger(__name__)
@@ -68,41 +69,6 @@ CONFIRM_TIMEOUT = 30.0
 _OUTPUT_LIMIT = 8000  # characters of one step's output kept in its result
 # Which verification failure a run names first: the likeliest cause of the others.
 _CHECK_ORDER = ("setup", "director", "arp", "neighbour", "probe", "traffic")
-
-
-class ScriptResult(Protocol):
-    @property
-    def exit_status(self) -> int: ...
-    @property
-    def stdout(self) -> str: ...
-    @property
-    def stderr(self) -> str: ...
-
-
-class ScriptTransport(Protocol):
-    """What the executor needs from a transport (SSHTransport is one).
-
-    `run` (one command) is what the verification phase uses.
-    """
-
-    async def run(
-        self,
-        host: str,
-        argv: tuple[str, ...],
-        /,
-        *,
-        input: str | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> Any: ...
-
-    async def run_script(
-        self, host_name: str, script: str, *, timeout: float | None = None
-    ) -> Any: ...
-
-    async def run_script_fresh(
-        self, host_name: str, script: str, *, timeout: float | None = None
-    ) -> Any: ...
 
 
 EventKind = Literal[
@@ -328,7 +294,7 @@ class _Run:
         self,
         plan: Plan,
         desired: Desired,
-        transport: ScriptTransport,
+        transport: Transport,
         on_event: EventHandler | None,
         check_stale: bool,
         facts: Mapping[str, HostFacts] | None = None,
@@ -865,7 +831,7 @@ class _Run:
 async def apply_plan(
     plan: Plan,
     desired: Desired,
-    transport: ScriptTransport,
+    transport: Transport,
     *,
     on_event: EventHandler | None = None,
     check_stale: bool = False,
@@ -888,7 +854,6 @@ async def apply_plan(
 __all__ = [
     "ApplyEvent",
     "EventHandler",
-    "ScriptTransport",
     "apply_plan",
     "batches",
     "facts_differences",

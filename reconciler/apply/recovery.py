@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reconciler.apply import hostscript as hs
-from reconciler.apply.executor import ScriptTransport
 from reconciler.apply.phaselog import PhaseLog, compare_sections, parse_log
 from reconciler.errors import ShoalError
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import HostPlan, Phase, Plan, Step
+from reconciler.transport.protocol import Transport
 
 log = logging.getLogger("shoal.recovery")
 
@@ -98,7 +98,7 @@ def _found(log: PhaseLog) -> tuple[str, str | None]:
 
 
 async def _recover_phase(
-    transport: ScriptTransport, plan_id: str, host: str, phase: Phase
+    transport: Transport, plan_id: str, host: str, phase: Phase
 ) -> PhaseRecovery:
     out = PhaseRecovery(host=host, phase=phase, backup=hs.phase_dir(plan_id, phase))
     script = hs.build_recover_script(plan_id, phase)
@@ -119,7 +119,7 @@ async def _recover_phase(
     return out
 
 
-async def restore_snapshots(plan: Plan, transport: ScriptTransport) -> list[PhaseRecovery]:
+async def restore_snapshots(plan: Plan, transport: Transport) -> list[PhaseRecovery]:
     """Recover every (host, phase) of `plan`: phases latest first, the hosts of one together."""
     phases = sorted({s.phase for hp in plan.hosts.values() for s in hp.steps}, reverse=True)
     done: list[PhaseRecovery] = []

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.prompt import Confirm
 
-from reconciler.apply.executor import ApplyEvent, ScriptTransport, apply_plan
+from reconciler.apply.executor import ApplyEvent, apply_plan
 from reconciler.apply.runresult import RunResult, StepResult
 from reconciler.cli.common import consoles, fail, print_lines
 from reconciler.cli.plan import gather_over_ssh, render_plan, summary
@@ -39,6 +39,7 @@ from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Plan
 from reconciler.transport.connect import transport_for
+from reconciler.transport.protocol import Transport
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNPROVEN = 0, 1, 2, 3
 Ask = Callable[[str], bool]
@@ -51,7 +52,7 @@ async def make_plan(desired: Desired, client_key: Path) -> Plan:
 
 
 async def gather_and_plan(
-    desired: Desired, transport: ScriptTransport
+    desired: Desired, transport: Transport
 ) -> tuple[Plan, dict[str, HostFacts]]:
     """`make_plan` on the caller's transport; the facts come back for `apply_plan(facts=)`."""
     paths = managed_paths(desired)
@@ -257,7 +258,7 @@ async def _apply(
 async def _run(
     plan: Plan,
     desired: Desired,
-    transport: ScriptTransport,
+    transport: Transport,
     err: Console,
     *,
     quiet: bool,

@@ -27,7 +27,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -53,6 +53,7 @@ from reconciler.facts.parsers.nft import parse_nft_ruleset, parse_nft_table_comm
 from reconciler.facts.parsers.stat import parse_file_lines
 from reconciler.facts.parsers.sysctl import parse_sysctls
 from reconciler.facts.parsers.systemctl import parse_systemctl_show
+from reconciler.transport.protocol import Transport
 
 MARKER = "#shoal-facts#"
 # A section's status when this login may not read what it needs (`denied` in the script).
@@ -553,16 +554,8 @@ def _split(
 # --- gathering --------------------------------------------------------------------------------
 
 
-class ScriptRunner(Protocol):
-    """What `gather_facts` needs from a transport (SSHTransport is one)."""
-
-    async def run_script(
-        self, host_name: str, script: str, *, timeout: float | None = None
-    ) -> Any: ...
-
-
 async def gather_host_facts(
-    transport: ScriptRunner, host: str, managed_paths: Sequence[str] = ()
+    transport: Transport, host: str, managed_paths: Sequence[str] = ()
 ) -> HostFacts:
     """One host's facts; a host that cannot be asked gets every fact unknown, with why."""
     script = build_facts_script(managed_paths)
@@ -580,7 +573,7 @@ async def gather_host_facts(
 
 
 async def gather_facts(
-    transport: ScriptRunner,
+    transport: Transport,
     hosts: list[str],
     managed_paths: dict[str, list[str]] | None = None,
 ) -> dict[str, HostFacts]:

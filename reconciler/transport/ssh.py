@@ -17,7 +17,6 @@ import contextlib
 import math
 import shlex
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -25,39 +24,15 @@ import asyncssh
 
 from reconciler.desired.models import Host, Inventory
 from reconciler.errors import (
-    CommandFailed,
     CommandTimeout,
     HostKeyRejected,
     HostUnreachable,
     TransportError,
 )
+from reconciler.transport.protocol import SCRIPT_ARGV, Argv, CommandResult
 
-Argv = tuple[str, ...]
-
-SCRIPT_ARGV: Argv = ("sh", "-s")
 # After a timeout the channel is closed; waiting longer than this for the close is pointless.
 _CLOSE_GRACE = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    """What one remote command did."""
-
-    host: str
-    argv: Argv
-    exit_status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    def check(self) -> CommandResult:
-        """Self if the command succeeded, else CommandFailed."""
-        if self.exit_status != 0:
-            raise CommandFailed(self.host, self.argv, self.exit_status, self.stderr)
-        return self
 
 
 def remote_command(argv: Argv, limit: float) -> str:

@@ -34,13 +34,14 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.desired.models import Desired, Service
 from reconciler.errors import TransportError
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.transport.protocol import Transport
 from reconciler.verify.probe_arp import NOT_PERMITTED, arp_probe_source
 from reconciler.verify.probe_traffic import probe_source
 
@@ -66,30 +67,6 @@ _PROBE_PRIORITY = -300  # before any director chain (the DSR backend's runs at 1
 
 
 # --- the transport this phase needs ---------------------------------------------------------------
-
-
-class _Result(Protocol):
-    @property
-    def exit_status(self) -> int | None: ...
-    @property
-    def stdout(self) -> str: ...
-    @property
-    def stderr(self) -> str: ...
-
-
-class Runner(Protocol):
-    """The part of `reconciler.transport.ssh.SSHTransport` verification uses."""
-
-    async def run(
-        self,
-        host: str,
-        argv: tuple[str, ...],
-        /,
-        *,
-        input: str | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> Any: ...
 
 
 # --- the result -----------------------------------------------------------------------------------
@@ -377,7 +354,7 @@ class _Verifier:
     def __init__(
         self,
         desired: Desired,
-        transport: Runner,
+        transport: Transport,
         facts: Mapping[str, HostFacts] | None,
         clusters: Iterable[str] | None,
     ) -> None:
@@ -789,7 +766,7 @@ class _Verifier:
 
 async def verify_desired(
     desired: Desired,
-    transport: Runner,
+    transport: Transport,
     facts: Mapping[str, HostFacts] | None = None,
     *,
     clusters: Iterable[str] | None = None,

@@ -28,36 +28,23 @@ from reconciler.facts.hostfacts import (
     IpvsService,
     IpvsTable,
 )
-from reconciler.transport.ssh import CommandResult, SSHTransport
+from reconciler.transport.fake import Call, FakeTransport, Reply
+from reconciler.transport.ssh import SSHTransport
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "facts" / "facts_script"
 
 
-class LocalShell:
-    """Runs scripts with this machine's real /bin/sh (what sshd would start on a host)."""
-
-    def __init__(self) -> None:
-        self.scripts = 0
-
-    async def run_script(
-        self, host_name: str, script: str, *, timeout: float | None = None
-    ) -> CommandResult:
-        self.scripts += 1
-        proc = await asyncio.create_subprocess_exec(
-            "sh",
-            "-s",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(script.encode()), timeout or 30)
-        return CommandResult(
-            host=host_name,
-            argv=("sh", "-s"),
-            exit_status=proc.returncode or 0,
-            stdout=out.decode(),
-            stderr=err.decode(),
-        )
+async def local_sh(call: Call) -> Reply:
+    """Run a script with this machine's real /bin/sh (what sshd would start on a host)."""
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-s",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(call.script.encode()), call.timeout or 30)
+    return Reply(proc.returncode or 0, out.decode(), err.decode())
 
 
 def test_script_is_valid_posix_sh() -> None:
@@ -77,9 +64,9 @@ def test_unsafe_managed_paths_are_refused(path: str) -> None:
 
 
 async def test_gather_on_this_machine_reads_real_facts() -> None:
-    shell = LocalShell()
+    shell = FakeTransport(default=local_sh)
     facts = await gather_facts(shell, ["here", "there"], {"here": ["/etc/hostname"]})
-    assert shell.scripts == 2
+    assert [c.host for c in shell.calls] == ["here", "there"]
     here = facts["here"]
     assert here.hostname.value == socket.gethostname()
     assert here.sysctls.value is not None
