@@ -34,7 +34,7 @@ from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths
 from reconciler.transport.connect import transport_for
 from reconciler.transport.ssh import SSHTransport
-from tests.lab.test_server_lab import Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
+from tests.lab.server_support import Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
