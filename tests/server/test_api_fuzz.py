@@ -21,7 +21,7 @@ import pytest
 
 from reconciler.server.store import StepResultRecord, Store
 from tests.server.serve import ServeProcess
-from tests.unit.server.test_store import make_plan
+from tests.support.plans import make_plan
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 # Per operation: with 12 operations and every phase, about 20 s on a busy 2-core machine.

@@ -32,7 +32,7 @@ from states.base import PlanContext
 from states.file import FileArgs, managed_result
 from states.keepalived import CONF_PATH, plan_config, sha256_text
 from tests.statecases import cluster_desired, fresh_facts
-from tests.unit.api.test_api import World
+from tests.support.api_world import World
 from tests.unit.server.test_store import make_plan
 
 # Content a naive transport would break: a line that looks like the script's own end marker,

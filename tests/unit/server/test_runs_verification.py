@@ -19,7 +19,7 @@ from reconciler.verify.run import (
     VerificationFailure,
     VerificationResult,
 )
-from tests.unit.api.test_api import World, make_plan
+from tests.support.api_world import World, make_plan
 
 
 def _verification(ok: bool) -> VerificationResult:
