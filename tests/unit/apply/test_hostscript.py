@@ -7,9 +7,16 @@ import subprocess
 
 import pytest
 
-from reconciler.apply import hostscript as hs
-from reconciler.apply.executor import batches
+from reconciler.apply.followup_scripts import (
+    build_confirm_script,
+    build_recover_script,
+    build_rollback_script,
+)
+from reconciler.apply.host_phase import HostPhase, phase_dir
+from reconciler.apply.phase_script import build_phase_script
 from reconciler.apply.phaselog import Section, compare_sections, parse_log
+from reconciler.apply.rollout import batches
+from reconciler.apply.snapshot_targets import needs_lockout, snapshot_targets
 from reconciler.plan.steps import DrainWait, FileWrite, Phase, Step
 
 NONCE = "0123456789abcdef"
@@ -44,24 +51,24 @@ STEPS = (
 
 
 def test_targets_cover_every_touched_subsystem() -> None:
-    t = hs.snapshot_targets(STEPS)
+    t = snapshot_targets(STEPS)
     assert t.sysctls == ("net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.eth0.arp_announce")
     assert t.interfaces == ("lo",)
     assert t.iptables_tables == ("nat",)
     assert t.ipvs and not t.arptables
     assert t.files == ("/etc/sysctl.d/90-x.conf",)
-    assert hs.needs_lockout(STEPS)
-    assert not hs.needs_lockout([STEPS[4]])
+    assert needs_lockout(STEPS)
+    assert not needs_lockout([STEPS[4]])
 
 
 @pytest.mark.parametrize("lockout", [None, 5])
 def test_every_script_is_valid_sh(lockout: int | None) -> None:
-    hp = hs.HostPhase("p1", Phase.REAL_SERVERS_PREPARE, "h", STEPS, NONCE, 3, lockout)
+    hp = HostPhase("p1", Phase.REAL_SERVERS_PREPARE, "h", STEPS, NONCE, 3, lockout)
     scripts = [
-        hs.build_phase_script(hp),
-        hs.build_confirm_script("p1", hp.phase),
-        hs.build_rollback_script("p1", hp.phase),
-        hs.build_recover_script("p1", hp.phase),
+        build_phase_script(hp),
+        build_confirm_script("p1", hp.phase),
+        build_rollback_script("p1", hp.phase),
+        build_recover_script("p1", hp.phase),
     ]
     for script in scripts:
         subprocess.run(["sh", "-n"], input=script, text=True, check=True)
@@ -69,12 +76,12 @@ def test_every_script_is_valid_sh(lockout: int | None) -> None:
 
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError):
-        hs.phase_dir("../etc", Phase.EXTRA)
+        phase_dir("../etc", Phase.EXTRA)
     with pytest.raises(ValueError):
-        hs.HostPhase("p1", Phase.EXTRA, "h", STEPS, "NOT-HEX")
+        HostPhase("p1", Phase.EXTRA, "h", STEPS, "NOT-HEX")
     bad_mode = _step(0, "file", [], writes=[FileWrite(path="/x", content="", mode="u+x")])
     with pytest.raises(ValueError):
-        hs.build_phase_script(hs.HostPhase("p1", Phase.EXTRA, "h", (bad_mode,), NONCE))
+        build_phase_script(HostPhase("p1", Phase.EXTRA, "h", (bad_mode,), NONCE))
 
 
 def test_parse_log_sections_steps_and_rollback() -> None:
@@ -131,7 +138,7 @@ def test_after_rollback_runs_last_and_only_for_started_steps() -> None:
     conf = _step(0, "file", [], writes=[FileWrite(path="/etc/app.conf", content="new\n")])
     restart = _step(1, "service", [("systemctl", "restart", "app")],
                     after_rollback=[("systemctl", "restart", "app")])  # fmt: skip
-    script = hs.build_phase_script(hs.HostPhase("p1", Phase.EXTRA, "h", (conf, restart), NONCE))
+    script = build_phase_script(HostPhase("p1", Phase.EXTRA, "h", (conf, restart), NONCE))
     restore = script[script.index("rollback-begin") :]
     # The restart runs again once the old file is back, and only if it had started.
     assert restore.index("restore_file 0 /etc/app.conf") < restore.index("run r.1.0 ")
