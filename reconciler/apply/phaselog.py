@@ -1,6 +1,6 @@
 """Reading what a phase script printed, and comparing snapshots (pure).
 
-`parse_log` turns the marker protocol of `reconciler.apply.hostscript` into a `PhaseLog`: the
+`parse_log` turns the marker protocol of `reconciler.apply.sh_library` into a `PhaseLog`: the
 snapshot sections taken before the phase and after a rollback, each step's commands with exit
 status and output, the lock-out timer's state, and the rollback's undo commands. Output that is
 not between markers is kept as `stray` (an unexpected shell error shows up there).
@@ -127,7 +127,7 @@ def _int(s: str, default: int = -1) -> int:
 
 
 def parse_log(text: str) -> PhaseLog:
-    """Parse the output of any script of `reconciler.apply.hostscript` (several logs may follow)."""
+    """Parse the output of any phase or follow-up script (several logs may follow)."""
     log = PhaseLog()
     lines = text.splitlines(keepends=True)
     stray: list[str] = []

@@ -12,7 +12,7 @@ is recorded `unknown` and the operator is told which and why.
 How: per phase, latest first across all hosts (the directors stop sending to a real server
 before the real server is undone), every host's backup directory of the plan is asked to
 recover
-(`reconciler.apply.hostscript.build_recover_script`): a phase that never started there has no
+(`reconciler.apply.followup_scripts.build_recover_script`): a phase that never started there has no
 directory; one still running is stopped and restored; a finished or confirmed one is restored;
 one that the phase itself or its lock-out timer already restored is waited for.
 
@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reconciler.apply import hostscript as hs
+from reconciler.apply.followup_scripts import build_recover_script
+from reconciler.apply.host_phase import phase_dir, phase_key
 from reconciler.apply.phaselog import PhaseLog, compare_sections, parse_log
 from reconciler.errors import ShoalError
 from reconciler.facts.hostfacts import HostFacts
@@ -64,7 +65,7 @@ class PhaseRecovery:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "phase": hs.phase_key(self.phase),
+            "phase": phase_key(self.phase),
             "backup": self.backup,
             "found": self.found,
         }
@@ -100,8 +101,8 @@ def _found(log: PhaseLog) -> tuple[str, str | None]:
 async def _recover_phase(
     transport: Transport, plan_id: str, host: str, phase: Phase
 ) -> PhaseRecovery:
-    out = PhaseRecovery(host=host, phase=phase, backup=hs.phase_dir(plan_id, phase))
-    script = hs.build_recover_script(plan_id, phase)
+    out = PhaseRecovery(host=host, phase=phase, backup=phase_dir(plan_id, phase))
+    script = build_recover_script(plan_id, phase)
     try:
         result = await transport.run_script_fresh(host, script, timeout=RECOVER_TIMEOUT)
     except ShoalError as exc:
@@ -162,12 +163,12 @@ def host_verdicts(
     for host, original in sorted(plan.hosts.items()):
         mine = [p for p in phases if p.host == host]
         entry: dict[str, Any] = {"phases": [p.as_dict() for p in mine]}
-        errors = [f"{hs.phase_key(p.phase)}: {p.error}" for p in mine if p.error]
+        errors = [f"{phase_key(p.phase)}: {p.error}" for p in mine if p.error]
         differences: list[str] = []
         for p in mine:
             if p.started and p.log.pre and p.log.post:
                 differences += [
-                    f"{hs.phase_key(p.phase)} snapshot: {d}"
+                    f"{phase_key(p.phase)} snapshot: {d}"
                     for d in compare_sections(p.log.pre, p.log.post)
                 ]
         got = facts.get(host)

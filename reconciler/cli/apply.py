@@ -25,7 +25,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.prompt import Confirm
 
-from reconciler.apply.executor import ApplyEvent, apply_plan
+from reconciler.apply.events import ApplyEvent
+from reconciler.apply.executor import apply_plan
 from reconciler.apply.runresult import RunResult, StepResult
 from reconciler.cli.common import consoles, fail, print_lines
 from reconciler.cli.plan import gather_over_ssh, render_plan, summary

@@ -15,8 +15,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from lab import Lab
-from reconciler.apply.executor import ApplyEvent, apply_plan
-from reconciler.apply.hostscript import build_rollback_script
+from reconciler.apply.events import ApplyEvent
+from reconciler.apply.executor import apply_plan
+from reconciler.apply.followup_scripts import build_rollback_script
 from reconciler.apply.phaselog import parse_log
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import ApplySettings, Desired, Host, Inventory, Settings

@@ -290,7 +290,7 @@ async def cleared(lab: Lab, *hosts: str) -> AsyncIterator[None]:
 
 def written_tmp(path: str) -> str:
     """The temporary file the phase script writes a FileWrite into before its rename
-    (reconciler.apply.hostscript); its `chmod` is the one command of a write a fault can fail."""
+    (reconciler.apply.phase_script); its `chmod` is the one command of a write a fault can fail."""
     head, tail = posixpath.split(path)
     return posixpath.join(head, f".{tail}.shoal-new")
 

@@ -29,7 +29,8 @@ import pytest
 
 from lab import Lab, Topology
 from lab.httpd import run_load, start_services, stop_services
-from reconciler.apply.executor import ApplyEvent, apply_plan
+from reconciler.apply.events import ApplyEvent
+from reconciler.apply.executor import apply_plan
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired

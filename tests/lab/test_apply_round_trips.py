@@ -17,7 +17,7 @@ import pytest
 
 from lab import Lab
 from reconciler.apply.executor import apply_plan
-from reconciler.apply.hostscript import needs_lockout
+from reconciler.apply.snapshot_targets import needs_lockout
 from reconciler.cli.apply import gather_and_plan
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired

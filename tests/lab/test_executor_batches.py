@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from lab import Lab
-from reconciler.apply.executor import ApplyEvent
+from reconciler.apply.events import ApplyEvent
 from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     apply_steps,

@@ -15,7 +15,7 @@ import pytest
 
 from lab import Lab
 from reconciler.apply.executor import apply_plan
-from reconciler.apply.hostscript import phase_dir
+from reconciler.apply.host_phase import phase_dir
 from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     apply_steps,

@@ -21,8 +21,9 @@ import pytest_asyncio
 
 from lab import Lab, Topology
 from reconciler.apply.executor import apply_plan
-from reconciler.apply.hostscript import BACKUP_ROOT, KEEP_BACKUPS, WANTS_DIR
+from reconciler.apply.host_phase import BACKUP_ROOT, KEEP_BACKUPS
 from reconciler.apply.runresult import RunResult
+from reconciler.apply.snapshot_targets import WANTS_DIR
 from reconciler.plan.steps import Phase, Step
 from tests.lab.executor_support import (
     desired_for,

@@ -37,7 +37,7 @@ skip_module_unless_wanted()
 
 BACKEND = "keepalived"
 WEIGHTS = {"web1": 1, "web2": 2}
-MV = "/usr/bin/mv"  # what the executor's file writes end with (reconciler/apply/hostscript.py)
+MV = "/usr/bin/mv"  # what the executor's file writes end with (reconciler/apply/phase_script.py)
 LEDGER = "/var/lib/shoal/ledger.json"
 SETTLE = 30.0  # seconds for keepalived to program IPVS and VRRP to place the VIPs
 

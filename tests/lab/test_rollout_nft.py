@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from lab.httpd import run_load
-from reconciler.apply.executor import ApplyEvent
+from reconciler.apply.events import ApplyEvent
 from tests.lab.rollout_support import PORT, Rollout, assert_lossless, explain, rollout_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

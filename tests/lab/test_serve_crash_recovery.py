@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
-from reconciler.apply.hostscript import BACKUP_ROOT
+from reconciler.apply.host_phase import BACKUP_ROOT
 from reconciler.desired.loader import load_repository
 from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from reconciler.apply.hostscript import _drain
+from reconciler.apply.drain_poll import drain_poll
 from reconciler.facts.gather import build_facts_script
 from reconciler.plan.steps import DrainWait, Phase, Step
 from states.keepalived import PID_DIR
@@ -45,7 +45,7 @@ def _poll(tmp_path: Path, active: int, inactive: int, state: str) -> str:
         subsystem="ipvs", phase=Phase.DIRECTOR_PRIMARY, description="drain",
         drain=DrainWait(service="tcp 10.77.4.100:80", real_server="10.77.4.22:80", timeout=0),
     )  # fmt: skip
-    script = 'failed=\nmark() { echo "$@"; }\n' + _drain(0, step) + "\n"
+    script = 'failed=\nmark() { echo "$@"; }\n' + drain_poll(0, step) + "\n"
     out = subprocess.run(
         ["sh", "-c", script], capture_output=True, text=True, check=True,
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},

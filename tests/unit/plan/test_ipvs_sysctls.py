@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.apply.executor import stable_digest
+from reconciler.apply.stable_facts import stable_digest
 from reconciler.desired.models import IpvsSettings
 from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import Fact, HostFacts, IpvsTable

@@ -11,7 +11,7 @@ Also the phase script's snapshot of files only a command touches (rm -f, systemc
 
 from __future__ import annotations
 
-from reconciler.apply.hostscript import WANTS_DIR, command_files, snapshot_targets
+from reconciler.apply.snapshot_targets import WANTS_DIR, command_files, snapshot_targets
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import Fact, HostFacts, IpvsTable, Ledger
 from reconciler.plan.compile import managed_paths
