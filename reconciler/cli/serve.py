@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store import Role, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import Role
 
 log = logging.getLogger("shoal.serve")
 

@@ -57,13 +57,8 @@ from reconciler.plan.steps import Plan
 from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
 from reconciler.server.run_record import run_result_records
 from reconciler.server.source import GitSource
-from reconciler.server.store import (
-    PlanKind,
-    PlanRecord,
-    RunRecord,
-    Store,
-    utcnow,
-)
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanKind, PlanRecord, RunRecord, utcnow
 from reconciler.transport.connect import transport_for
 from reconciler.transport.ssh import SSHTransport
 

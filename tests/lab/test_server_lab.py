@@ -34,7 +34,8 @@ from lab import Lab, Topology
 from reconciler.server.controller import Controller
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
-from reconciler.server.store import PlanRecord, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanRecord
 from tests.server.serve import free_port, git, pushing_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

@@ -24,7 +24,8 @@ from reconciler.plan.steps import Plan
 from reconciler.server.controller import Controller
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
-from reconciler.server.store import StepResultRecord, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import StepResultRecord
 from tests.unit.server.test_store import make_plan as store_plan
 
 SECRET = "webhook-secret-for-tests"

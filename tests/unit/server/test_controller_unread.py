@@ -14,7 +14,7 @@ from reconciler.desired.loader import load_repository
 from reconciler.plan.steps import HostPlan, Plan
 from reconciler.server.controller import Controller
 from reconciler.server.source import GitSource
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 FIXTURE = Path(__file__).resolve().parents[3] / "fixtures" / "config-repo"
 REVISION = "a" * 40
