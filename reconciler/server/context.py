@@ -21,7 +21,7 @@ from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
-from reconciler.server.source import GitSource
+from reconciler.server.source import Source
 from reconciler.server.store.database import Store
 from reconciler.transport.protocol import Transport, TransportFactory
 
@@ -32,7 +32,7 @@ REVISIONS_CACHED = 16
 
 @dataclass
 class ServerContext:
-    source: GitSource
+    source: Source
     store: Store
     transports: TransportFactory
     clock: Clock

@@ -42,7 +42,7 @@ from reconciler.server.crash_recovery import recover
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
-from reconciler.server.source import GitSource
+from reconciler.server.source import Source
 from reconciler.server.status import record_failure
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import PlanRecord, RunRecord
@@ -63,7 +63,7 @@ class Controller:
     def __init__(
         self,
         *,
-        source: GitSource,
+        source: Source,
         store: Store,
         client_key: Path | None = None,
         transports: TransportFactory | None = None,
