@@ -88,7 +88,7 @@ def kind(decision: RetryDecision) -> str:
     raise AssertionError(decision)
 
 
-@pytest.mark.parametrize(("exc", "expected"), TREE, ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(("exc", "expected"), TREE, ids=[type(e).__name__ for e, _ in TREE])
 def test_every_error_class_decides_its_retry(exc: Exception, expected: str) -> None:
     decision = retry_decision(exc, attempt=1, uniform=top)
     assert kind(decision) == expected
