@@ -18,7 +18,7 @@ from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
 from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 ROUTERS = (
     health.router,

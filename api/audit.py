@@ -10,7 +10,7 @@ from api.auth import Viewer, auth_responses
 from api.deps import get_store
 from api.params import ActionQuery, AfterIdQuery, ClusterQuery, LimitQuery
 from api.schemas import AuditOut, audit_out
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["audit"])
 

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import get_store
 from api.schemas import Problem
-from reconciler.server.store import ROLE_RANK, Role, TokenRecord
+from reconciler.server.store.records import ROLE_RANK, Role, TokenRecord
 
 log = logging.getLogger("shoal.api.auth")
 

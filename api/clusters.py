@@ -12,7 +12,7 @@ from api.deps import ControllerPort, get_controller, get_settings, get_store
 from api.schemas import ClustersResponse, LoopOut, RepositoryOut, cluster_out, issues_out
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import redact_url
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["clusters"])
 

@@ -11,7 +11,8 @@ from typing import Any, Protocol, cast
 from fastapi import Request
 
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store import PlanRecord, RunRecord, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanRecord, RunRecord
 
 
 class ControllerPort(Protocol):

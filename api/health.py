@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ControllerPort, get_controller, get_store
 from api.schemas import Health, Ready
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["health"])
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Path, Query
 
 from reconciler.desired.models import NAME_PATTERN
-from reconciler.server.store import PlanState
+from reconciler.server.store.records import PlanState
 
 # SQLite stores INTEGER as a signed 64-bit value; a larger bound parameter overflows.
 SQLITE_INT_MAX = 2**63 - 1

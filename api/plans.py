@@ -25,7 +25,7 @@ from api.schemas import (
     plan_detail,
     plan_summary,
 )
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["plans"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from api.auth import Admin, auth_responses
 from api.deps import ControllerPort, get_controller, get_store
 from api.schemas import ReconcileAccepted
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["reconcile"])
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.plan.stepdiff import file_diff
 from reconciler.plan.steps import HostPlan, Step
-from reconciler.server.store import (
+from reconciler.server.store.records import (
     ApprovalRecord,
     AuditRecord,
     BackupRecord,

@@ -33,7 +33,7 @@ from api.webhook_events import (
     ignored_because,
 )
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 log = logging.getLogger("shoal.api.webhooks")
 

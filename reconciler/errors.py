@@ -20,12 +20,19 @@ ShoalError
         └── RollbackError      the rollback could not prove the host equals its pre-apply facts
 ```
 
+What the controller does for each class is one function, `reconciler.server.retry.retry_decision`:
+Stalled waits for a new revision, Waiting re-plans at once, ApplyError (and RollbackError) gives
+up on that plan (a new revision or new facts make a new one), any other Transient is retried with
+capped exponential backoff and jitter; anything outside the tree is a bug, given up and logged.
+
 Messages never contain secrets (keys, tokens, webhook secrets).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 class ShoalError(Exception):
@@ -63,6 +70,21 @@ class ConfigIssue:
         if self.key_path:
             where += f": {self.key_path}"
         return f"{where}: {self.message}"
+
+
+def issue_dicts(issues: Iterable[ConfigIssue]) -> list[dict[str, Any]]:
+    """Config issues as JSON objects: the located fields, and the one-line text."""
+    return [
+        {
+            "file": i.file,
+            "line": i.line,
+            "column": i.column,
+            "key_path": i.key_path,
+            "message": i.message,
+            "text": str(i),
+        }
+        for i in issues
+    ]
 
 
 class DesiredStateInvalid(Stalled, ValueError):

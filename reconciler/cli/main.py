@@ -105,7 +105,7 @@ def token_create(
 ) -> None:
     """Create a token and print it once; only its hash is kept."""
     from reconciler.cli.serve import create_token
-    from reconciler.server.store import ROLES
+    from reconciler.server.store.records import ROLES
 
     if role not in ROLES:
         raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")

@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store import Role, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import Role
 
 log = logging.getLogger("shoal.serve")
 
@@ -20,16 +21,20 @@ log = logging.getLogger("shoal.serve")
 def build_app(settings: ServerSettings) -> FastAPI:
     """The ASGI app for `settings` (imported late: the engine is only needed to serve)."""
     from api.app import create_app
+    from reconciler.server.clock import SystemClock
     from reconciler.server.controller import Controller
     from reconciler.server.source import GitSource
+    from reconciler.transport.connect import transport_for
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.state_dir)
     source = GitSource(settings.repo, settings.state_dir, settings.branch)
+    key = settings.key_path
     controller = Controller(
         source=source,
         store=store,
-        client_key=settings.key_path,
+        transports=lambda desired: transport_for(desired, key),
+        clock=SystemClock(),
         poll_interval=settings.poll_interval,
         poll_jitter=settings.poll_jitter,
     )

@@ -8,14 +8,13 @@ is one JSON document for machines.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
-from reconciler.errors import ConfigIssue, DesiredStateInvalid
+from reconciler.errors import DesiredStateInvalid, issue_dicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +47,6 @@ def summarize(desired: Desired) -> Summary:
         real_servers=len(real_hosts),
         hosts=len(desired.inventory.hosts),
     )
-
-
-def issue_dicts(issues: Iterable[ConfigIssue]) -> list[dict[str, Any]]:
-    """Config issues as JSON objects: the located fields, and the one-line text."""
-    return [
-        {
-            "file": i.file,
-            "line": i.line,
-            "column": i.column,
-            "key_path": i.key_path,
-            "message": i.message,
-            "text": str(i),
-        }
-        for i in issues
-    ]
 
 
 def run_validate(repo: Path, *, as_json: bool, echo: Callable[[str], None] = print) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.apply.runresult import RunResult, StepResult
-from reconciler.server.store import StepResultRecord
+from reconciler.server.store.records import StepResultRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,9 @@ directory for the loader. Every GitPython call runs in a worker thread (one at a
 It does not parse the tree (that is `reconciler.desired.loader`)
 and never trusts a webhook's idea of
 the head: the head is whatever `fetch()` reads from the remote.
+
+`Source` is what the controller needs of it (fetch the head, check a revision out, close), so
+that its unit tests can hand it revisions without git.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Protocol
 
 import git
 
@@ -34,6 +38,18 @@ _BRANCH_RE = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
 def redact_url(text: str) -> str:
     """Drop credentials from URLs in git's messages (https://user:secret@host/...)."""
     return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+class Source(Protocol):
+    async def fetch(self) -> str:
+        """The branch head's commit sha, read from the remote now; raises SourceError."""
+        ...
+
+    def checkout(self, sha: str) -> AbstractAsyncContextManager[Path]:
+        """A directory holding revision `sha`'s tree while the block runs."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class GitSource:

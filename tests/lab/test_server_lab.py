@@ -28,7 +28,8 @@ from lab import Lab, Topology
 from reconciler.server.controller import Controller
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
-from reconciler.server.store import PlanRecord, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanRecord
 from tests.lab.server_support import SECRET, Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
 from tests.server.serve import git
 

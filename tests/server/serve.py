@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID_TREE = ROOT / "fixtures" / "invalid" / "bad-scheduler"

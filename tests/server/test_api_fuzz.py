@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.server.store import StepResultRecord, Store
+from reconciler.server.store.database import Store
+from reconciler.server.store.records import StepResultRecord
 from tests.server.serve import ServeProcess
 from tests.support.plans import make_plan
 

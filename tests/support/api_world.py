@@ -19,7 +19,7 @@ from reconciler.plan.steps import Plan
 from reconciler.server.controller import Controller
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
 from tests.support.plans import make_plan as store_plan
 
 SECRET = "webhook-secret-for-tests"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from reconciler.server.store import StepResultRecord
+from reconciler.server.store.records import StepResultRecord
 from tests.support.api_world import SECRET, World, make_plan
 
 

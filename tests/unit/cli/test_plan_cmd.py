@@ -13,17 +13,7 @@ from reconciler.cli.main import app
 from reconciler.cli.plan import EXIT_CHANGES, EXIT_ERROR, HostDone, run_plan
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts
-from tests.statecases import fresh_facts
-
-EXAMPLE = Path(__file__).resolve().parents[3] / "fixtures" / "config-repo"
-
-
-async def fresh(desired: Desired, done: HostDone) -> dict[str, HostFacts]:
-    out = {}
-    for host, inv in sorted(desired.inventory.hosts.items()):
-        out[host] = fresh_facts(host, inv.address, interface=inv.interface)
-        done(host, out[host])
-    return out
+from tests.support.gathers import EXAMPLE, fresh
 
 
 async def unreachable(desired: Desired, done: HostDone) -> dict[str, HostFacts]:

@@ -33,7 +33,7 @@ from states.file import FileArgs, managed_result
 from states.keepalived import CONF_PATH, plan_config, sha256_text
 from tests.statecases import cluster_desired, fresh_facts
 from tests.support.api_world import World
-from tests.unit.server.test_store import make_plan
+from tests.support.plans import make_plan
 
 # Content a naive transport would break: a line that looks like the script's own end marker,
 # shell syntax, a backslash, UTF-8, a carriage return, a tab and no final newline.
@@ -355,7 +355,7 @@ def test_shoal_plan_json_has_diffs_of_changed_files_only() -> None:
 
 def test_run_plan_json_carries_diffs() -> None:
     # The example repository on fresh hosts: every file is new, so there is nothing to diff.
-    from tests.unit.cli.test_plan_cmd import EXAMPLE, fresh
+    from tests.support.gathers import EXAMPLE, fresh
 
     buf = io.StringIO()
     run_plan(EXAMPLE, client_key=Path("/x"), as_json=True,

@@ -13,8 +13,10 @@ from pathlib import Path
 from reconciler.desired.loader import load_repository
 from reconciler.plan.steps import HostPlan, Plan
 from reconciler.server.controller import Controller
+from reconciler.server.decide import decide as decide_plan
 from reconciler.server.source import GitSource
-from reconciler.server.store import Store
+from reconciler.server.store.database import Store
+from reconciler.transport.fake import FakeTransport
 
 FIXTURE = Path(__file__).resolve().parents[3] / "fixtures" / "config-repo"
 REVISION = "a" * 40
@@ -25,13 +27,15 @@ def decide(tmp_path: Path, hosts: dict[str, HostPlan]) -> Store:
     controller = Controller(
         source=GitSource(str(tmp_path / "nowhere.git"), tmp_path / "state"),
         store=store,
-        client_key=tmp_path / "no-key",
+        transports=lambda _: FakeTransport(),
         poll_interval=3600,
     )
     desired = load_repository(FIXTURE, REVISION)
     plan = Plan(id="p" * 16, revision=REVISION, clusters=("web",), hosts=hosts)
     # The transport is not reached when there is nothing to run.
-    asyncio.run(controller._decide(("web",), desired, plan, None))  # type: ignore[arg-type]
+    transport = FakeTransport()
+    asyncio.run(decide_plan(controller.ctx, ("web",), desired, plan, transport))
+    assert transport.calls == []
     return store
 
 

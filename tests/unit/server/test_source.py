@@ -60,6 +60,9 @@ async def test_fetch_follows_pushes_and_checks_out(
     # A restarted server reuses its mirror.
     again = GitSource(str(bare), tmp_path / "state")
     assert await again.head() == second
+    # Each Repo keeps `git cat-file` helpers running until closed.
+    source.close()
+    again.close()
 
 
 async def test_errors_are_source_errors(remote: tuple[Path, Path], tmp_path: Path) -> None:
@@ -75,6 +78,8 @@ async def test_errors_are_source_errors(remote: tuple[Path, Path], tmp_path: Pat
             pass
     with pytest.raises(ValueError):
         GitSource(str(bare), tmp_path / "s", branch="--upload-pack=x")
+    source.close()
+    missing.close()
 
 
 def test_redact_url() -> None:

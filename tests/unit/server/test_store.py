@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
@@ -9,30 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.plan.steps import Change, HostPlan, Phase, Plan, Step, plan_id
-from reconciler.server.store import SCHEMA_VERSION, StepResultRecord, Store
-
-
-def make_plan(revision: str = "a" * 40, host: str = "web1", digest: str = "d1") -> Plan:
-    step = Step(
-        id=f"{host}/vip/add",
-        host=host,
-        state_id="vip",
-        function="addr.present",
-        subsystem="addr",
-        phase=Phase.REAL_SERVERS_PREPARE,
-        description="add 10.77.0.100/32 to lo",
-        change=Change(before=None, after="10.77.0.100/32 dev lo"),
-        commands=(("ip", "addr", "add", "10.77.0.100/32", "dev", "lo"),),
-        undo=(("ip", "addr", "del", "10.77.0.100/32", "dev", "lo"),),
-    )
-    hosts = {host: HostPlan(host=host, facts_digest=digest, steps=(step,))}
-    return Plan(
-        id=plan_id(revision, {host: digest}, hosts),
-        revision=revision,
-        clusters=("web",),
-        hosts=hosts,
-    )
+from reconciler.server.store.database import Store
+from reconciler.server.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from reconciler.server.store.records import StepResultRecord
+from reconciler.server.store.tokens import TOKEN_PREFIX, hash_token, token_id_of
+from tests.support.plans import make_plan
 
 
 @pytest.fixture
@@ -223,3 +205,29 @@ def test_migration_2_upgrades_a_version_1_store(tmp_path: Path) -> None:
     assert upgraded.schema_version() == SCHEMA_VERSION
     assert upgraded.remember_delivery("github", "x") is True
     assert [a.action for a in upgraded.list_audit()] == ["before.upgrade"]
+
+
+# Shipped migrations are never edited (existing state directories must keep opening): their SQL
+# is pinned here. A new migration appends an entry, and a line here.
+SHIPPED_MIGRATIONS = {
+    1: "7132f77ed068a0446e8e6fc2ed1dc8da7cbad30165064844e81c1a9ce5c67333",
+    2: "ad43ec77606017e19806223d35243ef6a872da47ba1f3e1a9a9e845031fd75a1",
+}
+
+
+def test_shipped_migrations_are_unchanged() -> None:
+    shipped = {v: hashlib.sha256(sql.encode()).hexdigest() for v, sql in MIGRATIONS}
+    assert {v: shipped[v] for v in SHIPPED_MIGRATIONS} == SHIPPED_MIGRATIONS
+    assert [v for v, _ in MIGRATIONS] == sorted(shipped)
+
+
+def test_a_token_is_found_by_its_id_and_checked_by_its_hash(store: Store) -> None:
+    record, token = store.create_token("viewer", "ci")
+    assert token_id_of(token) == record.id
+    assert store.authenticate(token) == record
+    # The same id with other secret text: the hash decides.
+    forged = f"{TOKEN_PREFIX}_{record.id}_{'x' * 43}"
+    assert store.authenticate(forged) is None
+    assert token_id_of("bearer_" + token) is None
+    stored = store._query("SELECT sha256 FROM tokens WHERE id = ?", (record.id,))[0][0]
+    assert stored == hash_token(token) and token not in stored

@@ -1,0 +1,119 @@
+"""A person's decision on a pending plan (called by the API): approve and start it, or reject.
+
+An approval is for one plan id. Before it is applied the branch head is read again (moved: the
+plan is superseded) and the facts are gathered again: a different digest makes the plan stale
+(HTTP 409) and a new plan is made at once. The apply runs as a task of its own, holding the
+unit's locks until it ends; GET /runs/{id} follows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from reconciler.server.context import ServerContext
+from reconciler.server.execute import execute_then_release
+from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.passes import reconcile_unit
+from reconciler.server.status import mark
+from reconciler.server.store.records import PlanRecord, RunRecord
+from reconciler.server.units import cluster_units, restrict, unit_of
+from reconciler.transport.protocol import Transport
+
+# Starts the apply as a task the controller keeps (so that stop() can wait for it).
+StartTask = Callable[[Coroutine[Any, Any, None], str], None]
+
+
+def pending(ctx: ServerContext, plan_id: str) -> PlanRecord:
+    record = ctx.store.get_plan(plan_id)
+    if record is None:
+        raise PlanNotFound(plan_id)
+    if record.state != "pending":
+        raise PlanNotPending(plan_id, record.state)
+    return record
+
+
+def _no_longer_pending(ctx: ServerContext, plan_id: str) -> PlanNotPending:
+    """The error for a plan another request decided between our check and our write."""
+    current = ctx.store.get_plan(plan_id)
+    return PlanNotPending(plan_id, current.state if current else "missing")
+
+
+def _audit_decision(
+    ctx: ServerContext,
+    action: str,
+    record: PlanRecord,
+    actor: str,
+    comment: str,
+    run_id: str | None = None,
+) -> None:
+    ctx.store.audit(
+        action,
+        actor=actor,
+        cluster=record.cluster,
+        plan_id=record.id,
+        run_id=run_id,
+        detail={"comment": comment},
+    )
+
+
+async def approve(
+    ctx: ServerContext, plan_id: str, *, actor: str, comment: str, start: StartTask
+) -> RunRecord:
+    """Approve one pending plan and start applying it; raises StaleApproval (409) if git
+    or the hosts moved since it was made. Returns the started run."""
+    record = pending(ctx, plan_id)
+    unit = unit_of(record)
+    locks = await ctx.locks.acquire(unit)
+    transport: Transport | None = None
+    handed_off = False
+    try:
+        record = pending(ctx, plan_id)
+        head = await ctx.source.fetch()
+        if head != record.revision:
+            reason = f"the branch moved to {head[:12]}"
+            mark(ctx, record, "superseded", reason, actor)
+            ctx.wake("approval of a superseded plan")
+            raise StaleApproval(plan_id, [], reason, None)
+        desired = restrict(await ctx.load(record.revision), unit)
+        transport = ctx.transport(desired)
+        facts = await ctx.gather(transport, desired, sorted(record.plan.hosts))
+        changed = sorted(
+            host
+            for host, hp in record.plan.hosts.items()
+            if host not in facts or facts[host].digest() != hp.facts_digest
+        )
+        if changed:
+            reason = f"facts changed on {', '.join(changed)}"
+            mark(ctx, record, "stale", reason, actor)
+            await transport.aclose()
+            transport = None
+            full = await ctx.load(record.revision)
+            look = await reconcile_unit(ctx, unit, full, orphans=unit == cluster_units(full)[0])
+            new = look.record
+            raise StaleApproval(plan_id, changed, reason, new.id if new else None)
+        run = ctx.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
+        if run is None:
+            raise _no_longer_pending(ctx, plan_id)
+        _audit_decision(ctx, "plan.approved", record, actor, comment, run_id=run.id)
+        start(
+            execute_then_release(ctx, run, record, desired, transport, locks, facts),
+            f"shoal-apply-{plan_id}",
+        )
+        handed_off = True
+        return run
+    finally:
+        if not handed_off:
+            if transport is not None:
+                await transport.aclose()
+            ctx.locks.release(locks)
+
+
+def reject(ctx: ServerContext, plan_id: str, *, actor: str, comment: str) -> PlanRecord:
+    record = pending(ctx, plan_id)
+    if not ctx.store.decide_plan(plan_id, decision="reject", actor=actor, comment=comment):
+        raise _no_longer_pending(ctx, plan_id)
+    _audit_decision(ctx, "plan.rejected", record, actor, comment)
+    rejected = ctx.store.get_plan(plan_id)
+    assert rejected is not None
+    return rejected

@@ -1,0 +1,75 @@
+"""What every part of the controller shares, and the two reads they all make.
+
+The watch loop, approvals, runs and crash recovery each take a `ServerContext`: the store, the
+git source, the transport factory, the clock and the cluster locks, plus `load` (a revision's
+validated desired state, cached) and `gather` (hosts' facts, kept in the store for
+GET /hosts/{name}/facts). Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from reconciler.desired.loader import load_repository
+from reconciler.desired.models import Desired
+from reconciler.errors import DesiredStateInvalid
+from reconciler.facts.gather import gather_facts
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.compile import managed_paths
+from reconciler.server.clock import Clock, stamp
+from reconciler.server.locks import ClusterLocks
+from reconciler.server.source import Source
+from reconciler.server.store.database import Store
+from reconciler.transport.protocol import Transport, TransportFactory
+
+ACTOR = "controller"
+# Loaded revisions kept (valid or not): the head, and the few an open plan or a run refers to.
+REVISIONS_CACHED = 16
+
+
+@dataclass
+class ServerContext:
+    source: Source
+    store: Store
+    transports: TransportFactory
+    clock: Clock
+    # Ask the loop for a pass soon (the controller's `wake`).
+    wake: Callable[[str], None]
+    locks: ClusterLocks = field(default_factory=ClusterLocks)
+    _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
+
+    def now(self) -> str:
+        return stamp(self.clock.now())
+
+    def transport(self, desired: Desired) -> Transport:
+        return self.transports(desired)
+
+    async def load(self, sha: str) -> Desired:
+        """The validated desired state at `sha`; raises DesiredStateInvalid (both cached)."""
+        cached = self._desired.get(sha)
+        if cached is None:
+            try:
+                async with self.source.checkout(sha) as tree:
+                    cached = await asyncio.to_thread(load_repository, tree, sha)
+            except DesiredStateInvalid as exc:
+                cached = exc
+            self._desired[sha] = cached
+            while len(self._desired) > REVISIONS_CACHED:
+                self._desired.popitem(last=False)
+        self._desired.move_to_end(sha)
+        if isinstance(cached, DesiredStateInvalid):
+            raise cached
+        return cached
+
+    async def gather(
+        self, transport: Transport, desired: Desired, hosts: Sequence[str]
+    ) -> dict[str, HostFacts]:
+        paths = managed_paths(desired)
+        facts = await gather_facts(transport, list(hosts), {h: paths.get(h, []) for h in hosts})
+        for name, host_facts in facts.items():
+            # Fast local writes; kept for GET /hosts/{name}/facts.
+            self.store.put_host_facts(name, host_facts.digest(), host_facts.model_dump(mode="json"))
+        return facts

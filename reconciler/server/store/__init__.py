@@ -1,0 +1,19 @@
+"""Everything the server remembers, in one SQLite file (WAL mode), behind this one package.
+
+The store owns persistence only: cluster status, revisions seen, plans and their lifecycle,
+approvals, runs and their per-step results, the backups index, the audit log, API tokens (hashed),
+the last facts of every host and the webhook delivery ids already seen. It decides nothing; the
+controller does.
+
+Every write is a committed transaction before the call returns, so a killed server loses nothing
+it has acknowledged. Plan state changes are compare-and-set (`transition_plan`): two requests
+racing to approve the same plan cannot both win.
+
+The methods are synchronous and short (a local SQLite file). One connection is shared under a
+lock, so calls are safe from the event loop and from FastAPI's worker threads alike. Moving to
+PostgreSQL means reimplementing this package, nothing else.
+
+`database.Store` is the store; `records` the values it hands out; `migrations` the schema;
+`tokens` how API tokens are made and hashed; `connection` the one SQLite connection; `status`,
+`plans`, `runs`, `audit` and `access` the queries, by area.
+"""

@@ -1,0 +1,286 @@
+"""The controller's decisions on fake hosts, a source without git and a clock the test moves.
+
+Each test runs the real Controller and Store; only the hosts (`FakeTransport` answering the
+facts script with captured real output), the revisions and time are fakes (fake_cluster.py).
+A run the controller starts fails on the fake hosts (they apply nothing): what a test reads is
+whether one was started, by whom, and which scripts went to the hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import HostKeyRejected, SourceError, TransportError
+from reconciler.server.decide import HEAL_WINDOW, MAX_HEALS_PER_WINDOW
+from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER
+from reconciler.server.lifecycle import PlanNotPending, StaleApproval
+from reconciler.server.store.records import PlanRecord
+from tests.unit.server.fake_cluster import ARP_IGNORE, FakeCluster, set_in
+
+WEB = ("lvs1", "lvs2", "web1", "web2")
+AUTO = set_in("shoal.toml", 'approval = "manual"', 'approval = "auto"')
+HEAL = set_in("shoal.toml", 'drift = "report"', 'drift = "heal"')
+WEIGHT_3 = set_in("clusters/web.toml", "weight = 2", "weight = 3")
+
+
+def plans(fc: FakeCluster, **kw: object) -> list[PlanRecord]:
+    return fc.store.list_plans(limit=1000, **kw)  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- approval policy ------------------------------------------------------------------------
+
+
+async def test_manual_approval_leaves_a_pending_plan_and_runs_nothing(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert (plan.kind, plan.state, plan.revision) == ("change", "pending", fc.source.head)
+    assert fc.store.list_runs() == []
+    assert fc.applied_scripts() == []
+    web = fc.store.get_cluster("web")
+    assert web is not None and (web.in_sync, web.last_plan_id) == (False, plan.id)
+
+
+async def test_auto_approval_applies_the_new_plan_at_once(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, AUTO)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, AUTO_APPROVER)
+    assert fc.applied_scripts(), "the plan's first phase went to a host"
+    # The fake hosts refuse the phase: the run failed, and the same plan is not tried again.
+    assert (run.state, plan.state) == ("failed", "failed")
+    await fc.controller.reconcile_once()
+    assert len(fc.store.list_runs()) == 1 and [p.id for p in plans(fc)] == [plan.id]
+
+
+# --- drift ------------------------------------------------------------------------------------
+
+
+async def test_drift_is_reported_once_and_not_healed_by_default(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    fc.mark_applied(fc.source.head or "")
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert (plan.kind, plan.state) == ("drift", "pending")
+    web = fc.store.get_cluster("web")
+    assert web is not None and web.drift is not None and web.in_sync is False
+    assert (web.drift["plan_id"], web.drift["hosts"]) == (plan.id, list(WEB))
+    first_seen = web.drift["detected_at"]
+    fc.clock.elapsed += 600
+    await fc.controller.reconcile_once()
+    # The same drift: one audit entry, and it is dated when it was first found.
+    assert len(fc.store.list_audit(action="drift.detected")) == 1
+    web = fc.store.get_cluster("web")
+    assert web is not None and web.drift is not None and web.drift["detected_at"] == first_seen
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+
+
+async def test_drift_heal_policy_applies_the_drift_plan(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, HEAL)
+    fc.mark_applied(fc.source.head or "")
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    (run,) = fc.store.list_runs()
+    assert plan.kind == "drift" and (run.plan_id, run.actor) == (plan.id, HEAL_APPROVER)
+    assert fc.applied_scripts()
+
+
+async def test_a_heal_repeated_too_often_waits_for_a_person_until_the_window_passes(
+    tmp_path: Path,
+) -> None:
+    fc = FakeCluster(tmp_path, HEAL)
+    fc.mark_applied(fc.source.head or "")
+
+    async def heal_that_comes_back() -> None:
+        """A pass heals; the heal "succeeds" and the same drift comes back (the fake hosts
+        keep their facts, as a host where something undoes our change would)."""
+        await fc.controller.reconcile_once()
+        for plan in plans(fc, states=("failed",)):
+            assert fc.store.transition_plan(plan.id, ("failed",), "applied")
+
+    for _ in range(MAX_HEALS_PER_WINDOW):
+        await heal_that_comes_back()
+    heals = fc.store.list_runs()
+    assert len(heals) == MAX_HEALS_PER_WINDOW and {r.actor for r in heals} == {HEAL_APPROVER}
+    await fc.controller.reconcile_once()
+    assert len(fc.store.list_runs()) == MAX_HEALS_PER_WINDOW
+    (repeated,) = fc.store.list_audit(action="drift.heal_repeated")
+    assert repeated.detail == {"heals_in_window": MAX_HEALS_PER_WINDOW}
+    (waiting,) = plans(fc, states=("pending",))
+    fc.clock.elapsed += HEAL_WINDOW.total_seconds() + 1
+    await fc.controller.reconcile_once()
+    runs = fc.store.list_runs()
+    assert len(runs) == MAX_HEALS_PER_WINDOW + 1 and runs[0].plan_id == waiting.id
+
+
+# --- stale plans and new revisions ------------------------------------------------------------
+
+
+async def test_facts_moved_since_the_plan_approval_is_refused_and_a_new_plan_made(
+    tmp_path: Path,
+) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    fc.hosts["web1"].sysctls[ARP_IGNORE] = "2"  # a hand change between plan and approval
+    with pytest.raises(StaleApproval) as refused:
+        await fc.controller.approve(plan.id, actor="token:alice")
+    assert refused.value.hosts == ["web1"]
+    stale = fc.store.get_plan(plan.id)
+    assert stale is not None and stale.state == "stale"
+    (new,) = plans(fc, states=("pending",))
+    assert refused.value.new_plan_id == new.id != plan.id
+    assert new.plan.hosts["web1"].facts_digest != plan.plan.hosts["web1"].facts_digest
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+
+
+async def test_facts_moved_since_the_plan_the_pass_closes_it_as_stale(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (old,) = plans(fc)
+    fc.hosts["web2"].sysctls[ARP_IGNORE] = "1"
+    await fc.controller.reconcile_once()
+    closed = fc.store.get_plan(old.id)
+    assert closed is not None and closed.state == "stale"
+    assert closed.reason == "the hosts' facts changed since it was made"
+    (new,) = plans(fc, states=("pending",))
+    assert new.id != old.id and new.revision == old.revision
+
+
+async def test_a_new_revision_while_a_plan_waits_supersedes_it(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (old,) = plans(fc)
+    sha = fc.push(WEIGHT_3)
+    await fc.controller.reconcile_once()
+    closed = fc.store.get_plan(old.id)
+    assert closed is not None and closed.state == "superseded"
+    assert closed.reason == f"revision {sha[:12]} is newer"
+    (new,) = plans(fc, states=("pending",))
+    assert new.revision == sha
+    with pytest.raises(PlanNotPending):
+        await fc.controller.approve(old.id, actor="token:alice")
+    assert fc.store.list_runs() == []
+
+
+async def test_approving_a_plan_after_the_branch_moved_supersedes_it(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (old,) = plans(fc)
+    sha = fc.push(WEIGHT_3)
+    wakes = fc.controller.wake_requests
+    with pytest.raises(StaleApproval) as refused:
+        await fc.controller.approve(old.id, actor="token:alice")
+    assert refused.value.reason == f"the branch moved to {sha[:12]}"
+    closed = fc.store.get_plan(old.id)
+    assert closed is not None and closed.state == "superseded"
+    assert fc.controller.wake_requests == wakes + 1  # the loop plans the new head soon
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+
+
+# --- hosts that cannot be read, and retries -------------------------------------------------
+
+
+async def test_unreachable_hosts_keep_the_cluster_out_of_sync(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    fc.down.update(WEB)
+    await fc.controller.reconcile_once()
+    web = fc.store.get_cluster("web")
+    assert web is not None and web.in_sync is False and web.applied_revision is None
+    assert web.last_error is not None
+    assert all(f"{h}: unreachable (" in web.last_error for h in WEB)
+    assert plans(fc) == []
+
+
+async def test_unreachable_hosts_are_looked_at_again_with_backoff_then_at_the_poll(
+    tmp_path: Path,
+) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=60)
+    fc.down.update(WEB)
+    fc.clock.budget = 4
+
+    def host_returns(waits: int) -> None:
+        if waits == 3:
+            fc.down.clear()
+
+    fc.clock.on_wait = host_returns
+    await fc.controller.start()
+    await until(lambda: len(fc.clock.waits) > fc.clock.budget, "the loop's sleeps")
+    await fc.controller.stop()
+    # Every draw lands mid-interval: backoffs 0.75, 1.5, 3 s (the early passes look at the
+    # failing unit only); once the hosts answer, the poll, counted from the last full pass;
+    # after the poll's full pass, a whole poll interval.
+    assert fc.clock.waits[:3] == [0.75, 1.5, 3.0]
+    assert fc.clock.waits[3] == pytest.approx(60 - 0.75 - 1.5 - 3.0)
+    assert fc.clock.waits[4] == 60.0
+    assert fc.controller.passes == 5
+    (plan,) = plans(fc)
+    assert plan.state == "pending"  # planned once the hosts answered
+    assert fc.controller.schedule.attempts("web") == 0
+
+
+async def test_a_transport_error_is_recorded_and_retried_sooner_each_time_less(
+    tmp_path: Path,
+) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=3600)
+    fc.transport_error = TransportError("lvs1", "no route to the SSH agent")
+    await fc.controller.reconcile_once()
+    web = fc.store.get_cluster("web")
+    assert web is not None and web.last_error == "lvs1: no route to the SSH agent"
+    assert await fc.controller.sleep() == {"web"}
+    await fc.controller.reconcile_once(only={"web"})
+    assert await fc.controller.sleep(full=False) == {"web"}
+    assert fc.clock.waits == [0.75, 1.5]
+    fc.transport_error = None
+    await fc.controller.reconcile_once(only={"web"})
+    assert await fc.controller.sleep(full=False) is None
+    assert fc.clock.waits[2] == pytest.approx(3600 - 0.75 - 1.5)
+    assert len(plans(fc)) == 1
+
+
+async def test_a_failed_fetch_is_retried_with_backoff(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=3600)
+    fc.source.failing = SourceError("cannot fetch branch main: connection refused")
+    await fc.controller.reconcile_once()
+    assert fc.controller.last_source_error == str(fc.source.failing)
+    # An early pass for the fetch looks at everything (None), not at some units.
+    assert await fc.controller.sleep() is None
+    assert fc.clock.waits == [0.75]
+    fc.source.failing = None
+    await fc.controller.reconcile_once()
+    assert fc.controller.last_source_error is None and len(plans(fc)) == 1
+
+
+async def test_a_stalled_unit_waits_for_a_new_revision_or_a_person(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=3600)
+    fc.transport_error = HostKeyRejected("lvs1", "SHA256:changed")
+    await fc.controller.reconcile_once()
+    assert fc.controller.schedule.held("web", fc.source.head or "")
+    fc.transport_error = None
+    await fc.controller.reconcile_once()  # the same revision: not looked at
+    assert plans(fc) == [] and fc.transports == []
+    assert await fc.controller.sleep() is None and fc.clock.waits == [3600.0]
+    fc.push(WEIGHT_3)
+    await fc.controller.reconcile_once()
+    assert len(plans(fc)) == 1
+
+    again = FakeCluster(tmp_path / "again", poll_interval=3600)
+    again.transport_error = HostKeyRejected("lvs1", "SHA256:changed")
+    await again.controller.reconcile_once()
+    again.transport_error = None
+    again.controller.wake("requested by token:admin")
+    await again.controller.reconcile_once()
+    assert len(plans(again)) == 1
