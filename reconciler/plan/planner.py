@@ -51,9 +51,10 @@ from reconciler.plan.steps import (
     replace,
 )
 from reconciler.plan.xtables_tables import created_tables, removal_steps
-from states import REGISTRY, WATCHERS
+from states.args import ArgsCache
 from states.base import Claim, PlanContext, StateResult
 from states.file import FileArgs, managed_result
+from states.registry import kind_of
 
 LEDGER_PATH = "/var/lib/shoal/ledger.json"
 LEDGER_STATE_ID = "shoal-ledger"
@@ -74,8 +75,10 @@ def plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
 
 
 def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
-    low_states = compile_desired(desired, facts)
-    ctx = PlanContext(desired=desired, facts=facts)
+    # One plan's validated args: the compiler (ledger keys, boot form) and the states share them.
+    cache = ArgsCache()
+    low_states = compile_desired(desired, facts, cache)
+    ctx = PlanContext(desired=desired, facts=facts, args=cache)
     by_host: dict[str, list[LowState]] = defaultdict(list)
     for low in low_states:
         by_host[low.host].append(low)
@@ -192,13 +195,14 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
             step_ids[low.id] = ()
             continue  # nothing it listens to changed
+        kind = kind_of(low.function)
         kept = kept_suppression(low, hf, states) if low.origin == "ledger" else None
         if kept is not None:
             result = StateResult(skipped=(SkippedRemoval(host=host, state_id=low.id, reason=kept),))
         else:
-            result = REGISTRY[low.function](low, ctx)
-        if any(step_ids.get(t) for t in low.watch) and low.function in WATCHERS:
-            watched = WATCHERS[low.function](low, ctx)
+            result = kind.run(low, ctx)
+        watched = kind.run_watch(low, ctx) if any(step_ids.get(t) for t in low.watch) else None
+        if watched is not None:
             result = StateResult(
                 steps=result.steps + watched.steps,
                 skipped=result.skipped + watched.skipped,
