@@ -140,4 +140,4 @@ PRESENT = StateKind(
     owns=Ownership(key_of, "addr.absent", 10),
     persist=Persistence(70, each(restore_line)),
 )
-ABSENT = StateKind("addr.absent", AddrAbsentArgs, absent)
+ABSENT = StateKind("addr.absent", AddrAbsentArgs, absent, removes_only=True)

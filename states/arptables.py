@@ -151,4 +151,4 @@ PRESENT = StateKind(
     owns=Ownership(key_of, "arptables.rule_absent", 30),
     persist=Persistence(20, each(restore_line)),
 )
-ABSENT = StateKind("arptables.rule_absent", ArpRuleAbsentArgs, absent)
+ABSENT = StateKind("arptables.rule_absent", ArpRuleAbsentArgs, absent, removes_only=True)

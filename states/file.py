@@ -152,4 +152,4 @@ def absent(low: LowState, args: FileAbsentArgs, ctx: PlanContext) -> StateResult
 
 
 MANAGED = StateKind(FUNCTION, FileArgs, managed, owns=Ownership(ledger_key, "file.absent", 60))
-ABSENT = StateKind("file.absent", FileAbsentArgs, absent)
+ABSENT = StateKind("file.absent", FileAbsentArgs, absent, removes_only=True)

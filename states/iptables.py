@@ -137,4 +137,4 @@ PRESENT = StateKind(
     owns=Ownership(key_of, "iptables.rule_absent", 20),
     persist=Persistence(50, each(restore_line)),
 )
-ABSENT = StateKind("iptables.rule_absent", RedirectAbsentArgs, absent)
+ABSENT = StateKind("iptables.rule_absent", RedirectAbsentArgs, absent, removes_only=True)

@@ -268,5 +268,9 @@ SERVICE_PRESENT = StateKind(
     "ipvs.service_present", ServiceArgs, service_present, persist=Persistence(60, _restore_lines)
 )
 REAL_SERVER_PRESENT = StateKind("ipvs.real_server_present", RealServerArgs, real_server_present)
-REAL_SERVER_ABSENT = StateKind("ipvs.real_server_absent", RealServerAbsentArgs, real_server_absent)
-SERVICE_ABSENT = StateKind("ipvs.service_absent", ServiceAbsentArgs, service_absent)
+REAL_SERVER_ABSENT = StateKind(
+    "ipvs.real_server_absent", RealServerAbsentArgs, real_server_absent, removes_only=True
+)
+SERVICE_ABSENT = StateKind(
+    "ipvs.service_absent", ServiceAbsentArgs, service_absent, removes_only=True
+)

@@ -79,6 +79,9 @@ class StateKind(Generic[A]):
     watch: Planner[A] | None = None
     owns: Ownership[A] | None = None
     persist: Persistence[A] | None = None
+    # An absent form: it only takes away. A host with nothing but these wants nothing of shoal's
+    # any more, so its own files go too (reconciler.plan.leftovers).
+    removes_only: bool = False
 
     def parse(self, low: LowState, cache: ArgsCache | None = None) -> A:
         """The low state's args as this kind's model; DesiredStateInvalid if they do not fit."""

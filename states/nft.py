@@ -228,4 +228,4 @@ PRESENT = StateKind(
     owns=Ownership(ledger_key, "nft.table_absent", 30),
     persist=Persistence(30, each(restore_lines)),
 )
-ABSENT = StateKind("nft.table_absent", NftTableAbsentArgs, absent)
+ABSENT = StateKind("nft.table_absent", NftTableAbsentArgs, absent, removes_only=True)

@@ -201,4 +201,6 @@ def plan_dsr_table_absent(
 TABLE_PRESENT = StateKind(
     FUNCTION, DsrTableArgs, plan_dsr_table, persist=Persistence(40, _restore_lines)
 )
-TABLE_ABSENT = StateKind(ABSENT_FUNCTION, DsrTableAbsentArgs, plan_dsr_table_absent)
+TABLE_ABSENT = StateKind(
+    ABSENT_FUNCTION, DsrTableAbsentArgs, plan_dsr_table_absent, removes_only=True
+)

@@ -162,4 +162,4 @@ def disabled(low: LowState, args: DisabledArgs, ctx: PlanContext) -> StateResult
 RUNNING = StateKind("service.running", RunningArgs, running, watch=mod_watch)
 ENABLED_KIND = StateKind(ENABLED, EnabledArgs, enabled,
                          owns=Ownership(ledger_key, "service.disabled", 50))  # fmt: skip
-DISABLED = StateKind("service.disabled", DisabledArgs, disabled)
+DISABLED = StateKind("service.disabled", DisabledArgs, disabled, removes_only=True)

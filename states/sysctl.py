@@ -201,4 +201,4 @@ PRESENT = StateKind(
     owns=Ownership(ledger_key, "sysctl.absent", 40),
     persist=Persistence(10, each(restore_line), boot_file=sysctl_conf),
 )
-ABSENT = StateKind("sysctl.absent", SysctlAbsentArgs, absent)
+ABSENT = StateKind("sysctl.absent", SysctlAbsentArgs, absent, removes_only=True)

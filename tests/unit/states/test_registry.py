@@ -150,6 +150,11 @@ def test_kinds_are_listed_once_and_ownership_names_registered_removals() -> None
     assert rank["addr.present"] < rank["arptables.rule_present"] < rank["sysctl.present"]
     assert rank["service.enabled"] < rank["file.managed"]
     assert {k.function for k in KINDS.values() if k.watch is not None} == {"service.running"}
+    # The absent forms: what ownership removes with, and the directors' own removals.
+    removals = {o.absent for o in OWNED.values()} | {
+        "ipvs.real_server_absent", "ipvs.service_absent", "nft.dsr_table_absent"
+    }  # fmt: skip
+    assert {k.function for k in KINDS.values() if k.removes_only} == removals
 
 
 def test_the_boot_form_restores_arp_suppression_first_and_the_vips_last() -> None:
