@@ -1,8 +1,9 @@
 """IPVS states for the `ipvsadm` director backend, planned from the parsed `ipvsadm -Sn` facts.
 
 Functions: `ipvs.service_present`, `ipvs.real_server_present` (what the cluster file asks for)
-and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.plan.compile_director`
-from the facts and the host's ledger, so only what shoal created is removed).
+and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.plan.compile_ipvsadm`
+from the facts and the host's ledger, so only what shoal created is removed). The command lines
+and ledger keys are `states.ipvs_argv`'s.
 
 ipvsadm semantics that shape every command here (research notes, section 3):
 - `-E` and `-e` are full replaces: an option left out goes back to its default (scheduler wlc,

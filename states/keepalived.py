@@ -1,8 +1,9 @@
-"""The `keepalived` director backend: render keepalived.conf and plan `keepalived.config`.
+"""The `keepalived` director backend's state: plan `keepalived.config` (and its shell commands).
 
 keepalived owns the IPVS table and the VIPs (VRRP) on a keepalived director, so shoal manages
-only its config file: render (deterministic, sorted), validate on the host with
-`keepalived -t -f TMP` (exit 0 required), install, and reload only when the content changed.
+only its config file: rendered by `states.keepalived_conf` (deterministic, sorted), validated on
+the host with `keepalived -t -f TMP` (exit 0 required), installed, and reloaded only when the
+content changed.
 
 Facts that shape the output (research notes, section 2):
 - `lb_kind DR` is written explicitly and in upper case; a missing or lower-case method is NAT.

@@ -20,7 +20,7 @@ from states.base import PlanContext, StateResult
 
 A = TypeVar("A", bound=Args)
 
-Planner = Callable[[LowState, A, PlanContext], StateResult]
+PlanFunction = Callable[[LowState, A, PlanContext], StateResult]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +74,9 @@ def each(line: Callable[[A], list[str]]) -> Callable[[str, Sequence[A], Desired]
 class StateKind(Generic[A]):
     function: str
     args: type[A]
-    plan: Planner[A]
+    plan: PlanFunction[A]
     # The extra step of a `watch` requisite when a watched state changed (Salt's mod_watch).
-    watch: Planner[A] | None = None
+    watch: PlanFunction[A] | None = None
     owns: Ownership[A] | None = None
     persist: Persistence[A] | None = None
     # An absent form: it only takes away. A host with nothing but these wants nothing of shoal's

@@ -1,5 +1,8 @@
 """The `nftables` director backend: shoal's own `netdev shoal_dsr` table (state `nft.dsr_table`).
 
+This module plans; the desired table and its bucket maths are `states.nft_dsr_model`, its text
+`states.nft_dsr_render`, and reading it back from the facts `reconciler.facts.parsers.nft_dsr`.
+
 Direct Routing without IPVS, the way nftlb's "dsr" mode does it: an ingress chain on the
 director's interface matches `ip daddr VIP <proto> dport PORT`, rewrites `ether saddr` to the
 director's MAC (or the bridge learns the client's MAC on the director's port) and `ether daddr`

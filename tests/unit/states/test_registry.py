@@ -3,13 +3,14 @@ kinds and unknown args are refused clearly, ownership and the boot form come fro
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from reconciler.desired.loader import load_tree
-from reconciler.desired.models import Desired, ExtraState
+from reconciler.desired.models import Desired, ExtraState, StateFunction
 from reconciler.errors import DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import check_low_states, compile_desired, managed_paths
@@ -140,6 +141,8 @@ def test_an_unknown_director_arg_is_an_invalid_desired_state_naming_it() -> None
 def test_kinds_are_listed_once_and_ownership_names_registered_removals() -> None:
     functions = [k.function for k in HOST_KINDS + DIRECTOR_KINDS]
     assert len(functions) == len(set(functions)) == len(KINDS)
+    # Every function a `[[state]]` may name has a kind.
+    assert set(typing.get_args(StateFunction)) <= set(KINDS)
     assert set(OWNED) == {"addr.present", "iptables.rule_present", "arptables.rule_present",
                           "nft.table_present", "sysctl.present", "service.enabled",
                           "file.managed"}  # fmt: skip
