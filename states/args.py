@@ -9,7 +9,7 @@ distinct argument set once per plan. `LedgerOp` is the ledger update a director 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -32,6 +32,18 @@ class LedgerOp(Args):
     function: str
     op: Literal["add", "remove", "replace"]
     keys: tuple[str, ...]
+
+
+class CarriesLedger(Protocol):
+    """Args of a director kind: they carry the ledger updates of their state."""
+
+    @property
+    def ledger(self) -> tuple[LedgerOp, ...]: ...
+
+
+def ledger_of(args: CarriesLedger) -> tuple[LedgerOp, ...]:
+    """`StateKind.ledger` of a director kind."""
+    return args.ledger
 
 
 def low_args(args: Args) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
 from reconciler.plan.steps import Change, DrainWait, LowState, Step
-from states.args import Args, LedgerOp
+from states.args import Args, LedgerOp, ledger_of
 from states.base import PlanContext, StateResult
 from states.common import skip
 from states.ipvs_argv import (
@@ -266,12 +266,16 @@ def _restore_lines(host: str, args: Sequence[ServiceArgs], desired: Desired) -> 
 
 
 SERVICE_PRESENT = StateKind(
-    "ipvs.service_present", ServiceArgs, service_present, persist=Persistence(60, _restore_lines)
+    "ipvs.service_present", ServiceArgs, service_present,
+    persist=Persistence(60, _restore_lines), ledger=ledger_of,
+)  # fmt: skip
+REAL_SERVER_PRESENT = StateKind(
+    "ipvs.real_server_present", RealServerArgs, real_server_present, ledger=ledger_of
 )
-REAL_SERVER_PRESENT = StateKind("ipvs.real_server_present", RealServerArgs, real_server_present)
 REAL_SERVER_ABSENT = StateKind(
-    "ipvs.real_server_absent", RealServerAbsentArgs, real_server_absent, removes_only=True
-)
+    "ipvs.real_server_absent", RealServerAbsentArgs, real_server_absent,
+    ledger=ledger_of, removes_only=True,
+)  # fmt: skip
 SERVICE_ABSENT = StateKind(
-    "ipvs.service_absent", ServiceAbsentArgs, service_absent, removes_only=True
+    "ipvs.service_absent", ServiceAbsentArgs, service_absent, ledger=ledger_of, removes_only=True
 )

@@ -23,7 +23,7 @@ from typing import Any
 
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, Step
-from states.args import Args, LedgerOp
+from states.args import Args, LedgerOp, ledger_of
 from states.base import PlanContext, StateResult
 from states.common import skip
 from states.kind import StateKind
@@ -274,4 +274,4 @@ def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateR
     return StateResult(steps=tuple(steps))
 
 
-CONFIG = StateKind(FUNCTION, KeepalivedArgs, plan_config)
+CONFIG = StateKind(FUNCTION, KeepalivedArgs, plan_config, ledger=ledger_of)

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import LowState
-from states.args import Args, ArgsCache, parse_args
+from states.args import Args, ArgsCache, LedgerOp, parse_args
 from states.base import PlanContext, StateResult
 
 A = TypeVar("A", bound=Args)
@@ -79,6 +79,8 @@ class StateKind(Generic[A]):
     watch: PlanFunction[A] | None = None
     owns: Ownership[A] | None = None
     persist: Persistence[A] | None = None
+    # The ledger updates its args carry (director kinds: the compiler knows what they own).
+    ledger: Callable[[A], tuple[LedgerOp, ...]] | None = None
     # An absent form: it only takes away. A host with nothing but these wants nothing of shoal's
     # any more, so its own files go too (reconciler.plan.leftovers).
     removes_only: bool = False

@@ -49,6 +49,7 @@ from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.facts.parsers.nft_dsr import DsrTable, Unreadable, decode_table, fwd_interface
 from reconciler.plan.steps import Argv, Change, FileWrite, LowState, Step
+from states.args import ledger_of
 from states.base import PlanContext, StateResult
 from states.common import skip
 from states.kind import Persistence, StateKind
@@ -202,8 +203,10 @@ def plan_dsr_table_absent(
 
 
 TABLE_PRESENT = StateKind(
-    FUNCTION, DsrTableArgs, plan_dsr_table, persist=Persistence(40, _restore_lines)
-)
+    FUNCTION, DsrTableArgs, plan_dsr_table, persist=Persistence(40, _restore_lines),
+    ledger=ledger_of,
+)  # fmt: skip
 TABLE_ABSENT = StateKind(
-    ABSENT_FUNCTION, DsrTableAbsentArgs, plan_dsr_table_absent, removes_only=True
-)
+    ABSENT_FUNCTION, DsrTableAbsentArgs, plan_dsr_table_absent, ledger=ledger_of,
+    removes_only=True,
+)  # fmt: skip

@@ -158,6 +158,10 @@ def test_kinds_are_listed_once_and_ownership_names_registered_removals() -> None
         "ipvs.real_server_absent", "ipvs.service_absent", "nft.dsr_table_absent"
     }  # fmt: skip
     assert {k.function for k in KINDS.values() if k.removes_only} == removals
+    # Every director kind but the skip carries its ledger updates; no host kind does.
+    assert {k.function for k in KINDS.values() if k.ledger is not None} == {
+        k.function for k in DIRECTOR_KINDS if k.function != "director.skipped"
+    }
 
 
 def test_the_boot_form_restores_arp_suppression_first_and_the_vips_last() -> None:
