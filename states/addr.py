@@ -8,13 +8,16 @@ gratuitous ARP, and neither add nor del is idempotent, so both are planned only 
 from __future__ import annotations
 
 import re
+import shlex
 
 from pydantic import Field, ValidationError
 
 from reconciler.desired.models import InterfaceName, IPv4
 from reconciler.plan.steps import LowState
-from states.base import Claim, PlanContext, StateResult, cached_args
-from states.common import Args, FactUnknown, host_facts, known, make_step, skip
+from states.args import Args
+from states.base import Claim, PlanContext, StateResult
+from states.common import FactUnknown, host_facts, known, make_step, skip
+from states.kind import Ownership, Persistence, StateKind, each
 
 FUNCTION = "addr.present"
 _KEY_RE = re.compile(r"^(?P<address>[0-9.]+)/(?P<prefix>[0-9]{1,2}) dev (?P<interface>\S+)$")
@@ -36,8 +39,6 @@ def key_of(args: AddrArgs) -> str:
     return f"{args.address}/{args.prefix} dev {args.interface}"
 
 
-def ledger_key(low: LowState) -> str:
-    return key_of(cached_args(AddrArgs, low))
 
 
 def from_key(key: str) -> AddrArgs | None:
@@ -77,8 +78,7 @@ def _state(low: LowState, ctx: PlanContext, args: AddrArgs) -> bool | None:
     return None
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = cached_args(AddrArgs, low)
+def present(low: LowState, args: AddrArgs, ctx: PlanContext) -> StateResult:
     try:
         state = _state(low, ctx, args)
     except FactUnknown as exc:
@@ -102,8 +102,8 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,), claims=(Claim(FUNCTION, key_of(args)),))
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = cached_args(AddrAbsentArgs, low).key
+def absent(low: LowState, absent_args: AddrAbsentArgs, ctx: PlanContext) -> StateResult:
+    key = absent_args.key
     args = from_key(key)
     if args is None:
         return skip(low, f"not removing address {key!r}: not a key shoal writes")
@@ -125,3 +125,19 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         undo=(_argv("add", args),),
     )
     return StateResult(steps=(step,), releases=release)
+
+
+def restore_line(args: AddrArgs) -> list[str]:
+    """`replace`, not `add`: the address may be there already when the restore runs."""
+    return [shlex.join(("ip", "addr", "replace", f"{args.address}/{args.prefix}", "dev",
+                        args.interface))]  # fmt: skip
+
+
+PRESENT = StateKind(
+    FUNCTION,
+    AddrArgs,
+    present,
+    owns=Ownership(key_of, "addr.absent", 10),
+    persist=Persistence(70, each(restore_line)),
+)
+ABSENT = StateKind("addr.absent", AddrAbsentArgs, absent, removes_only=True)

@@ -18,16 +18,10 @@ from reconciler.desired.models import IPv4
 from reconciler.facts.hostfacts import ArpRule
 from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
+from states.args import Args
 from states.base import PlanContext, StateResult
-from states.common import (
-    Args,
-    host_facts,
-    known,
-    parse_args,
-    skip,
-    strip_host_prefix,
-    tool_missing,
-)
+from states.common import host_facts, known, skip, strip_host_prefix, tool_missing
+from states.kind import Ownership, Persistence, StateKind, each
 
 FUNCTION = "arptables.rule_present"
 
@@ -69,10 +63,6 @@ def spec(args: ArpRuleArgs) -> tuple[str, ...]:
 
 def key_of(args: ArpRuleArgs) -> str:
     return shlex.join(spec(args))
-
-
-def ledger_key(low: LowState) -> str:
-    return key_of(parse_args(ArpRuleArgs, low))
 
 
 _FLAGS = {"-s": "source", "-d": "destination", "-j": "target", "--mangle-ip-s": "mangle_ip_s"}
@@ -133,18 +123,32 @@ def _rule(args: ArpRuleArgs) -> AppendedRule:
     )
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(ArpRuleArgs, low)
+def present(low: LowState, args: ArpRuleArgs, ctx: PlanContext) -> StateResult:
     return plan_present(
         low, _rule(args), lambda: _count(low, ctx, args), f"add arptables rule {key_of(args)}"
     )
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = parse_args(ArpRuleAbsentArgs, low).key
+def absent(low: LowState, absent_args: ArpRuleAbsentArgs, ctx: PlanContext) -> StateResult:
+    key = absent_args.key
     args = from_key(key)
     if args is None:
         return skip(low, f"not removing arptables rule {key!r}: not a key shoal writes")
     return plan_absent(
         low, _rule(args), lambda: _count(low, ctx, args), f"remove arptables rule {key_of(args)}"
     )
+
+
+def restore_line(args: ArpRuleArgs) -> list[str]:
+    """`arp_rule` (the restore script's prelude) adds the rule unless it is there."""
+    return [shlex.join(("arp_rule", *spec(args)))]
+
+
+PRESENT = StateKind(
+    FUNCTION,
+    ArpRuleArgs,
+    present,
+    owns=Ownership(key_of, "arptables.rule_absent", 30),
+    persist=Persistence(20, each(restore_line)),
+)
+ABSENT = StateKind("arptables.rule_absent", ArpRuleAbsentArgs, absent, removes_only=True)

@@ -1,30 +1,19 @@
-"""Helpers every state module shares: argument parsing, fact access, step and skip builders.
+"""Helpers every state module shares: fact access, step and skip builders.
 
-Nothing here knows a subsystem. A state module parses its low state's args with `parse_args`
-(bad args from a `[[state]]` become DesiredStateInvalid, located at the low state's origin),
-reads facts with `known` (an unknown fact raises FactUnknown, which the module turns into a
-SkippedRemoval with the reason), and builds Steps whose ids follow "<host>/<state id>/<action>".
+Nothing here knows a subsystem. A state module reads facts with `known` (an unknown fact raises
+FactUnknown, which the module turns into a SkippedRemoval with the reason), and builds Steps
+whose ids follow "<host>/<state id>/<action>". Its args come typed (`states.args`).
 """
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import Fact, HostFacts
 from reconciler.plan.steps import Argv, Change, FileWrite, LowState, SkippedRemoval, Step, Subsystem
 from states.base import PlanContext, StateResult
 
-A = TypeVar("A", bound=BaseModel)
 T = TypeVar("T")
-
-
-class Args(BaseModel):
-    """Base of every state's argument model: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class FactUnknown(Exception):
@@ -38,24 +27,6 @@ class FactUnknown(Exception):
         self.reason = reason
         self.unread = unread
         super().__init__(reason)
-
-
-def parse_args(model: type[A], low: LowState) -> A:
-    """Validate a low state's args; a bad `[[state]]` is an invalid desired state."""
-    try:
-        return model.model_validate(low.args)
-    except ValidationError as exc:
-        # origin is "compiled" or "<file>:<key path>" for a [[state]] of a cluster file
-        file, _, where = low.origin.partition(":")
-        issues = [
-            ConfigIssue(
-                file=file,
-                key_path=".".join(str(p) for p in (where or low.id, "args", *err["loc"])),
-                message=f"{low.function} {low.id!r} on {low.host}: {err['msg']}",
-            )
-            for err in exc.errors()
-        ]
-        raise DesiredStateInvalid(issues) from None
 
 
 def host_facts(low: LowState, ctx: PlanContext) -> HostFacts:

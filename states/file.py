@@ -23,8 +23,10 @@ from pydantic import AfterValidator, Field
 
 from reconciler.facts.hostfacts import FileInfo
 from reconciler.plan.steps import FileWrite, LowState
+from states.args import Args
 from states.base import Claim, PlanContext, StateResult
-from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+from states.common import FactUnknown, host_facts, known, make_step, skip
+from states.kind import Ownership, StateKind
 
 FUNCTION = "file.managed"
 _PATH_RE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
@@ -54,8 +56,8 @@ class FileAbsentArgs(Args):
     key: FilePath
 
 
-def ledger_key(low: LowState) -> str:
-    return parse_args(FileArgs, low).path
+def ledger_key(args: FileArgs) -> str:
+    return args.path
 
 
 def sha256(content: str) -> str:
@@ -120,8 +122,7 @@ def managed_result(low: LowState, args: FileArgs, info: FileInfo, *, claim: bool
     return StateResult(steps=(step,), claims=claims)
 
 
-def managed(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(FileArgs, low)
+def managed(low: LowState, args: FileArgs, ctx: PlanContext) -> StateResult:
     try:
         info = _info(low, ctx, args.path)
     except FactUnknown as exc:
@@ -129,8 +130,8 @@ def managed(low: LowState, ctx: PlanContext) -> StateResult:
     return managed_result(low, args, info, claim=True)
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    path = parse_args(FileAbsentArgs, low).key
+def absent(low: LowState, args: FileAbsentArgs, ctx: PlanContext) -> StateResult:
+    path = args.key
     try:
         info = _info(low, ctx, path)
     except FactUnknown as exc:
@@ -148,3 +149,7 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         # undo: the executor's snapshot of the path (the facts hold no content to write back)
     )
     return StateResult(steps=(step,), releases=release)
+
+
+MANAGED = StateKind(FUNCTION, FileArgs, managed, owns=Ownership(ledger_key, "file.absent", 60))
+ABSENT = StateKind("file.absent", FileAbsentArgs, absent, removes_only=True)

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from reconciler.desired.models import IPv4, Port
 from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
+from states.args import Args
 from states.base import PlanContext, StateResult
-from states.common import Args, host_facts, known, parse_args, skip, tool_missing
+from states.common import host_facts, known, skip, tool_missing
+from states.kind import Ownership, Persistence, StateKind, each
 
 FUNCTION = "iptables.rule_present"
 
@@ -52,10 +54,6 @@ def spec(args: RedirectArgs) -> tuple[str, ...]:
 
 def key_of(args: RedirectArgs) -> str:
     return shlex.join((args.table, args.chain, *spec(args)))
-
-
-def ledger_key(low: LowState) -> str:
-    return key_of(parse_args(RedirectArgs, low))
 
 
 _FLAGS = {"-d": "destination", "-p": "protocol", "--dport": "dport", "-j": "target",
@@ -105,8 +103,7 @@ def _rule(args: RedirectArgs) -> AppendedRule:
     )
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(RedirectArgs, low)
+def present(low: LowState, args: RedirectArgs, ctx: PlanContext) -> StateResult:
     return plan_present(
         low,
         _rule(args),
@@ -115,8 +112,8 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     )
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = parse_args(RedirectAbsentArgs, low).key
+def absent(low: LowState, absent_args: RedirectAbsentArgs, ctx: PlanContext) -> StateResult:
+    key = absent_args.key
     args = _from_key(key)
     if args is None:
         return skip(low, f"not removing iptables rule {key!r}: not a key shoal writes")
@@ -126,3 +123,18 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         lambda: _count(low, ctx, args),
         f"remove the redirect of {args.protocol} {args.destination}:{args.dport}",
     )
+
+
+def restore_line(args: RedirectArgs) -> list[str]:
+    """`nat_rule` (the restore script's prelude) adds the rule unless it is there."""
+    return [shlex.join(("nat_rule", args.chain, *spec(args)))]
+
+
+PRESENT = StateKind(
+    FUNCTION,
+    RedirectArgs,
+    present,
+    owns=Ownership(key_of, "iptables.rule_absent", 20),
+    persist=Persistence(50, each(restore_line)),
+)
+ABSENT = StateKind("iptables.rule_absent", RedirectAbsentArgs, absent, removes_only=True)

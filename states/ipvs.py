@@ -1,8 +1,9 @@
 """IPVS states for the `ipvsadm` director backend, planned from the parsed `ipvsadm -Sn` facts.
 
 Functions: `ipvs.service_present`, `ipvs.real_server_present` (what the cluster file asks for)
-and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.plan.compile_director`
-from the facts and the host's ledger, so only what shoal created is removed).
+and `ipvs.real_server_absent`, `ipvs.service_absent` (derived by `reconciler.plan.compile_ipvsadm`
+from the facts and the host's ledger, so only what shoal created is removed). The command lines
+and ledger keys are `states.ipvs_argv`'s.
 
 ipvsadm semantics that shape every command here (research notes, section 3):
 - `-E` and `-e` are full replaces: an option left out goes back to its default (scheduler wlc,
@@ -16,72 +17,62 @@ ipvsadm semantics that shape every command here (research notes, section 3):
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
-from reconciler.plan.steps import Argv, Change, DrainWait, LowState, SkippedRemoval, Step
+from reconciler.plan.steps import Change, DrainWait, LowState, Step
+from states.args import Args, LedgerOp, ledger_of
 from states.base import PlanContext, StateResult
+from states.common import skip
+from states.ipvs_argv import (
+    FWD_FLAG,
+    IPVSADM,
+    IpvsProtocol,
+    dest_argv,
+    dest_delete_argv,
+    destination_key,
+    ipvs_restore_lines,
+    observed_spec,
+    service_add_argv,
+    service_key,
+    service_spec,
+    svc_argv,
+)
+from states.kind import Persistence, StateKind
 
-IPVSADM = "ipvsadm"
-DEFAULT_PERSISTENCE_MASK = "255.255.255.255"
-_PROTO_FLAG = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
-_FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m"}
-
-
-# --- keys and argv builders -----------------------------------------------------------------------
-
-
-def service_key(protocol: str, vip: str, port: int) -> str:
-    """Ledger key of a virtual service, e.g. `tcp 10.77.0.100:80`."""
-    return f"{protocol} {vip}:{port}"
-
-
-def destination_key(protocol: str, vip: str, port: int, address: str) -> str:
-    """Ledger key of a destination, e.g. `tcp 10.77.0.100:80 10.77.0.21:80` (DR: same port)."""
-    return f"{service_key(protocol, vip, port)} {address}:{port}"
-
-
-def _svc_argv(protocol: str, vip: str, port: int) -> Argv:
-    return (_PROTO_FLAG[protocol], f"{vip}:{port}")
+# --- args -----------------------------------------------------------------------------------------
 
 
-def service_spec(scheduler: str, persistence: int | None) -> Argv:
-    """Every service attribute shoal manages, for `-A` and `-E` alike."""
-    spec: Argv = ("-s", scheduler)
-    if persistence:
-        spec += ("-p", str(persistence))
-    return spec
+class _ServiceArgs(Args):
+    """A virtual service, and the ledger updates of the state (none for a `[[state]]`)."""
+
+    protocol: IpvsProtocol = "tcp"
+    vip: str
+    port: int
 
 
-def _observed_spec(svc: IpvsService) -> Argv:
-    """The full spec of a service as the facts show it (for undo of `-E`/`-D`)."""
-    spec = service_spec(svc.scheduler, svc.persistence)
-    if svc.persistence and svc.netmask and svc.netmask != DEFAULT_PERSISTENCE_MASK:
-        spec += ("-M", svc.netmask)
-    if svc.flags:
-        spec += ("-b", ",".join(svc.flags))
-    return spec
+class ServiceArgs(_ServiceArgs):
+    scheduler: str = "wlc"
+    persistence: int = 0
+    ledger: tuple[LedgerOp, ...] = ()
 
 
-def service_add_argv(protocol: str, vip: str, port: int, scheduler: str, persistence: int) -> Argv:
-    return (IPVSADM, "-A", *_svc_argv(protocol, vip, port), *service_spec(scheduler, persistence))
+class RealServerArgs(_ServiceArgs):
+    address: str
+    weight: int = 1
+    ledger: tuple[LedgerOp, ...] = ()
 
 
-def dest_argv(
-    op: str, protocol: str, vip: str, port: int, address: str, weight: int, fwd: str = "route"
-) -> Argv:
-    """`-a`/`-e` with the full destination spec; the port is the service port (DR)."""
-    return (
-        IPVSADM, op, *_svc_argv(protocol, vip, port),
-        "-r", f"{address}:{port}", _FWD_FLAG[fwd], "-w", str(weight),
-    )  # fmt: skip
+class RealServerAbsentArgs(_ServiceArgs):
+    address: str
+    drain_timeout: float = 30.0
+    ledger: tuple[LedgerOp, ...] = ()
 
 
-def dest_delete_argv(protocol: str, vip: str, port: int, address: str) -> Argv:
-    return (IPVSADM, "-d", *_svc_argv(protocol, vip, port), "-r", f"{address}:{port}")
+class ServiceAbsentArgs(_ServiceArgs):
+    ledger: tuple[LedgerOp, ...] = ()
 
 
 # --- looking things up in the facts ---------------------------------------------------------------
@@ -113,11 +104,6 @@ def _find_dest(
     return None
 
 
-def _skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
-    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
-    return StateResult(skipped=(skipped,))
-
-
 def _step(low: LowState, action: str, description: str, **kw: Any) -> Step:
     return Step(
         id=f"{low.host}/{low.id}/{action}",
@@ -131,21 +117,16 @@ def _step(low: LowState, action: str, description: str, **kw: Any) -> Step:
     )
 
 
-def _svc_args(args: Mapping[str, Any]) -> tuple[str, str, int]:
-    return str(args.get("protocol", "tcp")), str(args["vip"]), int(args["port"])
-
-
 # --- state functions ------------------------------------------------------------------------------
 
 
-def service_present(low: LowState, ctx: PlanContext) -> StateResult:
-    """`ipvs.service_present`: args protocol, vip, port, scheduler, persistence."""
+def service_present(low: LowState, args: ServiceArgs, ctx: PlanContext) -> StateResult:
+    """`ipvs.service_present`: add the service, or edit it to the whole desired spec."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; service not planned", unknown=True)
-    protocol, vip, port = _svc_args(low.args)
-    scheduler = str(low.args.get("scheduler", "wlc"))
-    persistence = int(low.args.get("persistence", 0))
+        return skip(low, f"{table}; service not planned", unknown=True)
+    protocol, vip, port = args.protocol, args.vip, args.port
+    scheduler, persistence = args.scheduler, args.persistence
     name = service_key(protocol, vip, port)
     want = service_spec(scheduler, persistence)
     have = _find_service(table, protocol, vip, port)
@@ -156,11 +137,11 @@ def service_present(low: LowState, ctx: PlanContext) -> StateResult:
                     low, "add", f"add IPVS service {name}",
                     change=Change(after=f"{name} {' '.join(want)}"),
                     commands=(service_add_argv(protocol, vip, port, scheduler, persistence),),
-                    undo=((IPVSADM, "-D", *_svc_argv(protocol, vip, port)),),
+                    undo=((IPVSADM, "-D", *svc_argv(protocol, vip, port)),),
                 ),
             )
         )  # fmt: skip
-    observed = _observed_spec(have)
+    observed = observed_spec(have)
     if observed == want:
         return StateResult()
     return StateResult(
@@ -170,21 +151,20 @@ def service_present(low: LowState, ctx: PlanContext) -> StateResult:
                 change=Change(
                     before=f"{name} {' '.join(observed)}", after=f"{name} {' '.join(want)}"
                 ),
-                commands=((IPVSADM, "-E", *_svc_argv(protocol, vip, port), *want),),
-                undo=((IPVSADM, "-E", *_svc_argv(protocol, vip, port), *observed),),
+                commands=((IPVSADM, "-E", *svc_argv(protocol, vip, port), *want),),
+                undo=((IPVSADM, "-E", *svc_argv(protocol, vip, port), *observed),),
             ),
         )
     )  # fmt: skip
 
 
-def real_server_present(low: LowState, ctx: PlanContext) -> StateResult:
-    """`ipvs.real_server_present`: args protocol, vip, port, address, weight."""
+def real_server_present(low: LowState, args: RealServerArgs, ctx: PlanContext) -> StateResult:
+    """`ipvs.real_server_present`: join at weight 0, then the weight; or edit to it."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; real server not planned", unknown=True)
-    protocol, vip, port = _svc_args(low.args)
-    address = str(low.args["address"])
-    weight = int(low.args.get("weight", 1))
+        return skip(low, f"{table}; real server not planned", unknown=True)
+    protocol, vip, port, address = args.protocol, args.vip, args.port, args.address
+    weight = args.weight
     name = destination_key(protocol, vip, port, address)
     have = _find_dest(table, protocol, vip, port, address)
     if have is None:
@@ -206,7 +186,7 @@ def real_server_present(low: LowState, ctx: PlanContext) -> StateResult:
         return StateResult(steps=(add, ramp))
     if have.weight == weight and have.forward == "route":
         return StateResult()
-    old = f"{name} {_FWD_FLAG[have.forward]} -w {have.weight}"
+    old = f"{name} {FWD_FLAG[have.forward]} -w {have.weight}"
     return StateResult(
         steps=(
             _step(
@@ -219,14 +199,15 @@ def real_server_present(low: LowState, ctx: PlanContext) -> StateResult:
     )  # fmt: skip
 
 
-def real_server_absent(low: LowState, ctx: PlanContext) -> StateResult:
-    """`ipvs.real_server_absent`: weight 0, drain, then `-d`. Args as present + drain_timeout."""
+def real_server_absent(
+    low: LowState, args: RealServerAbsentArgs, ctx: PlanContext
+) -> StateResult:
+    """`ipvs.real_server_absent`: weight 0, drain (up to `drain_timeout`), then `-d`."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; removal not planned", unknown=True)
-    protocol, vip, port = _svc_args(low.args)
-    address = str(low.args["address"])
-    timeout = float(low.args.get("drain_timeout", 30.0))
+        return skip(low, f"{table}; removal not planned", unknown=True)
+    protocol, vip, port, address = args.protocol, args.vip, args.port, args.address
+    timeout = args.drain_timeout
     name = destination_key(protocol, vip, port, address)
     have = _find_dest(table, protocol, vip, port, address)
     if have is None:
@@ -234,7 +215,7 @@ def real_server_absent(low: LowState, ctx: PlanContext) -> StateResult:
     fwd = have.forward
     drain = _step(
         low, "drain", f"drain real server {name} (weight 0, up to {timeout:g}s)",
-        change=Change(before=f"{name} {_FWD_FLAG[fwd]} -w {have.weight}", after=f"{name} drained"),
+        change=Change(before=f"{name} {FWD_FLAG[fwd]} -w {have.weight}", after=f"{name} drained"),
         # The method stays what it is: `-e` without it would switch the destination to -g.
         commands=(dest_argv("-e", protocol, vip, port, address, 0, fwd),),
         undo=(dest_argv("-e", protocol, vip, port, address, have.weight, fwd),),
@@ -254,54 +235,47 @@ def real_server_absent(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(drain, delete))
 
 
-def service_absent(low: LowState, ctx: PlanContext) -> StateResult:
+def service_absent(low: LowState, args: ServiceAbsentArgs, ctx: PlanContext) -> StateResult:
     """`ipvs.service_absent`: `-D` (its destinations are drained by their own absent states)."""
     table = _table(low, ctx)
     if isinstance(table, str):
-        return _skip(low, f"{table}; removal not planned", unknown=True)
-    protocol, vip, port = _svc_args(low.args)
+        return skip(low, f"{table}; removal not planned", unknown=True)
+    protocol, vip, port = args.protocol, args.vip, args.port
     have = _find_service(table, protocol, vip, port)
     if have is None:
         return StateResult()
     name = service_key(protocol, vip, port)
-    observed = _observed_spec(have)
+    observed = observed_spec(have)
     return StateResult(
         steps=(
             _step(
                 low, "delete", f"delete IPVS service {name}",
                 change=Change(before=f"{name} {' '.join(observed)}", after=None),
-                commands=((IPVSADM, "-D", *_svc_argv(protocol, vip, port)),),
-                undo=((IPVSADM, "-A", *_svc_argv(protocol, vip, port), *observed),),
+                commands=((IPVSADM, "-D", *svc_argv(protocol, vip, port)),),
+                undo=((IPVSADM, "-A", *svc_argv(protocol, vip, port), *observed),),
             ),
         )
     )  # fmt: skip
 
 
-# --- boot restore ---------------------------------------------------------------------------------
+def _restore_lines(host: str, args: Sequence[ServiceArgs], desired: Desired) -> list[str]:
+    """The director's whole IPVS table, once; an entry that exists already fails harmlessly."""
+    if not args:
+        return []
+    return [f"{line} 2>/dev/null || true" for line in ipvs_restore_lines(desired, host)]
 
 
-def ipvs_restore_commands(desired: Desired, director: str) -> list[Argv]:
-    """Ordered ipvsadm argv that rebuild this director's IPVS services at boot.
-
-    Services first (`-A`, full spec), then their destinations (`-a -g -w W`, weight 0 kept for
-    draining ones). Every command may fail with "already exists" when the table survived; the
-    restore script should go on (it must never clear the whole table).
-    """
-    out: list[Argv] = []
-    for cname in sorted(desired.clusters):
-        cl = desired.clusters[cname]
-        if cl.cluster.director != "ipvsadm" or director not in cl.cluster.directors:
-            continue
-        for svc in sorted(cl.services, key=lambda s: (s.protocol, s.vip, s.port)):
-            out.append(
-                service_add_argv(svc.protocol, svc.vip, svc.port, svc.scheduler, svc.persistence)
-            )
-            for rs in sorted(svc.real_servers, key=lambda r: r.host):
-                address = desired.inventory.hosts[rs.host].address
-                out.append(dest_argv("-a", svc.protocol, svc.vip, svc.port, address, rs.weight))
-    return out
-
-
-def ipvs_restore_lines(desired: Desired, director: str) -> list[str]:
-    """The same as `ipvs_restore_commands`, each shell-quoted (for a restore script)."""
-    return [shlex.join(argv) for argv in ipvs_restore_commands(desired, director)]
+SERVICE_PRESENT = StateKind(
+    "ipvs.service_present", ServiceArgs, service_present,
+    persist=Persistence(60, _restore_lines), ledger=ledger_of,
+)  # fmt: skip
+REAL_SERVER_PRESENT = StateKind(
+    "ipvs.real_server_present", RealServerArgs, real_server_present, ledger=ledger_of
+)
+REAL_SERVER_ABSENT = StateKind(
+    "ipvs.real_server_absent", RealServerAbsentArgs, real_server_absent,
+    ledger=ledger_of, removes_only=True,
+)  # fmt: skip
+SERVICE_ABSENT = StateKind(
+    "ipvs.service_absent", ServiceAbsentArgs, service_absent, ledger=ledger_of, removes_only=True
+)

@@ -1,8 +1,9 @@
-"""The `keepalived` director backend: render keepalived.conf and plan `keepalived.config`.
+"""The `keepalived` director backend's state: plan `keepalived.config` (and its shell commands).
 
 keepalived owns the IPVS table and the VIPs (VRRP) on a keepalived director, so shoal manages
-only its config file: render (deterministic, sorted), validate on the host with
-`keepalived -t -f TMP` (exit 0 required), install, and reload only when the content changed.
+only its config file: rendered by `states.keepalived_conf` (deterministic, sorted), validated on
+the host with `keepalived -t -f TMP` (exit 0 required), installed, and reloaded only when the
+content changed.
 
 Facts that shape the output (research notes, section 2):
 - `lb_kind DR` is written explicitly and in upper case; a missing or lower-case method is NAT.
@@ -18,13 +19,14 @@ Facts that shape the output (research notes, section 2):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from reconciler.desired.models import Cluster, Desired, Service
 from reconciler.facts.hostfacts import HostFacts
-from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, SkippedRemoval, Step
+from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, Step
+from states.args import Args, LedgerOp, ledger_of
 from states.base import PlanContext, StateResult
+from states.common import skip
+from states.kind import StateKind
 
 FUNCTION = "keepalived.config"
 CONF_PATH = "/etc/keepalived/keepalived.conf"
@@ -117,145 +119,29 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _ip_key(ip: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in ip.split("."))
+# --- args -----------------------------------------------------------------------------------------
 
 
-def rs_key(protocol: str, vip: str, port: int, address: str) -> str:
-    """Ledger key of a real server in keepalived.conf (same shape as the IPVS destination key)."""
-    return f"{protocol} {vip}:{port} {address}:{port}"
+class DrainArgs(Args):
+    """A real server leaving a virtual service: what the drain step waits for."""
+
+    service: str  # "tcp 10.77.0.100:80"
+    real_server: str  # "10.77.0.21:80"
 
 
-def parse_rs_key(key: str) -> tuple[str, str, int, str] | None:
-    try:
-        protocol, svc, rs = key.split(" ")
-        vip, port = svc.rsplit(":", 1)
-        address = rs.rsplit(":", 1)[0]
-        return protocol, vip, int(port), address
-    except ValueError:
-        return None
-
-
-def keepalived_clusters(desired: Desired, director: str) -> list[Cluster]:
-    return [
-        desired.clusters[n]
-        for n in sorted(desired.clusters)
-        if desired.clusters[n].cluster.director == "keepalived"
-        and director in desired.clusters[n].cluster.directors
-    ]
-
-
-def desired_rs_keys(desired: Desired, director: str) -> set[str]:
-    out = set()
-    for cl in keepalived_clusters(desired, director):
-        for svc in cl.services:
-            for rs in svc.real_servers:
-                address = desired.inventory.hosts[rs.host].address
-                out.add(rs_key(svc.protocol, svc.vip, svc.port, address))
-    return out
-
-
-# --- rendering ------------------------------------------------------------------------------------
-
-
-def _checker(svc: Service, indent: str) -> list[str]:
-    c = svc.check
-    i2 = indent + "    "
-    if c.type == "none":
-        return []
-    if c.type == "http":
-        return [
-            f"{indent}HTTP_GET {{",
-            f"{i2}url {{",
-            f"{i2}    path {c.path}",
-            f"{i2}    status_code {c.expect}",
-            f"{i2}}}",
-            f"{i2}connect_port {svc.port}",
-            f"{i2}connect_timeout {c.timeout}",
-            f"{indent}}}",
-        ]
-    kind = "UDP_CHECK" if svc.protocol == "udp" else "TCP_CHECK"
-    return [
-        f"{indent}{kind} {{",
-        f"{i2}connect_port {svc.port}",
-        f"{i2}connect_timeout {c.timeout}",
-        f"{indent}}}",
-    ]
-
-
-def _real_server(address: str, port: int, weight: int, checker: list[str]) -> list[str]:
-    return [f"    real_server {address} {port} {{", f"        weight {weight}", *checker, "    }"]
-
-
-def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[str] = ()) -> str:
-    """keepalived.conf for `director`; `leaving` real server keys are kept at weight 0 (drain)."""
-    host = desired.inventory.hosts[director]
-    clusters = keepalived_clusters(desired, director)
-    lines = ["# Managed by shoal; changes here are overwritten.", "global_defs {"]
-    lines += [f"    router_id {director}", "}"]
-    # Each virtual server: (proto, vip, port) -> (scheduler, persistence, delay, [rs lines]).
-    servers: dict[tuple[str, str, int], tuple[str, int, int, list[tuple[str, list[str]]]]] = {}
-    for cl in clusters:
-        head = cl.cluster
-        primary = head.primary == director
-        vips = sorted({s.vip for s in cl.services}, key=_ip_key)
-        lines += [
-            "",
-            f"vrrp_instance VI_{head.name} {{",
-            f"    state {'MASTER' if primary else 'BACKUP'}",
-            f"    interface {host.interface}",
-            f"    virtual_router_id {head.vrrp.virtual_router_id}",
-            f"    priority {head.vrrp.priority_primary if primary else head.vrrp.priority_backup}",
-            f"    advert_int {head.vrrp.advert_interval}",
-            "    virtual_ipaddress {",
-            *(f"        {vip}/32 dev {host.interface}" for vip in vips),
-            "    }",
-            "}",
-        ]
-        for svc in cl.services:
-            rss = []
-            for rs in svc.real_servers:
-                address = desired.inventory.hosts[rs.host].address
-                rss.append((address, _real_server(address, svc.port, rs.weight, _checker(
-                    svc, "        "))))  # fmt: skip
-            servers[(svc.protocol, svc.vip, svc.port)] = (
-                svc.scheduler, svc.persistence, svc.check.interval, rss,
-            )  # fmt: skip
-    for key in sorted(set(leaving)):
-        parsed = parse_rs_key(key)
-        if parsed is None:
-            continue
-        protocol, vip, port, address = parsed
-        # A service that left entirely keeps a bare virtual server for the drain; its real
-        # servers have no checker (always up) and weight 0 (no new connections).
-        entry = servers.setdefault((protocol, vip, port), ("wlc", 0, 5, []))
-        if all(a != address for a, _ in entry[3]):
-            entry[3].append((address, _real_server(address, port, 0, [])))
-    for (protocol, vip, port), (sched, persistence, delay, rss) in sorted(
-        servers.items(), key=lambda kv: (_ip_key(kv[0][1]), kv[0][2], kv[0][0])
-    ):
-        lines += [
-            "",
-            f"virtual_server {vip} {port} {{",
-            f"    delay_loop {delay}",
-            f"    lb_algo {sched}",
-            "    lb_kind DR",
-            f"    protocol {protocol.upper()}",
-        ]
-        if persistence:
-            lines.append(f"    persistence_timeout {persistence}")
-        for _, rs_lines in sorted(rss, key=lambda r: _ip_key(r[0])):
-            lines += rs_lines
-        lines.append("}")
-    return "\n".join(lines) + "\n"
+class KeepalivedArgs(Args):
+    path: str = CONF_PATH
+    content: str
+    drain_timeout: float = 30.0
+    ledger: tuple[LedgerOp, ...] = ()
+    # Why the compiler could not plan the file (an unknown ledger): nothing but a skip.
+    skip_reason: str | None = None
+    # A real server leaves: this config (it at weight 0) goes first, then the drains.
+    drain_content: str | None = None
+    drains: tuple[DrainArgs, ...] = ()
 
 
 # --- the state function ---------------------------------------------------------------------------
-
-
-def _skip(low: LowState, reason: str, *, unknown: bool = False) -> StateResult:
-    skipped = SkippedRemoval(host=low.host, state_id=low.id, reason=reason, fact_unknown=unknown)
-    return StateResult(skipped=(skipped,))
 
 
 def current_config(facts: HostFacts, path: str, sha: str) -> str:
@@ -331,17 +217,16 @@ def _install_steps(
     return [validate, install, reload]
 
 
-def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
-    """`keepalived.config`: args path, content, and for a drain: drain_content, drains, timeout."""
+def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateResult:
+    """`keepalived.config`: install `content`; first `drain_content` and the drains, if any."""
     facts: HostFacts | None = ctx.facts.get(low.host)
-    if low.args.get("skip_reason"):
-        return _skip(low, str(low.args["skip_reason"]))
+    if args.skip_reason:
+        return skip(low, args.skip_reason)
     if facts is None or not facts.keepalived.known or facts.keepalived.value is None:
         why = facts.keepalived.unknown_reason if facts is not None else "no facts"
-        return _skip(low, f"keepalived facts unknown ({why}); config not planned", unknown=True)
+        return skip(low, f"keepalived facts unknown ({why}); config not planned", unknown=True)
     info = facts.keepalived.value
-    path = str(low.args.get("path", CONF_PATH))
-    content = str(low.args["content"])
+    path, content = args.path, args.content
     current = info.config_sha256
     existed = current is not None
     before = current_config(facts, path, current) if current is not None else None
@@ -357,28 +242,26 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
         )  # fmt: skip
         return StateResult(steps=(start,))
     steps: list[Step] = []
-    drain_content = low.args.get("drain_content")
-    drains: list[Mapping[str, Any]] = list(low.args.get("drains", []))
+    drain_content = args.drain_content
     staged = False
-    if drain_content and current != sha256_text(str(drain_content)):
+    if drain_content and current != sha256_text(drain_content):
         steps += _install_steps(
-            low, "drain", str(drain_content), path, existed, before, (), info.running
+            low, "drain", drain_content, path, existed, before, (), info.running
         )
         # The final stage replaces the drain config: its diff is drain -> final.
-        existed, before, staged = True, str(drain_content), True
+        existed, before, staged = True, drain_content, True
     if drain_content:
-        timeout = float(low.args.get("drain_timeout", 30.0))
+        timeout = args.drain_timeout
         prior = steps[-1].id if steps else None
-        for d in drains:
+        for d in args.drains:
             steps.append(
                 Step(
-                    id=f"{low.host}/{low.id}/drain/{d['service']}/{d['real_server']}",
+                    id=f"{low.host}/{low.id}/drain/{d.service}/{d.real_server}",
                     host=low.host, state_id=low.id, function=low.function,
                     subsystem="keepalived", phase=low.phase,
-                    description=f"drain {d['real_server']} of {d['service']}",
+                    description=f"drain {d.real_server} of {d.service}",
                     drain=DrainWait(
-                        service=str(d["service"]), real_server=str(d["real_server"]),
-                        timeout=timeout,
+                        service=d.service, real_server=d.real_server, timeout=timeout,
                     ),
                     require=(prior,) if prior else (),
                 )
@@ -389,3 +272,6 @@ def plan_config(low: LowState, ctx: PlanContext) -> StateResult:
         low, "final", content, path, existed, before, after, info.running, staged
     )
     return StateResult(steps=tuple(steps))
+
+
+CONFIG = StateKind(FUNCTION, KeepalivedArgs, plan_config, ledger=ledger_of)

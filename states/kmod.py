@@ -20,8 +20,10 @@ from __future__ import annotations
 from typing import Literal
 
 from reconciler.plan.steps import LowState
+from states.args import Args
 from states.base import PlanContext, StateResult
-from states.common import Args, make_step, parse_args
+from states.common import make_step
+from states.kind import StateKind
 
 FUNCTION = "kmod.present"
 
@@ -31,8 +33,7 @@ class KmodArgs(Args):
     required: bool = True
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(KmodArgs, low)
+def present(low: LowState, args: KmodArgs, ctx: PlanContext) -> StateResult:
     facts = ctx.facts.get(low.host)
     if facts is None or not facts.ipvs.known or facts.ipvs.value is None:
         # Unknown: the IPVS states of this host are skipped and say why; nothing to add.
@@ -69,3 +70,6 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
         commands=(("modprobe", args.name),),
     )
     return StateResult(steps=(step,))
+
+
+PRESENT = StateKind(FUNCTION, KmodArgs, present)

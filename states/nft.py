@@ -18,73 +18,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from reconciler.desired.models import InterfaceName, Name
 from reconciler.facts.hostfacts import NftTable
+from reconciler.facts.parsers.nft_table import Fingerprint, observed_fingerprint
 from reconciler.plan.steps import LowState
-from states.base import Claim, PlanContext, StateResult, cached_args
-from states.common import (
-    Args,
-    FactUnknown,
-    host_facts,
-    known,
-    make_step,
-    skip,
-    tool_missing,
+from states.args import Args
+from states.base import Claim, PlanContext, StateResult
+from states.common import FactUnknown, host_facts, known, make_step, skip, tool_missing
+from states.kind import Ownership, Persistence, StateKind, each
+from states.nft_scripts import (
+    heredoc,
+    load_argv,
+    restore_argv,
+    save_then_delete_argv,
+    save_then_load_argv,
 )
+from states.nft_syntax import FAMILIES, TABLE_PREFIX, Element, Family, Rule, SetType, TableName
 
 FUNCTION = "nft.table_present"
-TABLE_PREFIX = "shoal_"
 ARP_TABLE = "shoal_arp"
 COMMENT_PREFIX = "shoal:"
-
-FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
-Family = Literal["ip", "ip6", "inet", "arp", "bridge", "netdev"]
-_ELEMENT_RE = re.compile(r"^[A-Za-z0-9_.:/-]+$")
-_TYPE_RE = re.compile(r"^[a-z0-9_]+( \. [a-z0-9_]+)*$")
-_RULE_FORBIDDEN = re.compile(r"[\n\r;#\"\\]")
-
-
-def _check_table_name(value: str) -> str:
-    if not value.startswith(TABLE_PREFIX):
-        raise ValueError(f"shoal only manages tables named {TABLE_PREFIX}*, not {value!r}")
-    return value
-
-
-def _check_element(value: str) -> str:
-    if not _ELEMENT_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a set element")
-    return value
-
-
-def _check_type(value: str) -> str:
-    if not _TYPE_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an nft set type")
-    return value
-
-
-def _check_rule(value: str) -> str:
-    # One rule, inside its chain: no newline, ';' or quote to close the block or start another
-    # command, and balanced braces (anonymous sets) so the chain cannot be closed early.
-    depth = 0
-    for ch in value:
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        if depth < 0:
-            break
-    if not value.strip() or _RULE_FORBIDDEN.search(value) or depth != 0:
-        raise ValueError(f"{value!r} is not a single nft rule")
-    return value.strip()
-
-
-TableName = Annotated[str, AfterValidator(_check_table_name)]
-Element = Annotated[str, AfterValidator(_check_element)]
-SetType = Annotated[str, AfterValidator(_check_type)]
-Rule = Annotated[str, AfterValidator(_check_rule)]
 
 
 class NftSet(Args):
@@ -118,11 +76,8 @@ def key_of(family: str, name: str) -> str:
     return f"{family} {name}"
 
 
-def ledger_key(low: LowState) -> str:
-    t = cached_args(NftTableArgs, low)
-    return key_of(t.family, t.name)
-
-
+def ledger_key(args: NftTableArgs) -> str:
+    return key_of(args.family, args.name)
 def arp_table_args(vips: Sequence[str], rip: str) -> dict[str, Any]:
     """The real server's ARP suppression for the nft-arp method, as nft.table_present args."""
     return {
@@ -173,52 +128,11 @@ def render(args: NftTableArgs) -> str:
     return "\n".join(lines) + "\n"
 
 
-SAVE_DIR = "/var/lib/shoal/nft"
-
-# Values reach these scripts as positional parameters ("$1"...), never spliced into the text.
-_LOAD = 'printf "%s" "$1" | nft -f -'
-_SAVE_THEN_LOAD = (
-    'set -e; mkdir -p "$1"; nft list table "$2" "$3" > "$4"; printf "%s" "$5" | nft -f -'
-)
-_SAVE_THEN_DELETE = (
-    'set -e; mkdir -p "$1"; nft list table "$2" "$3" > "$4"; nft delete table "$2" "$3"'
-)
-_RESTORE = (
-    'set -e; { printf "table %s %s\\ndelete table %s %s\\n" "$1" "$2" "$1" "$2"; cat "$3"; }'
-    " | nft -f -"
-)
-
-
-def save_path(family: str, name: str) -> str:
-    """Where a step keeps the table's previous text (`nft list table`, lossless) for its undo."""
-    return f"{SAVE_DIR}/{family}-{name}.prev.nft"
-
-
-def load_argv(text: str) -> tuple[str, ...]:
-    """`nft -f -` with `text` on stdin."""
-    return ("sh", "-c", _LOAD, "sh", text)
-
-
-def save_then_load_argv(family: str, name: str, text: str) -> tuple[str, ...]:
-    path = save_path(family, name)
-    return ("sh", "-c", _SAVE_THEN_LOAD, "sh", SAVE_DIR, family, name, path, text)
-
-
-def save_then_delete_argv(family: str, name: str) -> tuple[str, ...]:
-    return ("sh", "-c", _SAVE_THEN_DELETE, "sh", SAVE_DIR, family, name, save_path(family, name))
-
-
-def restore_argv(family: str, name: str) -> tuple[str, ...]:
-    """Replace the table (if any) with the text the step saved, in one transaction."""
-    return ("sh", "-c", _RESTORE, "sh", family, name, save_path(family, name))
-
-
 # --- comparing with the facts ---------------------------------------------------------------------
-
-Fingerprint = dict[str, Any]
 
 
 def expected_fingerprint(args: NftTableArgs) -> Fingerprint:
+    """What `observed_fingerprint` reads from the table `render(args)` writes."""
     comment = COMMENT_PREFIX + digest(args)
     return {
         "sets": {
@@ -230,48 +144,6 @@ def expected_fingerprint(args: NftTableArgs) -> Fingerprint:
         },
         "rules": {c.name: [comment] * len(c.rules) for c in args.chains if c.rules},
     }
-
-
-def _objects(canonical_json: str) -> list[dict[str, Any]]:
-    data = json.loads(canonical_json) if canonical_json else []
-    if isinstance(data, dict):
-        data = data.get("nftables", [])
-    return [o for o in data if isinstance(o, dict)] if isinstance(data, list) else []
-
-
-def _element(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def observed_fingerprint(table: NftTable) -> Fingerprint:
-    """The same shape as `expected_fingerprint`, from `nft -j list table` JSON."""
-    out: Fingerprint = {"sets": {}, "chains": {}, "rules": {}}
-    try:
-        objects = _objects(table.canonical_json)
-    except ValueError:
-        return {"unreadable": table.canonical_json}
-    for obj in objects:
-        if "set" in obj:
-            s = obj["set"]
-            stype = s.get("type")
-            out["sets"][s.get("name")] = {
-                "type": " . ".join(stype) if isinstance(stype, list) else stype,
-                "elements": sorted(_element(e) for e in s.get("elem", [])),
-                "comment": s.get("comment"),
-            }
-        elif "map" in obj:
-            out["sets"][obj["map"].get("name")] = {"map": True}
-        elif "chain" in obj:
-            c = obj["chain"]
-            out["chains"][c.get("name")] = {
-                "type": c.get("type"),
-                "hook": c.get("hook"),
-                "policy": c.get("policy"),
-            }
-        elif "rule" in obj:
-            r = obj["rule"]
-            out["rules"].setdefault(r.get("chain"), []).append(r.get("comment"))
-    return out
 
 
 def in_sync(table: NftTable, args: NftTableArgs) -> bool:
@@ -290,8 +162,7 @@ def _table(low: LowState, ctx: PlanContext, family: str, name: str) -> NftTable 
     return known(facts.nft, "nftables ruleset").table(family, name)
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = cached_args(NftTableArgs, low)
+def present(low: LowState, args: NftTableArgs, ctx: PlanContext) -> StateResult:
     key = key_of(args.family, args.name)
     try:
         table = _table(low, ctx, args.family, args.name)
@@ -321,8 +192,8 @@ def present(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,), claims=(Claim(FUNCTION, key),))
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    key = cached_args(NftTableAbsentArgs, low).key
+def absent(low: LowState, args: NftTableAbsentArgs, ctx: PlanContext) -> StateResult:
+    key = args.key
     family, _, name = key.partition(" ")
     if family not in FAMILIES or not name.startswith(TABLE_PREFIX) or " " in name:
         return skip(low, f"not deleting nft table {key!r}: not a table shoal owns")
@@ -343,3 +214,18 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         undo=(restore_argv(family, name),),
     )
     return StateResult(steps=(step,), releases=release)
+
+
+def restore_lines(args: NftTableArgs) -> list[str]:
+    """The table at boot: the same atomic replace a step does."""
+    return heredoc(render(args))
+
+
+PRESENT = StateKind(
+    FUNCTION,
+    NftTableArgs,
+    present,
+    owns=Ownership(ledger_key, "nft.table_absent", 30),
+    persist=Persistence(30, each(restore_lines)),
+)
+ABSENT = StateKind("nft.table_absent", NftTableAbsentArgs, absent, removes_only=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from reconciler.desired.models import Name
 from reconciler.plan.steps import LowState
-from states.base import PlanContext, StateResult, cached_args
-from states.common import Args, FactUnknown, host_facts, known, make_step, skip
+from states.args import Args
+from states.base import PlanContext, StateResult
+from states.common import FactUnknown, host_facts, known, make_step, skip
+from states.kind import StateKind
 
 _APT_INSTALL = (
     "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "--no-install-recommends"
@@ -21,8 +23,7 @@ class PkgArgs(Args):
     packages: dict[Name, Name]  # tool -> package
 
 
-def installed(low: LowState, ctx: PlanContext) -> StateResult:
-    args = cached_args(PkgArgs, low)
+def installed(low: LowState, args: PkgArgs, ctx: PlanContext) -> StateResult:
     try:
         tools = known(host_facts(low, ctx).tools, "installed tools")
     except FactUnknown as exc:
@@ -42,3 +43,6 @@ def installed(low: LowState, ctx: PlanContext) -> StateResult:
         commands=((*_APT_INSTALL, *missing),),
     )
     return StateResult(steps=(step,))
+
+
+INSTALLED = StateKind("pkg.installed", PkgArgs, installed)

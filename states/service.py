@@ -14,8 +14,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from reconciler.plan.steps import LowState
+from states.args import Args
 from states.base import Claim, PlanContext, StateResult
-from states.common import Args, FactUnknown, host_facts, known, make_step, parse_args, skip
+from states.common import FactUnknown, host_facts, known, make_step, skip
+from states.kind import Ownership, StateKind
 
 ENABLED = "service.enabled"
 DEFAULT_TARGET = "multi-user.target"
@@ -36,8 +38,8 @@ class DisabledArgs(Args):
     key: UnitName
 
 
-def ledger_key(low: LowState) -> str:
-    return parse_args(EnabledArgs, low).name
+def ledger_key(args: EnabledArgs) -> str:
+    return args.name
 
 
 def _lookup(table: dict[str, bool], name: str) -> bool | None:
@@ -48,8 +50,7 @@ def _lookup(table: dict[str, bool], name: str) -> bool | None:
     return None
 
 
-def running(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(RunningArgs, low)
+def running(low: LowState, args: RunningArgs, ctx: PlanContext) -> StateResult:
     try:
         active = _lookup(known(host_facts(low, ctx).services, "services"), args.name)
     except FactUnknown as exc:
@@ -71,7 +72,7 @@ def running(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,))
 
 
-def mod_watch(low: LowState, ctx: PlanContext) -> StateResult:
+def mod_watch(low: LowState, args: RunningArgs, ctx: PlanContext) -> StateResult:
     """The extra step of a `watch`: reload or restart, because something it watches changed.
 
     A restart has nothing to undo, but a rollback restores the watched file after it, so the
@@ -80,7 +81,6 @@ def mod_watch(low: LowState, ctx: PlanContext) -> StateResult:
     stopped, `running`'s start step is undone by a stop and nothing more runs; when the facts
     do not say, `try-restart` restarts it only if it runs.
     """
-    args = parse_args(RunningArgs, low)
     verb = "reload" if args.reload else "restart"
     facts = ctx.facts.get(low.host)
     was_active = None
@@ -117,8 +117,7 @@ def _is_enabled(low: LowState, ctx: PlanContext, name: str, wanted_by: str) -> b
     return info.exists
 
 
-def enabled(low: LowState, ctx: PlanContext) -> StateResult:
-    args = parse_args(EnabledArgs, low)
+def enabled(low: LowState, args: EnabledArgs, ctx: PlanContext) -> StateResult:
     try:
         state = _is_enabled(low, ctx, args.name, args.wanted_by)
     except FactUnknown as exc:
@@ -138,8 +137,8 @@ def enabled(low: LowState, ctx: PlanContext) -> StateResult:
     return StateResult(steps=(step,), claims=(Claim(ENABLED, args.name),))
 
 
-def disabled(low: LowState, ctx: PlanContext) -> StateResult:
-    name = parse_args(DisabledArgs, low).key
+def disabled(low: LowState, args: DisabledArgs, ctx: PlanContext) -> StateResult:
+    name = args.key
     try:
         state = _is_enabled(low, ctx, name, DEFAULT_TARGET)
     except FactUnknown as exc:
@@ -158,3 +157,9 @@ def disabled(low: LowState, ctx: PlanContext) -> StateResult:
         undo=(("systemctl", "enable", name),),
     )
     return StateResult(steps=(step,), releases=release)
+
+
+RUNNING = StateKind("service.running", RunningArgs, running, watch=mod_watch)
+ENABLED_KIND = StateKind(ENABLED, EnabledArgs, enabled,
+                         owns=Ownership(ledger_key, "service.disabled", 50))  # fmt: skip
+DISABLED = StateKind("service.disabled", DisabledArgs, disabled, removes_only=True)

@@ -15,15 +15,20 @@ key is skipped, saying so.
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
 from reconciler.plan.steps import LowState
-from states.base import Claim, PlanContext, StateResult, cached_args
-from states.common import Args, FactUnknown, host_facts, known, make_step, skip
+from states.args import Args
+from states.base import Claim, PlanContext, StateResult
+from states.common import FactUnknown, host_facts, known, make_step, skip
+from states.kind import BootFile, Ownership, Persistence, StateKind, each
 
 FUNCTION = "sysctl.present"
+SYSCTL_CONF = "/etc/sysctl.d/90-shoal-lvs-dr.conf"
 
 # procps form: dots separate levels, a dot inside an interface name is written as '/'.
 _KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_/-]+){1,7}$")
@@ -77,16 +82,15 @@ def lookup(sysctls: dict[str, str], key: str) -> str | None:
     return sysctls.get(key.replace("/", ".")) if value is None else value
 
 
-def ledger_key(low: LowState) -> str:
-    return cached_args(SysctlArgs, low).key
+def ledger_key(args: SysctlArgs) -> str:
+    return args.key
 
 
 def _assign(key: str, value: str) -> tuple[str, ...]:
     return ("sysctl", "-w", f"{key}={value}")
 
 
-def present(low: LowState, ctx: PlanContext) -> StateResult:
-    args = cached_args(SysctlArgs, low)
+def present(low: LowState, args: SysctlArgs, ctx: PlanContext) -> StateResult:
     try:
         sysctls = known(host_facts(low, ctx).sysctls, "sysctls")
     except FactUnknown as exc:
@@ -132,8 +136,7 @@ def _module_default(low: LowState, ctx: PlanContext, args: SysctlArgs) -> str | 
     return args.module_default
 
 
-def absent(low: LowState, ctx: PlanContext) -> StateResult:
-    args = cached_args(SysctlAbsentArgs, low)
+def absent(low: LowState, args: SysctlAbsentArgs, ctx: PlanContext) -> StateResult:
     try:
         facts = host_facts(low, ctx)
         ledger = known(facts.ledger, "ledger")
@@ -160,3 +163,42 @@ def absent(low: LowState, ctx: PlanContext) -> StateResult:
         undo=(_assign(args.key, normalize(current)),),
     )
     return StateResult(steps=(step,), releases=release)
+
+
+# --- boot form ------------------------------------------------------------------------------------
+
+
+def restore_line(args: SysctlArgs) -> list[str]:
+    """Set the key at boot; a module's key after loading the module (it does not exist before)."""
+    assign = shlex.join(("sysctl", "-q", "-w", f"{args.key}={args.value}"))
+    return [f"{shlex.join(('modprobe', args.module))} && {assign}" if args.module else assign]
+
+
+def sysctl_conf(states: Sequence[SysctlArgs]) -> BootFile | None:
+    """The sysctl.d file for the host's sysctl.present states, or None if it has none."""
+    lines = []
+    for args in states:
+        # A module's key does not exist before the module loads, which may be after
+        # systemd-sysctl: "-" lets that pass quietly (shoal-restore sets it after loading).
+        dash = "-" if args.module else ""
+        lines.append(f"{dash}{args.key} = {args.value}")
+    if not lines:
+        return None
+    what = (
+        "kernel settings (ARP, IPVS)"
+        if any(ln.startswith("-") for ln in lines)
+        else "ARP suppression"
+    )
+    head = f"# Managed by shoal: {what} for LVS Direct Routing.\n"
+    content = head + "\n".join(sorted(set(lines))) + "\n"
+    return BootFile(state_id="persist-sysctl-conf", path=SYSCTL_CONF, content=content)
+
+
+PRESENT = StateKind(
+    FUNCTION,
+    SysctlArgs,
+    present,
+    owns=Ownership(ledger_key, "sysctl.absent", 40),
+    persist=Persistence(10, each(restore_line), boot_file=sysctl_conf),
+)
+ABSENT = StateKind("sysctl.absent", SysctlAbsentArgs, absent, removes_only=True)

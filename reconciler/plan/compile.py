@@ -10,7 +10,8 @@ calls (id, function, host, args, requisites, phase). Sources, in this order:
    - nft-arp: the `arp shoal_arp` table, VIP on the interface;
    - redirect: one nat REDIRECT per VIP/port/protocol, no VIP on the host.
    ARP suppression is a requisite of every VIP (suppression first, safety rule);
-2. the directors (`reconciler.plan.compile_director.compile_directors`);
+2. the directors (`compile_directors`: one module per backend, `reconciler.plan.compile_ipvsadm`,
+   `compile_nftables`, `compile_keepalived`, sharing `reconciler.plan.compile_director`);
 3. `[[state]]` extras of the cluster files;
 4. the persisted form of each host's runtime states (`reconciler.plan.persistence`);
 5. removals: whatever a host's ledger lists that nothing above wants any more, reverse order
@@ -29,13 +30,17 @@ from collections.abc import Iterable, Mapping
 from reconciler.desired.models import ArpMethod, Desired
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
-from reconciler.plan.compile_director import compile_directors
+from reconciler.plan.compile_director import IPVS_SYSCTL_IDS, KMOD_IPVS
+from reconciler.plan.compile_ipvsadm import compile_ipvsadm
+from reconciler.plan.compile_keepalived import compile_keepalived
+from reconciler.plan.compile_nftables import compile_nftables
 from reconciler.plan.invariants import adopted_removals
 from reconciler.plan.leftovers import LEFTOVER_FILES
 from reconciler.plan.persistence import RESTORE_UNIT, persistence_states
 from reconciler.plan.steps import LowState, Phase, replace
-from states import OWNED, REGISTRY
+from states.args import ArgsCache
 from states.nft import arp_table_args
+from states.registry import KINDS, OWNED
 from states.service import wants_link
 from states.sysctl import interface_key
 
@@ -52,19 +57,25 @@ METHOD_PACKAGES: dict[str, dict[str, str]] = {
 
 
 def compile_desired(
-    desired: Desired, facts: Mapping[str, HostFacts] | None = None
+    desired: Desired, facts: Mapping[str, HostFacts] | None = None, cache: ArgsCache | None = None
 ) -> list[LowState]:
-    """Every low state of every host, removals (from the ledgers in `facts`) included."""
+    """Every low state of every host, removals (from the ledgers in `facts`) included.
+
+    `cache` holds the args validated on the way (ledger keys, the boot form); the planner passes
+    the one its states read from.
+    """
     facts = facts or {}
+    cache = cache or ArgsCache()
     states = compile_real_servers(desired) + compile_directors(desired, facts)
     states += compile_extras(desired)
     by_host: dict[str, list[LowState]] = defaultdict(list)
     for low in states:
         by_host[low.host].append(low)
-    persist = [p for h in sorted(by_host) for p in persistence_states(h, by_host[h], desired)]
+    persist = [p for h in sorted(by_host)
+               for p in persistence_states(h, by_host[h], desired, cache)]  # fmt: skip
     adopted = {h: adopted_removals(desired, h, facts[h], by_host.get(h, ()))
                for h in facts if h in desired.inventory.hosts}  # fmt: skip
-    removals = compile_removals(states + persist, facts, adopted)
+    removals = compile_removals(states + persist, facts, adopted, cache)
     # The persisted form is written after the removals too (their phase, their order).
     removal_ids: dict[str, tuple[str, ...]] = defaultdict(tuple)
     for low in removals:
@@ -73,6 +84,27 @@ def compile_desired(
     states += [replace(p, require=p.require + removal_ids[p.host]) for p in persist]
     check_low_states(states)
     return states
+
+
+def compile_directors(desired: Desired, facts: Mapping[str, HostFacts]) -> list[LowState]:
+    """Every director low state of every cluster, removals included; pure and deterministic."""
+    lows = (
+        compile_ipvsadm(desired, facts)
+        + compile_nftables(desired, facts)
+        + compile_keepalived(desired, facts)
+    )
+    # A host directing both an ipvsadm and a keepalived cluster loads ip_vs and sets its sysctls
+    # once: the ipvsadm backend's states come first, and its module is the required one.
+    once = {KMOD_IPVS, *IPVS_SYSCTL_IDS}
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for low in lows:
+        if low.id in once:
+            if (low.host, low.id) in seen:
+                continue
+            seen.add((low.host, low.id))
+        out.append(low)
+    return out
 
 
 # --- real servers ---------------------------------------------------------------------------------
@@ -183,6 +215,7 @@ def compile_removals(
     states: list[LowState],
     facts: Mapping[str, HostFacts],
     adopted: Mapping[str, Mapping[str, set[str]]] | None = None,
+    cache: ArgsCache | None = None,
 ) -> list[LowState]:
     """Absent states for what each host's ledger lists and no state wants any more.
 
@@ -196,10 +229,12 @@ def compile_removals(
     director_vips: dict[str, set[str]] = defaultdict(set)
     # Hosts that are directors in the desired state: only their VIPs can move between directors.
     directors = {low.host for low in states if low.phase in DIRECTOR_PHASES}
+    cache = cache or ArgsCache()
     for low in states:
-        owner = OWNED.get(low.function)
-        if owner is not None:
-            wanted[low.host].add((low.function, owner.key(low)))
+        kind = KINDS.get(low.function)
+        key = kind.ledger_key(low, cache) if kind is not None else None
+        if key is not None:
+            wanted[low.host].add((low.function, key))
         if low.function == "addr.present" and low.phase >= Phase.DIRECTOR_BACKUP:
             director_vips[str(low.args.get("address"))].add(low.host)
     out: list[LowState] = []
@@ -267,7 +302,7 @@ def check_low_states(states: list[LowState]) -> None:
     ids: dict[str, dict[str, LowState]] = defaultdict(dict)
     for low in states:
         where = low.origin.partition(":")[0]
-        if low.function not in REGISTRY:
+        if low.function not in KINDS:
             issues.append(ConfigIssue(where, f"{low.id}: unknown state function {low.function!r}"))
         seen = ids[low.host].get(low.id)
         if seen is not None:

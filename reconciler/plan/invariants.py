@@ -25,8 +25,10 @@ from typing import Any
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import ArpRule, HostFacts
 from reconciler.plan.steps import LowState, Step
-from states import addr, arptables
+from states import addr, arptables, nft
 from states.nft import ARP_TABLE
+
+_ARP_TABLE_KEY = nft.key_of("arp", ARP_TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +134,14 @@ def table_vips(hf: HostFacts) -> frozenset[str] | None:
     return frozenset(vips) if {"input", "output"} <= hooks else frozenset()
 
 
-def _args_table_vips(args: Mapping[str, Any]) -> frozenset[str]:
-    if args.get("family") != "arp" or args.get("name") != ARP_TABLE:
+def _args_table_vips(args: nft.NftTableArgs) -> frozenset[str]:
+    """The VIPs an `arp shoal_arp` table the plan writes covers both ways."""
+    if args.family != "arp" or args.name != ARP_TABLE:
         return frozenset()
-    hooks = {c.get("hook") for c in args.get("chains", ()) if c.get("rules")}
+    hooks = {c.hook for c in args.chains if c.rules}
     if not {"input", "output"} <= hooks:
         return frozenset()
-    return frozenset(e for s in args.get("sets", ()) if s.get("name") == "vips"
-                     for e in s.get("elements", ()))  # fmt: skip
+    return frozenset(e for s in args.sets if s.name == "vips" for e in s.elements)
 
 
 def _held(hf: HostFacts, vips: frozenset[str]) -> set[tuple[str, str, int]]:
@@ -176,16 +178,16 @@ def _after(hf: HostFacts, vips: frozenset[str], steps: Sequence[Step],
         low = lows.get(step.state_id)
         if low is None:
             continue
-        if step.function == "addr.present":
-            a = addr.AddrArgs.model_validate(low.args)
+        if step.function == addr.FUNCTION:
+            a = addr.PRESENT.parse(low)
             if a.interface != "lo" and a.address in vips:
                 state.held.add((a.address, a.interface, a.prefix))
-        elif step.function == "addr.absent" and (k := addr.from_key(str(low.args["key"]))):
+        elif step.function == "addr.absent" and (k := addr.from_key(addr.ABSENT.parse(low).key)):
             state.held.discard((k.address, k.interface, k.prefix))
-        elif step.function == "arptables.rule_present" and isinstance(state.rules, list):
-            state.rules.append(_args_rule(arptables.ArpRuleArgs.model_validate(low.args)))
+        elif step.function == arptables.FUNCTION and isinstance(state.rules, list):
+            state.rules.append(_args_rule(arptables.PRESENT.parse(low)))
         elif step.function == "arptables.rule_absent" and isinstance(state.rules, list):
-            r = arptables.from_key(str(low.args["key"]))
+            r = arptables.from_key(arptables.ABSENT.parse(low).key)
             if r is not None:
                 gone = _args_rule(r)
                 for _ in step.commands:
@@ -195,10 +197,11 @@ def _after(hf: HostFacts, vips: frozenset[str], steps: Sequence[Step],
                                                                  gone.source, gone.destination):
                             del state.rules[i]
                             break
-        elif step.function == "nft.table_present" and low.args.get("family") == "arp":
-            if low.args.get("name") == ARP_TABLE:
-                state.table = _args_table_vips(low.args)
-        elif step.function == "nft.table_absent" and low.args.get("key") == f"arp {ARP_TABLE}":
+        elif step.function == nft.FUNCTION:
+            table = nft.PRESENT.parse(low)
+            if table.family == "arp" and table.name == ARP_TABLE:
+                state.table = _args_table_vips(table)
+        elif step.function == "nft.table_absent" and nft.ABSENT.parse(low).key == _ARP_TABLE_KEY:
             state.table = frozenset()
     return state
 
@@ -284,16 +287,15 @@ def check_host(
 
 def suppressed_vips(low: LowState, hf: HostFacts) -> frozenset[str]:
     """The VIPs whose ARP suppression a removal low state takes away."""
-    key = str(low.args.get("key", ""))
     if low.function == "arptables.rule_absent":
-        r = arptables.from_key(key)
+        r = arptables.from_key(arptables.ABSENT.parse(low).key)
         if r is None:
             return frozenset()
         if r.chain == "INPUT" and r.target == "DROP" and r.destination:
             return frozenset({r.destination})
         if r.chain == "OUTPUT" and r.target == "mangle" and r.source:
             return frozenset({r.source})
-    if low.function == "nft.table_absent" and key == f"arp {ARP_TABLE}":
+    if low.function == "nft.table_absent" and nft.ABSENT.parse(low).key == _ARP_TABLE_KEY:
         return table_vips(hf) or frozenset()
     return frozenset()
 
@@ -306,18 +308,18 @@ def kept_suppression(low: LowState, hf: HostFacts, lows: Sequence[LowState]) -> 
         return None
     held = _held(hf, vips)
     for other in lows:
-        if other.function == "addr.absent" and (k := addr.from_key(str(other.args["key"]))):
+        if other.function == "addr.absent" and (k := addr.from_key(addr.ABSENT.parse(other).key)):
             held.discard((k.address, k.interface, k.prefix))
-        elif other.function == "addr.present" and other.args.get("interface") != "lo":
-            a = addr.AddrArgs.model_validate(other.args)
-            if a.address in vips:
+        elif other.function == addr.FUNCTION:
+            a = addr.PRESENT.parse(other)
+            if a.interface != "lo" and a.address in vips:
                 held.add((a.address, a.interface, a.prefix))
-    replacement = [_args_rule(arptables.ArpRuleArgs.model_validate(o.args))
-                   for o in lows if o.function == "arptables.rule_present"]  # fmt: skip
+    replacement = [_args_rule(arptables.PRESENT.parse(o))
+                   for o in lows if o.function == arptables.FUNCTION]  # fmt: skip
     table: frozenset[str] = frozenset()
     for o in lows:
-        if o.function == "nft.table_present":
-            table |= _args_table_vips(o.args)
+        if o.function == nft.FUNCTION:
+            table |= _args_table_vips(nft.PRESENT.parse(o))
     for vip, iface, prefix in sorted(held):
         if vip in table or (_covers_input(replacement, vip) and _covers_output(replacement, vip)):
             continue

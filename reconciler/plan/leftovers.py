@@ -19,16 +19,11 @@ from reconciler.facts.hostfacts import HostFacts, Ledger
 from reconciler.plan.steps import LowState, Phase, SkippedRemoval, Step
 from states.common import make_step
 from states.nft_dsr import SCRIPT_PATH, UNDO_PATH
+from states.registry import kind_of
 
 LEDGER_FILE = "/var/lib/shoal/ledger.json"  # reconciler.plan.planner.LEDGER_PATH
 LEFTOVER_FILES = (SCRIPT_PATH, UNDO_PATH, LEDGER_FILE)  # the ledger last
 LEFTOVERS_STATE_ID = "shoal-leftovers"
-# Functions that only take something away: a host with nothing but these wants nothing.
-REMOVALS = frozenset({
-    "addr.absent", "arptables.rule_absent", "nft.table_absent", "iptables.rule_absent",
-    "sysctl.absent", "service.disabled", "file.absent", "nft.dsr_table_absent",
-    "ipvs.real_server_absent", "ipvs.service_absent",
-})  # fmt: skip
 
 
 def _existing(facts: HostFacts) -> set[str]:
@@ -64,7 +59,8 @@ def leftover_steps(
     """
     if skipped or not _empty(new_ledger) or not facts.ledger.known:
         return None
-    if any(low.function not in REMOVALS for low in states):
+    # A state that is not an absent form (`removes_only`): the host still wants something.
+    if any(not kind_of(low.function).removes_only for low in states):
         return None
     written = {w.path for s in steps for w in s.writes}
     paths = [p for p in LEFTOVER_FILES if p in _existing(facts) or p in written]

@@ -51,9 +51,10 @@ from reconciler.plan.steps import (
     replace,
 )
 from reconciler.plan.xtables_tables import created_tables, removal_steps
-from states import REGISTRY, WATCHERS
+from states.args import ArgsCache, LedgerOp
 from states.base import Claim, PlanContext, StateResult
 from states.file import FileArgs, managed_result
+from states.registry import kind_of
 
 LEDGER_PATH = "/var/lib/shoal/ledger.json"
 LEDGER_STATE_ID = "shoal-ledger"
@@ -74,8 +75,10 @@ def plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
 
 
 def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
-    low_states = compile_desired(desired, facts)
-    ctx = PlanContext(desired=desired, facts=facts)
+    # One plan's validated args: the compiler (ledger keys, boot form) and the states share them.
+    cache = ArgsCache()
+    low_states = compile_desired(desired, facts, cache)
+    ctx = PlanContext(desired=desired, facts=facts, args=cache)
     by_host: dict[str, list[LowState]] = defaultdict(list)
     for low in low_states:
         by_host[low.host].append(low)
@@ -187,18 +190,20 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
     skipped: list[SkippedRemoval] = []
     claims: list[Claim] = []
     releases: list[Claim] = []
-    ops: list[Mapping[str, Any]] = []
+    ops: list[LedgerOp] = []
     for low in ordered:
         if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
             step_ids[low.id] = ()
             continue  # nothing it listens to changed
+        kind = kind_of(low.function)
+        args = kind.parse(low, ctx.args)
         kept = kept_suppression(low, hf, states) if low.origin == "ledger" else None
         if kept is not None:
             result = StateResult(skipped=(SkippedRemoval(host=host, state_id=low.id, reason=kept),))
         else:
-            result = REGISTRY[low.function](low, ctx)
-        if any(step_ids.get(t) for t in low.watch) and low.function in WATCHERS:
-            watched = WATCHERS[low.function](low, ctx)
+            result = kind.plan(low, args, ctx)
+        if kind.watch is not None and any(step_ids.get(t) for t in low.watch):
+            watched = kind.watch(low, args, ctx)
             result = StateResult(
                 steps=result.steps + watched.steps,
                 skipped=result.skipped + watched.skipped,
@@ -222,8 +227,8 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         skipped += result.skipped
         claims += result.claims
         releases += result.releases
-        if not result.skipped and isinstance(low.args.get("ledger"), list):
-            ops += [op for op in low.args["ledger"] if isinstance(op, Mapping)]
+        if not result.skipped and kind.ledger is not None:
+            ops += kind.ledger(args)
     steps.sort(key=lambda s: (s.phase, position[s.id]))
     if not hf.ledger.known or hf.ledger.value is None:
         why = hf.ledger.unknown_reason or "unknown"
@@ -287,7 +292,7 @@ def updated_ledger(
     old: Ledger,
     claims: Sequence[Claim],
     releases: Sequence[Claim],
-    ops: Sequence[Mapping[str, Any]] = (),
+    ops: Sequence[LedgerOp] = (),
 ) -> Ledger:
     """`old` with this plan's claims added, releases dropped and director ops applied."""
     entries: dict[str, set[str]] = {f: set(k) for f, k in old.entries.items()}
@@ -302,13 +307,13 @@ def updated_ledger(
             # The first value shoal saw is the host's own; later ones are shoal's.
             originals.setdefault(c.key, c.original)
     for op in ops:
-        function, keys = str(op.get("function", "")), {str(k) for k in op.get("keys", ())}
-        if op.get("op") == "add":
-            entries.setdefault(function, set()).update(keys)
-        elif op.get("op") == "remove":
-            entries.get(function, set()).difference_update(keys)
-        elif op.get("op") == "replace":
-            entries[function] = keys
+        keys = set(op.keys)
+        if op.op == "add":
+            entries.setdefault(op.function, set()).update(keys)
+        elif op.op == "remove":
+            entries.get(op.function, set()).difference_update(keys)
+        else:  # replace
+            entries[op.function] = keys
     return normalized(
         Ledger(entries={f: tuple(k) for f, k in entries.items()}, sysctl_originals=originals)
     )

@@ -26,7 +26,7 @@ import pytest
 from reconciler.desired.models import Desired, Inventory, Settings
 from reconciler.facts.hostfacts import Fact, HostFacts, Interface, NftRuleset, NftTable
 from reconciler.plan.steps import LowState, Phase
-from states import nft_dsr
+from states import nft_dsr, nft_dsr_model
 from states.base import PlanContext
 
 pytestmark = pytest.mark.lab
@@ -191,7 +191,7 @@ def _plan(n: Net, w1: int, w2: int) -> tuple[LowState, PlanContext]:
 
 def _apply(n: Net, low: LowState, ctx: PlanContext, scratch: Path) -> int:
     """Run the planned steps in the director namespace, with file paths moved to `scratch`."""
-    result = nft_dsr.plan_dsr_table(low, ctx)
+    result = nft_dsr.TABLE_PRESENT.run(low, ctx)
     assert not result.skipped
     moved = {}
     for step in result.steps:
@@ -225,7 +225,7 @@ def test_dsr_balances_and_replies_bypass_director(net: Net, tmp_path: Path) -> N
     net.exec("dir", "nft", "delete", "table", "netdev", "probe")
     # Read back through facts: in sync, nothing to do.
     low, ctx = _plan(net, 1, 1)
-    result = nft_dsr.plan_dsr_table(low, ctx)
+    result = nft_dsr.TABLE_PRESENT.run(low, ctx)
     assert result.steps == () and result.skipped == ()
 
 
@@ -247,7 +247,7 @@ def test_weight_change_keeps_established_flow(net: Net, tmp_path: Path) -> None:
     )  # fmt: skip
     assert conn.stdout is not None
     sport = conn.stdout.readline().strip()
-    flows = net.exec("dir", "nft", "list", "map", "netdev", nft_dsr.TABLE,
+    flows = net.exec("dir", "nft", "list", "map", "netdev", nft_dsr_model.TABLE,
                      f"flows_tcp_{VIP.replace('.', '_')}_80")  # fmt: skip
     found = re.search(rf"{SUBNET}\.{HOSTS['cli']} \. {sport} [^:]*: ([0-9a-f:]{{17}})", flows)
     assert found, flows
@@ -256,7 +256,7 @@ def test_weight_change_keeps_established_flow(net: Net, tmp_path: Path) -> None:
     # Drain `first`: every bucket goes to `other`; the update must keep the flow map.
     w1, w2 = (0, 1) if first == "rs1" else (1, 0)
     low, ctx = _plan(net, w1, w2)
-    result = nft_dsr.plan_dsr_table(low, ctx)
+    result = nft_dsr.TABLE_PRESENT.run(low, ctx)
     assert "keep flow maps" in result.steps[0].description
     assert any(s.id.endswith(f"/{net.macs[first]}") for s in result.steps[1:])
     _apply(net, low, ctx, tmp_path)
@@ -269,10 +269,10 @@ def test_undo_restores_previous_table(net: Net, tmp_path: Path) -> None:
     low, ctx = _plan(net, 1, 1)
     _apply(net, low, ctx, tmp_path)
     low, ctx = _plan(net, 3, 1)
-    result = nft_dsr.plan_dsr_table(low, ctx)
+    result = nft_dsr.TABLE_PRESENT.run(low, ctx)
     _apply(net, low, ctx, tmp_path)
     undo_file = tmp_path / Path(nft_dsr.UNDO_PATH).name
     assert result.steps[0].undo == (("nft", "-f", nft_dsr.UNDO_PATH),)
     net.exec("dir", "nft", "-f", str(undo_file))
     low, ctx = _plan(net, 1, 1)
-    assert nft_dsr.plan_dsr_table(low, ctx).steps == ()
+    assert nft_dsr.TABLE_PRESENT.run(low, ctx).steps == ()

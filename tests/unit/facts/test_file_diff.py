@@ -30,7 +30,7 @@ from reconciler.plan.stepdiff import NO_NEWLINE, file_diff, unified_diff
 from reconciler.plan.steps import Change, FileWrite, LowState, Phase, Step
 from states.base import PlanContext
 from states.file import FileArgs, managed_result
-from states.keepalived import CONF_PATH, plan_config, sha256_text
+from states.keepalived import CONF_PATH, CONFIG, sha256_text
 from tests.statecases import cluster_desired, fresh_facts
 from tests.support.api_world import World
 from tests.support.plans import make_plan
@@ -240,7 +240,7 @@ def _keepalived_facts(conf: str | None, *, content: bool = True) -> HostFacts:
 def _keepalived_steps(conf: str | None, new: str, **kw: object) -> dict[str, Step]:
     low = _low("keepalived.config", "lvs1", path=CONF_PATH, content=new, **kw)
     ctx = PlanContext(desired=cluster_desired(), facts={"lvs1": _keepalived_facts(conf)})
-    return {s.id.removeprefix("lvs1/conf/"): s for s in plan_config(low, ctx).steps}
+    return {s.id.removeprefix("lvs1/conf/"): s for s in CONFIG.run(low, ctx).steps}
 
 
 def test_keepalived_before_is_the_installed_file_and_the_diff_one_line() -> None:
@@ -258,7 +258,7 @@ def test_keepalived_without_content_falls_back_and_drain_diffs_from_the_drain() 
     low = _low("keepalived.config", "lvs1", path=CONF_PATH, content="new\n")
     ctx = PlanContext(desired=cluster_desired(),
                       facts={"lvs1": _keepalived_facts(KEEPALIVED, content=False)})  # fmt: skip
-    (install,) = [s for s in plan_config(low, ctx).steps if s.id.endswith("/install")]
+    (install,) = [s for s in CONFIG.run(low, ctx).steps if s.id.endswith("/install")]
     assert install.change.before == (
         f"sha256 {sha256_text(KEEPALIVED)} (content not shown: larger than 64 KiB)"
     )

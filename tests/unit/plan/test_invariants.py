@@ -26,7 +26,7 @@ from tests.statecases import (
     fresh_facts,
     shoal_arp_table_json,
 )
-from tests.unit.plan.test_plan import facts_for
+from tests.unit.plan.plan_support import facts_for
 
 RIP = HOSTS["web3"]
 SHOAL_OUTPUT = f"OUTPUT -s {VIP_HTTP} -j mangle --mangle-ip-s {RIP}"

@@ -16,11 +16,12 @@ from reconciler.apply.stable_facts import stable_digest
 from reconciler.desired.models import IpvsSettings
 from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import Fact, HostFacts, IpvsTable
-from reconciler.plan.compile import managed_paths
-from reconciler.plan.compile_director import IPVS_SYSCTLS, KMOD_IPVS, compile_directors
-from reconciler.plan.persistence import RESTORE_SCRIPT, SYSCTL_CONF
+from reconciler.plan.compile import compile_directors, managed_paths
+from reconciler.plan.compile_director import IPVS_SYSCTLS, KMOD_IPVS
+from reconciler.plan.persistence import RESTORE_SCRIPT
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Phase, Plan, Step
+from states.sysctl import SYSCTL_CONF
 from tests.statecases import HOSTS, cluster_desired, fresh_facts, gathered, set_sysctls
 
 WANT = dict.fromkeys(IPVS_SYSCTLS, "1")  # the default: both on

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from reconciler.desired.models import Desired, ExtraState
 from reconciler.errors import DesiredStateInvalid, RequisiteCycle
 from reconciler.facts.hostfacts import Fact, HostFacts, Ledger, NftTable
-from reconciler.plan.compile import compile_desired, managed_paths
+from reconciler.plan.compile import compile_desired
 from reconciler.plan.planner import LEDGER_PATH, plan_desired
 from reconciler.plan.steps import Phase, Plan, Step
 from tests.statecases import (
@@ -29,22 +29,14 @@ from tests.statecases import (
     arp_output_mangle,
     cluster_desired,
     fresh_facts,
-    gathered,
     hand_configured,
     redirect_rule,
     set_sysctls,
 )
+from tests.unit.plan.plan_support import facts_for
 
 METHODS = ("sysctl", "arptables", "nft-arp", "redirect")
 RUNTIME = ("sysctl", "addr", "arp", "nft", "iptables")
-
-
-def facts_for(desired: Desired, **overrides: HostFacts) -> dict[str, HostFacts]:
-    paths = managed_paths(desired)
-    out = {h: gathered(fresh_facts(h), paths.get(h, [])) for h in HOSTS}
-    for host, f in overrides.items():
-        out[host] = gathered(f, paths.get(host, []))
-    return out
 
 
 def runtime(plan: Plan, host: str) -> list[tuple[str, tuple[tuple[str, ...], ...]]]:

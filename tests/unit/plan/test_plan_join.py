@@ -16,8 +16,9 @@ from reconciler.desired.models import Desired, RealServer
 from reconciler.facts.gather import DEFAULT_FILES
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
-from reconciler.plan.persistence import RESTORE_SCRIPT, RESTORE_UNIT, RESTORE_UNIT_PATH, SYSCTL_CONF
+from reconciler.plan.persistence import RESTORE_SCRIPT, RESTORE_UNIT, RESTORE_UNIT_PATH
 from reconciler.plan.planner import plan_desired
+from states.sysctl import SYSCTL_CONF
 from tests.statecases import after_files, all_fresh, cluster_desired, gathered
 
 DIRECTORS = ("keepalived", "ipvsadm", "nftables")

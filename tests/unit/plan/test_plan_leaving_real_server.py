@@ -15,7 +15,7 @@ from reconciler.facts.hostfacts import Fact, Ledger
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Phase
 from tests.statecases import VIP_HTTP, cluster_desired, hand_configured
-from tests.unit.plan.test_plan import facts_for
+from tests.unit.plan.plan_support import facts_for
 
 
 @pytest.mark.parametrize(("method", "device"), [("sysctl", "lo"), ("nft-arp", "eth0")])

@@ -18,10 +18,10 @@ from reconciler.facts.hostfacts import (
     Ledger,
     NftRuleset,
 )
-from reconciler.plan.compile_director import compile_directors
+from reconciler.plan.compile import compile_directors
 from reconciler.plan.steps import LowState, SkippedRemoval, Step
 from states.base import PlanContext
-from states.director import DIRECTOR_STATES
+from states.registry import DIRECTOR_KINDS
 
 ADDRESSES = {
     "lvs1": "10.77.0.11", "lvs2": "10.77.0.12",
@@ -93,11 +93,12 @@ def plan(
     ctx = PlanContext(desired=d, facts=f)
     steps: list[Step] = []
     skipped: list[SkippedRemoval] = []
+    director = {kind.function: kind for kind in DIRECTOR_KINDS}
     for low in lows:
-        fn = DIRECTOR_STATES.get(low.function)
-        if fn is None:
-            continue  # addr.present belongs to the generic states
-        r = fn(low, ctx)
+        kind = director.get(low.function)
+        if kind is None:
+            continue  # addr.present, kmod and sysctl belong to the generic states
+        r = kind.run(low, ctx)
         steps += r.steps
         skipped += r.skipped
     return lows, steps, skipped

@@ -6,7 +6,7 @@ import shlex
 
 from reconciler.facts.hostfacts import IpvsTable
 from reconciler.plan.steps import Phase
-from states.ipvs import ipvs_restore_commands, ipvs_restore_lines
+from states.ipvs_argv import ipvs_restore_commands, ipvs_restore_lines
 from tests.unit.states.director_fixtures import commands, desired, dest, facts, plan, svc
 
 SVC_KEY = "tcp 10.77.0.100:80"
@@ -187,14 +187,14 @@ def test_restore_lines() -> None:
 
 
 def test_director_vip_is_announced_and_real_server_vips_never_are() -> None:
-    from states import REGISTRY
     from states.base import PlanContext
+    from states.registry import kind_of
 
     d = desired("ipvsadm")
     f = {h: facts(h) for h in ("lvs1", "lvs2")}
     lows, _, _ = plan(d, f)
     (vip_low,) = [low for low in lows if low.function == "addr.present"]
-    (vip_step,) = REGISTRY["addr.present"](vip_low, PlanContext(desired=d, facts=f)).steps
+    (vip_step,) = kind_of("addr.present").run(vip_low, PlanContext(desired=d, facts=f)).steps
     assert vip_step.host == "lvs1"
     add, announce = vip_step.commands
     assert add == ("ip", "addr", "add", "10.77.0.100/32", "dev", "eth0")

@@ -14,11 +14,11 @@ from reconciler.plan.steps import Phase
 from states.keepalived import (
     CONF_PATH,
     has_zero_weight_server,
-    render_keepalived_conf,
     sha256_text,
     stop_argv,
     validate_argv,
 )
+from states.keepalived_conf import render_keepalived_conf
 from tests.unit.states.director_fixtures import desired, facts, plan
 
 DATA = Path(__file__).parent / "director_data"

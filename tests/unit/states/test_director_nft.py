@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 
 from reconciler.facts.hostfacts import NftRuleset, NftTable
+from reconciler.facts.parsers.nft_dsr import decode_table
 from reconciler.plan.steps import LowState, Phase
 from states import nft_dsr
 from states.base import PlanContext
+from states.nft_dsr_model import DsrTableArgs, table_from_args, weighted_buckets
+from states.nft_dsr_render import render_replace
 from tests.unit.states.director_fixtures import MACS, commands, desired, facts, plan
 
 DATA = Path(__file__).parent / "director_data"
@@ -39,18 +42,19 @@ def _plan_table(args: dict[str, Any], table_json: str | None) -> Any:
     f = facts("lvs1", nft=NftRuleset(tables=tables))
     low = LowState(id="nft-dsr", function=nft_dsr.FUNCTION, host="lvs1", args=args,
                    phase=Phase.DIRECTOR_PRIMARY)  # fmt: skip
-    return nft_dsr.plan_dsr_table(low, PlanContext(desired=desired("nftables"), facts={"lvs1": f}))
+    ctx = PlanContext(desired=desired("nftables"), facts={"lvs1": f})
+    return nft_dsr.TABLE_PRESENT.run(low, ctx)
 
 
 def test_golden_table() -> None:
-    text = nft_dsr.render_replace(nft_dsr.table_from_args(_args()))
+    text = render_replace(table_from_args(DsrTableArgs.model_validate(_args())))
     assert text == (DATA / "nft-dsr-replace.nft").read_text()
 
 
 def test_buckets_follow_weights() -> None:
-    b = nft_dsr.weighted_buckets([("aa", 2), ("bb", 4), ("cc", 0), ("dd", 6)])
+    b = weighted_buckets([("aa", 2), ("bb", 4), ("cc", 0), ("dd", 6)])
     assert [(x.low, x.high, x.mac) for x in b] == [(0, 0, "aa"), (1, 2, "bb"), (3, 5, "dd")]
-    assert nft_dsr.weighted_buckets([("aa", 0)]) == ()
+    assert weighted_buckets([("aa", 0)]) == ()
 
 
 def test_nft_accepts_rendered_table() -> None:
@@ -85,8 +89,8 @@ def test_fresh_table_is_one_atomic_replace() -> None:
 
 def test_captured_table_reads_back_in_sync() -> None:
     assert _plan_table(_args(), CAPTURED).steps == ()
-    model = nft_dsr.decode_table(CAPTURED, "eth0")
-    assert model == nft_dsr.table_from_args(_args())
+    model = decode_table(CAPTURED, "eth0")
+    assert model == table_from_args(DsrTableArgs.model_validate(_args()))
 
 
 def test_weight_change_updates_chains_and_keeps_flow_maps() -> None:

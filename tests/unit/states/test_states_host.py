@@ -1,20 +1,19 @@
 """The generic host state functions one by one: in-sync checks against canonical facts,
-present and absent forms, refusals, and the registry's invariants."""
+present and absent forms, refusals, ledger keys and the watch reaction."""
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
 import pytest
 
-from reconciler.desired.models import Desired, StateFunction
+from reconciler.desired.models import Desired
 from reconciler.errors import DesiredStateInvalid
 from reconciler.facts.hostfacts import ArpRule, Fact, HostFacts, Ledger, NftTable
 from reconciler.plan.steps import LowState
-from states import HOST_STATES, OWNED, REGISTRY, WATCHERS, arptables, file, iptables, nft, sysctl
+from states import arptables, file, iptables, nft, sysctl
 from states.base import PlanContext, StateResult
-from states.director import DIRECTOR_STATES
+from states.registry import kind_of
 from tests.statecases import (
     add_arp_rules,
     add_nat_rules,
@@ -33,19 +32,7 @@ DESIRED: Desired = cluster_desired("sysctl")
 
 def run(function: str, args: dict[str, Any], facts: HostFacts) -> StateResult:
     low = LowState(id="t", function=function, host=facts.host, args=args)
-    return REGISTRY[function](low, PlanContext(desired=DESIRED, facts={facts.host: facts}))
-
-
-# --- registry -------------------------------------------------------------------------------------
-
-
-def test_registry_names_are_unique_and_cover_every_model_state_function() -> None:
-    assert not set(HOST_STATES) & set(DIRECTOR_STATES)
-    assert len(REGISTRY) == len(HOST_STATES) + len(DIRECTOR_STATES)
-    assert set(typing.get_args(StateFunction)) <= set(REGISTRY)
-    for present, owner in OWNED.items():
-        assert present in REGISTRY and owner.absent in REGISTRY
-    assert set(WATCHERS) <= set(REGISTRY)
+    return kind_of(function).run(low, PlanContext(desired=DESIRED, facts={facts.host: facts}))
 
 
 # --- sysctl ---------------------------------------------------------------------------------------
@@ -227,12 +214,12 @@ def test_file_path_must_be_absolute_and_normal() -> None:
 def test_ledger_keys_name_what_the_state_manages() -> None:
     low = LowState(id="t", function="sysctl.present", host="web1",
                    args={"key": "net.ipv4.conf.all.arp_ignore", "value": "1"})  # fmt: skip
-    assert OWNED["sysctl.present"].key(low) == "net.ipv4.conf.all.arp_ignore"
+    assert kind_of("sysctl.present").ledger_key(low) == "net.ipv4.conf.all.arp_ignore"
     low = LowState(id="t", function="iptables.rule_present", host="web1",
                    args={"destination": "10.77.0.100", "protocol": "tcp", "dport": 80})  # fmt: skip
-    assert iptables.key_of(iptables.RedirectArgs.model_validate(low.args)) == OWNED[
+    assert iptables.key_of(iptables.RedirectArgs.model_validate(low.args)) == kind_of(
         "iptables.rule_present"
-    ].key(low)
+    ).ledger_key(low)
     assert sysctl.normalize("4096\t87380  6291456") == "4096 87380 6291456"
     assert Ledger().entries == {}
 
@@ -257,8 +244,10 @@ def test_watch_restart_runs_again_after_a_rollback(
     )
     low = LowState(id="t", function="service.running", host="web1",
                    args={"name": "app", "reload": reload})  # fmt: skip
-    (step,) = WATCHERS["service.running"](
+    watched = kind_of("service.running").run_watch(
         low, PlanContext(desired=DESIRED, facts={"web1": facts})
-    ).steps
+    )
+    assert watched is not None
+    (step,) = watched.steps
     assert step.commands == (("systemctl", "reload" if reload else "restart", "app"),)
     assert step.after_rollback == ((again,) if again else ())

@@ -1,0 +1,80 @@
+"""The `keepalived` director backend's low states: one `keepalived.config` per director host.
+
+keepalived's VRRP owns the VIPs, so there is no addr state. ip_vs and the IPVS sysctls are set
+as for ipvsadm, but the module is optional: keepalived without IPVS still runs VRRP. A real
+server that left (in the ledger, not in the desired state) is kept at weight 0 in an
+intermediate config (`drain_content`) while it drains; without the ledger nothing is planned,
+since the real servers that would leave undrained are unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.desired.models import Desired
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.plan.compile_director import (
+    IPVS_SYSCTL_IDS,
+    LEDGER_KEEPALIVED_RS,
+    clusters,
+    host_phase,
+    ipvs_sysctl_states,
+    known_ledger,
+    ledger,
+    low_state,
+)
+from reconciler.plan.steps import LowState
+from states import keepalived
+from states.ipvs_argv import service_key
+from states.keepalived import DrainArgs, KeepalivedArgs
+from states.keepalived_conf import desired_rs_keys, parse_rs_key, render_keepalived_conf
+
+CONF = "keepalived.conf"
+
+
+def compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> list[LowState]:
+    out: list[LowState] = []
+    hosts = sorted({h for _, cl in clusters(desired, "keepalived") for h in cl.cluster.directors})
+    for host in hosts:
+        phase = host_phase(desired, host)
+        out += ipvs_sysctl_states(desired, host, phase, required=False)
+        wanted = desired_rs_keys(desired, host)
+        owned = known_ledger(facts, host)
+        if isinstance(owned, str):
+            # Without the ledger we cannot tell which real servers would leave undrained.
+            args = _config(desired, host, wanted, skip_reason=f"{owned}: {CONF} not planned")
+        elif leaving := sorted(set(owned.entries.get(LEDGER_KEEPALIVED_RS, ())) - wanted):
+            args = _config(
+                desired, host, wanted,
+                drain_content=render_keepalived_conf(desired, host, leaving),
+                drains=tuple(_drains(leaving)),
+            )  # fmt: skip
+        else:
+            args = _config(desired, host, wanted)
+        out.append(low_state("keepalived-conf", keepalived.FUNCTION, host, args, phase,
+                             require=IPVS_SYSCTL_IDS))  # fmt: skip
+    return out
+
+
+def _config(desired: Desired, host: str, wanted: set[str], **extra: Any) -> KeepalivedArgs:
+    """The host's `keepalived.config` args; `extra`: a skip reason, or the drain config."""
+    return KeepalivedArgs(
+        path=keepalived.CONF_PATH,
+        content=render_keepalived_conf(desired, host),
+        drain_timeout=desired.settings.apply.drain_timeout,
+        ledger=ledger(LEDGER_KEEPALIVED_RS, "replace", sorted(wanted)),
+        **extra,
+    )
+
+
+def _drains(leaving: list[str]) -> list[DrainArgs]:
+    """What the drain steps wait for: each leaving real server of its virtual service."""
+    out = []
+    for key in leaving:
+        parsed = parse_rs_key(key)
+        if parsed is not None:
+            protocol, vip, port, address = parsed
+            out.append(DrainArgs(service=service_key(protocol, vip, port),
+                                 real_server=f"{address}:{port}"))  # fmt: skip
+    return out

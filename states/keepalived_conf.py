@@ -1,0 +1,144 @@
+"""keepalived.conf for one director, rendered from the desired state (deterministic, sorted).
+
+`lb_kind DR` is written explicitly and in upper case (a missing or lower-case method is NAT);
+there is no `vrrp_strict` (it installs DROP rules for the VIPs) and no script. The VIPs are /32
+on the director's interface: a /32 adds no prefix route and never becomes a secondary of the
+interface's own subnet. A real server that leaves is kept at weight 0 (`leaving`) in a drain
+config, since a SIGHUP deletes real servers missing from the file without draining them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reconciler.desired.models import Cluster, Desired, Service
+
+
+def _ip_key(ip: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ip.split("."))
+
+
+def rs_key(protocol: str, vip: str, port: int, address: str) -> str:
+    """Ledger key of a real server in keepalived.conf (same shape as the IPVS destination key)."""
+    return f"{protocol} {vip}:{port} {address}:{port}"
+
+
+def parse_rs_key(key: str) -> tuple[str, str, int, str] | None:
+    try:
+        protocol, svc, rs = key.split(" ")
+        vip, port = svc.rsplit(":", 1)
+        address = rs.rsplit(":", 1)[0]
+        return protocol, vip, int(port), address
+    except ValueError:
+        return None
+
+
+def keepalived_clusters(desired: Desired, director: str) -> list[Cluster]:
+    return [
+        desired.clusters[n]
+        for n in sorted(desired.clusters)
+        if desired.clusters[n].cluster.director == "keepalived"
+        and director in desired.clusters[n].cluster.directors
+    ]
+
+
+def desired_rs_keys(desired: Desired, director: str) -> set[str]:
+    out = set()
+    for cl in keepalived_clusters(desired, director):
+        for svc in cl.services:
+            for rs in svc.real_servers:
+                address = desired.inventory.hosts[rs.host].address
+                out.add(rs_key(svc.protocol, svc.vip, svc.port, address))
+    return out
+
+
+def _checker(svc: Service, indent: str) -> list[str]:
+    c = svc.check
+    i2 = indent + "    "
+    if c.type == "none":
+        return []
+    if c.type == "http":
+        return [
+            f"{indent}HTTP_GET {{",
+            f"{i2}url {{",
+            f"{i2}    path {c.path}",
+            f"{i2}    status_code {c.expect}",
+            f"{i2}}}",
+            f"{i2}connect_port {svc.port}",
+            f"{i2}connect_timeout {c.timeout}",
+            f"{indent}}}",
+        ]
+    kind = "UDP_CHECK" if svc.protocol == "udp" else "TCP_CHECK"
+    return [
+        f"{indent}{kind} {{",
+        f"{i2}connect_port {svc.port}",
+        f"{i2}connect_timeout {c.timeout}",
+        f"{indent}}}",
+    ]
+
+
+def _real_server(address: str, port: int, weight: int, checker: list[str]) -> list[str]:
+    return [f"    real_server {address} {port} {{", f"        weight {weight}", *checker, "    }"]
+
+
+def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[str] = ()) -> str:
+    """keepalived.conf for `director`; `leaving` real server keys are kept at weight 0 (drain)."""
+    host = desired.inventory.hosts[director]
+    clusters = keepalived_clusters(desired, director)
+    lines = ["# Managed by shoal; changes here are overwritten.", "global_defs {"]
+    lines += [f"    router_id {director}", "}"]
+    # Each virtual server: (proto, vip, port) -> (scheduler, persistence, delay, [rs lines]).
+    servers: dict[tuple[str, str, int], tuple[str, int, int, list[tuple[str, list[str]]]]] = {}
+    for cl in clusters:
+        head = cl.cluster
+        primary = head.primary == director
+        vips = sorted({s.vip for s in cl.services}, key=_ip_key)
+        lines += [
+            "",
+            f"vrrp_instance VI_{head.name} {{",
+            f"    state {'MASTER' if primary else 'BACKUP'}",
+            f"    interface {host.interface}",
+            f"    virtual_router_id {head.vrrp.virtual_router_id}",
+            f"    priority {head.vrrp.priority_primary if primary else head.vrrp.priority_backup}",
+            f"    advert_int {head.vrrp.advert_interval}",
+            "    virtual_ipaddress {",
+            *(f"        {vip}/32 dev {host.interface}" for vip in vips),
+            "    }",
+            "}",
+        ]
+        for svc in cl.services:
+            rss = []
+            for rs in svc.real_servers:
+                address = desired.inventory.hosts[rs.host].address
+                rss.append((address, _real_server(address, svc.port, rs.weight, _checker(
+                    svc, "        "))))  # fmt: skip
+            servers[(svc.protocol, svc.vip, svc.port)] = (
+                svc.scheduler, svc.persistence, svc.check.interval, rss,
+            )  # fmt: skip
+    for key in sorted(set(leaving)):
+        parsed = parse_rs_key(key)
+        if parsed is None:
+            continue
+        protocol, vip, port, address = parsed
+        # A service that left entirely keeps a bare virtual server for the drain; its real
+        # servers have no checker (always up) and weight 0 (no new connections).
+        entry = servers.setdefault((protocol, vip, port), ("wlc", 0, 5, []))
+        if all(a != address for a, _ in entry[3]):
+            entry[3].append((address, _real_server(address, port, 0, [])))
+    for (protocol, vip, port), (sched, persistence, delay, rss) in sorted(
+        servers.items(), key=lambda kv: (_ip_key(kv[0][1]), kv[0][2], kv[0][0])
+    ):
+        lines += [
+            "",
+            f"virtual_server {vip} {port} {{",
+            f"    delay_loop {delay}",
+            f"    lb_algo {sched}",
+            "    lb_kind DR",
+            f"    protocol {protocol.upper()}",
+        ]
+        if persistence:
+            lines.append(f"    persistence_timeout {persistence}")
+        for _, rs_lines in sorted(rss, key=lambda r: _ip_key(r[0])):
+            lines += rs_lines
+        lines.append("}")
+    return "\n".join(lines) + "\n"
