@@ -55,8 +55,9 @@ from reconciler.apply.runresult import (
 )
 from reconciler.desired.models import ApplySettings, Desired
 from reconciler.errors import ShoalError, StalePlan
-from reconciler.facts.gather import IPVS_MODULE_DEFAULTS, gather_facts
+from reconciler.facts.gather import gather_facts
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.steps import Phase, Plan, Step
 from reconciler.transport.protocol import Transport

@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.desired.models import Cluster, Desired
-from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, Ledger
+from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.steps import LowState, Phase
 from states import ipvs, keepalived, kmod, nft_dsr, sysctl
 

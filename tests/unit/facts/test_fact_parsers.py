@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from reconciler.errors import FactParseError
-from reconciler.facts.gather import parse_facts_output
+from reconciler.facts.parse import parse_facts_output
 from reconciler.facts.parsers.arptables import parse_arptables_list, parse_arptables_save
 from reconciler.facts.parsers.backend import parse_xtables_version
 from reconciler.facts.parsers.ip_addr import parse_ip_addr

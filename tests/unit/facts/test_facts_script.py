@@ -16,18 +16,15 @@ import pytest
 
 from reconciler.desired.models import Host, Inventory
 from reconciler.errors import HostKeyRejected, HostUnreachable
-from reconciler.facts.gather import (
-    MARKER,
-    build_facts_script,
-    gather_facts,
-    parse_facts_output,
-)
+from reconciler.facts.gather import gather_facts
 from reconciler.facts.hostfacts import (
     HostFacts,
     IpvsDestination,
     IpvsService,
     IpvsTable,
 )
+from reconciler.facts.parse import parse_facts_output
+from reconciler.facts.script import MARKER, build_facts_script
 from reconciler.transport.fake import Call, FakeTransport, Reply
 from reconciler.transport.ssh import SSHTransport
 

@@ -23,9 +23,10 @@ from api.schemas import host_diff
 from reconciler.cli.common import print_lines
 from reconciler.cli.plan import file_diffs, render_step, run_plan
 from reconciler.errors import FactParseError
-from reconciler.facts.gather import build_facts_script, parse_facts_output
 from reconciler.facts.hostfacts import FILE_CONTENT_MAX, Fact, FileInfo, HostFacts, KeepalivedInfo
+from reconciler.facts.parse import parse_facts_output
 from reconciler.facts.parsers.stat import parse_file_lines
+from reconciler.facts.script import build_facts_script
 from reconciler.plan.stepdiff import NO_NEWLINE, file_diff, unified_diff
 from reconciler.plan.steps import Change, FileWrite, LowState, Phase, Step
 from states.base import PlanContext
