@@ -4,7 +4,7 @@ a real store, and facts of fresh hosts for the example repository."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -19,13 +19,13 @@ from reconciler.server.controller import Controller
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
 from reconciler.server.store import Store
-from reconciler.transport.fake import Call, Reply, Responder
+from reconciler.transport.fake import Call, Reply
 from tests.statecases import fresh_facts
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "fixtures" / "config-repo"
 
 
-def sh_responder(env: Mapping[str, str] | None = None) -> Responder:
+def sh_responder(env: Mapping[str, str] | None = None) -> Callable[[Call], Awaitable[Reply]]:
     """A FakeTransport responder that runs each script with this machine's real /bin/sh, as
     sshd would on a host; `env` replaces the environment (a login's own PATH, say)."""
 
