@@ -14,7 +14,7 @@ import pytest
 
 from reconciler.desired.models import Desired, Settings, VerifySettings
 from reconciler.transport.fake import Call, FakeTransport, Reply
-from reconciler.verify import run
+from reconciler.verify import run, traffic
 from reconciler.verify.probe_arp import NOT_PERMITTED
 from reconciler.verify.result import VerificationResult
 from tests.statecases import HOSTS, VIP_DNS, VIP_HTTP, _mac, cluster_desired
@@ -82,17 +82,26 @@ class Cluster:
         return 0 if host in self.starved else 10
 
 
-def _desired() -> Desired:
+def _desired(drained: Collection[str] = ()) -> Desired:
     desired = cluster_desired(director="ipvsadm")
+    web = desired.clusters["web"]
+    services = tuple(
+        svc.model_copy(update={"real_servers": tuple(
+            rs.model_copy(update={"weight": 0 if rs.host in drained else rs.weight})
+            for rs in svc.real_servers
+        )})
+        for svc in web.services
+    )  # fmt: skip
     settings = Settings(verify=VerifySettings(clients=("client1",)))
-    return desired.model_copy(update={"settings": settings})
+    clusters = {"web": web.model_copy(update={"services": services})}
+    return desired.model_copy(update={"settings": settings, "clusters": clusters})
 
 
 async def _verify(
-    cluster: Cluster, unreachable: Collection[str] = ()
+    cluster: Cluster, unreachable: Collection[str] = (), drained: Collection[str] = ()
 ) -> tuple[VerificationResult, FakeTransport]:
     transport = FakeTransport(default=cluster, unreachable=set(unreachable))
-    return await run.verify_desired(_desired(), transport), transport
+    return await run.verify_desired(_desired(drained), transport), transport
 
 
 def _probes(transport: FakeTransport, vip: str) -> int:
@@ -114,6 +123,8 @@ async def test_a_working_cluster_passes_in_one_round_and_leaves_no_table() -> No
         ("http", 1, {"web1": 10, "web2": 10, "web3": 10}),
         ("dns", 1, {"web1": 10}),
     ]
+    # Each real server's replies are counted on the director by its MAC: none came that way.
+    assert [rs.via_director for rs in result.services[0].real_servers] == [0, 0, 0]
     assert [(a.vip, a.director, a.neighbour_host) for a in result.arp] == [
         (VIP_HTTP, "lvs1", "lvs1"),
         (VIP_DNS, "lvs1", "lvs1"),
@@ -133,9 +144,16 @@ async def test_a_working_cluster_passes_in_one_round_and_leaves_no_table() -> No
 
 async def test_a_starved_real_server_gets_more_rounds_then_is_named() -> None:
     result, transport = await _verify(Cluster(starved={"web2"}))
-    assert _probes(transport, VIP_HTTP) == run.MAX_ROUNDS
+    assert _probes(transport, VIP_HTTP) == traffic.MAX_ROUNDS
     assert _probes(transport, VIP_DNS) == 1  # web1 alone serves dns, and got its requests
     assert [(f.check, f.host) for f in result.failures] == [("traffic", "web2")]
+
+
+async def test_a_drained_real_server_that_gets_nothing_is_no_reason_for_another_round() -> None:
+    result, transport = await _verify(Cluster(starved={"web3"}), drained={"web3"})
+    assert result.ok, result.failures
+    assert _probes(transport, VIP_HTTP) == 1
+    assert result.services[0].distribution == {"web1": 10, "web2": 10, "web3": 0}
 
 
 async def test_a_host_without_a_probe_table_is_a_note_and_is_not_asked_to_delete_it() -> None:
