@@ -1,7 +1,7 @@
 """The probe counter tables: the nft text that counts the verification's packets where they land.
 
 One short-lived netdev ingress table per host (`shoal_verify_<run>`), named counters only,
-policy accept: it counts and never drops. `reconciler.verify.run` installs the tables, reads the
+policy accept: it counts and never drops. `reconciler.verify.traffic` installs the tables, reads the
 counters back (`reconciler.facts.parsers.nft_counters`) and removes them when the phase ends.
 """
 

@@ -1,9 +1,9 @@
 """The verification's judgement (pure): from what was seen to failures that name the host at fault.
 
-`reconciler.verify.run` gathers what the hosts show (their interfaces, the probe counters, the
-probes' reports) and asks here what it means: which director is active for a VIP, whether a
-service's traffic went the Direct Routing way, whether the right MAC answers ARP. Each judgement
-returns its failures in the order they are reported.
+The phase's steps (`reconciler.verify.run`, `.traffic`, `.arp`) gather what the hosts show
+(their interfaces, the probe counters, the probes' reports) and ask here what it means: which
+director is active for a VIP, whether a service's traffic went the Direct Routing way, whether
+the right MAC answers ARP. Each judgement returns its failures in the order they are reported.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A `Job` is one service probed from one client, with the counters that see its packets (on each
 real server, and on the active director). A `Tally` sums the probe's reports over the rounds,
 keeps the last counter readings, says which weighted real servers got nothing so far (another
-round, `reconciler.verify.run` decides) and gives the `ServiceTraffic` that is judged.
+round, `reconciler.verify.traffic` decides) and gives the `ServiceTraffic` that is judged.
 """
 
 from __future__ import annotations
