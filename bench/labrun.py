@@ -28,7 +28,7 @@ from bench.sshlog import LogWindow, summarise
 from bench.stats import Sample, Series
 from lab import Lab
 from reconciler.desired.loader import load_repository
-from reconciler.facts.gather import build_facts_script
+from reconciler.facts.script import build_facts_script
 from reconciler.plan.compile import managed_paths
 
 ROOT = Path(__file__).resolve().parent.parent

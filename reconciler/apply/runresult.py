@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.errors import ApplyError, RollbackError
-from reconciler.verify.run import VerificationResult
+from reconciler.verify.result import VerificationResult
 
 
 class _Value(BaseModel):

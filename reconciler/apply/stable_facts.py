@@ -11,8 +11,8 @@ import hashlib
 import json
 from typing import Any
 
-from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 
 
 def _stable_facts(facts: HostFacts) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.errors import DesiredStateInvalid
-from reconciler.verify.run import VerificationResult, verify_desired
+from reconciler.verify.result import VerificationResult
+from reconciler.verify.run import verify_desired
 
 
 async def verify_repository(desired: Desired, client_key: Path) -> VerificationResult:

@@ -1,8 +1,8 @@
 """Typed facts of one host: what it really is, as read by the facts script.
 
 This module owns the value types only. Parsing the tools' output lives in
-`reconciler.facts.parsers`,
-the remote script and gathering in `reconciler.facts.gather`.
+`reconciler.facts.parsers`, the remote script in `reconciler.facts.script`, reading its output
+in `reconciler.facts.parse` and gathering in `reconciler.facts.gather`.
 
 Every fact is a `Fact[T]`: either known (with a value) or unknown (with the reason). An unknown
 fact is never "absent": a state that would remove something on the grounds of an unknown fact

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from typing import Literal
 
 from reconciler.desired.models import Cluster, Desired
-from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, Ledger
 from reconciler.facts.parsers.nft_dsr import ip_key
+from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.steps import LowState, Phase
 from states import addr, director, kmod, sysctl
 from states.args import Args, LedgerOp, low_args

@@ -2,7 +2,7 @@
 
 Shipped verbatim to the client like `reconciler.verify.probe_traffic` (`python3 - <args>` with this
 source on stdin), so it uses the standard library only and imports nothing from shoal.
-`reconciler.verify.run` reads it with `arp_probe_source()`.
+`reconciler.verify.arp` reads it with `arp_probe_source()`.
 
 Why not `arping`: iputils arping takes whole seconds between requests (`-i 0.2` is refused), so
 three requests cost three seconds, and without `-b` it unicasts after the first reply, so a

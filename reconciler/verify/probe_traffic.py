@@ -1,8 +1,8 @@
 """The traffic probe that runs ON a client host: N requests to one VIP:port, counted.
 
 This file is shipped verbatim to the client (`python3 - <args>` with this source on stdin), so
-it uses the standard library only and imports nothing from shoal. `reconciler.verify.run` reads it
-with `probe_source()`; the lab's load generator runs the same file.
+it uses the standard library only and imports nothing from shoal. `reconciler.verify.traffic`
+reads it with `probe_source()`; the lab's load generator runs the same file.
 
 Each request is a new connection from a new source port, so a director that hashes the source
 address and port (or IPVS's schedulers) spreads them over the real servers; `--concurrency N`

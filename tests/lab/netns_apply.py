@@ -30,8 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from reconciler.desired.models import Desired
-from reconciler.facts.gather import build_facts_script, parse_facts_output
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.facts.parse import parse_facts_output
+from reconciler.facts.script import build_facts_script
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Plan, Step

@@ -32,7 +32,8 @@ from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.transport.ssh import SSHTransport
-from reconciler.verify.run import VerificationResult, verify_desired
+from reconciler.verify.result import VerificationResult
+from reconciler.verify.run import verify_desired
 from tests.lab.executor_support import raw_state
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]

@@ -42,7 +42,8 @@ from reconciler.desired.models import (
     VerifySettings,
 )
 from reconciler.transport.ssh import SSHTransport
-from reconciler.verify.run import VerificationResult, verify_desired
+from reconciler.verify.result import VerificationResult
+from reconciler.verify.run import verify_desired
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 

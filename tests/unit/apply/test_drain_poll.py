@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from reconciler.apply.drain_poll import drain_poll
-from reconciler.facts.gather import build_facts_script
+from reconciler.facts.script import build_facts_script
 from reconciler.plan.steps import DrainWait, Phase, Step
 from states.keepalived import PID_DIR
 

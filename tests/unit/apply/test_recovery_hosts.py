@@ -8,7 +8,8 @@ The hosts are `FakeHost`s left as a controller that crashed would leave them
 from __future__ import annotations
 
 from reconciler.apply.recovery import backups, host_verdicts, restore_snapshots
-from reconciler.facts.gather import gather_facts, parse_facts_output
+from reconciler.facts.gather import gather_facts
+from reconciler.facts.parse import parse_facts_output
 from reconciler.plan.steps import HostPlan, Phase, Plan
 from tests.unit.apply.fake_hosts import (
     ARP_IGNORE,

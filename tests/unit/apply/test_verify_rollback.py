@@ -15,7 +15,7 @@ from reconciler.desired.models import ApplySettings, Desired, Settings, VerifySe
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import Phase
 from reconciler.transport.protocol import Transport
-from reconciler.verify.run import VerificationFailure, VerificationResult
+from reconciler.verify.result import VerificationFailure, VerificationResult
 from tests.statecases import cluster_desired
 from tests.unit.apply.fake_hosts import (
     ARP_IGNORE,

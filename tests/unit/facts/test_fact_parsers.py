@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from reconciler.errors import FactParseError
-from reconciler.facts.gather import parse_facts_output
+from reconciler.facts.parse import parse_facts_output
 from reconciler.facts.parsers.arptables import parse_arptables_list, parse_arptables_save
 from reconciler.facts.parsers.backend import parse_xtables_version
 from reconciler.facts.parsers.ip_addr import parse_ip_addr
@@ -83,9 +83,19 @@ def _cases() -> list[Any]:
     return cases
 
 
-def test_every_parser_has_fixtures() -> None:
+def test_every_fixture_directory_is_a_parser_and_every_case_has_its_expectation() -> None:
+    # A directory no parser claims would be skipped in silence, and so would a case without
+    # its expected result (or an expected result whose case was renamed).
+    assert {d.name for d in FIXTURES.iterdir() if d.is_dir()} == set(PARSERS)
     for parser in PARSERS:
-        assert list((FIXTURES / parser).glob("*.txt")), f"no fixtures for {parser}"
+        cases = {
+            c.name.removesuffix(".txt")
+            for c in (FIXTURES / parser).glob("*.txt")
+            if not c.name.endswith(".list.txt")  # a case's auxiliary input, not a case
+        }
+        expected = {e.stem for e in (FIXTURES / parser).glob("*.json")}
+        assert cases, f"no fixtures for {parser}"
+        assert cases == expected, parser
 
 
 @pytest.mark.parametrize(("parser", "case"), _cases())
@@ -137,13 +147,18 @@ def test_arptables_target_first_layout_is_understood() -> None:
     assert mangle.spec[-4:] == ("-j", "mangle", "--mangle-ip-s", "10.77.0.21")
 
 
-def test_arptables_nft_warns_about_legacy_tables() -> None:
-    rules = parse_arptables_save(
-        _arp("nft_legacy_also_present.txt"),
-        "nft",
-        stderr=_arp("nft_legacy_also_present.stderr"),
+def test_arptables_legacy_tables_are_present_exactly_when_arptables_nft_warns() -> None:
+    text = _arp("nft_legacy_also_present.txt")
+    warned = parse_arptables_save(text, "nft", stderr=_arp("nft_legacy_also_present.stderr"))
+    silent = parse_arptables_save(text, "nft")
+    iptables_warned = parse_arptables_save(
+        text, "nft", stderr="# Warning: iptables-legacy tables present, use iptables-legacy-save\n"
     )
-    assert rules.legacy_tables_present
+    assert [warned.legacy_tables_present, silent.legacy_tables_present] == [True, False]
+    # Another tool's legacy tables say nothing about the ARP tables.
+    assert not iptables_warned.legacy_tables_present
+    # The warning is about other tables: the rules read are the same either way.
+    assert warned.rules == silent.rules and len(warned.rules) == 6
 
 
 def test_arptables_names_opcodes_and_host_masks_like_the_tools() -> None:

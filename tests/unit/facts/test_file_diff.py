@@ -23,17 +23,19 @@ from api.schemas import host_diff
 from reconciler.cli.common import print_lines
 from reconciler.cli.plan import file_diffs, render_step, run_plan
 from reconciler.errors import FactParseError
-from reconciler.facts.gather import build_facts_script, parse_facts_output
 from reconciler.facts.hostfacts import FILE_CONTENT_MAX, Fact, FileInfo, HostFacts, KeepalivedInfo
+from reconciler.facts.parse import parse_facts_output
 from reconciler.facts.parsers.stat import parse_file_lines
+from reconciler.facts.script import build_facts_script
 from reconciler.plan.stepdiff import NO_NEWLINE, file_diff, unified_diff
 from reconciler.plan.steps import Change, FileWrite, LowState, Phase, Step
 from states.base import PlanContext
 from states.file import FileArgs, managed_result
 from states.keepalived import CONF_PATH, CONFIG, sha256_text
 from tests.statecases import cluster_desired, fresh_facts
-from tests.support.api_world import World
+from tests.support.gathers import EXAMPLE, fresh
 from tests.support.plans import make_plan
+from tests.unit.facts.support import PlanApi
 
 # Content a naive transport would break: a line that looks like the script's own end marker,
 # shell syntax, a backslash, UTF-8, a carriage return, a tab and no final newline.
@@ -320,13 +322,13 @@ def test_shoal_plan_renders_the_file_diff_escaped_and_clipped() -> None:
 
 
 def test_api_step_diff_and_host_diff_name_the_file(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    base = make_plan(world.head, host="lvs1", digest="f" * 64)
+    api = PlanApi(tmp_path)
+    base = make_plan("c" * 40, host="lvs1", digest="f" * 64)
     install = _keepalived_install(KEEPALIVED, KEEPALIVED.replace("line 2\n", "line two\n"))
     hp = base.hosts["lvs1"].model_copy(update={"steps": (*base.hosts["lvs1"].steps, install)})
     plan = base.model_copy(update={"hosts": {"lvs1": hp}, "id": "0123456789abcdef"})
-    world.store.add_plan(plan, cluster="web", kind="change")
-    shown = world.client.get(f"/plans/{plan.id}", headers=world.auth("viewer")).json()
+    api.store.add_plan(plan, cluster="web", kind="change")
+    shown = api.client.get(f"/plans/{plan.id}", headers=api.viewer).json()
     vip_step, install_out = shown["hosts"]["lvs1"]["steps"]
     assert vip_step["diff"] is None  # not a file: its change is in the host diff as before
     assert install_out["before"] == KEEPALIVED and install_out["after"].count("\n") == 55
@@ -355,8 +357,6 @@ def test_shoal_plan_json_has_diffs_of_changed_files_only() -> None:
 
 def test_run_plan_json_carries_diffs() -> None:
     # The example repository on fresh hosts: every file is new, so there is nothing to diff.
-    from tests.support.gathers import EXAMPLE, fresh
-
     buf = io.StringIO()
     run_plan(EXAMPLE, client_key=Path("/x"), as_json=True,
              console=Console(file=buf, width=200, color_system=None), gather=fresh)  # fmt: skip

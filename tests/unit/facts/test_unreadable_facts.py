@@ -14,8 +14,9 @@ from pathlib import Path
 from rich.console import Console
 
 from reconciler.cli.plan import EXIT_ERROR, exit_status, render_plan, summary
-from reconciler.facts.gather import DENIED, Section, parse_facts_output
 from reconciler.facts.hostfacts import ArptablesRules, Fact, Ledger
+from reconciler.facts.parse import Section, parse_facts_output
+from reconciler.facts.script import DENIED
 from reconciler.plan.planner import LEDGER_PATH, plan_desired
 from tests.statecases import all_fresh, cluster_desired
 

@@ -14,8 +14,8 @@ import pytest
 
 from reconciler.apply.stable_facts import stable_digest
 from reconciler.desired.models import IpvsSettings
-from reconciler.facts.gather import IPVS_MODULE_DEFAULTS
 from reconciler.facts.hostfacts import Fact, HostFacts, IpvsTable
+from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.compile import compile_directors, managed_paths
 from reconciler.plan.compile_director import IPVS_SYSCTLS, KMOD_IPVS
 from reconciler.plan.persistence import RESTORE_SCRIPT

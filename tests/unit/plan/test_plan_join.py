@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from reconciler.desired.models import Desired, RealServer
-from reconciler.facts.gather import DEFAULT_FILES
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.facts.script import DEFAULT_FILES
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.persistence import RESTORE_SCRIPT, RESTORE_UNIT, RESTORE_UNIT_PATH
 from reconciler.plan.planner import plan_desired

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import SourceError
-from reconciler.facts.gather import MARKER, Section, split_sections
+from reconciler.facts.parse import Section, split_sections
+from reconciler.facts.script import MARKER
 from reconciler.server.controller import Controller
 from reconciler.server.store.database import Store
 from reconciler.transport.fake import Call, FakeTransport, Reply

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from reconciler.apply.runresult import RunError, RunResult
 from reconciler.server.run_record import run_result_records
-from reconciler.verify.run import (
+from reconciler.verify.result import (
     ArpCheck,
     ArpResponder,
     RealServerTraffic,
