@@ -5,7 +5,8 @@ ShoalError
 ├── Stalled                    the operator must change something (git, inventory); no retry
 │   ├── DesiredStateInvalid    the config repo failed validation (carries every ConfigIssue)
 │   ├── RequisiteCycle         requisites of low states form a cycle (names it)
-│   └── HostKeyRejected        a host presented an unknown or changed key (carries the fingerprint)
+│   ├── HostKeyRejected        a host presented an unknown or changed key (carries the fingerprint)
+│   └── PrivilegeMissing     sudo refused the login, nothing ran (names the user, what is missing)
 ├── Waiting                    nothing is wrong, the plan waits; re-plan later
 │   ├── ApprovalRequired       a plan waits for a person
 │   └── StalePlan              facts changed between plan and approval (HTTP 409)
@@ -112,6 +113,16 @@ class HostKeyRejected(Stalled):
         self.fingerprint = fingerprint
         msg = f"{host}: host key {fingerprint} is not trusted by known_hosts"
         super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class PrivilegeMissing(Stalled):
+    """The login user may not run shoal's scripts as root on the host; nothing ran there."""
+
+    def __init__(self, host: str, user: str, missing: str) -> None:
+        self.host = host
+        self.user = user
+        self.missing = missing
+        super().__init__(f"{host}: login user {user} cannot run shoal as root: {missing}")
 
 
 class ApprovalRequired(Waiting):

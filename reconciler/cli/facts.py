@@ -91,15 +91,15 @@ def render_table(facts: HostFacts, console: Console) -> None:
     table = Table(title=f"facts of {facts.host}", show_lines=True)
     table.add_column("fact", style="bold")
     table.add_column("value", overflow="fold")
-    for name in type(facts).model_fields:
-        if name == "host":
-            continue
+    for name in facts.fact_names():
         fact = getattr(facts, name)
         if fact.known:
             table.add_row(name, _summary(name, fact))
         else:
             table.add_row(name, f"[red]unknown[/red]: {fact.unknown_reason}")
     console.print(table)
+    if facts.privilege_error is not None:
+        console.print(f"[red]{facts.privilege_error}[/red]")
     console.print(f"digest {facts.digest()}")
 
 
@@ -124,5 +124,5 @@ def run_facts(
         echo(facts.model_dump_json(indent=2))
     else:
         render_table(facts, console or Console())
-    everything_unknown = len(facts.unknown_facts) == len(type(facts).model_fields) - 1
+    everything_unknown = len(facts.unknown_facts) == len(facts.fact_names())
     return 1 if everything_unknown else 0

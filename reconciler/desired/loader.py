@@ -37,6 +37,7 @@ from reconciler.desired.models import (
     ExtraState,
     Host,
     Inventory,
+    LoginSettings,
     Service,
     Settings,
     is_valid_name,
@@ -358,11 +359,23 @@ def load_tree(files: Mapping[str, bytes], revision: str = "") -> Desired:
         raise DesiredStateInvalid(issues)
     return Desired(
         settings=settings,
-        inventory=Inventory(hosts=hosts),
+        inventory=Inventory(hosts=with_login_defaults(hosts, settings.login)),
         clusters=dict(sorted(clusters.items())),
         known_hosts=known_hosts,
         revision=revision,
     )
+
+
+_LOGIN_KEYS = ("user", "become", "become_user")
+
+
+def with_login_defaults(hosts: Mapping[str, Host], login: LoginSettings) -> dict[str, Host]:
+    """Every host with shoal.toml's [login] values for the login keys its inventory entry lacks."""
+    out: dict[str, Host] = {}
+    for name, host in hosts.items():
+        unset = {key for key in _LOGIN_KEYS if key not in host.model_fields_set}
+        out[name] = host.model_copy(update={key: getattr(login, key) for key in unset})
+    return out
 
 
 def read_tree(path: Path) -> dict[str, bytes]:

@@ -177,11 +177,27 @@ class IpvsSettings(_Model):
     expire_quiescent_template: bool = True
 
 
+Become = Literal["none", "sudo"]
+
+
+class LoginSettings(_Model):
+    """How shoal logs in to hosts and gets root there; a host's own keys in inventory.toml win.
+
+    With `become = "sudo"` every remote script runs as `sudo -n -u <become_user>` through the
+    wrapper at `reconciler.transport.become.WRAPPER_PATH` (see `shoal sudoers`).
+    """
+
+    user: Name = "root"
+    become: Become = "none"
+    become_user: Name = "root"
+
+
 class Settings(_Model):
     """`shoal.toml`: repository-wide settings."""
 
     approval: Approval = "manual"
     drift: DriftPolicy = "report"
+    login: LoginSettings = LoginSettings()
     apply: ApplySettings = ApplySettings()
     verify: VerifySettings = VerifySettings()
     ipvs: IpvsSettings = IpvsSettings()
@@ -196,7 +212,11 @@ class Host(_Model):
     name: Name
     address: IPv4
     interface: InterfaceName = "eth0"
+    # The login user and how it becomes root; unset keys take shoal.toml's [login] (the loader
+    # fills them in, so after loading every host carries its own values).
     user: Name = "root"
+    become: Become = "none"
+    become_user: Name = "root"
     port: Port = 22
     prefix: int = Field(default=24, ge=8, le=32, description="prefix of the interface's subnet")
     # Let shoal take over (remove) what an operator configured by hand on this host when it

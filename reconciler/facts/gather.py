@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from reconciler.errors import ShoalError
+from reconciler.errors import PrivilegeMissing, ShoalError
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.facts.parse import parse_facts_output
 from reconciler.facts.script import MARKER, build_facts_script
@@ -24,6 +24,10 @@ async def gather_host_facts(
     script = build_facts_script(managed_paths)
     try:
         result = await transport.run_script(host, script)
+    except PrivilegeMissing as exc:
+        # The host answered but sudo ran nothing: every fact unknown, for this reason.
+        unknown = HostFacts.all_unknown(host, str(exc))
+        return unknown.model_copy(update={"privilege_error": str(exc)})
     except ShoalError as exc:
         return HostFacts.all_unknown(host, f"host unreachable: {exc}")
     if not str(result.stdout).rstrip().endswith(f"{MARKER} done"):

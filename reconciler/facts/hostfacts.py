@@ -260,6 +260,13 @@ class Ledger(_Value):
     sysctl_originals: dict[str, str] = {}
 
 
+class Login(_Value):
+    """Who the facts script ran as: after sudo, when the host's become is sudo."""
+
+    uid: int
+    user: str
+
+
 class HostFacts(_Value):
     """Every fact of one host, from one round trip."""
 
@@ -280,22 +287,33 @@ class HostFacts(_Value):
     ledger: Fact[Ledger] = Fact[Ledger].unknown("not gathered")
     services_enabled: Fact[dict[str, bool]] = Fact[dict[str, bool]].unknown("not gathered")
     kernel_release: Fact[str] = Fact[str].unknown("not gathered")
+    login: Fact[Login] = Fact[Login].unknown("not gathered")
+    # Why this login cannot act as root here (sudo refused before anything ran); the facts are
+    # then all unknown, yet the host answered: the plan blocks it with this message.
+    privilege_error: str | None = None
+
+    @classmethod
+    def fact_names(cls) -> tuple[str, ...]:
+        """The fields that are facts (everything but the host name and the privilege error)."""
+        return tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if field.annotation is not None and _is_fact(field.annotation)
+        )
 
     @classmethod
     def all_unknown(cls, host: str, reason: str) -> HostFacts:
         """Facts of a host that could not be read at all (unreachable, script failed)."""
-        fields: dict[str, Any] = {
-            name: Fact[Any].unknown(reason) for name in cls.model_fields if name != "host"
-        }
+        fields: dict[str, Any] = {name: Fact[Any].unknown(reason) for name in cls.fact_names()}
         return cls(host=host, **fields)
 
     @property
     def unknown_facts(self) -> dict[str, str]:
         """Name -> reason of every fact that could not be read."""
         out: dict[str, str] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, Fact) and value.unknown_reason is not None:
+        for name in self.fact_names():
+            value: Fact[Any] = getattr(self, name)
+            if value.unknown_reason is not None:
                 out[name] = value.unknown_reason
         return out
 
@@ -314,6 +332,10 @@ class HostFacts(_Value):
         key = id(self)
         _DIGESTS[key] = (weakref.ref(self, lambda _r: _DIGESTS.pop(key, None)), value)
         return value
+
+
+def _is_fact(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Fact)
 
 
 _VOLATILE_KEYS = frozenset({"active_connections", "inactive_connections"})

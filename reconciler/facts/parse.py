@@ -24,6 +24,7 @@ from reconciler.facts.hostfacts import (
     IpvsTable,
     KeepalivedInfo,
     Ledger,
+    Login,
 )
 from reconciler.facts.parsers.arptables import parse_arptables_list
 from reconciler.facts.parsers.backend import parse_xtables_version
@@ -186,6 +187,14 @@ def _ledger(section: Section) -> Ledger:
     return Ledger.model_validate_json(body)
 
 
+def _login(section: Section) -> Login:
+    kv = _kv(section.stdout)
+    uid = kv.get("uid", "")
+    if not uid.isdigit() or "user" not in kv:
+        raise FactParseError("login", f"expected uid= and user=, got {section.stdout!r}")
+    return Login(uid=int(uid), user=kv["user"])
+
+
 def _one_line(section: Section) -> str:
     value = section.stdout.strip()
     if not value or "\n" in value:
@@ -219,6 +228,7 @@ def parse_facts_output(host: str, stdout: str) -> HostFacts:
         services=_split(services, 0),
         services_enabled=_split(services, 1),
         ledger=_fact(sections, "ledger", LEDGER_PATH, _ledger),
+        login=_fact(sections, "login", "id -u", _login),
     )
 
 

@@ -124,6 +124,10 @@ there() {
 denied() { printf '%s: Permission denied\n' "$1" >&2; return 13; }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "$1 is not installed" >&2; return 127; }; }
 version() { need "$1" && "$1" -V; }
+f_login() {
+  _u=$(id -u) || return
+  printf 'uid=%s\nuser=%s\n' "$_u" "$(id -un 2>/dev/null || echo "#$_u")"
+}
 f_hostname() { rd /proc/sys/kernel/hostname && printf '%s\n' "$_v"; }
 f_kernel() { rd /proc/sys/kernel/osrelease && printf '%s\n' "$_v"; }
 f_addr() { need ip && ip -j addr; }
@@ -271,6 +275,7 @@ f_ledger() {
 
 _BODY = """
 printf '%s facts v{version}\\n' "$M"
+sec login f_login
 sec hostname f_hostname
 sec kernel f_kernel
 sec addr f_addr

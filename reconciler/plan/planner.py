@@ -21,7 +21,9 @@ Blocking: a host whose ledger is unknown, or one of whose states could not be pl
 fact it needs is unknown, gets no step at all: its HostPlan is `blocked`, with a message naming
 the host, what could not be read and why (`web3: /var/lib/shoal/ledger.json: Permission
 denied`). Planning around the gap would be unsafe (a VIP added without its ARP suppression, a
-ledger written over one that lists what shoal owns), so nothing on that host is touched.
+ledger written over one that lists what shoal owns), so nothing on that host is touched. A host
+where shoal does not run as root (a login that is not root without become, or sudo refusing
+it) is blocked the same way, before any step, with the host, the user and what is missing.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
                 host=host, facts_digest="", reachable=False, unknown_reason="no facts gathered"
             )
             continue
+        refused = privilege_refusal(desired, host, hf)
+        if refused is not None:
+            plans[host] = _blocked(host, hf, refused, ())
+            continue
         reason = unreachable_reason(hf)
         if reason is not None:
             plans[host] = HostPlan(
@@ -106,6 +112,30 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
         clusters=tuple(sorted(desired.clusters)),
         hosts=plans,
         low_states=tuple(low_states),
+    )
+
+
+def privilege_refusal(desired: Desired, host: str, facts: HostFacts) -> str | None:
+    """Why shoal may not change anything on `host` as this login, or None if it runs as root.
+
+    Everything shoal changes needs root: a login that is not root (become unset, or a
+    become_user that is not root) would fail at its first step, half-way through a phase.
+    """
+    if facts.privilege_error is not None:
+        return facts.privilege_error
+    login = facts.login.value
+    if login is None or login.uid == 0:
+        return None
+    cfg = desired.inventory.hosts.get(host)
+    if cfg is None or cfg.become == "none":
+        return (
+            f"{host}: login user {login.user} (uid {login.uid}) is not root and become is not "
+            f'set: shoal changes need root; set become = "sudo" for {host} in inventory.toml '
+            "(or under [login] in shoal.toml) and install what `shoal sudoers` prints"
+        )
+    return (
+        f"{host}: sudo -u {cfg.become_user} runs shoal as {login.user} (uid {login.uid}), not "
+        f'root: shoal changes need root; set become_user = "root"'
     )
 
 

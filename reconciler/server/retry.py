@@ -3,7 +3,8 @@
 DESIGN.md: the class of an error decides the retry, not the place that caught it. Every handler
 of the controller asks `retry_decision` and does what the answer says:
 
-    Stalled        (invalid repository, requisite cycle, host key)   WaitForRevision
+    Stalled        (invalid repository, requisite cycle, host key,   WaitForRevision
+                    sudo refused)
     Waiting        (approval required, stale plan)                   Requeue at once: re-plan
     ApplyError     (a step failed and was rolled back; RollbackError) GiveUp on that plan
     Transient      (git, transport, a fact that did not parse)       Requeue after a backoff

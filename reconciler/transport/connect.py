@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from reconciler.desired.models import Desired
 from reconciler.transport.ssh import SSHTransport
 
 
-def transport_for(desired: Desired, client_key: Path) -> SSHTransport:
-    """A transport (not yet connected; use `async with`) to `desired`'s inventory."""
+def transport_for(
+    desired: Desired, client_key: Path, become_password: SecretStr | None = None
+) -> SSHTransport:
+    """A transport (not yet connected; use `async with`) to `desired`'s inventory; the sudo
+    password, if the site needs one, for its hosts with become = "sudo"."""
     cfg = desired.settings.apply
     return SSHTransport(
         desired.inventory,
@@ -23,4 +28,5 @@ def transport_for(desired: Desired, client_key: Path) -> SSHTransport:
         connect_timeout=cfg.connect_timeout,
         command_timeout=cfg.command_timeout,
         max_concurrent_hosts=cfg.max_concurrent_hosts,
+        become_password=become_password,
     )

@@ -6,6 +6,8 @@ unknown or changed key is refused with the presented key's SHA256 fingerprint. O
 controller's client key is offered (no agent, no passwords, no ~/.ssh/config).
 
 Commands are argv tuples joined with `shlex.join`, so no argument is ever read as shell code.
+On a host with `become = "sudo"` the same command or script goes, in the same one channel, to
+shoal's wrapper under sudo (`reconciler.transport.become`); a sudo refusal is PrivilegeMissing.
 asyncssh and OSError exceptions do not leave this module: they become `reconciler.errors`
 classes (HostUnreachable, HostKeyRejected, CommandTimeout, CommandFailed, TransportError).
 """
@@ -17,10 +19,12 @@ import contextlib
 import math
 import shlex
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import asyncssh
+from pydantic import SecretStr
 
 from reconciler.desired.models import Host, Inventory
 from reconciler.errors import (
@@ -29,6 +33,7 @@ from reconciler.errors import (
     HostUnreachable,
     TransportError,
 )
+from reconciler.transport import become
 from reconciler.transport.protocol import SCRIPT_ARGV, Argv, CommandResult
 
 # After a timeout the channel is closed; waiting longer than this for the close is pointless.
@@ -46,6 +51,14 @@ def remote_command(argv: Argv, limit: float) -> str:
     joined = shlex.join(argv)
     bound = f"timeout -k 2 {math.ceil(limit) + 1} {joined}"
     return f"if command -v timeout >/dev/null 2>&1; then exec {bound}; else exec {joined}; fi"
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """The command line a channel runs and what its stdin carries."""
+
+    line: str
+    stdin: str | None
 
 
 class _SessionNotOpened(TransportError):
@@ -81,8 +94,11 @@ class SSHTransport:
         connect_timeout: float = 10,
         command_timeout: float = 60,
         max_concurrent_hosts: int = 64,
+        become_password: SecretStr | None = None,
     ) -> None:
         self._inventory = inventory
+        # For hosts with become = "sudo" whose sudoers asks for one; fed to sudo on stdin only.
+        self._become_password = become_password
         # A Path is a file to read; a str is the known_hosts text itself (as the repo holds it).
         text = known_hosts.read_text() if isinstance(known_hosts, Path) else known_hosts
         self._known_hosts = asyncssh.import_known_hosts(text)
@@ -191,6 +207,21 @@ class SSHTransport:
 
     # --- commands ---------------------------------------------------------------------------
 
+    def _command(self, host: Host, argv: Argv, input: str | None, limit: float) -> _Command:
+        """What goes over the channel for argv: as is, or (become = "sudo") as a script on the
+        wrapper's stdin, under sudo."""
+        if host.become == "none":
+            return _Command(remote_command(argv, limit), input)
+        script = input if argv == SCRIPT_ARGV and input is not None else None
+        if script is None:
+            script = become.command_script(argv, input)
+        password = self._become_password
+        sudo = become.sudo_argv(host.become_user, with_password=password is not None)
+        return _Command(
+            become.login_command(remote_command(sudo, limit)),
+            become.sudo_stdin(script, None if password is None else password.get_secret_value()),
+        )
+
     async def _exec(
         self,
         name: str,
@@ -200,15 +231,17 @@ class SSHTransport:
         timeout: float | None,
     ) -> CommandResult:
         limit = self.command_timeout if timeout is None else timeout
+        host = self._host(name)
+        command = self._command(host, argv, input, limit)
         self.channels_opened[name] += 1
         try:
-            process = await conn.create_process(remote_command(argv, limit), encoding="utf-8")
+            process = await conn.create_process(command.line, encoding="utf-8")
         except asyncssh.ChannelOpenError as exc:
             raise _SessionNotOpened(name, f"cannot open a session: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
             raise _SessionNotOpened(name, f"cannot open a session: {exc}") from None
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(input), limit)
+            stdout, stderr = await asyncio.wait_for(process.communicate(command.stdin), limit)
         except TimeoutError:
             await self._abort(process)
             raise CommandTimeout(name, f"{shlex.join(argv)!r} ran past {limit:g}s") from None
@@ -224,9 +257,12 @@ class SSHTransport:
             signal = process.exit_signal[0] if process.exit_signal else "no exit status"
             status = 255
             stderr = f"{stderr or ''}{'' if not stderr else chr(10)}terminated: {signal}"
-        return CommandResult(
+        result = CommandResult(
             host=name, argv=argv, exit_status=status, stdout=stdout or "", stderr=stderr or ""
         )
+        if host.become == "none":
+            return result
+        return become.unwrap(result, host.user, host.become_user)
 
     @staticmethod
     async def _abort(process: asyncssh.SSHClientProcess[str]) -> None:
