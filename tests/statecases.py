@@ -38,6 +38,7 @@ from reconciler.facts.hostfacts import (
     IpvsTable,
     KeepalivedInfo,
     Ledger,
+    Login,
     NftRuleset,
     NftTable,
 )
@@ -126,6 +127,7 @@ def fresh_facts(host: str, address: str | None = None, *, interface: str = "eth0
         services=Fact.of({}),
         services_enabled=Fact.of({}),
         ledger=Fact.of(Ledger()),
+        login=Fact.of(Login(uid=0, user="root")),
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -46,9 +47,13 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_UNPROVEN = 0, 1, 2, 3
 Ask = Callable[[str], bool]
 
 
-async def make_plan(desired: Desired, client_key: Path) -> Plan:
+async def make_plan(
+    desired: Desired, client_key: Path, become_password: SecretStr | None = None
+) -> Plan:
     """Facts of every inventory host (one round trip each), then the plan."""
-    facts = await gather_over_ssh(desired, client_key, lambda host, facts: None)
+    facts = await gather_over_ssh(
+        desired, client_key, lambda host, facts: None, become_password=become_password
+    )
     return plan_desired(desired, facts)
 
 
@@ -155,6 +160,7 @@ def run_apply(
     repo: Path,
     *,
     client_key: Path,
+    become_password: SecretStr | None = None,
     yes: bool = False,
     as_json: bool = False,
     console: Console | None = None,
@@ -188,13 +194,15 @@ def run_apply(
     try:
         if yes:
             # No pause between plan and apply: one transport, the plan's facts reused.
-            plan, maybe = asyncio.run(_plan_and_apply(desired, client_key, err, as_json, show))
+            plan, maybe = asyncio.run(
+                _plan_and_apply(desired, client_key, become_password, err, as_json, show)
+            )
             if maybe is None:
                 return EXIT_REFUSED if plan.refused else EXIT_OK
             result = maybe
         else:
             with err.status("gathering facts and planning", spinner="dots"):
-                plan = asyncio.run(make_plan(desired, client_key))
+                plan = asyncio.run(make_plan(desired, client_key, become_password))
             if not show(plan):
                 return EXIT_REFUSED if plan.refused else EXIT_OK
             confirm = ask or (lambda q: Confirm.ask(q, console=out))
@@ -202,7 +210,9 @@ def run_apply(
                 out.print("not applied")
                 return EXIT_REFUSED
             # The operator took their time: the apply reads the hosts again (stale check).
-            result = asyncio.run(_apply(plan, desired, client_key, err, quiet=as_json))
+            result = asyncio.run(
+                _apply(plan, desired, client_key, become_password, err, quiet=as_json)
+            )
     except StalePlan as exc:
         return fail(out, as_json, [f"{exc}; run shoal apply again"], EXIT_REFUSED)
     except (RequisiteCycle, DesiredStateInvalid, ShoalError) as exc:
@@ -236,12 +246,13 @@ def refused_note(plan: Plan) -> str:
 async def _plan_and_apply(
     desired: Desired,
     client_key: Path,
+    become_password: SecretStr | None,
     err: Console,
     quiet: bool,
     show: Callable[[Plan], bool],
 ) -> tuple[Plan, RunResult | None]:
     """Gather, plan, show and apply on one transport; (plan, None) when nothing to apply."""
-    async with transport_for(desired, client_key) as transport:
+    async with transport_for(desired, client_key, become_password) as transport:
         with err.status("gathering facts and planning", spinner="dots"):
             plan, facts = await gather_and_plan(desired, transport)
         if not show(plan):
@@ -250,9 +261,15 @@ async def _plan_and_apply(
 
 
 async def _apply(
-    plan: Plan, desired: Desired, client_key: Path, err: Console, *, quiet: bool
+    plan: Plan,
+    desired: Desired,
+    client_key: Path,
+    become_password: SecretStr | None,
+    err: Console,
+    *,
+    quiet: bool,
 ) -> RunResult:
-    async with transport_for(desired, client_key) as transport:
+    async with transport_for(desired, client_key, become_password) as transport:
         return await _run(plan, desired, transport, err, quiet=quiet)
 
 

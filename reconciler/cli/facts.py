@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -22,13 +23,15 @@ from reconciler.facts.hostfacts import Fact, HostFacts
 from reconciler.transport.connect import transport_for
 
 
-async def facts_of_host(repo: Path, host: str, client_key: Path) -> HostFacts:
+async def facts_of_host(
+    repo: Path, host: str, client_key: Path, become_password: SecretStr | None = None
+) -> HostFacts:
     """Load the repository and gather `host`'s facts (ValueError if it is not in the inventory)."""
     desired = load_repository(repo)
     if host not in desired.inventory.hosts:
         known = ", ".join(sorted(desired.inventory.hosts)) or "none"
         raise ValueError(f"host {host!r} is not in the inventory (hosts: {known})")
-    async with transport_for(desired, client_key) as transport:
+    async with transport_for(desired, client_key, become_password) as transport:
         facts = await gather_facts(transport, [host])
     return facts[host]
 
@@ -108,12 +111,13 @@ def run_facts(
     host: str,
     *,
     client_key: Path,
+    become_password: SecretStr | None = None,
     as_json: bool,
     echo: Callable[[str], None],
     console: Console | None = None,
 ) -> int:
     try:
-        facts = asyncio.run(facts_of_host(repo, host, client_key))
+        facts = asyncio.run(facts_of_host(repo, host, client_key, become_password))
     except DesiredStateInvalid as exc:
         echo(f"invalid repository:\n{exc}")
         return 2

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -17,6 +18,25 @@ KeyOption = Annotated[
 ]
 DEFAULT_KEY = Path("~/.ssh/id_ed25519")
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON document")]
+BecomePasswordFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--become-password-file",
+        help="sudo password (file of mode 600) for become = \"sudo\" hosts whose sudoers asks "
+        "for one; else $SHOAL_BECOME_PASSWORD_FILE or $SHOAL_BECOME_PASSWORD",
+    ),
+]
+
+
+def become_password(password_file: Path | None) -> SecretStr | None:
+    """The sudo password given to this command, if any; a clear error (exit 2) if unusable."""
+    from reconciler.transport.become_password import BecomePasswordError, load_become_password
+
+    try:
+        return load_become_password(password_file.expanduser() if password_file else None)
+    except BecomePasswordError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -35,12 +55,19 @@ def verify(
     repo: RepoArgument = Path("."),
     key: KeyOption = DEFAULT_KEY,
     as_json: JsonOption = False,
+    become_password_file: BecomePasswordFileOption = None,
 ) -> None:
     """Send real traffic through every VIP and check who answers ARP; name the host at fault."""
     from reconciler.cli.verify import run_verify
 
     raise typer.Exit(
-        run_verify(repo, client_key=key.expanduser(), as_json=as_json, echo=typer.echo)
+        run_verify(
+            repo,
+            client_key=key.expanduser(),
+            become_password=become_password(become_password_file),
+            as_json=as_json,
+            echo=typer.echo,
+        )
     )
 
 
@@ -50,12 +77,20 @@ def facts(
     repo: Annotated[Path, typer.Option("--repo", help="the config repository")] = Path("."),
     key: KeyOption = DEFAULT_KEY,
     as_json: JsonOption = False,
+    become_password_file: BecomePasswordFileOption = None,
 ) -> None:
     """Gather one host's facts in one SSH round trip and print them."""
     from reconciler.cli.facts import run_facts
 
     raise typer.Exit(
-        run_facts(repo, host, client_key=key.expanduser(), as_json=as_json, echo=typer.echo)
+        run_facts(
+            repo,
+            host,
+            client_key=key.expanduser(),
+            become_password=become_password(become_password_file),
+            as_json=as_json,
+            echo=typer.echo,
+        )
     )
 
 
@@ -74,6 +109,7 @@ def serve(
         Path | None,
         typer.Option("--webhook-secret-file", help="else $SHOAL_WEBHOOK_SECRET[_FILE]"),
     ] = None,
+    become_password_file: BecomePasswordFileOption = None,
 ) -> None:
     """Watch the repository, plan, serve the API, apply approved plans."""
     from reconciler.cli.serve import run_serve
@@ -89,6 +125,7 @@ def serve(
         poll_interval=poll,
         client_key=key.expanduser() if key else None,
         webhook_secret=load_webhook_secret(webhook_secret_file),
+        become_password=become_password(become_password_file),
     )
     raise typer.Exit(run_serve(settings))
 
@@ -118,12 +155,19 @@ def plan(
     key: KeyOption = DEFAULT_KEY,
     as_json: JsonOption = False,
     states: Annotated[bool, typer.Option("--states", help="also show the low states")] = False,
+    become_password_file: BecomePasswordFileOption = None,
 ) -> None:
     """Gather facts and show what would change, per host (exit 0 in sync, 2 changes, 1 error)."""
     from reconciler.cli.plan import run_plan
 
     raise typer.Exit(
-        run_plan(repo, client_key=key.expanduser(), as_json=as_json, show_states=states)
+        run_plan(
+            repo,
+            client_key=key.expanduser(),
+            become_password=become_password(become_password_file),
+            as_json=as_json,
+            show_states=states,
+        )
     )
 
 
@@ -133,11 +177,41 @@ def apply(
     key: KeyOption = DEFAULT_KEY,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="apply without asking")] = False,
     as_json: JsonOption = False,
+    become_password_file: BecomePasswordFileOption = None,
 ) -> None:
     """Plan, show, ask, apply with rollback (exit 0 ok, 1 rolled back, 2 refused, 3 unproven)."""
     from reconciler.cli.apply import run_apply
 
-    raise typer.Exit(run_apply(repo, client_key=key.expanduser(), yes=yes, as_json=as_json))
+    password = become_password(become_password_file)
+    raise typer.Exit(
+        run_apply(
+            repo, client_key=key.expanduser(), become_password=password, yes=yes, as_json=as_json
+        )
+    )
+
+
+@app.command()
+def sudoers(
+    repo: RepoArgument = Path("."),
+    host: Annotated[str | None, typer.Option("--host", help="only this host's login")] = None,
+    password_required: Annotated[
+        bool,
+        typer.Option("--password-required", help="sudo asks for the login's password"),
+    ] = False,
+) -> None:
+    """Print the root script that installs shoal's sudo wrapper and sudoers file on hosts with
+    become = "sudo" (run it once per host, e.g. `| ssh HOST sudo sh`)."""
+    from reconciler.cli.sudoers import run_sudoers
+
+    raise typer.Exit(
+        run_sudoers(
+            repo,
+            host=host,
+            nopasswd=not password_required,
+            echo=typer.echo,
+            error=lambda message: typer.echo(f"error: {message}", err=True),
+        )
+    )
 
 
 def main() -> None:

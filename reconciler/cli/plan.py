@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -53,14 +54,18 @@ PHASE_TITLES = {
 
 
 async def gather_over_ssh(
-    desired: Desired, client_key: Path, on_host: HostDone
+    desired: Desired,
+    client_key: Path,
+    on_host: HostDone,
+    *,
+    become_password: SecretStr | None = None,
 ) -> dict[str, HostFacts]:
     """Every inventory host's facts (one script, one channel each), reporting each as it lands."""
     from reconciler.facts.gather import gather_host_facts
     from reconciler.transport.connect import transport_for
 
     paths = managed_paths(desired)
-    async with transport_for(desired, client_key) as transport:
+    async with transport_for(desired, client_key, become_password) as transport:
 
         async def one(host: str) -> tuple[str, HostFacts]:
             facts = await gather_host_facts(transport, host, paths.get(host, []))
@@ -230,6 +235,7 @@ def run_plan(
     repo: Path,
     *,
     client_key: Path,
+    become_password: SecretStr | None = None,
     as_json: bool = False,
     show_states: bool = False,
     console: Console | None = None,
@@ -254,7 +260,10 @@ def run_plan(
                 progress.console.print(f"  {escape(host)}: {mark}")
             progress.update(task, advance=1, description=host)
 
-        gatherer: Gather = gather or (lambda d, cb: gather_over_ssh(d, client_key, cb))
+        def over_ssh(d: Desired, cb: HostDone) -> Awaitable[dict[str, HostFacts]]:
+            return gather_over_ssh(d, client_key, cb, become_password=become_password)
+
+        gatherer: Gather = gather or over_ssh
         facts = asyncio.run(_await(gatherer(desired, done)))
     try:
         plan = plan_desired(desired, facts)

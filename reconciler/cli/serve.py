@@ -33,7 +33,7 @@ def build_app(settings: ServerSettings) -> FastAPI:
     controller = Controller(
         source=source,
         store=store,
-        transports=lambda desired: transport_for(desired, key),
+        transports=lambda desired: transport_for(desired, key, settings.become_password),
         clock=SystemClock(),
         poll_interval=settings.poll_interval,
         poll_jitter=settings.poll_jitter,

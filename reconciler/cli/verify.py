@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.errors import DesiredStateInvalid
@@ -18,11 +20,13 @@ from reconciler.verify.result import VerificationResult
 from reconciler.verify.run import verify_desired
 
 
-async def verify_repository(desired: Desired, client_key: Path) -> VerificationResult:
+async def verify_repository(
+    desired: Desired, client_key: Path, become_password: SecretStr | None = None
+) -> VerificationResult:
     """Connect to the repository's hosts (pinned keys from its known_hosts) and verify."""
     from reconciler.transport.connect import transport_for
 
-    async with transport_for(desired, client_key) as transport:
+    async with transport_for(desired, client_key, become_password) as transport:
         return await verify_desired(desired, transport)
 
 
@@ -62,7 +66,12 @@ def render(result: VerificationResult) -> list[str]:
 
 
 def run_verify(
-    repo: Path, *, client_key: Path, as_json: bool, echo: Callable[[str], None] = print
+    repo: Path,
+    *,
+    client_key: Path,
+    become_password: SecretStr | None = None,
+    as_json: bool,
+    echo: Callable[[str], None] = print,
 ) -> int:
     """Load `repo`, verify its clusters, print through `echo`, return the exit status."""
     try:
@@ -71,7 +80,7 @@ def run_verify(
         for issue in exc.issues:
             echo(str(issue))
         return 2
-    result = asyncio.run(verify_repository(desired, client_key))
+    result = asyncio.run(verify_repository(desired, client_key, become_password))
     if as_json:
         data = result.model_dump(mode="json")
         data["distribution"] = result.distribution()

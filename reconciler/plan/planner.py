@@ -124,7 +124,11 @@ def privilege_refusal(desired: Desired, host: str, facts: HostFacts) -> str | No
     if facts.privilege_error is not None:
         return facts.privilege_error
     login = facts.login.value
-    if login is None or login.uid == 0:
+    if login is None:
+        if unreachable_reason(facts) is not None:
+            return None  # nothing was read: the host is unreachable, and reported as such
+        return f"{host}: cannot tell which user shoal runs as: {facts.login.unknown_reason}"
+    if login.uid == 0:
         return None
     cfg = desired.inventory.hosts.get(host)
     if cfg is None or cfg.become == "none":

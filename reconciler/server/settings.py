@@ -1,8 +1,8 @@
 """The server's own settings: where the repo and state live, how often to poll, its secrets.
 
 These come from the command line and the environment, never from the config repository: the
-SSH key and the webhook secret stay with the server. The webhook secret is kept out of `repr`
-so that it cannot reach a log line by accident.
+SSH key, the webhook secret and the sudo password stay with the server. The secrets are kept out
+of `repr` (and the password is a SecretStr) so that they cannot reach a log line by accident.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import SecretStr
 
 WEBHOOK_SECRET_ENV = "SHOAL_WEBHOOK_SECRET"
 WEBHOOK_SECRET_FILE_ENV = "SHOAL_WEBHOOK_SECRET_FILE"
@@ -30,6 +32,8 @@ class ServerSettings:
     client_key: Path | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # For hosts with become = "sudo" whose sudoers asks for a password (NOPASSWD is better).
+    become_password: SecretStr | None = field(default=None, repr=False)
 
     @property
     def key_path(self) -> Path:

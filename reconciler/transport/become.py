@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
+from collections.abc import Iterable
 from dataclasses import replace
 
 from reconciler.errors import PrivilegeMissing
@@ -157,3 +158,24 @@ def refusal(result: CommandResult, user: str, become_user: str) -> PrivilegeMiss
         return missing(f"{WRAPPER_PATH} did not run the script: {err.strip()}")
     last = err.strip().splitlines()[-1:] or [f"exit status {result.exit_status}, no message"]
     return missing(f"sudo did not start {WRAPPER_PATH} as {become_user}: {last[0]}")
+
+
+SUDOERS_PATH = "/etc/sudoers.d/shoal"
+
+
+def sudoers_fragment(rules: Iterable[tuple[str, str]], *, nopasswd: bool = True) -> str:
+    """The sudoers file that lets each (login user, become_user) pair run the wrapper, only.
+
+    `!requiretty` because shoal never has a terminal; without NOPASSWD shoal must be given the
+    password (`--become-password-file`) and sudo is asked for it on every script.
+    """
+    tag = "NOPASSWD: " if nopasswd else ""
+    lines = [
+        f"# {SUDOERS_PATH}: the users shoal logs in as may run its wrapper as root, nothing else.",
+        f"# Installed root:root 0440; the wrapper {WRAPPER_PATH} root:root 0755.",
+    ]
+    pairs = sorted(set(rules))
+    for user in sorted({user for user, _ in pairs}):
+        lines.append(f"Defaults:{user} !requiretty")
+    lines.extend(f"{user} ALL=({target}) {tag}{WRAPPER_PATH}" for user, target in pairs)
+    return "\n".join(lines) + "\n"

@@ -137,7 +137,7 @@ def _directors_with_tables() -> Scenario:
 
 def _known_rest(hf: HostFacts) -> HostFacts:
     fresh = fresh_facts(hf.host, df.ADDRESSES[hf.host])
-    names = ("sysctls", "arptables", "iptables_nat", "files", "tools", "services")
+    names = ("sysctls", "arptables", "iptables_nat", "files", "tools", "services", "login")
     return hf.model_copy(update={n: getattr(fresh, n) for n in names})
 
 
