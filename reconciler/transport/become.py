@@ -116,6 +116,37 @@ _NOT_ALLOWED = re.compile(
 )
 
 
+def asked_for_password(result: CommandResult) -> bool:
+    """sudo -n wanted a password. sudo asks before it says whether a rule allows the command,
+    so this is also what a login without any rule for the wrapper sees: `list_argv` tells."""
+    return "a password is required" in result.stderr and not result.stdout.startswith(STARTED)
+
+
+def list_argv(become_user: str) -> Argv:
+    """`sudo -l` for the wrapper: exit 0 if a rule allows it, 1 if none does. Without a
+    password it answers only when some rule of the user is NOPASSWD (sudoers' listpw=any)."""
+    return ("sudo", "-n", "-l", "-u", become_user, "--", WRAPPER_PATH)
+
+
+def refusal_after_listing(
+    result: CommandResult, listing: CommandResult, user: str, become_user: str
+) -> PrivilegeMissing:
+    """The refusal of `result` (sudo asked for a password), told apart by `listing`."""
+    if listing.exit_status == 0:
+        return refusal(result, user, become_user)  # a rule allows it, with a password
+    if "a password is required" in listing.stderr:
+        return PrivilegeMissing(
+            result.host,
+            user,
+            f"sudo asks for a password before it says whether {WRAPPER_PATH} may run as "
+            f"{become_user}: no NOPASSWD rule allows it; add the line shoal sudoers prints, "
+            "or give shoal --become-password-file",
+        )
+    return PrivilegeMissing(
+        result.host, user, f"sudoers does not allow running {WRAPPER_PATH} as {become_user}"
+    )
+
+
 def unwrap(result: CommandResult, user: str, become_user: str) -> CommandResult:
     """The script's own result, without the wrapper's first line; PrivilegeMissing if the
     wrapper never started (sudo refused, or the wrapper is missing), so nothing ran as root."""

@@ -31,6 +31,7 @@ from reconciler.errors import (
     CommandTimeout,
     HostKeyRejected,
     HostUnreachable,
+    PrivilegeMissing,
     TransportError,
 )
 from reconciler.transport import become
@@ -262,7 +263,35 @@ class SSHTransport:
         )
         if host.become == "none":
             return result
-        return become.unwrap(result, host.user, host.become_user)
+        try:
+            return become.unwrap(result, host.user, host.become_user)
+        except PrivilegeMissing:
+            if self._become_password is not None or not become.asked_for_password(result):
+                raise
+        # Only on this failure path: one more channel to tell "no NOPASSWD" from "no rule".
+        listing = await self._probe(name, conn, become.list_argv(host.become_user), limit)
+        if listing is None:
+            raise become.refusal(result, host.user, host.become_user)
+        raise become.refusal_after_listing(result, listing, host.user, host.become_user)
+
+    async def _probe(
+        self, name: str, conn: asyncssh.SSHClientConnection, argv: Argv, limit: float
+    ) -> CommandResult | None:
+        """argv's result as the login user, or None if it could not be run to its end."""
+        self.channels_opened[name] += 1
+        try:
+            done = await asyncio.wait_for(
+                conn.run(remote_command(argv, limit), stdin=asyncssh.DEVNULL), limit
+            )
+        except (TimeoutError, asyncssh.Error, OSError):
+            return None
+        return CommandResult(
+            host=name,
+            argv=argv,
+            exit_status=done.exit_status if done.exit_status is not None else 255,
+            stdout=str(done.stdout or ""),
+            stderr=str(done.stderr or ""),
+        )
 
     @staticmethod
     async def _abort(process: asyncssh.SSHClientProcess[str]) -> None:

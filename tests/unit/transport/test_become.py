@@ -19,8 +19,11 @@ from reconciler.transport.become import (
     WRAPPER_PATH,
     WRAPPER_PROTOCOL_EXIT,
     WRAPPER_SCRIPT,
+    asked_for_password,
     command_script,
+    list_argv,
     login_command,
+    refusal_after_listing,
     sudo_argv,
     sudo_stdin,
     sudoers_fragment,
@@ -176,3 +179,21 @@ def test_the_sudoers_fragment_grants_the_wrapper_only_and_parses(tmp_path: Path)
     path.write_text(text)
     done = subprocess.run([visudo, "-cf", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_password_prompt_is_told_apart_by_listing_the_wrapper() -> None:
+    asked = result("", "sudo: a password is required\n")
+    assert asked_for_password(asked)
+    assert list_argv("root") == ("sudo", "-n", "-l", "-u", "root", "--", WRAPPER_PATH)
+    allowed = result(f"{WRAPPER_PATH}\n", "", 0)
+    no_rule = result("", "", 1)
+    cannot_tell = result("", "sudo: a password is required\n", 1)
+    cases = {
+        "asks for a password": allowed,
+        f"sudoers does not allow running {WRAPPER_PATH} as root": no_rule,
+        "no NOPASSWD rule allows it": cannot_tell,
+    }
+    for names, listing in cases.items():
+        message = str(refusal_after_listing(asked, listing, "deploy", "root"))
+        assert message.startswith("web1: login user deploy cannot run shoal as root: ")
+        assert names in message, (names, message)
