@@ -4,9 +4,10 @@ plan`).
 One small lab (lvs1 lvs2 web1 web2 client1); inside web2 (its own /etc) a user `shoaltest` is
 created that the inventory logs in as. Checked: the tools in /usr/sbin are found whatever the
 login's PATH; a ledger that user cannot read (behind a 0700 directory, or a 0600 file) is
-unknown, never absent; the plan then refuses web2 with a message naming the host, the file and
-the reason, plans nothing there, and `shoal plan` exits 1 as documented; `shoal apply` then
-changes nothing on any host. The lab goes away with the user and everything planted on it.
+unknown, never absent; the plan refuses web2 first because the login is not root and become is
+not set (naming host, user, uid and the fix), plans nothing there, and `shoal plan` exits 1 as
+documented; `shoal apply` then changes nothing on any host. The lab goes away with the user
+and everything planted on it.
 """
 
 from __future__ import annotations
@@ -93,8 +94,14 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
     assert facts.keepalived.value is not None and not facts.keepalived.value.running
     plan = plan_desired(desired, {"web2": facts})
     web2 = plan.hosts["web2"]
-    assert web2.blocked is None, web2.blocked
-    assert not [s.id for s in web2.steps if s.function == "pkg.installed"]  # procps is there
+    # Reading worked as far as a user may read; changing needs root, so the plan stops first.
+    assert facts.login.value is not None and facts.login.value.user == USER
+    not_root = (
+        f"web2: login user {USER} (uid {facts.login.value.uid}) is not root and become is not "
+        'set: shoal changes need root; set become = "sudo" for web2 in inventory.toml (or under '
+        "[login] in shoal.toml) and install what `shoal sudoers` prints"
+    )
+    assert web2.blocked == not_root and web2.steps == ()
 
     ledger = {"entries": {"addr.present": [f"{lab.host('lvs1').address}/32 dev lo"]},
               "sysctl_originals": {}}  # fmt: skip
@@ -104,10 +111,14 @@ async def test_non_root_login_finds_tools_and_an_unreadable_ledger_blocks_the_ho
         await lab.exec("web2", ["sh", "-c", f"mkdir -p /var/lib/shoal && chmod {dir_mode} "
                                 f"/var/lib/shoal && cat >{LEDGER_PATH} && chmod {file_mode} "
                                 f"{LEDGER_PATH}"], input=json.dumps(ledger))  # fmt: skip
+        async with SSHTransport(desired.inventory, desired.known_hosts, lab.client_key_path,
+                                connect_timeout=3) as t:  # fmt: skip
+            unread = (await gather_facts(t, ["web2"], managed_paths(desired)))["web2"]
+        assert unread.ledger.unknown_reason == f"{LEDGER_PATH}: Permission denied", modes
         res = shoal_plan(lab, desired_repo := tmp_path / "repo")
         assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
         doc = json.loads(res.stdout)
-        want = f"web2: {LEDGER_PATH}: Permission denied"
+        want = not_root
         assert doc["summary"]["hosts_blocked"] == {"web2": want}, (modes, doc["summary"])
         hp = doc["plan"]["hosts"]["web2"]
         assert hp["reachable"] and hp["blocked"] == want and hp["steps"] == [], (modes, hp)
