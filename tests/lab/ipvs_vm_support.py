@@ -17,7 +17,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,12 +26,13 @@ from lab import Lab
 from lab.vm import prerequisites as vm_prerequisites
 from reconciler.apply.executor import apply_plan
 from reconciler.apply.runresult import RunResult
+from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import Plan
 from reconciler.transport.ssh import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
-from tests.lab.rollout_support import plan_for, settings_toml, write_repo
+from tests.lab.rollout_support import FIXTURE, plan_for, settings_toml
 
 DIRECTORS = ("lvs1", "lvs2")
 PORT = 80
@@ -155,6 +156,21 @@ class VmDrLab:
     boot_seconds: float
     # The backend the directors were last converged to by a test; None after a reset.
     backend: str | None = None
+    # Host -> login user for hosts shoal reaches through sudo (become = "sudo"), not as root.
+    sudo_logins: dict[str, str] = field(default_factory=dict)
+
+    def write_repo(self, dest: Path, cluster: str, settings: str) -> Desired:
+        """rollout_support.write_repo, with `sudo_logins` in the inventory."""
+        self.lab.write_config_repo(FIXTURE, dest)
+        (dest / "shoal.toml").write_text(settings)
+        (dest / "clusters" / "web.toml").write_text(cluster)
+        inventory = (dest / "inventory.toml").read_text()
+        for host, user in sorted(self.sudo_logins.items()):
+            head = next(ln for ln in inventory.splitlines() if ln.startswith(f"[hosts.{host}]"))
+            keys = f'user = "{user}"\nbecome = "sudo"'
+            inventory = inventory.replace(head + "\n", f"{head}\n{keys}\n")
+        (dest / "inventory.toml").write_text(inventory)
+        return load_repository(dest)
 
     def vip(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
@@ -168,7 +184,7 @@ class VmDrLab:
             vips["http2"] = self.vip(101)
         dest = self.workdir / f"repo-{secrets.token_hex(4)}"
         settings = SETTINGS if verify else SETTINGS.replace("[verify]", "[verify]\nenabled = false")
-        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), settings)
+        return self.write_repo(dest, cluster_toml(backend, vips, weights), settings)
 
     def services_desired(self, backend: str, octets: list[int], weights: dict[str, int]) -> Desired:
         """One service per VIP octet (http, http2, ...), without the verification phase: the
@@ -176,7 +192,7 @@ class VmDrLab:
         names = ["http", *(f"http{n}" for n in range(2, len(octets) + 1))]
         vips = {name: self.vip(o) for name, o in zip(names, octets, strict=True)}
         dest = self.workdir / f"{backend}-{'-'.join(map(str, octets))}-{secrets.token_hex(3)}"
-        return write_repo(self.lab, dest, cluster_toml(backend, vips, weights), settings_toml())
+        return self.write_repo(dest, cluster_toml(backend, vips, weights), settings_toml())
 
     async def ipvs_save(self, host: str) -> str:
         return str((await self.lab.exec(host, ["ipvsadm", "-Sn"])).stdout)

@@ -18,10 +18,25 @@ lvs1 (primary, holds the VIP) and lvs2 (backup) are qemu VMs booted once per ses
    and a plain re-apply of the old config converges everything back.
 4. A reboot simulation: the directors' IPVS tables, VIPs and ip_vs module gone, shoal-restore
    (the boot unit's script) brings them back, IPVS sysctls included, and the plan is empty.
+
+All of it with lvs1 reached the way issue 15's sites do (`lvs1_under_sudo`): its sshd refuses
+root (`PermitRootLogin no`), and the inventory logs in as `deploy` with become = "sudo", the
+wrapper and sudoers installed from what `shoal sudoers --host lvs1` printed. lvs2 stays a root
+login, so each plan also compares the two: the facts gather is one channel on either. No VM is
+booted for this: the session's lvs1 is switched, and switched back for the modules after it.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from lab import proc
+from lab import vm as vms
 from reconciler.apply.executor import apply_plan
 from reconciler.desired.models import Desired
 from reconciler.plan.compile_director import IPVS_SYSCTLS
@@ -32,15 +47,105 @@ from tests.lab.ipvs_vm_support import (
     DIRECTORS,
     VM_TEST_MARKS,
     VmDrLab,
+    cluster_toml,
     skip_module_unless_wanted,
     transport_for,
 )
-from tests.lab.rollout_support import explain, pending, plan_for
+from tests.lab.rollout_support import explain, pending, plan_for, settings_toml
 
 pytestmark = VM_TEST_MARKS
 skip_module_unless_wanted()
 
 BACKEND = "ipvsadm"
+SUDO_HOST = "lvs1"
+USER = "deploy"
+SHOAL = Path(sys.executable).with_name("shoal")
+# As in test_facts_nonroot_lab: no home on the machine's shared root (the guest's writes stay in
+# its tmpfs overlay anyway), an unlocked password field (sshd without PAM refuses a locked
+# account even for a key), and the lab's authorized keys readable by the user (sshd reads them
+# as the user; the file holds public keys only).
+ADD_USER = (
+    f"id {USER} >/dev/null 2>&1 || useradd --no-create-home --home-dir /var/lib/{USER} "
+    f"--shell /bin/sh {USER}; usermod -p '*' {USER} && chmod 0644 /etc/shoal-lab/authorized_keys"
+)
+# The guest's sshd reads the lab's sshd_config (under /var/tmp/shoal-lab, which the guest sees
+# through its overlay: the edit stays in the guest) and re-executes itself with it on SIGHUP.
+_ROOT_LOGIN = """set -eu
+sed -i "s/^PermitRootLogin .*/PermitRootLogin $1/" "$2"
+grep -qx "PermitRootLogin $1" "$2"
+kill -HUP "$(cat /run/sshd.pid)"
+"""
+
+
+def _login_argv(vm: VmDrLab, user: str) -> list[str]:
+    """A new SSH connection (no master) to lvs1 as `user`, running `id -un`."""
+    lab = vm.lab
+    argv = vms.ssh_argv(
+        lab.host(SUDO_HOST).address, lab.known_hosts_path, lab.client_key_path, ["id", "-un"]
+    )
+    argv[argv.index("-l") + 1] = user
+    return argv
+
+
+async def _logs_in(vm: VmDrLab, user: str) -> tuple[bool, str]:
+    result = await proc.run(_login_argv(vm, user), check=False, timeout=90)
+    return result.returncode == 0 and result.stdout.strip() == user, result.stderr.strip()
+
+
+# How many root logins lvs1's sshd had accepted when root logins were refused (the boot's
+# readiness check, the lab's master): none may be added after.
+_ROOT_LOGINS_AT_SWITCH: dict[str, int] = {}
+
+
+async def _sshd_log(vm: VmDrLab) -> str:
+    return str((await vm.lab.exec(SUDO_HOST, ["cat", "/var/log/sshd.log"])).stdout)
+
+
+async def _accepted_root_logins(vm: VmDrLab) -> int:
+    return (await _sshd_log(vm)).count("Accepted publickey for root ")
+
+
+async def _set_root_login(vm: VmDrLab, value: str) -> None:
+    config = str(vm.lab.host_dir(SUDO_HOST) / "sshd_config")  # the path the guest's sshd reads
+    await vm.lab.exec(SUDO_HOST, ["sh", "-c", _ROOT_LOGIN, "sh", value, config])
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module", autouse=True)
+async def lvs1_under_sudo(vm_dr_lab: VmDrLab) -> AsyncIterator[None]:
+    """lvs1 as a hardened site has it: root cannot log in, shoal logs in as deploy with sudo.
+
+    Test-side root access (lab.exec, the injections, the resets) keeps working because it rides
+    on the lab's SSH master to the guest, opened as root when the lab came up: a running sshd
+    session is not subject to a config reloaded after it authenticated. That costs nothing, where
+    a second root-only sshd would need its own port in the lab's hosts; the master is checked
+    below, so a lab without it fails here and not in a confusing later step.
+    """
+    vm, lab = vm_dr_lab, vm_dr_lab.lab
+    await vm.use_backend(BACKEND)
+    await lab.exec(SUDO_HOST, ["sh", "-c", ADD_USER])
+    vm.sudo_logins = {SUDO_HOST: USER}
+    repo = vm.workdir / "sudoers-repo"
+    vm.write_repo(repo, cluster_toml(BACKEND, {"http": vm.vip(100)}, WEIGHTS), settings_toml())
+    printed = subprocess.run(
+        [str(SHOAL), "sudoers", str(repo), "--host", SUDO_HOST],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    installed = await lab.exec(SUDO_HOST, ["sh", "-s"], input=printed)
+    assert f"installed /usr/local/libexec/shoal-run and /etc/sudoers.d/shoal on {SUDO_HOST}" in (
+        installed.stdout
+    ), installed
+    await _set_root_login(vm, "no")
+    try:
+        assert (await lab.exec(SUDO_HOST, ["id", "-un"])).stdout.strip() == "root"
+        _ROOT_LOGINS_AT_SWITCH[SUDO_HOST] = await _accepted_root_logins(vm)
+        root, why = await _logs_in(vm, "root")
+        assert not root and "Permission denied" in why, why
+        deploy, why = await _logs_in(vm, USER)
+        assert deploy, why
+        yield
+    finally:
+        vm.sudo_logins = {}
+        await _set_root_login(vm, "prohibit-password")
 
 
 async def test_plan_from_live_tables_apply_and_verify(vm_dr_lab: VmDrLab) -> None:
@@ -65,8 +170,13 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
     vm, lab = vm_dr_lab, vm_dr_lab.lab
     await vm.use_backend(BACKEND)
     one = _desired(vm, [100])  # what the previous test left: nothing to do then
+    assert one.inventory.hosts[SUDO_HOST].become == "sudo"
+    assert one.inventory.hosts[SUDO_HOST].user == USER
     async with transport_for(lab, one) as t:
         plan = await plan_for(one, t)
+        # Through sudo as without: the facts gather is one connection and one channel.
+        assert t.channels_opened[SUDO_HOST] == t.channels_opened["lvs2"] == 1, t.channels_opened
+        assert t.connections_opened[SUDO_HOST] == 1, t.connections_opened
         if not plan.empty:
             result = await apply_plan(plan, one, t)
             assert result.ok, explain(result)
@@ -116,6 +226,10 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
     assert after.empty, pending(after)
     assert await vm.ipvs_save("lvs2") == before["lvs2"][0]
     assert await vm.ipvs_save("lvs1") == before["lvs1"][0]
+    # shoal's sessions on lvs1 were deploy's: sshd accepted no other login there but the lab's
+    # master (root, opened at boot, before root logins were refused).
+    assert await _accepted_root_logins(vm) == _ROOT_LOGINS_AT_SWITCH[SUDO_HOST]
+    assert f"Accepted publickey for {USER} " in (await _sshd_log(vm))
 
 
 # A reboot as far as the director's kernel state goes: no IPVS table, ip_vs unloaded (so its
