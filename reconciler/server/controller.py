@@ -33,8 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from reconciler.desired.models import Desired
 from reconciler.errors import HostUnreachable, ShoalError
 from reconciler.server import approvals
@@ -59,8 +57,7 @@ class Controller:
     """Owns the watch loop, approvals, and crash recovery. Start with `start()`.
 
     `transports` makes the transport of a pass, run or recovery (default: SSH to the revision's
-    inventory with `client_key`, and `become_password` for sudo); `clock` is all the loop knows
-    of time (default: the system's).
+    inventory with `client_key`); `clock` is all the loop knows of time (default: the system's).
     """
 
     def __init__(
@@ -69,7 +66,6 @@ class Controller:
         source: Source,
         store: Store,
         client_key: Path | None = None,
-        become_password: SecretStr | None = None,
         transports: TransportFactory | None = None,
         clock: Clock | None = None,
         poll_interval: float = 60.0,
@@ -79,9 +75,7 @@ class Controller:
         if transports is None:
             if client_key is None:
                 raise ValueError("a Controller needs a transport factory or a client key")
-            transports = partial(
-                transport_for, client_key=client_key, become_password=become_password
-            )
+            transports = partial(transport_for, client_key=client_key)
         self.clock: Clock = clock or SystemClock()
         self.ctx = ServerContext(
             source=source, store=store, transports=transports, clock=self.clock, wake=self.wake

@@ -155,6 +155,20 @@ async def joined_steps(lab: Lab, host: str) -> list[Step]:
     return steps
 
 
+def ssh_blocking_step(host: str) -> Step:
+    """A step that drops new SSH connections to `host` (the one in use goes on): nobody can
+    confirm its phase, so only the host's own dead-man timer can undo it."""
+    block = ("-p", "tcp", "--dport", "22", "--syn", "-j", "DROP")
+    return step(host, 0, "iptables", [("iptables", "-I", "INPUT", *block)],
+                [("iptables", "-D", "INPUT", *block)], with_hook=False)  # fmt: skip
+
+
+async def filter_rules(lab: Lab, host: str) -> list[str]:
+    """The host's iptables filter table, without the dated comment lines."""
+    text = (await lab.exec(host, ["iptables-save", "-t", "filter"])).stdout
+    return [ln for ln in text.splitlines() if not ln.startswith("#")]
+
+
 def make_plan(steps_by_host: Mapping[str, Sequence[Step]], unreachable: Sequence[str] = ()) -> Plan:
     hosts = {
         h: HostPlan(host=h, facts_digest="test", steps=tuple(st)) for h, st in steps_by_host.items()

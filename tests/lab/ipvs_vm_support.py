@@ -26,13 +26,12 @@ from lab import Lab
 from lab.vm import prerequisites as vm_prerequisites
 from reconciler.apply.executor import apply_plan
 from reconciler.apply.runresult import RunResult
-from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import Plan
 from reconciler.transport.ssh import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
-from tests.lab.rollout_support import FIXTURE, plan_for, settings_toml
+from tests.lab.rollout_support import plan_for, settings_toml, write_repo
 
 DIRECTORS = ("lvs1", "lvs2")
 PORT = 80
@@ -161,16 +160,8 @@ class VmDrLab:
 
     def write_repo(self, dest: Path, cluster: str, settings: str) -> Desired:
         """rollout_support.write_repo, with `sudo_logins` in the inventory."""
-        self.lab.write_config_repo(FIXTURE, dest)
-        (dest / "shoal.toml").write_text(settings)
-        (dest / "clusters" / "web.toml").write_text(cluster)
-        inventory = (dest / "inventory.toml").read_text()
-        for host, user in sorted(self.sudo_logins.items()):
-            head = next(ln for ln in inventory.splitlines() if ln.startswith(f"[hosts.{host}]"))
-            keys = f'user = "{user}"\nbecome = "sudo"'
-            inventory = inventory.replace(head + "\n", f"{head}\n{keys}\n")
-        (dest / "inventory.toml").write_text(inventory)
-        return load_repository(dest)
+        logins = {h: f'user = "{u}"\nbecome = "sudo"' for h, u in self.sudo_logins.items()}
+        return write_repo(self.lab, dest, cluster, settings, logins)
 
     def vip(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])

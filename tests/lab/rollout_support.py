@@ -20,7 +20,7 @@ import ipaddress
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,11 +96,27 @@ check = {check}
 T = TypeVar("T")
 
 
-def write_repo(lab: Lab, dest: Path, cluster_toml: str, settings_toml: str) -> Desired:
-    """A config repo for `lab` with one cluster file (`web`) and the given shoal.toml."""
+def write_repo(
+    lab: Lab,
+    dest: Path,
+    cluster_toml: str | None,
+    settings_toml: str,
+    host_keys: Mapping[str, str] | None = None,
+) -> Desired:
+    """A config repo for `lab` with one cluster file (`web`; None: no cluster), the given
+    shoal.toml, and `host_keys` (TOML lines) added to those hosts' inventory tables."""
     lab.write_config_repo(FIXTURE, dest)
     (dest / "shoal.toml").write_text(settings_toml)
-    (dest / "clusters" / "web.toml").write_text(cluster_toml)
+    web = dest / "clusters" / "web.toml"
+    if cluster_toml is None:
+        web.unlink()
+    else:
+        web.write_text(cluster_toml)
+    inventory = (dest / "inventory.toml").read_text()
+    for host, keys in sorted((host_keys or {}).items()):
+        head = next(ln for ln in inventory.splitlines() if ln.startswith(f"[hosts.{host}]"))
+        inventory = inventory.replace(head + "\n", f"{head}\n{keys}\n")
+    (dest / "inventory.toml").write_text(inventory)
     return load_repository(dest)
 
 

@@ -16,17 +16,18 @@ import pytest
 from lab import Lab
 from reconciler.apply.executor import apply_plan
 from reconciler.apply.host_phase import phase_dir
-from reconciler.plan.steps import Phase, Step
+from reconciler.plan.steps import Phase
 from tests.lab.executor_support import (
     apply_steps,
     desired_for,
     explain,
+    filter_rules,
     hook,
     install_hooks,
     joined_steps,
     make_plan,
     raw_state,
-    step,
+    ssh_blocking_step,
     transport_for,
     undo_phase,
     vip,
@@ -104,12 +105,8 @@ async def test_link_cut_mid_phase_host_restores_itself_then_next_apply_converges
 async def test_phase_that_blocks_new_ssh_logins_is_undone_by_the_timer(lab: Lab) -> None:
     """The channel in use keeps working; only the confirmation's new connection fails."""
     before = await raw_state(lab, HOST)
-    block = ("-p", "tcp", "--dport", "22", "--syn", "-j", "DROP")
-    steps: list[Step] = [
-        step(HOST, 0, "iptables", [("iptables", "-I", "INPUT", *block)],
-             [("iptables", "-D", "INPUT", *block)], with_hook=False),
-    ]  # fmt: skip
-    filter_before = (await lab.exec(HOST, ["iptables-save", "-t", "filter"])).stdout
+    steps = [ssh_blocking_step(HOST)]
+    filter_before = await filter_rules(lab, HOST)
     started = time.monotonic()
     result = await apply_steps(
         lab, {HOST: steps}, lockout_timeout=LOCKOUT, command_timeout=5, connect_timeout=1
@@ -122,10 +119,5 @@ async def test_phase_that_blocks_new_ssh_logins_is_undone_by_the_timer(lab: Lab)
     assert "no new SSH connection" in result.errors[0].message
     assert result.phases[0].lockout == "fired"
     assert await raw_state(lab, HOST) == before
-    filter_after = (await lab.exec(HOST, ["iptables-save", "-t", "filter"])).stdout
-
-    def strip(text: str) -> list[str]:
-        return [ln for ln in text.splitlines() if not ln.startswith("#")]
-
-    assert strip(filter_after) == strip(filter_before)
+    assert await filter_rules(lab, HOST) == filter_before
     assert elapsed < 30, elapsed

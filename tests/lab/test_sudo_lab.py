@@ -36,20 +36,23 @@ import pytest_asyncio
 from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
 from reconciler.apply.executor import apply_plan
-from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths
-from reconciler.plan.steps import Step
 from reconciler.transport.become import SUDOERS_PATH, WRAPPER_PATH
 from reconciler.transport.ssh import SSHTransport
-from tests.lab.executor_support import desired_for, explain, make_plan, raw_state, step
-from tests.lab.rollout_support import cluster_toml, converge, settings_toml
+from tests.lab.executor_support import (
+    desired_for,
+    explain,
+    filter_rules,
+    make_plan,
+    raw_state,
+    ssh_blocking_step,
+)
+from tests.lab.rollout_support import cluster_toml, converge, settings_toml, write_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "fixtures" / "config-repo"
 SHOAL = Path(sys.executable).with_name("shoal")
 USER = "deploy"
 HOSTS = ("lvs1", "lvs2", "web1", "web2", "client1")
@@ -73,19 +76,8 @@ class SudoLab:
 
     def write(self, arp_method: str | None = "sysctl", **hosts: str) -> Desired:
         """The repo with the cluster on `arp_method` (None: no cluster) and extra host keys."""
-        self.lab.write_config_repo(FIXTURE, self.repo)
-        (self.repo / "shoal.toml").write_text(settings_toml(verify=True) + LOGIN)
-        web = self.repo / "clusters" / "web.toml"
-        if arp_method is None:
-            web.unlink()
-        else:
-            web.write_text(cluster_toml(self.vip, WEIGHTS, arp_method))
-        inventory = (self.repo / "inventory.toml").read_text()
-        for host, keys in hosts.items():
-            head = next(ln for ln in inventory.splitlines() if ln.startswith(f"[hosts.{host}]"))
-            inventory = inventory.replace(head + "\n", f"{head}\n{keys}\n")
-        (self.repo / "inventory.toml").write_text(inventory)
-        return load_repository(self.repo)
+        cluster = None if arp_method is None else cluster_toml(self.vip, WEIGHTS, arp_method)
+        return write_repo(self.lab, self.repo, cluster, settings_toml(verify=True) + LOGIN, hosts)
 
 
 def shoal(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -211,12 +203,7 @@ async def test_the_dead_man_timer_restores_the_host_as_root(sudo_lab: SudoLab) -
     """A phase that blocks new SSH logins: the confirmation fails, the timer (started by the
     phase, as root, through sudo) undoes the iptables rule, which only root can do."""
     lab, host = sudo_lab.lab, "web1"
-    block = ("-p", "tcp", "--dport", "22", "--syn", "-j", "DROP")
-    steps: list[Step] = [
-        step(host, 0, "iptables", [("iptables", "-I", "INPUT", *block)],
-             [("iptables", "-D", "INPUT", *block)], with_hook=False),
-    ]  # fmt: skip
-    filter_before = (await lab.exec(host, ["iptables-save", "-t", "filter"])).stdout
+    filter_before = await filter_rules(lab, host)
     desired = as_deploy(
         desired_for(lab, lockout_timeout=5, command_timeout=5, connect_timeout=1), host
     )
@@ -224,17 +211,12 @@ async def test_the_dead_man_timer_restores_the_host_as_root(sudo_lab: SudoLab) -
         desired.inventory, lab.known_hosts_path, lab.client_key_path, connect_timeout=1,
         command_timeout=5,
     ) as t:  # fmt: skip
-        result = await apply_plan(make_plan({host: steps}), desired, t)
+        result = await apply_plan(make_plan({host: [ssh_blocking_step(host)]}), desired, t)
     assert not result.ok
     (rb,) = result.rollbacks
     assert rb.by == "timer" and rb.proven, explain(result)
     assert result.phases[0].lockout == "fired"
-    filter_after = (await lab.exec(host, ["iptables-save", "-t", "filter"])).stdout
-
-    def rules(text: str) -> list[str]:
-        return [ln for ln in text.splitlines() if not ln.startswith("#")]
-
-    assert rules(filter_after) == rules(filter_before)
+    assert await filter_rules(lab, host) == filter_before
     assert f"Accepted publickey for {USER} " in lab.sshd_log_path(host).read_text()
 
 
@@ -364,6 +346,10 @@ async def test_a_password_from_a_file_is_fed_to_sudo_and_shown_nowhere(
     password_file.chmod(0o600)
     key = ("--key", str(lab.client_key_path))
     sudo_lab.write("sysctl")
+    # The watcher sees what it looks for: a process with a canary in its argv is found.
+    with watching_processes(b"canary-e3b0c442") as canary:
+        subprocess.run(["sh", "-c", "sleep 0.5", "canary-e3b0c442"], check=True)
+    assert canary, "the /proc watcher found nothing"
     try:
         with watching_processes(PASSWORD.encode()) as found:
             applied = shoal("apply", str(sudo_lab.repo), *key, "--yes", "--json",
