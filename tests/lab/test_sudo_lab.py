@@ -11,7 +11,9 @@ cannot confirm; each way the rights can be missing (password required, requirett
 another command, no sudo, no wrapper, a non-root login without become) makes `shoal plan` and
 `shoal apply` exit 1 naming the host, the user and what is missing, with no host changed; a
 password from a file works, a wrong one is named, and the password is in no process's argv or
-environment while the apply runs, nor in shoal's output.
+environment while the apply runs, nor in shoal's output; under `shoal serve` it is in no
+process, no log line, no store file and no record the API serves, while a run over HTTP applies
+through it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -39,6 +43,7 @@ from reconciler.apply.executor import apply_plan
 from reconciler.desired.models import Desired
 from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths
+from reconciler.server.store.database import DB_FILENAME
 from reconciler.transport.become import SUDOERS_PATH, WRAPPER_PATH
 from reconciler.transport.ssh import SSHTransport
 from tests.lab.executor_support import (
@@ -50,6 +55,8 @@ from tests.lab.executor_support import (
     ssh_blocking_step,
 )
 from tests.lab.rollout_support import cluster_toml, converge, settings_toml, write_repo
+from tests.lab.server_support import ServeProcess
+from tests.server.serve import git, pushing_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
@@ -377,5 +384,79 @@ async def test_a_password_from_a_file_is_fed_to_sudo_and_shown_nowhere(
         loose = shoal("plan", str(sudo_lab.repo), *key, "--become-password-file",
                       str(password_file))  # fmt: skip
         assert loose.returncode == 2 and "lets others read the sudo password" in loose.stderr
+    finally:
+        await _repair(sudo_lab)
+
+
+async def _run_over_http(serve: ServeProcess, sha: str) -> dict[str, Any]:
+    """Approve the pending plan for `sha` and wait for its run to end: the run record."""
+    deadline = time.monotonic() + 120
+    while True:
+        mine = [p for p in await serve.get("/plans?state=pending") if p["revision"] == sha]
+        if mine:
+            break
+        assert time.monotonic() < deadline, serve.log.read_text()[-3000:]
+        await asyncio.sleep(0.1)
+    approved = await serve.http.post(f"/plans/{mine[0]['id']}/approve", json={"comment": "lab"},
+                                     headers=serve.auth("approver"))  # fmt: skip
+    assert approved.status_code == 202, approved.text
+    while (run := await serve.get(f"/runs/{approved.json()['run_id']}"))["state"] == "applying":
+        assert time.monotonic() < deadline, "the run did not end"
+        await asyncio.sleep(0.2)
+    assert isinstance(run, dict)
+    return run
+
+
+async def test_serve_feeds_the_password_to_sudo_and_logs_and_stores_it_nowhere(
+    sudo_lab: SudoLab, tmp_path: Path
+) -> None:
+    lab = sudo_lab.lab
+    await lab.exec("web2", ["chpasswd"], input=f"{USER}:{PASSWORD}\n")
+    await _password_required(sudo_lab)
+    password_file = tmp_path / "sudo-password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    key = ("--key", str(lab.client_key_path))
+    try:
+        # A known start whatever ran before: sysctl applied; the server then moves to arptables.
+        sudo_lab.write("sysctl")
+        start = shoal("apply", str(sudo_lab.repo), *key, "--yes", "--json",
+                      "--become-password-file", str(password_file))  # fmt: skip
+        assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-2000:]
+        bare, work = pushing_repo(tmp_path, "sudo-lab")
+        sudo_lab.write("arptables")
+        shutil.copytree(sudo_lab.repo, work, dirs_exist_ok=True)
+        # A person approves over HTTP here, as a site would, rather than the lab's auto policy.
+        settings = work / "shoal.toml"
+        manual = settings.read_text().replace('approval = "auto"', 'approval = "manual"')
+        settings.write_text(manual)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "arptables through sudo with a password", cwd=work)
+        git("push", "-q", "origin", "main", cwd=work)
+        sha = git("rev-parse", "HEAD", cwd=work)
+        serve = ServeProcess(lab, tmp_path, bare)
+        serve.argv += ["--become-password-file", str(password_file)]
+        try:
+            with watching_processes(PASSWORD.encode()) as found:
+                await serve.start()
+                run = await _run_over_http(serve, sha)
+                assert run["state"] == "applied" and run["ok"], run
+                assert run["verification"]["ok"], run["verification"]
+                web2 = (await lab.exec("web2", ["arptables-save"])).stdout
+                assert sudo_lab.vip in web2, web2
+                # Every record the server keeps, as served.
+                paths = ("/plans", f"/runs/{run['id']}", "/audit", "/clusters")
+                served = json.dumps([await serve.get(p) for p in paths])
+            assert found == []
+            assert sha in served and PASSWORD not in served
+        finally:
+            await serve.stop()
+            await serve.http.aclose()
+        # What it wrote: its log, and every file of its store (database, WAL, journal, backups).
+        written = {p: p.read_bytes() for p in (serve.log, *serve.state.rglob("*")) if p.is_file()}
+        assert serve.state / DB_FILENAME in written, sorted(written)
+        assert serve.log.stat().st_size > 0
+        leaked = [str(p) for p, data in written.items() if PASSWORD.encode() in data]
+        assert leaked == []
     finally:
         await _repair(sudo_lab)
