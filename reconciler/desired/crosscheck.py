@@ -64,22 +64,30 @@ def cross_check(repo: RepoParts, report: Report) -> None:
 def _check_inventory(repo: RepoParts, report: Report) -> None:
     owner: dict[str, str] = {}
     for name, host in repo.hosts.items():
-        if host.address in owner:
-            report(
-                INVENTORY_FILE,
-                ("hosts", name, "address"),
-                f"address {host.address} is also the address of host {quoted(owner[host.address])}",
-            )
-        else:
-            owner[host.address] = name
+        for key, address in (("address", host.address), ("address6", host.address6)):
+            if address is None:
+                continue
+            if address in owner:
+                report(
+                    INVENTORY_FILE,
+                    ("hosts", name, key),
+                    f"address {address} is also the address of host {quoted(owner[address])}",
+                )
+            else:
+                owner[address] = name
+
+
+def _family_words(family: int) -> tuple[str, str]:
+    """("IPv6", "address6") for 6: how a message names the family and the key that gives it."""
+    return ("IPv6", "address6") if family == 6 else ("IPv4", "address")
 
 
 def _check_cluster_hosts(repo: RepoParts, cluster: ClusterParts, report: Report) -> None:
     for ref_path, host in cluster.host_refs:
         if repo.host_names is not None and host not in repo.host_names:
             report(cluster.file, ref_path, _unknown(host))
-    directors = set(cluster.header.directors) if cluster.header is not None else set()
-    address_owner = {host.address: name for name, host in repo.hosts.items()}
+    directors = cluster.header.directors if cluster.header is not None else ()
+    address_owner = {a: name for name, host in repo.hosts.items() for a in host.addresses}
     for si, service in cluster.services:
         if service.vip in address_owner:
             report(
@@ -87,6 +95,19 @@ def _check_cluster_hosts(repo: RepoParts, cluster: ClusterParts, report: Report)
                 ("service", si, "vip"),
                 f"VIP {service.vip} is the address of host {quoted(address_owner[service.vip])}",
             )
+        family, key = _family_words(service.family)
+        # IPVS forwards within one family: every director and real server of the service needs
+        # an address of the VIP's family (checks and the director's own traffic use it).
+        for di, director in enumerate(directors):
+            d = repo.hosts.get(director)
+            if d is not None and d.address_of(service.family) is None:
+                report(
+                    cluster.file,
+                    ("cluster", "directors", di),
+                    f"director {quoted(director)} has no {family} address for the {family} VIP "
+                    f"{service.vip} of service {quoted(service.name)} (set {key} in "
+                    f"[hosts.{director}])",
+                )
         for ri, real in enumerate(service.real_servers):
             path: KeyPath = ("service", si, "real_server", ri, "host")
             if real.host in directors:
@@ -95,6 +116,16 @@ def _check_cluster_hosts(repo: RepoParts, cluster: ClusterParts, report: Report)
                     path,
                     f"host {quoted(real.host)} is a director of this cluster, "
                     "so it cannot also be one of its real servers",
+                )
+                continue
+            h = repo.hosts.get(real.host)
+            if h is not None and h.address_of(service.family) is None:
+                report(
+                    cluster.file,
+                    path,
+                    f"real server {quoted(real.host)} has no {family} address for the {family} "
+                    f"VIP {service.vip} (set {key} in [hosts.{real.host}]; one service has one "
+                    "address family)",
                 )
 
 

@@ -124,6 +124,9 @@ def describe(error: ErrorDetails, model: type[BaseModel]) -> tuple[KeyPath, str,
         # Raised by the models' uniqueness validators: point at the second occurrence.
         loc = (*loc, ctx["index"]) + ((ctx["key"],) if ctx["key"] else ())
         return loc, error["msg"], "value"
+    if "field" in ctx:
+        # Raised by a model validator about one of its own keys: point at that key's value.
+        return (*loc, ctx["field"]), error["msg"], "value"
     if kind == "missing":
         return loc, "missing required key", "key"
     if kind == "extra_forbidden":

@@ -75,6 +75,53 @@ def _check_ipv4(value: str) -> str:
     return str(addr)
 
 
+def _ipv6_refusal(addr: ipaddress.IPv6Address) -> str | None:
+    """Why an IPv6 address cannot be a host address or a VIP, or None."""
+    if addr.is_unspecified:
+        return "is the unspecified address"
+    if addr.is_loopback:
+        return "is the loopback address"
+    if addr.is_multicast:
+        return "is a multicast address (ff00::/8)"
+    # A link-local address exists on every link at once: a VIP or a host must be reachable
+    # beyond one segment, and ipvsadm/keepalived would need a zone to use it.
+    if addr.is_link_local:
+        return "is link-local (fe80::/10): use a global or unique-local (fc00::/7) address"
+    if addr.ipv4_mapped is not None:
+        return "is an IPv4-mapped address (::ffff:0:0/96): write the IPv4 address instead"
+    if addr.is_site_local:
+        return "is site-local (fec0::/10, deprecated by RFC 3879)"
+    return None
+
+
+def _check_ipv6(value: str) -> str:
+    try:
+        addr = ipaddress.IPv6Address(value)
+    except ValueError:
+        raise ValueError(f"{quoted(value)} is not an IPv6 address") from None
+    refusal = _ipv6_refusal(addr)
+    if refusal is not None:
+        raise ValueError(f"{quoted(value)} {refusal}")
+    # The compressed form is what `ip -j addr`, ipvsadm and nft print: compare like with like.
+    return str(addr)
+
+
+def _check_ip(value: str) -> str:
+    """An IPv4 or IPv6 host address or VIP, in its canonical text form."""
+    if ":" in value:
+        return _check_ipv6(value)
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{quoted(value)} is not an IPv4 or IPv6 address") from None
+    return _check_ipv4(value)
+
+
+def family_of(address: str) -> Literal[4, 6]:
+    """4 or 6 for a validated address (IPv6 text always holds a ':')."""
+    return 6 if ":" in address else 4
+
+
 def _check_scheduler(value: str) -> str:
     if value not in SCHEDULERS:
         raise ValueError(
@@ -121,6 +168,8 @@ def _unique_by(key: str, what: str, get: Callable[[_T], str]) -> Callable[[Seque
 Name = Annotated[str, AfterValidator(_check_name)]
 InterfaceName = Annotated[str, AfterValidator(_check_ifname)]
 IPv4 = Annotated[str, AfterValidator(_check_ipv4)]
+IPv6 = Annotated[str, AfterValidator(_check_ipv6)]
+IPAddress = Annotated[str, AfterValidator(_check_ip)]
 Scheduler = Annotated[str, AfterValidator(_check_scheduler)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Weight = Annotated[int, Field(ge=0, le=65535)]
@@ -210,7 +259,10 @@ class Host(_Model):
     """One machine shoal manages or uses (directors, real servers, clients)."""
 
     name: Name
-    address: IPv4
+    # The address shoal logs in to: IPv4, or IPv6 on a host without IPv4. `address6` is the
+    # host's IPv6 address beside an IPv4 `address` (dual stack).
+    address: IPAddress
+    address6: IPv6 | None = None
     interface: InterfaceName = "eth0"
     # The login user and how it becomes root; unset keys take shoal.toml's [login] (the loader
     # fills them in, so after loading every host carries its own values).
@@ -218,11 +270,44 @@ class Host(_Model):
     become: Become = "none"
     become_user: Name = "root"
     port: Port = 22
-    prefix: int = Field(default=24, ge=8, le=32, description="prefix of the interface's subnet")
+    prefix: int = Field(default=24, ge=8, le=32, description="prefix of the IPv4 subnet")
+    # Shorter than /64 breaks SLAAC and neighbour discovery assumptions on the segment.
+    prefix6: int = Field(default=64, ge=64, le=128, description="prefix of the IPv6 subnet")
     # Let shoal take over (remove) what an operator configured by hand on this host when it
     # breaks an LVS-DR safety rule (reconciler.plan.invariants); off: shoal refuses the host
     # instead.
     adopt: bool = False
+
+    @model_validator(mode="after")
+    def _one_address_per_family(self) -> Host:
+        if self.address6 is not None and family_of(self.address) == 6:
+            raise PydanticCustomError(
+                "address6_beside_ipv6",
+                "address {address} is already IPv6; address6 is the IPv6 address beside an "
+                "IPv4 address",
+                {"address": quoted(self.address), "field": "address6"},
+            )
+        return self
+
+    @property
+    def ipv4(self) -> str | None:
+        """The host's IPv4 address, if it has one."""
+        return self.address if family_of(self.address) == 4 else None
+
+    @property
+    def ipv6(self) -> str | None:
+        """The host's IPv6 address, if it has one."""
+        return self.address6 if self.address6 is not None else (
+            self.address if family_of(self.address) == 6 else None
+        )  # fmt: skip
+
+    def address_of(self, family: int) -> str | None:
+        """The host's address of `family` (4 or 6), if it has one."""
+        return self.ipv4 if family == 4 else self.ipv6
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
 
 
 class Inventory(_Model):
@@ -258,7 +343,9 @@ class Service(_Model):
     """One virtual service: VIP, port and protocol, with its real servers."""
 
     name: Name
-    vip: IPv4
+    # One family per virtual service, as in IPVS; a dual-stack service is two services, one
+    # per family, with the same real servers (README: "IPv6 and dual stack").
+    vip: IPAddress
     port: Port
     protocol: Protocol = "tcp"
     scheduler: Scheduler = "wlc"
@@ -269,6 +356,10 @@ class Service(_Model):
     ] = Field(default=(), alias="real_server", strict=False)
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+    @property
+    def family(self) -> Literal[4, 6]:
+        return family_of(self.vip)
 
 
 class Vrrp(_Model):

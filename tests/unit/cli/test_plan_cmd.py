@@ -65,4 +65,4 @@ def test_cli_invalid_repository_exits_1() -> None:
     invalid = EXAMPLE.parent / "invalid" / "bad-address"
     result = CliRunner().invoke(app, ["plan", str(invalid)])
     assert result.exit_code == EXIT_ERROR
-    assert "is not an IPv4 address" in result.output
+    assert "is not an IPv4 or IPv6 address" in result.output
