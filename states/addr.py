@@ -1,8 +1,11 @@
-"""`addr.present` / `addr.absent`: one IPv4 address on one interface (`ip addr add|del`).
+"""`addr.present` / `addr.absent`: one IPv4 or IPv6 address on one interface (`ip addr add|del`).
 
-A VIP is added as /32: on `lo` for the sysctl ARP method, on the client-facing interface for
-the arptables and nft-arp methods (whose rules already silence it). `ip addr add` sends no
-gratuitous ARP, and neither add nor del is idempotent, so both are planned only from the facts.
+An IPv4 VIP is added as /32: on `lo` for the sysctl ARP method, on the client-facing interface
+for the arptables and nft-arp methods (whose rules already silence it). An IPv6 address is added
+with `nodad`: duplicate address detection would hold a VIP tentative (unusable) for a second,
+and fail it for good while the other director still answers for it during a takeover.
+`ip addr add` sends no gratuitous ARP or unsolicited neighbour advertisement, and neither add nor
+del is idempotent, so both are planned only from the facts.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import re
 import shlex
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from reconciler.desired.models import InterfaceName, IPv4
+from reconciler.desired.models import InterfaceName, IPAddress, family_of
 from reconciler.plan.steps import LowState
 from states.args import Args
 from states.base import Claim, PlanContext, StateResult
@@ -20,15 +23,27 @@ from states.common import FactUnknown, host_facts, known, make_step, skip
 from states.kind import Ownership, Persistence, StateKind, each
 
 FUNCTION = "addr.present"
-_KEY_RE = re.compile(r"^(?P<address>[0-9.]+)/(?P<prefix>[0-9]{1,2}) dev (?P<interface>\S+)$")
+_KEY_RE = re.compile(
+    r"^(?P<address>[0-9a-f.:]+)/(?P<prefix>[0-9]{1,3}) dev (?P<interface>\S+)$"
+)
 
 
 class AddrArgs(Args):
-    address: IPv4
-    prefix: int = Field(default=32, ge=1, le=32)
+    address: IPAddress
+    prefix: int = Field(default=32, ge=1, le=128)
     interface: InterfaceName
     # A director taking over a VIP tells the segment at once; real servers must never announce.
     announce: bool = False
+
+    @model_validator(mode="after")
+    def _prefix_fits(self) -> AddrArgs:
+        if self.family == 4 and self.prefix > 32:
+            raise ValueError(f"prefix /{self.prefix} is longer than an IPv4 address")
+        return self
+
+    @property
+    def family(self) -> int:
+        return family_of(self.address)
 
 
 class AddrAbsentArgs(Args):
@@ -54,16 +69,24 @@ def from_key(key: str) -> AddrArgs | None:
 
 
 def _argv(verb: str, args: AddrArgs) -> tuple[str, ...]:
-    return ("ip", "addr", verb, f"{args.address}/{args.prefix}", "dev", args.interface)
+    argv = ("ip", "addr", verb, f"{args.address}/{args.prefix}", "dev", args.interface)
+    return (*argv, "nodad") if args.family == 6 and verb != "del" else argv
 
 
 def _announce_argv(args: AddrArgs) -> tuple[str, ...]:
-    """One gratuitous ARP for the address, best effort: clients otherwise keep the old MAC until
-    their neighbour entry expires. The values reach the shell as positional parameters only."""
-    script = (
-        "command -v arping >/dev/null 2>&1 || exit 0; "
-        'arping -U -c 1 -I "$1" "$2" >/dev/null || true'
-    )
+    """One gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6, ndisc6's
+    `ndsend`) for the address, best effort: clients otherwise keep the old MAC until their
+    neighbour entry expires. The values reach the shell as positional parameters only."""
+    if args.family == 6:
+        script = (
+            "command -v ndsend >/dev/null 2>&1 || exit 0; "
+            'ndsend "$2" "$1" >/dev/null || true'
+        )
+    else:
+        script = (
+            "command -v arping >/dev/null 2>&1 || exit 0; "
+            'arping -U -c 1 -I "$1" "$2" >/dev/null || true'
+        )
     return ("sh", "-c", script, "sh", args.interface, args.address)
 
 
@@ -129,8 +152,7 @@ def absent(low: LowState, absent_args: AddrAbsentArgs, ctx: PlanContext) -> Stat
 
 def restore_line(args: AddrArgs) -> list[str]:
     """`replace`, not `add`: the address may be there already when the restore runs."""
-    return [shlex.join(("ip", "addr", "replace", f"{args.address}/{args.prefix}", "dev",
-                        args.interface))]  # fmt: skip
+    return [shlex.join(_argv("replace", args))]
 
 
 PRESENT = StateKind(

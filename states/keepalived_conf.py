@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reconciler.desired.models import Cluster, Desired, Service
-
-
-def _ip_key(ip: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in ip.split("."))
+from reconciler.desired.models import Cluster, Desired, Service, address_order
 
 
 def rs_key(protocol: str, vip: str, port: int, address: str) -> str:
@@ -92,7 +88,7 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
     for cl in clusters:
         head = cl.cluster
         primary = head.primary == director
-        vips = sorted({s.vip for s in cl.services}, key=_ip_key)
+        vips = sorted({s.vip for s in cl.services}, key=address_order)
         lines += [
             "",
             f"vrrp_instance VI_{head.name} {{",
@@ -126,7 +122,7 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
         if all(a != address for a, _ in entry[3]):
             entry[3].append((address, _real_server(address, port, 0, [])))
     for (protocol, vip, port), (sched, persistence, delay, rss) in sorted(
-        servers.items(), key=lambda kv: (_ip_key(kv[0][1]), kv[0][2], kv[0][0])
+        servers.items(), key=lambda kv: (address_order(kv[0][1]), kv[0][2], kv[0][0])
     ):
         lines += [
             "",
@@ -138,7 +134,7 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
         ]
         if persistence:
             lines.append(f"    persistence_timeout {persistence}")
-        for _, rs_lines in sorted(rss, key=lambda r: _ip_key(r[0])):
+        for _, rs_lines in sorted(rss, key=lambda r: address_order(r[0])):
             lines += rs_lines
         lines.append("}")
     return "\n".join(lines) + "\n"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from reconciler.desired.models import address_order
 from reconciler.facts.hostfacts import HostFacts
-from reconciler.facts.parsers.nft_dsr import Bucket, DsrService, DsrTable, ip_key
+from reconciler.facts.parsers.nft_dsr import Bucket, DsrService, DsrTable
 from states.args import Args, LedgerOp
 
 FAMILY = "netdev"
@@ -78,7 +79,7 @@ def table_from_args(args: DsrTableArgs) -> DsrTable:
                 buckets=buckets,
             )
         )
-    services.sort(key=lambda x: (x.protocol, ip_key(x.vip), x.port))
+    services.sort(key=lambda x: (x.protocol, address_order(x.vip), x.port))
     return DsrTable(args.interface, args.director_mac.lower(), tuple(services))
 
 

@@ -117,6 +117,12 @@ def _check_ip(value: str) -> str:
     return _check_ipv4(value)
 
 
+def address_order(address: str) -> tuple[int, int]:
+    """Sort key of an IPv4 or IPv6 address: IPv4 first, then by value."""
+    parsed = ipaddress.ip_address(address)
+    return (parsed.version, int(parsed))
+
+
 def family_of(address: str) -> Literal[4, 6]:
     """4 or 6 for a validated address (IPv6 text always holds a ':')."""
     return 6 if ":" in address else 4

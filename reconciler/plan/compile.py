@@ -27,7 +27,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from reconciler.desired.models import ArpMethod, Desired
+from reconciler.desired.models import ArpMethod, Desired, address_order
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile_director import IPVS_SYSCTL_IDS, KMOD_IPVS
@@ -123,15 +123,11 @@ def _rs_hosts(desired: Desired) -> dict[str, tuple[ArpMethod, list[tuple[str, in
     return out
 
 
-def _vip_order(vip: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in vip.split("."))
-
-
 def compile_real_servers(desired: Desired) -> list[LowState]:
     out: list[LowState] = []
     for host, (method, services) in sorted(_rs_hosts(desired).items()):
         inv = desired.inventory.hosts[host]
-        vips = sorted({vip for vip, _, _ in services}, key=_vip_order)
+        vips = sorted({vip for vip, _, _ in services}, key=address_order)
 
         def low(sid: str, function: str, args: Mapping[str, object], require: Iterable[str] = (),
                 phase: Phase = Phase.REAL_SERVERS_PREPARE, _host: str = host) -> LowState:
@@ -142,7 +138,8 @@ def compile_real_servers(desired: Desired) -> list[LowState]:
                   phase=Phase.PACKAGES)  # fmt: skip
         out.append(pkg)
         if method == "redirect":
-            for vip, port, proto in sorted(set(services), key=lambda s: (_vip_order(s[0]), s[1:])):
+            endpoints = sorted(set(services), key=lambda s: (address_order(s[0]), s[1:]))
+            for vip, port, proto in endpoints:
                 args: dict[str, object] = {"destination": vip, "protocol": proto, "dport": port}
                 out.append(low(f"redirect-{proto}-{vip}-{port}", "iptables.rule_present", args,
                                [pkg.id]))  # fmt: skip

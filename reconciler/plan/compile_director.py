@@ -29,9 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from reconciler.desired.models import Cluster, Desired
+from reconciler.desired.models import Cluster, Desired, address_order
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, Ledger
-from reconciler.facts.parsers.nft_dsr import ip_key
 from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.steps import LowState, Phase
 from states import addr, director, kmod, sysctl
@@ -144,7 +143,7 @@ def vip_states(
     primary = cl.cluster.primary
     iface = desired.inventory.hosts[primary].interface
     out = []
-    for vip in sorted({s.vip for s in cl.services}, key=ip_key):
+    for vip in sorted({s.vip for s in cl.services}, key=address_order):
         args = addr.AddrArgs(address=vip, prefix=32, interface=iface, announce=True)
         vip_id = sid("director-vip", name, vip)
         out.append(low_state(vip_id, addr.FUNCTION, primary, args, Phase.DIRECTOR_PRIMARY,

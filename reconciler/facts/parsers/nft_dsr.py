@@ -13,12 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.desired.models import address_order
+
 INGRESS_CHAIN = "ingress"
-
-
-def ip_key(ip: str) -> tuple[int, ...]:
-    """Sort key of a dotted IPv4 address."""
-    return tuple(int(p) for p in ip.split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +203,7 @@ def decode_table(canonical_json: str, interface: str) -> DsrTable:
     extra = chains - {INGRESS_CHAIN} - {s.chain for s in services}
     if extra:
         raise Unreadable(f"unexpected chains {sorted(extra)}")
-    services.sort(key=lambda x: (x.protocol, ip_key(x.vip), x.port))
+    services.sort(key=lambda x: (x.protocol, address_order(x.vip), x.port))
     mac = director_macs.pop() if director_macs else ""
     return DsrTable(interface, mac, tuple(services))
 
