@@ -33,7 +33,7 @@ from pathlib import Path
 from bench import hoststate, peerenv
 from bench.configrepo import DIRECTOR, SUDO_USER, real_servers, vip_of, write_repo
 from bench.proc import Measured, detached_cpu, run_measured
-from bench.sshlog import LogWindow, logins_other_than, summarise
+from bench.sshlog import LogWindow, login_problems, summarise
 from bench.stats import Sample, Series
 from lab import Lab
 from lab.nonroot import prepare_sudo_login
@@ -432,12 +432,10 @@ class LabBench:
         counts = self.logs.read()
         check = tool.converge_ok if action == "converge" else tool.noop_ok
         problem = check(m)
-        strangers = logins_other_than(counts, tool.login_user)
-        if problem is None and strangers:
-            h, users = next(iter(strangers.items()))
-            problem = (
-                f"{len(strangers)} hosts let in others than {tool.login_user}, e.g. {h}: {users}"
-            )
+        logins = login_problems(counts, tool.login_user)
+        if problem is None and logins:
+            h, what = next(iter(logins.items()))
+            problem = f"{len(logins)} hosts not logged in to as {tool.login_user}, e.g. {h}: {what}"
         if problem is None:
             problem = await self.verify()
         sample = Sample(

@@ -121,14 +121,18 @@ def _span(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def logins_other_than(counts: dict[str, SshdCounts], user: str) -> dict[str, list[str]]:
-    """Hosts whose sshd let in anyone but `user`, with whom (pure): a tool that was meant to
-    log in as `user` and did not is measured doing something else."""
-    return {
-        host: sorted(u for u in c.logins if u != user)
-        for host, c in sorted(counts.items())
-        if any(u != user for u in c.logins)
-    }
+def login_problems(counts: dict[str, SshdCounts], user: str) -> dict[str, str]:
+    """Hosts whose sshd let in anyone but `user`, or took connections and let no one in as
+    `user` (pure): a tool meant to log in as `user` that did not was measured doing something
+    else, and a log whose logins went unread must not pass for a clean one."""
+    out = {}
+    for host, c in sorted(counts.items()):
+        others = sorted(u for u in c.logins if u != user)
+        if others:
+            out[host] = f"let in {', '.join(others)}"
+        elif c.connections and not c.logins.get(user):
+            out[host] = f"{c.connections} connections, no login as {user}"
+    return out
 
 
 def summarise(counts: dict[str, SshdCounts], hosts: list[str]) -> PerHost:

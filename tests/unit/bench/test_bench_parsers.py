@@ -12,7 +12,7 @@ from bench.sshlog import (
     LogWindow,
     SshdCounts,
     count_sshd_lines,
-    logins_other_than,
+    login_problems,
     summarise,
 )
 
@@ -41,12 +41,16 @@ def test_count_sshd_lines_counts_connections_and_sessions_by_kind() -> None:
     assert counts.logins == {"root": 1}  # not the "Accepted key ... found at" line
 
 
-def test_logins_other_than_names_the_hosts_that_let_in_someone_else() -> None:
+def test_login_problems_name_hosts_that_let_in_someone_else_or_no_one() -> None:
     deploy = SSHD_LOG.replace("publickey for root", "publickey for deploy")
     counts = {"web1": count_sshd_lines(deploy), "web2": count_sshd_lines(SSHD_LOG)}
-    counts["web3"] = SshdCounts()  # no login at all: nobody else either
-    assert logins_other_than(counts, "deploy") == {"web2": ["root"]}
-    assert logins_other_than(counts, "root") == {"web1": ["deploy"]}
+    counts["web3"] = SshdCounts()  # not connected to: nothing to say
+    counts["web4"] = SshdCounts(connections=1)  # connected, but no accepted login was read
+    assert login_problems(counts, "deploy") == {
+        "web2": "let in root",
+        "web4": "1 connections, no login as deploy",
+    }
+    assert login_problems(counts, "root")["web1"] == "let in deploy"
     behind_syslog = "Nov 24 23:13:01 web1 sshd[412]: " + SSHD_LOG.splitlines()[4]
     assert count_sshd_lines(behind_syslog).logins == {"root": 1}
 
