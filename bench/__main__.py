@@ -1,7 +1,9 @@
-"""`python -m bench` (`make bench`): shoal vs Ansible vs pyinfra vs the floor, and plan scale.
+"""`python -m bench` (`make bench`): shoal (as root and through sudo) vs Ansible vs pyinfra vs
+the floor, and plan scale.
 
-    python -m bench [--hosts 10,50,100] [--reps 3] [--tools shoal,ansible,pyinfra]
+    python -m bench [--hosts 10,50,100] [--reps 3] [--tools shoal,shoal-sudo,ansible,pyinfra]
                     [--plan-sizes 1000,10000] [--no-lab] [--no-plan-scale] [--no-profile]
+                    [--lab-prefix bench]
 
 Prints a table and writes bench/results/<date>.md. Needs root (the lab); the peers are
 installed into bench/.peers-venv on first use.
@@ -23,7 +25,14 @@ from pathlib import Path
 
 from bench import labrun, peerenv
 from bench.profile import summary
-from bench.report import PlanScale, Results, evaluate_targets, render_markdown, render_text
+from bench.report import (
+    PlanScale,
+    Results,
+    evaluate_targets,
+    render_markdown,
+    render_text,
+    sudo_notes,
+)
 from bench.stats import Series
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,17 +44,42 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _tools(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(names) - set(labrun.TOOLS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown tools {unknown}: choose from {','.join(labrun.TOOLS)}"
+        )
+    return names
+
+
+def _lab_prefix(text: str) -> str:
+    # The lab id is the prefix plus the host count, at most 8 of a-z and 0-9 (check_lab_id).
+    if not (text.isascii() and text.isalnum() and text.islower() and len(text) <= 5):
+        raise argparse.ArgumentTypeError("1-5 characters of a-z and 0-9")
+    return text
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     p.add_argument(
         "--hosts", type=_ints, default=[TARGET_HOSTS], help="real servers, e.g. 10,50,100"
     )
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement")
-    p.add_argument("--tools", default="shoal,ansible,pyinfra")
+    p.add_argument("--tools", type=_tools, default=list(labrun.TOOLS), help="comma-separated")
     p.add_argument("--plan-sizes", type=_ints, default=[1000, 10000])
     p.add_argument("--no-lab", action="store_true", help="plan scale only")
     p.add_argument("--no-plan-scale", action="store_true")
     p.add_argument("--no-profile", action="store_true", help="no py-spy runs for missed targets")
+    p.add_argument(
+        "--lab-prefix",
+        type=_lab_prefix,
+        default="bench",
+        help="lab id = prefix + host count (another prefix beside a running bench)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="results file (default: results/<date>.md)"
     )
@@ -141,22 +175,30 @@ def target_size(hosts: list[int]) -> int:
 
 
 async def lab_part(args: argparse.Namespace, results: Results, work: Path) -> None:
-    tools = args.tools.split(",")
+    tools: list[str] = args.tools
     for n in args.hosts:
         w = work / f"h{n}"
         w.mkdir()
         profile_at = None if args.no_profile else target_size(args.hosts)
-        series, notes = await _run_one(n, args.reps, w, tools, profile_at, results)
+        series, notes = await _run_one(
+            f"{args.lab_prefix}{n}", n, args.reps, w, tools, profile_at, results
+        )
         results.series += series
         results.notes += notes
 
 
 async def _run_one(
-    n: int, reps: int, work: Path, tools: list[str], profile_at: int | None, results: Results
+    lab_id: str,
+    n: int,
+    reps: int,
+    work: Path,
+    tools: list[str],
+    profile_at: int | None,
+    results: Results,
 ) -> tuple[list[Series], list[str]]:
     from lab import Lab, Topology
 
-    async with Lab.up(f"bench{n}", Topology.with_real_servers(n), ephemeral=True) as lab:
+    async with Lab.up(lab_id, Topology.with_real_servers(n), ephemeral=True) as lab:
         bench = labrun.LabBench(lab, work, reps, tools)
         series = await bench.run()
         if n == profile_at:
@@ -189,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
     if not args.no_lab:
         asyncio.run(lab_part(args, results, work))
+        results.notes += sudo_notes(results)
     if not args.no_plan_scale:
         results.plan_scale = plan_scale(args.plan_sizes)
     target_n = target_size(args.hosts)

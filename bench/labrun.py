@@ -1,10 +1,18 @@
-"""One lab run: N real servers, shoal vs Ansible vs pyinfra vs the floor, same hosts, same run.
+"""One lab run: N real servers, shoal (as root and through sudo) vs Ansible vs pyinfra vs the
+floor, same hosts, same run.
 
 Per repetition and tool (the order rotates between repetitions): reset the real servers through
 the lab, check they are clean, converge (timed), check through the lab that the job is done,
 then the no-op check (timed) and check nothing moved. A sample counts only if the tool
 succeeded and the hosts were verified. SSH connections and sessions per host come from each
-host's sshd log. The floor runs right after shoal's no-op check, on the same converged hosts.
+host's sshd log, and so does the user each tool logged in as (a sample of a tool that logged
+in as anyone else does not count). The floor runs right after shoal's no-op check, on the same
+converged hosts.
+
+shoal-sudo is shoal on the same hosts logging in as `deploy` with `become = "sudo"`: before the
+measurements every host gets that user and what `shoal sudoers` prints (the wrapper and the
+sudoers file), as an operator would install it; root logins stay allowed for the peers. Issue 15
+wants its connections and channels per host equal to shoal's (become adds no round trip).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,14 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import hoststate, peerenv
-from bench.configrepo import DIRECTOR, real_servers, vip_of, write_repo
+from bench.configrepo import DIRECTOR, SUDO_USER, real_servers, vip_of, write_repo
 from bench.proc import Measured, detached_cpu, run_measured
-from bench.sshlog import LogWindow, summarise
+from bench.sshlog import LogWindow, login_problems, summarise
 from bench.stats import Sample, Series
 from lab import Lab
+from lab.nonroot import prepare_sudo_login
 from reconciler.desired.loader import load_repository
 from reconciler.facts.script import build_facts_script
 from reconciler.plan.compile import managed_paths
+from reconciler.transport.become import SUDOERS_PATH, WRAPPER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -37,6 +48,9 @@ SHOAL = ROOT / ".venv/bin/shoal"
 PROJECT_PY = ROOT / ".venv/bin/python"
 ARP_VALUES = {"arp_ignore": "1", "arp_announce": "2"}
 LOG_SETTLE = 0.3  # seconds for sshd to finish writing its log lines after a client is done
+# The measured tools in the order of the first repetition (later ones rotate it).
+TOOLS = ("shoal", "shoal-sudo", "ansible", "pyinfra")
+SHOAL_TOOLS = ("shoal", "shoal-sudo")  # gather the director too; the floor mirrors them
 
 
 def log(msg: str) -> None:
@@ -54,6 +68,7 @@ class Tool:
     converge_ok: Callable[[Measured], str | None]
     noop_ok: Callable[[Measured], str | None]
     detached_marker: str | None = None
+    login_user: str = "root"  # whom every host's sshd must have let in during a measurement
 
 
 def _rc_ok(m: Measured) -> str | None:
@@ -124,6 +139,7 @@ class LabBench:
         self.vip = vip_of(lab)
         self.n = len(self.rs)
         self.repo = write_repo(lab, work / "repo")
+        self.sudo_repo = write_repo(lab, work / "repo-sudo", login_user=SUDO_USER)
         self.logs = LogWindow({h: lab.sshd_log_path(h) for h in [DIRECTOR, *self.rs]})
         self.expected: hoststate.Observed | None = None
         self.series: dict[tuple[str, str], Series] = {}
@@ -173,6 +189,8 @@ class LabBench:
         """Converge the director once, take the reference files from shoal's plan, write the
         peers' inputs and the floor's scripts."""
         await self.reset()
+        if "shoal-sudo" in self.tool_names:
+            await self._install_sudo_login()
         plan = await asyncio.to_thread(
             run_measured,
             [str(SHOAL), "plan", str(self.repo), "--key", str(self.lab.client_key_path), "--json"],
@@ -214,8 +232,35 @@ class LabBench:
         if problem:
             raise RuntimeError(f"shoal's own converge is not uniform: {problem}")
         self._check_expected()
+        if "shoal-sudo" in self.tool_names:
+            # Not measured: sudo works for deploy on every host before any sample depends on it.
+            key = str(self.lab.client_key_path)
+            sudo = await asyncio.to_thread(
+                run_measured, [str(SHOAL), "plan", str(self.sudo_repo), "--key", key],
+                log=self.work / "shoal-sudo-plan-warmup.log", cwd=ROOT,
+            )  # fmt: skip
+            if sudo.returncode != 0:
+                raise RuntimeError(f"shoal plan through sudo (warm-up): {sudo.output[-2000:]}")
         self._write_peer_inputs()
         self._write_floor_inputs()
+
+    async def _install_sudo_login(self) -> None:
+        """The deploy user and what `shoal sudoers` prints for the sudo repo, on every host
+        shoal logs in to (the director too), as root through the lab."""
+        # stdout alone: the script goes to sh as it is.
+        printed = await asyncio.to_thread(
+            subprocess.run, [str(SHOAL), "sudoers", str(self.sudo_repo)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if printed.returncode != 0:
+            raise RuntimeError(f"shoal sudoers failed: {printed.stderr[-2000:]}")
+        (self.work / "shoal-sudoers.sh").write_text(printed.stdout)
+        hosts = [DIRECTOR, *self.rs]
+        done = await prepare_sudo_login(self.lab, hosts, SUDO_USER, printed.stdout)
+        ok = f"installed {WRAPPER_PATH} and {SUDOERS_PATH}"
+        missing = [h for h in hosts if ok not in done[h]]
+        if missing:
+            raise RuntimeError(f"the sudoers install printed no {ok!r} on {missing[:5]}")
 
     def _check_expected(self) -> None:
         """shoal's converged host must be the job as the issue states it, independently."""
@@ -328,6 +373,16 @@ class LabBench:
                 _rc_ok,
                 _shoal_noop,
             ),
+            "shoal-sudo": Tool(
+                "shoal-sudo",
+                [str(SHOAL), "apply", str(self.sudo_repo), "--key", key, "--yes"],
+                [str(SHOAL), "plan", str(self.sudo_repo), "--key", key],
+                base_env,
+                ROOT,
+                _rc_ok,
+                _shoal_noop,
+                login_user=SUDO_USER,
+            ),
             "ansible": Tool(
                 "ansible",
                 ans,
@@ -377,6 +432,10 @@ class LabBench:
         counts = self.logs.read()
         check = tool.converge_ok if action == "converge" else tool.noop_ok
         problem = check(m)
+        logins = login_problems(counts, tool.login_user)
+        if problem is None and logins:
+            h, what = next(iter(logins.items()))
+            problem = f"{len(logins)} hosts not logged in to as {tool.login_user}, e.g. {h}: {what}"
         if problem is None:
             problem = await self.verify()
         sample = Sample(
@@ -384,7 +443,9 @@ class LabBench:
             cpu=cpu,
             ok=problem is None,
             ssh=summarise(counts, self.rs),
-            ssh_director=summarise(counts, [DIRECTOR]) if tool.name in ("shoal", "floor") else None,
+            ssh_director=(
+                summarise(counts, [DIRECTOR]) if tool.name in (*SHOAL_TOOLS, "floor") else None
+            ),
             note=problem or "",
         )
         if problem:
@@ -405,7 +466,7 @@ class LabBench:
         log(f"{self.n} hosts: preparing (reference plan, warm-up apply)")
         await self.prepare()
         tools = self.tools()
-        order = [t for t in ("shoal", "ansible", "pyinfra") if t in self.tool_names]
+        order = [t for t in TOOLS if t in self.tool_names]
         for rep in range(self.reps):
             rotated = order[rep % len(order) :] + order[: rep % len(order)]
             for name in rotated:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.sshlog import PerHost
 from bench.stats import Series, ratio
 
-TOOLS_ORDER = ("shoal", "floor", "ansible", "pyinfra")
+TOOLS_ORDER = ("shoal", "shoal-sudo", "floor", "ansible", "pyinfra")
+SUDO = "shoal-sudo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +137,57 @@ def plan_scale_rows(results: Results) -> list[list[str]]:
 PLAN_HEADER = ["real servers", "VIPs", "load", "plan", "load+plan", "peak mem", "steps", "growth"]
 
 RATIO_NOTE = (
-    "ratio: for a peer, peer median / shoal median (how many times slower than shoal); "
-    "for the floor, shoal median / floor median."
+    "ratio: for shoal-sudo and a peer, its median / shoal median (how many times slower than "
+    "shoal); for the floor, shoal median / floor median."
 )
+SUDO_NOTE = (
+    'shoal-sudo: the same repository plus `[login] user = "deploy"`, `become = "sudo"`: shoal '
+    "logs in as deploy and runs every script through sudo and its wrapper (issue 15), on the "
+    "same hosts in the same rotation (root logins stay allowed for the peers). Its ssh/host "
+    "must equal shoal's: become adds no round trip."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SudoParity:
+    """shoal's and shoal-sudo's connections and channels per real server, one measurement."""
+
+    hosts: int
+    action: str
+    shoal: PerHost
+    sudo: PerHost
+
+    @property
+    def equal(self) -> bool:
+        return _span_of(self.shoal) == _span_of(self.sudo)
+
+    def detail(self) -> str:
+        return f"shoal {self.shoal.describe()}, shoal-sudo {self.sudo.describe()}"
+
+    def line(self) -> str:
+        verdict = "equal, as they must be" if self.equal else "NOT EQUAL: become costs round trips"
+        return f"{self.hosts} hosts, {self.action}: ssh/host {self.detail()}: {verdict}"
+
+
+def _span_of(p: PerHost) -> tuple[int, int, int, int]:
+    return (p.connections_min, p.connections_max, p.sessions_min, p.sessions_max)
+
+
+def sudo_parity(results: Results) -> list[SudoParity]:
+    """Every measurement that has both shoal and shoal-sudo with SSH counts (pure)."""
+    out = []
+    for hosts, action in sorted({(s.hosts, s.action) for s in results.series}):
+        root, sudo = results.find("shoal", action, hosts), results.find(SUDO, action, hosts)
+        a = root.ssh() if root is not None else None
+        b = sudo.ssh() if sudo is not None else None
+        if a is not None and b is not None:
+            out.append(SudoParity(hosts, action, a, b))
+    return out
+
+
+def sudo_notes(results: Results) -> list[str]:
+    """The notes on shoal-sudo's round trips against shoal's, one per measurement (pure)."""
+    return [p.line() for p in sudo_parity(results)]
 
 
 def render_text(results: Results) -> str:
@@ -160,6 +210,8 @@ def render_markdown(results: Results, title: str) -> str:
         "host's sshd log (`Connection from`, `Starting session`), min-max over the repetitions.",
         "",
     ]
+    if any(s.tool == SUDO for s in results.series):
+        out += [SUDO_NOTE, ""]
     if results.plan_scale:
         out += ["## Plan scale (synthetic, in process)", ""]
         out += [render_markdown_table(plan_scale_rows(results), PLAN_HEADER), ""]
@@ -247,6 +299,17 @@ def evaluate_targets(results: Results, hosts: int) -> list[Target]:
                 cssh.describe(),
             )
         )
+    for parity in sudo_parity(results):
+        if parity.hosts == hosts:
+            out.append(
+                Target(
+                    f"{parity.action}: SSH round trips per real server, shoal-sudo == shoal",
+                    float(parity.sudo.sessions_max),
+                    "== shoal's",
+                    parity.equal,
+                    parity.detail(),
+                )
+            )
     big = [p for p in results.plan_scale if p.real_servers == 10_000]
     small = [p for p in results.plan_scale if p.real_servers == 1_000]
     if big:

@@ -2,7 +2,8 @@
 
 Every lab host's sshd logs at VERBOSE (or DEBUG1) to a file of its own. One TCP connection is
 one `Connection from ...` line; one session channel that ran something (a command, a shell or
-a subsystem such as sftp) is one `Starting session: ...` line. The bench remembers each log's
+a subsystem such as sftp) is one `Starting session: ...` line; the user each connection logged
+in as is on its `Accepted publickey for USER from ...` line. The bench remembers each log's
 size before a measured command and reads only what was appended, so the numbers are what the
 hosts saw, not what a tool claims.
 """
@@ -17,6 +18,10 @@ _CONNECTION_RE = re.compile(r"^Connection from (?P<addr>\S+) port \d+ on ")
 _SESSION_RE = re.compile(
     r"^Starting session: (?P<kind>command|shell|subsystem '[^']*'|forced-command[^ ]*) for "
 )
+# The method word keeps out sshd's other "Accepted key ED25519 ... found at" line.
+_LOGIN_RE = re.compile(
+    r"^Accepted (?:publickey|password|keyboard-interactive\S*) for (?P<user>\S+) from "
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,7 @@ class SshdCounts:
     connections: int = 0
     sessions: int = 0
     kinds: dict[str, int] = field(default_factory=dict)  # "command", "subsystem 'sftp'", ...
+    logins: dict[str, int] = field(default_factory=dict)  # user -> accepted logins
 
 
 def count_sshd_lines(text: str, client: str | None = None) -> SshdCounts:
@@ -38,6 +44,7 @@ def count_sshd_lines(text: str, client: str | None = None) -> SshdCounts:
     connections = 0
     sessions = 0
     kinds: dict[str, int] = {}
+    logins: dict[str, int] = {}
     for line in text.splitlines():
         # sshd -E prefixes nothing, syslog-style logs prefix a timestamp and tag: find the
         # message wherever it starts.
@@ -51,11 +58,15 @@ def count_sshd_lines(text: str, client: str | None = None) -> SshdCounts:
         if s:
             sessions += 1
             kinds[s.group("kind")] = kinds.get(s.group("kind"), 0) + 1
-    return SshdCounts(connections=connections, sessions=sessions, kinds=kinds)
+            continue
+        a = _LOGIN_RE.match(msg)
+        if a:
+            logins[a.group("user")] = logins.get(a.group("user"), 0) + 1
+    return SshdCounts(connections=connections, sessions=sessions, kinds=kinds, logins=logins)
 
 
 def _message(line: str) -> str:
-    for marker in ("Connection from ", "Starting session: "):
+    for marker in ("Connection from ", "Starting session: ", "Accepted "):
         i = line.find(marker)
         if i > 0:
             return line[i:]
@@ -108,6 +119,20 @@ class PerHost:
 
 def _span(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def login_problems(counts: dict[str, SshdCounts], user: str) -> dict[str, str]:
+    """Hosts whose sshd let in anyone but `user`, or took connections and let no one in as
+    `user` (pure): a tool meant to log in as `user` that did not was measured doing something
+    else, and a log whose logins went unread must not pass for a clean one."""
+    out = {}
+    for host, c in sorted(counts.items()):
+        others = sorted(u for u in c.logins if u != user)
+        if others:
+            out[host] = f"let in {', '.join(others)}"
+        elif c.connections and not c.logins.get(user):
+            out[host] = f"{c.connections} connections, no login as {user}"
+    return out
 
 
 def summarise(counts: dict[str, SshdCounts], hosts: list[str]) -> PerHost:

@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
+from lab.nonroot import add_login_user
 from reconciler.desired.loader import load_repository
 from reconciler.facts.gather import gather_facts
 from reconciler.plan.compile import managed_paths
@@ -38,19 +39,12 @@ USER = "shoaltest"
 # What the Debian tools packages put in /usr/sbin, which a non-root login's PATH lacks.
 ARP_IGNORE = "net.ipv4.conf.all.arp_ignore"
 SBIN_TOOLS = ("nft", "iptables", "iptables-save", "arptables", "sysctl", "ipvsadm")
-# The user: no home on the machine (/home is not private to a lab host), a password field
-# that is not locked (sshd without PAM refuses a locked account even for a key), and the
-# lab's authorized keys readable by it (sshd reads them as the user).
-ADD_USER = (
-    f"useradd --no-create-home --home-dir /var/lib/{USER} --shell /bin/sh {USER} "
-    f"&& usermod -p '*' {USER} && chmod 0644 /etc/shoal-lab/authorized_keys"
-)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def user_lab(session_token: str) -> AsyncIterator[Lab]:
     async with Lab.up(f"u{session_token}", Topology.build(2, 2, 1), ephemeral=True) as lab:
-        await lab.exec("web2", ["sh", "-c", ADD_USER])
+        await add_login_user(lab, "web2", USER)
         yield lab
 
 

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -33,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
+from lab.nonroot import prepare_sudo_login
 from reconciler.apply.executor import apply_plan
 from reconciler.desired.models import Desired
 from reconciler.facts.gather import gather_facts
@@ -65,12 +64,6 @@ USER = "deploy"
 HOSTS = ("lvs1", "lvs2", "web1", "web2", "client1")
 WEIGHTS = {"web1": 1, "web2": 2}
 LOGIN = f'\n[login]\nuser = "{USER}"\nbecome = "sudo"\n'
-# As in test_facts_nonroot_lab: no home on the machine, an unlocked password field (sshd
-# without PAM refuses a locked account even for a key), authorized keys readable by the user.
-ADD_USER = (
-    f"useradd --no-create-home --home-dir /var/lib/{USER} --shell /bin/sh {USER} "
-    f"&& usermod -p '*' {USER} && chmod 0644 /etc/shoal-lab/authorized_keys"
-)
 PASSWORD = "corr3ct horse-battery"
 
 
@@ -91,34 +84,6 @@ def shoal(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SHOAL), *args], capture_output=True, text=True, timeout=timeout)
 
 
-async def root_login_refused(lab: Lab, host: str) -> bool:
-    """True when sshd answers and refuses root; False when it lets root in or is restarting."""
-    try:
-        conn = await asyncssh.connect(
-            lab.host(host).address, username="root", client_keys=[str(lab.client_key_path)],
-            known_hosts=str(lab.known_hosts_path), agent_path=None, config=None,
-            connect_timeout=5,
-        )  # fmt: skip
-    except asyncssh.PermissionDenied:
-        return True
-    except OSError:
-        return False  # not listening for the moment it re-executes itself
-    conn.close()
-    return False
-
-
-async def disable_root_login(lab: Lab, host: str) -> None:
-    config = lab.host_dir(host) / "sshd_config"
-    text = config.read_text()
-    assert "PermitRootLogin prohibit-password" in text
-    config.write_text(text.replace("PermitRootLogin prohibit-password", "PermitRootLogin no"))
-    os.kill(lab.host(host).sshd_pid, signal.SIGHUP)  # sshd re-executes itself with the file
-    deadline = time.monotonic() + 15
-    while not await root_login_refused(lab, host):
-        assert time.monotonic() < deadline, f"{host}: sshd still lets root in"
-        await asyncio.sleep(0.2)
-
-
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def sudo_lab(
     session_token: str, tmp_path_factory: pytest.TempPathFactory
@@ -131,11 +96,9 @@ async def sudo_lab(
         printed = shoal("sudoers", str(repo))
         assert printed.returncode == 0, printed.stderr
         s.install = printed.stdout
+        done = await prepare_sudo_login(lab, HOSTS, USER, s.install, refuse_root=True)
         for h in HOSTS:
-            await lab.exec(h, ["sh", "-c", ADD_USER])
-            done = await lab.exec(h, ["sh"], input=s.install)
-            assert f"installed {WRAPPER_PATH} and {SUDOERS_PATH} on {h}" in done.stdout
-            await disable_root_login(lab, h)
+            assert f"installed {WRAPPER_PATH} and {SUDOERS_PATH} on {h}" in done[h]
         await start_services(lab, [80])
         try:
             yield s

@@ -8,7 +8,13 @@ from bench import hoststate
 from bench.labrun import ansible_recap, pyinfra_changes
 from bench.proc import proc_cpu_seconds
 from bench.profile import frame_name, parse_collapsed, summary
-from bench.sshlog import LogWindow, SshdCounts, count_sshd_lines, summarise
+from bench.sshlog import (
+    LogWindow,
+    SshdCounts,
+    count_sshd_lines,
+    login_problems,
+    summarise,
+)
 
 # Lines as the lab's sshd (LogLevel VERBOSE, -E file) writes them for one asyncssh connection
 # that ran one command and one sftp subsystem.
@@ -32,6 +38,21 @@ def test_count_sshd_lines_counts_connections_and_sessions_by_kind() -> None:
     assert counts.connections == 2
     assert counts.sessions == 2
     assert counts.kinds == {"command": 1, "subsystem 'sftp'": 1}
+    assert counts.logins == {"root": 1}  # not the "Accepted key ... found at" line
+
+
+def test_login_problems_name_hosts_that_let_in_someone_else_or_no_one() -> None:
+    deploy = SSHD_LOG.replace("publickey for root", "publickey for deploy")
+    counts = {"web1": count_sshd_lines(deploy), "web2": count_sshd_lines(SSHD_LOG)}
+    counts["web3"] = SshdCounts()  # not connected to: nothing to say
+    counts["web4"] = SshdCounts(connections=1)  # connected, but no accepted login was read
+    assert login_problems(counts, "deploy") == {
+        "web2": "let in root",
+        "web4": "1 connections, no login as deploy",
+    }
+    assert login_problems(counts, "root")["web1"] == "let in deploy"
+    behind_syslog = "Nov 24 23:13:01 web1 sshd[412]: " + SSHD_LOG.splitlines()[4]
+    assert count_sshd_lines(behind_syslog).logins == {"root": 1}
 
 
 def test_count_sshd_lines_filters_connections_by_client() -> None:

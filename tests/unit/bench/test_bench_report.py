@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench.report import (
+    SUDO_NOTE,
     PlanScale,
     Results,
     evaluate_targets,
     render_markdown,
     render_table,
     render_text,
+    sudo_notes,
     table_rows,
 )
 from bench.sshlog import PerHost
@@ -104,3 +106,56 @@ def test_render_text_and_markdown_hold_table_targets_and_versions() -> None:
     assert "| hosts | action | tool |" in md
     assert "- cores: 2" in md and "- shoal: 0.1.0" in md
     assert "reconciler/plan/planner.py:plan_host" in md
+
+
+def _with_sudo(noop: PerHost, converge: PerHost) -> Results:
+    r = _results()
+    r.series += [
+        _series("shoal-sudo", "noop", [1.3, 1.4, 1.5], noop),
+        _series("shoal-sudo", "converge", [2.2, 2.4, 2.2], converge),
+    ]
+    return r
+
+
+def test_shoal_sudo_sits_beside_shoal_with_its_ratio_to_shoal() -> None:
+    r = _with_sudo(PerHost(1, 1, 1, 1, 50), PerHost(1, 1, 2, 2, 50))
+    rows = table_rows(r)
+    noop_tools = [row[2] for row in rows if row[1] == "noop"]
+    assert noop_tools[:2] == ["shoal", "shoal-sudo"]
+    by = {(row[1], row[2]): row for row in rows}
+    assert by[("noop", "shoal-sudo")][6] == by[("noop", "shoal")][6] == "1 conn, 1 ch"
+    assert by[("converge", "shoal-sudo")][-1] == "1.10x"  # 2.2 / 2.0
+
+
+def test_equal_round_trips_are_noted_and_met() -> None:
+    r = _with_sudo(PerHost(1, 1, 1, 1, 50), PerHost(1, 1, 2, 2, 50))
+    assert sudo_notes(r) == [
+        "50 hosts, converge: ssh/host shoal 1 conn, 2 ch, shoal-sudo 1 conn, 2 ch: "
+        "equal, as they must be",
+        "50 hosts, noop: ssh/host shoal 1 conn, 1 ch, shoal-sudo 1 conn, 1 ch: "
+        "equal, as they must be",
+    ]
+    targets = {t.name: t for t in evaluate_targets(r, 50)}
+    assert targets["noop: SSH round trips per real server, shoal-sudo == shoal"].met is True
+    assert targets["converge: SSH round trips per real server, shoal-sudo == shoal"].met is True
+    r.notes = sudo_notes(r)
+    md = render_markdown(r, "shoal benchmark")
+    assert SUDO_NOTE in md and "equal, as they must be" in md
+
+
+def test_a_round_trip_more_through_sudo_is_flagged() -> None:
+    r = _with_sudo(PerHost(1, 1, 1, 1, 50), PerHost(1, 2, 2, 3, 50))
+    (converge,) = [n for n in sudo_notes(r) if "converge" in n]
+    assert converge.endswith("NOT EQUAL: become costs round trips")
+    assert "shoal-sudo 1-2 conn, 2-3 ch" in converge
+    target = {t.name: t for t in evaluate_targets(r, 50)}[
+        "converge: SSH round trips per real server, shoal-sudo == shoal"
+    ]
+    assert target.met is False and target.line().startswith("NOT met")
+
+
+def test_without_shoal_sudo_there_is_no_note_and_no_target() -> None:
+    r = _results()
+    assert sudo_notes(r) == []
+    assert not [t for t in evaluate_targets(r, 50) if "shoal-sudo" in t.name]
+    assert SUDO_NOTE not in render_markdown(r, "shoal benchmark")

@@ -71,3 +71,16 @@ def test_bench_config_repo_texts() -> None:
     assert 'address = "10.77.5.21"' in inventory_toml({"web1": "10.77.5.21"})
     kh = "10.77.5.21 ssh-ed25519 AAAA web1\n10.77.5.31 ssh-ed25519 BBBB client1\n"
     assert known_hosts_for(kh, {"10.77.5.21"}) == "10.77.5.21 ssh-ed25519 AAAA web1\n"
+
+
+def test_the_sudo_variant_is_the_same_settings_plus_a_login_table() -> None:
+    plain, sudo = settings_toml(5), settings_toml(5, login_user="deploy")
+    assert sudo.startswith(plain) and "[login]" not in plain
+    files = synthetic_repo(3, 1)
+    files["shoal.toml"] = sudo.encode()
+    hosts = load_tree(files).inventory.hosts
+    assert {(h.user, h.become, h.become_user) for h in hosts.values()} == {
+        ("deploy", "sudo", "root")
+    }
+    files["shoal.toml"] = plain.encode()
+    assert {h.user for h in load_tree(files).inventory.hosts.values()} == {"root"}
