@@ -50,6 +50,58 @@ def validate(
     raise typer.Exit(run_validate(repo, as_json=as_json, echo=typer.echo))
 
 
+@app.command("import")
+def import_(
+    target: Annotated[Path, typer.Argument(help="the repository to write (new or empty)")],
+    known_hosts: Annotated[
+        Path, typer.Option("--known-hosts", help="OpenSSH known_hosts with the hosts' keys")
+    ],
+    lvs_cf: Annotated[Path | None, typer.Option("--lvs-cf", help="Piranha's lvs.cf")] = None,
+    keepalived_conf: Annotated[
+        list[str] | None,
+        typer.Option("--keepalived-conf", help="[NAME=]FILE: a director's keepalived.conf "
+                     "(NAME: its inventory name); once per director"),
+    ] = None,
+    inventory: Annotated[
+        Path | None, typer.Option("--inventory", help="an inventory.toml naming the hosts")
+    ] = None,
+    arp_method: Annotated[str, typer.Option("--arp-method", help="the real servers' method")] = (
+        "sysctl"
+    ),
+    director: Annotated[
+        str | None, typer.Option("--director", help="backend: keepalived, ipvsadm, nftables")
+    ] = None,
+    cluster_name: Annotated[str, typer.Option("--cluster-name", help="for lvs.cf")] = "lvs",
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="write what can be imported, list the rest")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a config repository from a running cluster's lvs.cf or keepalived.conf files."""
+    from reconciler.cli.import_cmd import parse_director_file, run_import_cmd
+    from reconciler.importer.run import ImportRequest
+
+    req = ImportRequest(
+        target=target, known_hosts=known_hosts, lvs_cf=lvs_cf,
+        keepalived_confs=tuple(parse_director_file(s) for s in keepalived_conf or ()),
+        inventory=inventory, arp_method=arp_method, backend=director,
+        cluster_name=cluster_name, allow_partial=allow_partial,
+    )  # fmt: skip
+    raise typer.Exit(run_import_cmd(req, as_json=as_json, echo=typer.echo))
+
+
+@app.command()
+def export(
+    repo: RepoArgument,
+    director: Annotated[str, typer.Option("--director", help="the director's inventory name")],
+    out: Annotated[Path | None, typer.Option("--out", help="file to write; default stdout")] = None,
+) -> None:
+    """Print the keepalived.conf shoal renders for one director of a config repository."""
+    from reconciler.cli.import_cmd import run_export
+
+    raise typer.Exit(run_export(repo, director, out, typer.echo))
+
+
 @app.command()
 def verify(
     repo: RepoArgument = Path("."),

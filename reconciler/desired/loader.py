@@ -397,3 +397,20 @@ def load_repository(path: Path, revision: str = "") -> Desired:
     if not path.is_dir():
         raise DesiredStateInvalid([ConfigIssue(str(path), "not a directory")])
     return load_tree(read_tree(path), revision)
+
+
+def load_inventory_file(path: Path) -> Inventory:
+    """One inventory.toml on its own (as `shoal import --inventory` reads it), issues named by
+    `path`; DesiredStateInvalid with every issue."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DesiredStateInvalid([ConfigIssue(str(path), f"cannot read: {exc}")]) from None
+    collector = _Collector()
+    _names, hosts, ok = _load_inventory(collector, {INVENTORY_FILE: raw})
+    if collector.issues or not ok:
+        raise DesiredStateInvalid([
+            ConfigIssue(str(path), i.message, i.key_path, i.line, i.column)
+            for i in collector.issues
+        ])  # fmt: skip
+    return Inventory(hosts=hosts)

@@ -63,12 +63,22 @@ class DirectorConf:
         self.dropped.append(Dropped(st.origin, construct or " ".join(st.words), why))
 
 
-def _int(st: Statement, conf: DirectorConf, index: int = 1) -> int | None:
-    try:
-        return int(st.words[index])
-    except (IndexError, ValueError):
+def _scalar(st: Statement, conf: DirectorConf) -> str | None:
+    """The one value of `KEY VALUE`; anything more (words, a block) is not guessed at."""
+    if len(st.words) == 2 and st.block is None:
+        return st.words[1]
+    conf.drop(st, f"expected `{st.keyword} VALUE` alone on its line")
+    return None
+
+
+def _int(st: Statement, conf: DirectorConf) -> int | None:
+    value = _scalar(st, conf)
+    if value is None:
+        return None
+    if not value.isdigit():
         conf.drop(st, "expected a whole number here")
         return None
+    return int(value)
 
 
 def _address(text: str) -> str | None:
@@ -83,8 +93,8 @@ def read_director_conf(statements: list[Statement], file: str) -> DirectorConf:
     for st in statements:
         if st.keyword == "global_defs":
             router = next((s for s in st.block or [] if s.keyword == "router_id"), None)
-            if router is not None and len(router.words) == 2:
-                conf.router_id = router.words[1]
+            if router is not None:
+                conf.router_id = _scalar(router, conf)
             for other in st.block or []:
                 if other.keyword != "router_id":
                     conf.drop(other, "global_defs settings other than router_id are not modelled")
@@ -104,10 +114,10 @@ def _vrrp_instance(st: Statement, conf: DirectorConf) -> VrrpInstance:
     inst = VrrpInstance(st.words[1] if len(st.words) > 1 else "", st.origin)
     for s in st.block or []:
         key = s.keyword
-        if key == "state" and len(s.words) == 2:
-            inst.state = s.words[1].upper()
-        elif key == "interface" and len(s.words) == 2:
-            inst.interface = s.words[1]
+        if key == "state":
+            inst.state = (_scalar(s, conf) or "").upper() or None
+        elif key == "interface":
+            inst.interface = _scalar(s, conf)
         elif key == "virtual_router_id":
             inst.virtual_router_id = _int(s, conf)
         elif key == "priority":
@@ -156,13 +166,14 @@ def _virtual_server(st: Statement, conf: DirectorConf) -> ImportedService | None
         key = s.keyword
         if key in FORWARDING_KEYS:
             continue
-        if key in SCHEDULER_KEYS and len(s.words) == 2:
-            if s.words[1] not in SCHEDULERS:
+        if key in SCHEDULER_KEYS:
+            scheduler = _scalar(s, conf)
+            if scheduler is None or scheduler not in SCHEDULERS:
                 conf.drop(s, "not an IPVS scheduler shoal knows")
                 continue
-            service.scheduler, scheduler_seen = s.words[1], True
-        elif key == "protocol" and len(s.words) == 2:
-            proto = s.words[1].lower()
+            service.scheduler, scheduler_seen = scheduler, True
+        elif key == "protocol":
+            proto = (_scalar(s, conf) or "").lower()
             if proto not in ("tcp", "udp"):
                 conf.drop(st, f"protocol {s.words[1]} is not supported (tcp and udp)")
                 return None
@@ -226,8 +237,8 @@ def _checker(st: Statement, conf: DirectorConf) -> ImportedCheck | None:
         elif s.keyword == "url" and st.keyword == "HTTP_GET":
             urls += 1
             for u in s.block or []:
-                if u.keyword == "path" and len(u.words) == 2:
-                    path = u.words[1]
+                if u.keyword == "path":
+                    path = _scalar(u, conf) or path
                 elif u.keyword == "status_code":
                     status = _int(u, conf) or status
                 else:

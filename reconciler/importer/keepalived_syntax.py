@@ -50,14 +50,11 @@ class _Token:
 
 @dataclass(slots=True)
 class _Reader:
-    root: Path  # paths in messages are relative to the first file's directory
     issues: list[ConfigIssue] = field(default_factory=list)
 
     def name(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        # As given, and includes relative to it: the operator finds the file from the message.
+        return str(path)
 
     def refuse(self, token: _Token, message: str) -> None:
         self.at(token.origin, token.column, message)
@@ -145,10 +142,12 @@ def _split_line(line: str) -> list[tuple[int, str, bool]]:
 
 def parse_keepalived_conf(path: Path) -> list[Statement]:
     """The statements of `path` with its includes read in; ImportSourceInvalid on bad syntax."""
-    reader = _Reader(path.parent)
+    reader = _Reader()
     tokens = reader.tokens(path, 0)
-    statements, rest = _statements(reader, tokens, 0, top=True)
-    del rest
+    if reader.issues:
+        # A refused line leaves its braces unread: blocks after it would only add echoes.
+        raise ImportSourceInvalid(reader.issues)
+    statements, _end = _statements(reader, tokens, 0, top=True)
     if reader.issues:
         raise ImportSourceInvalid(reader.issues)
     return statements

@@ -103,6 +103,8 @@ class ImportedSite:
 
     clusters: list[ImportedCluster] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+    # What was read with an assumption the operator should know (a default filled in).
+    notes: list[str] = field(default_factory=list)
 
 
 class ImportSourceInvalid(ValueError):

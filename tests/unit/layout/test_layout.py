@@ -21,6 +21,7 @@ LAYER = {
     "reconciler.facts": 3,
     "reconciler.plan": 4,
     "states": 4,  # states and plan share value types (plan/steps.py) and call each other
+    "reconciler.importer": 5,  # reads sources (and, from hosts, facts) into a desired repo
     "reconciler.verify": 5,
     "reconciler.apply": 6,
     "reconciler.server": 7,
