@@ -178,6 +178,10 @@ def site_from_lvs_cf(root: Block, cluster: str) -> ImportedSite:
         service = _virtual(r, block, keepalive)
         if service is not None and network[0] == "direct":
             out.services.append(service)
+    if out.services:
+        site.notes.append(f"{root.origin.file}: lvs.cf has no VRRP settings: the keepalived "
+                          "backend gets shoal's defaults (virtual_router_id 51); make sure no "
+                          "other VRRP router on the segment uses that id")  # fmt: skip
     site.clusters.append(out)
     if r.issues:
         raise ImportSourceInvalid(r.issues)

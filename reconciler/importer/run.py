@@ -86,6 +86,7 @@ def run_import(req: ImportRequest) -> ImportResult:
         files = render_site(site, known, req.arp_method, req.backend)
     except (ImportSourceInvalid, DesiredStateInvalid) as exc:
         raise ImportRefused(exc.issues) from None
+    site.dropped.sort(key=lambda d: (d.origin.file, d.origin.line))
     result = ImportResult(dropped=site.dropped, notes=site.notes)
     if site.dropped and not req.allow_partial:
         lost = [ConfigIssue(d.origin.file, f"{d.construct}: {d.why}", line=d.origin.line)
