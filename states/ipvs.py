@@ -33,6 +33,7 @@ from states.ipvs_argv import (
     dest_argv,
     dest_delete_argv,
     destination_key,
+    endpoint,
     ipvs_restore_lines,
     observed_spec,
     service_add_argv,
@@ -221,7 +222,7 @@ def real_server_absent(
         undo=(dest_argv("-e", protocol, vip, port, address, have.weight, fwd),),
         drain=DrainWait(
             service=service_key(protocol, vip, port),
-            real_server=f"{address}:{port}",
+            real_server=endpoint(address, port),
             timeout=timeout,
         ),
     )  # fmt: skip

@@ -5,26 +5,38 @@ there is no `vrrp_strict` (it installs DROP rules for the VIPs) and no script. T
 on the director's interface: a /32 adds no prefix route and never becomes a secondary of the
 interface's own subnet. A real server that leaves is kept at weight 0 (`leaving`) in a drain
 config, since a SIGHUP deletes real servers missing from the file without draining them.
+
+IPv6 (keepalived 2.2.7's parsers, read for the facts): `virtual_server ADDR PORT` and
+`real_server ADDR PORT` take an IPv6 address as it is, and one virtual server is one family.
+A VRRP instance takes its family from its first virtual_ipaddress and refuses the other
+family's there ("address family must match VRRP instance - ignoring"), so a dual-stack cluster
+keeps one instance (both families fail over together) whose virtual_ipaddress holds the VIPs of
+the first family in address order (IPv4, so VRRP itself stays on IPv4) and whose
+virtual_ipaddress_excluded the others: those are added and removed with the instance's state
+like the first but stay out of the adverts. An IPv6 VIP is /128; keepalived adds it with
+nodad, and on becoming master sends unsolicited neighbour advertisements for it (as gratuitous
+ARPs for IPv4; the `garp_master_*` timings cover both), excluded VIPs included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reconciler.desired.models import Cluster, Desired, Service, address_order
+from reconciler.desired.models import Cluster, Desired, Service, address_order, family_of
+from states.ipvs_argv import endpoint, real_server_address, split_endpoint
 
 
 def rs_key(protocol: str, vip: str, port: int, address: str) -> str:
     """Ledger key of a real server in keepalived.conf (same shape as the IPVS destination key)."""
-    return f"{protocol} {vip}:{port} {address}:{port}"
+    return f"{protocol} {endpoint(vip, port)} {endpoint(address, port)}"
 
 
 def parse_rs_key(key: str) -> tuple[str, str, int, str] | None:
     try:
         protocol, svc, rs = key.split(" ")
-        vip, port = svc.rsplit(":", 1)
-        address = rs.rsplit(":", 1)[0]
-        return protocol, vip, int(port), address
+        vip, port = split_endpoint(svc)
+        address = split_endpoint(rs)[0]
+        return protocol, vip, port, address
     except ValueError:
         return None
 
@@ -43,7 +55,7 @@ def desired_rs_keys(desired: Desired, director: str) -> set[str]:
     for cl in keepalived_clusters(desired, director):
         for svc in cl.services:
             for rs in svc.real_servers:
-                address = desired.inventory.hosts[rs.host].address
+                address = real_server_address(desired, rs.host, svc.family)
                 out.add(rs_key(svc.protocol, svc.vip, svc.port, address))
     return out
 
@@ -73,6 +85,10 @@ def _checker(svc: Service, indent: str) -> list[str]:
     ]
 
 
+def _vip_line(vip: str, interface: str) -> str:
+    return f"        {vip}/{128 if family_of(vip) == 6 else 32} dev {interface}"
+
+
 def _real_server(address: str, port: int, weight: int, checker: list[str]) -> list[str]:
     return [f"    real_server {address} {port} {{", f"        weight {weight}", *checker, "    }"]
 
@@ -89,6 +105,8 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
         head = cl.cluster
         primary = head.primary == director
         vips = sorted({s.vip for s in cl.services}, key=address_order)
+        own = [v for v in vips if family_of(v) == family_of(vips[0])] if vips else []
+        excluded = [v for v in vips if v not in own]
         lines += [
             "",
             f"vrrp_instance VI_{head.name} {{",
@@ -98,14 +116,20 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
             f"    priority {head.vrrp.priority_primary if primary else head.vrrp.priority_backup}",
             f"    advert_int {head.vrrp.advert_interval}",
             "    virtual_ipaddress {",
-            *(f"        {vip}/32 dev {host.interface}" for vip in vips),
+            *(_vip_line(vip, host.interface) for vip in own),
             "    }",
-            "}",
         ]
+        if excluded:
+            lines += [
+                "    virtual_ipaddress_excluded {",
+                *(_vip_line(vip, host.interface) for vip in excluded),
+                "    }",
+            ]
+        lines.append("}")
         for svc in cl.services:
             rss = []
             for rs in svc.real_servers:
-                address = desired.inventory.hosts[rs.host].address
+                address = real_server_address(desired, rs.host, svc.family)
                 rss.append((address, _real_server(address, svc.port, rs.weight, _checker(
                     svc, "        "))))  # fmt: skip
             servers[(svc.protocol, svc.vip, svc.port)] = (

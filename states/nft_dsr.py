@@ -7,7 +7,10 @@ Direct Routing without IPVS, the way nftlb's "dsr" mode does it: an ingress chai
 director's interface matches `ip daddr VIP <proto> dport PORT`, rewrites `ether saddr` to the
 director's MAC (or the bridge learns the client's MAC on the director's port) and `ether daddr`
 to a real server's MAC, then `fwd`s the frame out of the same interface. The real server answers
-the client directly.
+the client directly. An IPv6 service is the same with `ip6 daddr VIP` and `ip6 saddr`
+(`states.nft_dsr_render` says why its flow pins key on the address's low 96 bits); the director
+holds an IPv6 VIP as a /128 with `nodad` on that interface (states.addr), so it answers the
+clients' Neighbour Solicitations.
 
 Choosing the real server: a jhash of the flow (`ip saddr . <proto> sport`, or `ip saddr` alone for
 a persistent service) modulo N, mapped to buckets; each real server gets a contiguous bucket range

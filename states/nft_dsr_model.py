@@ -1,8 +1,9 @@
 """The desired DSR table from a `nft.dsr_table` low state: its args, and the bucket maths.
 
 Each real server gets a contiguous range of hash buckets proportional to its weight (divided by
-the weights' gcd); weight 0 gets none (drained). A persistent service hashes on `ip saddr` only
-(client affinity), others on the flow; without buckets there is no hash, so no affinity either.
+the weights' gcd); weight 0 gets none (drained). A persistent service hashes on the client
+address only (`ip saddr` or `ip6 saddr`: client affinity), others on the flow; without buckets
+there is no hash, so no affinity either.
 """
 
 from __future__ import annotations

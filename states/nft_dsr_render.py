@@ -4,6 +4,14 @@ Rendering is deterministic. The digest of the definition (without digests) goes 
 of every dispatch rule, since nft 1.0.6 leaves the table comment out of its JSON. An update keeps
 the flow maps of the services that stay: it adds what is missing, flushes and refills the chains
 (map elements survive a chain flush) and deletes the chains, maps and sets of services that left.
+
+IPv6 services differ in their keys only. The dispatch rule matches `ip6 daddr`, the hash takes
+`ip6 saddr` (with the source port unless the service is persistent), but the flow map and the
+closing set are keyed by the low 96 bits of the source address (`@nh,96,96`) and the port:
+nft 1.0.6 (Debian 12) aborts (netlink_linearize.c:799, `dreg < ctx->reg_low`) on a map
+`update` whose key is longer than 16 bytes, and `ipv6_addr . inet_service` is 20. Two clients
+whose addresses differ only in their first 32 bits and that use the same source port then share
+one pin: the later flow follows the earlier one's real server while the pin lives.
 """
 
 from __future__ import annotations
@@ -26,12 +34,25 @@ def digest(t: DsrTable) -> str:
     return hashlib.sha256(render_table(t, with_digest=False).encode()).hexdigest()[:16]
 
 
+# The last 12 bytes of the IPv6 source address (header offset 8, 16 bytes long), in bits.
+_V6_FLOW_SOURCE = "@nh,96,96"
+
+
 def _flow_key(svc: DsrService) -> str:
-    return f"ip saddr . {svc.protocol} sport"
+    source = _V6_FLOW_SOURCE if svc.family == 6 else "ip saddr"
+    return f"{source} . {svc.protocol} sport"
 
 
 def _hash_expr(svc: DsrService) -> str:
-    return "ip saddr" if svc.client_affinity else _flow_key(svc)
+    source = f"{svc.ip} saddr"
+    return source if svc.client_affinity else f"{source} . {svc.protocol} sport"
+
+
+def _key_type(svc: DsrService) -> str:
+    """The flow key's declaration: a raw payload has no named type, so IPv6 uses `typeof`."""
+    if svc.family == 6:
+        return f"typeof {_flow_key(svc)}"
+    return "type ipv4_addr . inet_service"
 
 
 def _bucket_map(svc: DsrService) -> str:
@@ -43,17 +64,15 @@ def _bucket_map(svc: DsrService) -> str:
 
 
 def _map_decl(svc: DsrService) -> str:
-    return (
-        f"type ipv4_addr . inet_service : ether_addr; size {FLOW_MAP_SIZE}; "
-        f"timeout {FLOW_TIMEOUT}s;"
-    )
+    value = "ether daddr" if svc.family == 6 else "ether_addr"
+    return f"{_key_type(svc)} : {value}; size {FLOW_MAP_SIZE}; timeout {FLOW_TIMEOUT}s;"
 
 
 def _closing_decl(svc: DsrService) -> str:
     # `dynamic` spelled out: nft adds it for a set the rules update, and `add set` must match the
     # existing declaration exactly to be a no-op in an update transaction.
     return (
-        f"type ipv4_addr . inet_service; size {FLOW_MAP_SIZE}; flags dynamic,timeout; "
+        f"{_key_type(svc)}; size {FLOW_MAP_SIZE}; flags dynamic,timeout; "
         f"timeout {CLOSING_TIMEOUT}s;"
     )
 
@@ -66,7 +85,7 @@ def _ingress_decl(t: DsrTable) -> str:
 
 
 def _dispatch_rule(t: DsrTable, svc: DsrService, digest: str | None) -> str:
-    rule = f"ip daddr {svc.vip} {svc.protocol} dport {svc.port} goto {svc.chain}"
+    rule = f"{svc.ip} daddr {svc.vip} {svc.protocol} dport {svc.port} goto {svc.chain}"
     if digest is not None:
         rule += f' comment "{DIGEST_PREFIX}{digest}"'
     return rule

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from reconciler.desired.models import Cluster, Desired, address_order
+from reconciler.desired.models import Cluster, Desired, address_order, family_of
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, Ledger
 from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 from reconciler.plan.steps import LowState, Phase
@@ -139,12 +139,17 @@ def clusters(desired: Desired, backend: str) -> list[tuple[str, Cluster]]:
 def vip_states(
     desired: Desired, name: str, cl: Cluster, require: Mapping[str, list[str]]
 ) -> list[LowState]:
-    """The VIPs of a non-VRRP cluster on its primary director, after what serves them."""
+    """The VIPs of a non-VRRP cluster on its primary director, after what serves them.
+
+    A host route each: /32 for IPv4, /128 for IPv6 (added `nodad`, announced with an unsolicited
+    neighbour advertisement: states.addr).
+    """
     primary = cl.cluster.primary
     iface = desired.inventory.hosts[primary].interface
     out = []
     for vip in sorted({s.vip for s in cl.services}, key=address_order):
-        args = addr.AddrArgs(address=vip, prefix=32, interface=iface, announce=True)
+        prefix = 128 if family_of(vip) == 6 else 32
+        args = addr.AddrArgs(address=vip, prefix=prefix, interface=iface, announce=True)
         vip_id = sid("director-vip", name, vip)
         out.append(low_state(vip_id, addr.FUNCTION, primary, args, Phase.DIRECTOR_PRIMARY,
                              require=tuple(require.get(vip, []))))  # fmt: skip

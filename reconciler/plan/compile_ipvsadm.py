@@ -8,6 +8,9 @@ as one clearly failing step there, before anything changes (states.kmod).
 IPVS services and destinations that left (in the host's ledger, not wanted any more) are drained
 and deleted (`ipvs.real_server_absent`, `ipvs.service_absent`); every destination of a service
 that goes away drains first, since `-D` would cut it too.
+
+An IPv6 service's real servers are the hosts' IPv6 addresses (`Host.address_of` the VIP's
+family); its keys and argv bracket them (states.ipvs_argv).
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from reconciler.plan.compile_director import (
 )
 from reconciler.plan.steps import LowState
 from states import ipvs
-from states.ipvs_argv import destination_key, protocol_of, service_key
+from states.ipvs_argv import (
+    destination_key,
+    protocol_of,
+    real_server_address,
+    service_key,
+    split_endpoint,
+)
 
 
 def compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[LowState]:
@@ -64,7 +73,7 @@ def compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[Lo
                 out.append(low_state(svc_id, ipvs.SERVICE_PRESENT.function, host, args, phase,
                                      require=(KMOD_IPVS, *IPVS_SYSCTL_IDS)))  # fmt: skip
                 for rs in sorted(svc.real_servers, key=lambda r: r.host):
-                    address = desired.inventory.hosts[rs.host].address
+                    address = real_server_address(desired, rs.host, svc.family)
                     dkey = destination_key(svc.protocol, svc.vip, svc.port, address)
                     wanted_dests.setdefault(host, set()).add(dkey)
                     rid = sid("ipvs-rs", name, svc.name, rs.host)
@@ -118,8 +127,8 @@ def _removals(
         by_service: dict[str, list[str]] = {}
         for dkey in sorted(stale_dests):
             protocol, svc_addr, rs_addr = dkey.split(" ")
-            vip, port = svc_addr.rsplit(":", 1)
-            address = rs_addr.rsplit(":", 1)[0]
+            vip, port = split_endpoint(svc_addr)
+            address = split_endpoint(rs_addr)[0]
             skey = f"{protocol} {svc_addr}"
             lid = sid("ipvs-rs-absent", dkey)
             by_service.setdefault(skey, []).append(lid)
@@ -134,7 +143,7 @@ def _removals(
                                  require=require))  # fmt: skip
         for skey in sorted(stale_svcs):
             protocol, svc_addr = skey.split(" ")
-            vip, port = svc_addr.rsplit(":", 1)
+            vip, port = split_endpoint(svc_addr)
             svc_args = ipvs.ServiceAbsentArgs(
                 protocol=protocol_of(protocol), vip=vip, port=int(port),
                 ledger=ledger(LEDGER_IPVS_SERVICE, "remove", [skey]),

@@ -26,7 +26,7 @@ from reconciler.plan.compile_director import (
 )
 from reconciler.plan.steps import LowState
 from states import keepalived
-from states.ipvs_argv import service_key
+from states.ipvs_argv import endpoint, service_key
 from states.keepalived import DrainArgs, KeepalivedArgs
 from states.keepalived_conf import desired_rs_keys, parse_rs_key, render_keepalived_conf
 
@@ -76,5 +76,5 @@ def _drains(leaving: list[str]) -> list[DrainArgs]:
         if parsed is not None:
             protocol, vip, port, address = parsed
             out.append(DrainArgs(service=service_key(protocol, vip, port),
-                                 real_server=f"{address}:{port}"))  # fmt: skip
+                                 real_server=endpoint(address, port)))  # fmt: skip
     return out

@@ -3,6 +3,7 @@
 One short-lived netdev ingress table per host (`shoal_verify_<run>`), named counters only,
 policy accept: it counts and never drops. `reconciler.verify.traffic` installs the tables, reads the
 counters back (`reconciler.facts.parsers.nft_counters`) and removes them when the phase ends.
+An IPv6 service's matches are `ip6 saddr/daddr`: the client's address is then its IPv6 one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class CounterTable:
         return name
 
     def ruleset(self) -> str:
-        # Every value here is validated by the models (IPv4 addresses, ports, interface names).
+        # Every value here is validated by the models (IP addresses, ports, interface names).
         lines = [f"table netdev {self.table} {{"]
         lines += [f"\tcounter {name} {{ }}" for name, _ in self.rules]
         lines += [
@@ -41,9 +42,15 @@ class CounterTable:
         return "\n".join(lines)
 
 
+def _ip(svc: Service) -> str:
+    """nft's name of the service's network header (`ip` or `ip6`)."""
+    return "ip6" if svc.family == 6 else "ip"
+
+
 def to_vip(client_addr: str, svc: Service, *, syn_only: bool) -> str:
     """The match for the client's packets to the service's VIP:port."""
-    base = f"ip saddr {client_addr} ip daddr {svc.vip} {svc.protocol} dport {svc.port}"
+    ip = _ip(svc)
+    base = f"{ip} saddr {client_addr} {ip} daddr {svc.vip} {svc.protocol} dport {svc.port}"
     if svc.protocol == "tcp" and syn_only:
         # One connection = one SYN; counting SYNs counts requests, not packets.
         return base + " tcp flags & (syn | ack) == syn"
@@ -52,4 +59,5 @@ def to_vip(client_addr: str, svc: Service, *, syn_only: bool) -> str:
 
 def from_vip(client_addr: str, svc: Service) -> str:
     """The match for replies from the service's VIP:port to the client."""
-    return f"ip saddr {svc.vip} ip daddr {client_addr} {svc.protocol} sport {svc.port}"
+    ip = _ip(svc)
+    return f"{ip} saddr {svc.vip} {ip} daddr {client_addr} {svc.protocol} sport {svc.port}"

@@ -12,6 +12,7 @@ HTTP/1.0 GET whose reply's first word is taken as the identity of the server tha
 lab service answers with its hostname; a production service's first word is reported as it is
 and filtered later).
 A UDP request is one datagram; a reply is optional, because arrival is counted on the servers.
+An IPv6 VIP (any text with a ':') is reached over AF_INET6, and its Host header is bracketed.
 
 The result is one JSON object on stdout: sent, ok, failed, errors by kind, answered_by, elapsed.
 """
@@ -39,11 +40,20 @@ def _identity(reply: bytes) -> str | None:
     return words[0][:_MAX_IDENTITY] if words else None
 
 
+def _family(vip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in vip else socket.AF_INET
+
+
 def _tcp_request(vip: str, port: int, timeout: float, http_path: str | None) -> str | None:
-    with socket.create_connection((vip, port), timeout=timeout) as sock:
+    # A socket of the VIP's family, not create_connection: no name lookup, and an IPv6 VIP
+    # is never tried over IPv4 (or the other way round).
+    with socket.socket(_family(vip), socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((vip, port))
         if http_path is None:
             return None
-        request = f"GET {http_path} HTTP/1.0\r\nHost: {vip}\r\nUser-Agent: shoal-verify\r\n\r\n"
+        host = f"[{vip}]" if ":" in vip else vip
+        request = f"GET {http_path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: shoal-verify\r\n\r\n"
         sock.sendall(request.encode())
         chunks: list[bytes] = []
         size = 0
@@ -60,7 +70,7 @@ def _tcp_request(vip: str, port: int, timeout: float, http_path: str | None) -> 
 
 
 def _udp_request(vip: str, port: int, timeout: float) -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(vip), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         # A fresh socket per datagram gives each one its own source port.
         sock.sendto(b"shoal-verify\n", (vip, port))

@@ -4,6 +4,10 @@ Each counted host gets one probe table (`reconciler.verify.counters`); the clien
 traffic probe (`reconciler.verify.probe_traffic`) in rounds, and after each round every host's
 counters are read once. The tables are removed when the step ends, whatever happens. What the
 sums mean is `reconciler.verify.judge`'s to say.
+
+An IPv6 service is probed from the client's IPv6 address (`Host.address_of` the VIP's family);
+a client without one cannot probe it, which is a setup failure named once per job, and that
+job sends nothing (it reports no requests).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Traffic:
         self.s = session
         self.run_id = secrets.token_hex(4)
         self.tables: dict[str, CounterTable] = {}
+        # Jobs whose client has no address of their VIP's family (by id: a Job is not hashable).
+        self.unprobeable: set[int] = set()
 
     def table_for(self, host: str) -> CounterTable:
         if host not in self.tables:
@@ -50,8 +56,13 @@ class Traffic:
 
     def job(self, cluster: str, svc: Service, client: str, director: str | None) -> Job:
         """`svc` probed from `client`, with its counters added to the hosts' tables."""
-        caddr = self.s.addr(client)
         job = Job(cluster, svc, client, director, {})
+        caddr = self.s.desired.inventory.hosts[client].address_of(svc.family)
+        if caddr is None:
+            self.unprobeable.add(id(job))
+            self.s.fail("setup", client, f"{client} has no IPv{svc.family} address to probe "
+                        f"{cluster}/{svc.name} ({svc.vip}) from")  # fmt: skip
+            return job
         for rs in svc.real_servers:
             job.rs_counters[rs.host] = (
                 rs.host,
@@ -161,7 +172,7 @@ class Traffic:
         once. A job gets another round (up to MAX_ROUNDS) while a weighted real server got
         nothing and no request failed."""
         tallies = [Tally() for _ in jobs]
-        pending = list(range(len(jobs)))
+        pending = [i for i, job in enumerate(jobs) if id(job) not in self.unprobeable]
         while pending:
             results = await asyncio.gather(
                 *(self.probe(jobs[i].client, jobs[i].svc, self.request_count(jobs[i].svc))

@@ -5,6 +5,10 @@ The value types (`Bucket`, `DsrService`, `DsrTable`) are the table as shoal writ
 shoal_dsr` (the facts' canonical JSON); the director's state compares the two. Chain, map and set
 names derive from protocol, VIP and port only. A table that is not in the shape shoal writes
 (hand edits, another interface, an older shape of shoal's own) raises `Unreadable`.
+
+A service is IPv4 or IPv6 (its VIP's family): an IPv6 service matches `ip6 daddr` and hashes on
+`ip6 saddr`; its names replace the VIP's colons, as an IPv4 VIP's dots, with `_` (the compressed
+IPv6 text has either `::` or eight groups, so no two VIPs of either family share a name).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.desired.models import address_order
+from reconciler.desired.models import address_order, family_of
 
 INGRESS_CHAIN = "ingress"
 
@@ -32,12 +36,22 @@ class DsrService:
     protocol: str  # "tcp" | "udp"
     vip: str
     port: int
-    client_affinity: bool  # hash on `ip saddr` only (persistence > 0)
+    client_affinity: bool  # hash on the client address only (persistence > 0)
     buckets: tuple[Bucket, ...]  # empty: every real server drained
 
     @property
+    def family(self) -> int:
+        return family_of(self.vip)
+
+    @property
+    def ip(self) -> str:
+        """nft's name of the service's network header: `ip` or `ip6`."""
+        return "ip6" if self.family == 6 else "ip"
+
+    @property
     def key(self) -> str:
-        return f"{self.protocol}_{self.vip.replace('.', '_')}_{self.port}"
+        vip = self.vip.replace(".", "_").replace(":", "_")
+        return f"{self.protocol}_{vip}_{self.port}"
 
     @property
     def chain(self) -> str:
@@ -114,8 +128,11 @@ def _decode_buckets(data: Any) -> tuple[Bucket, ...]:
 
 def _decode_service_chain(
     rules: list[list[Any]], interface: str, protocol: str
-) -> tuple[str | None, bool, tuple[Bucket, ...], int]:
-    """(director mac, client affinity, buckets, modulus) from a service chain's rules."""
+) -> tuple[str | None, bool, tuple[Bucket, ...], int, str | None]:
+    """(director mac, client affinity, buckets, modulus, hashed header) of a service chain.
+
+    The hashed header is `ip` or `ip6` (None for a chain that drops: no hash).
+    """
     # The flow lookups (closing, closing starts, established; UDP: established), then the hash.
     lookups = 3 if protocol == "tcp" else 1
     if len(rules) != lookups + 1:
@@ -127,11 +144,12 @@ def _decode_service_chain(
     if protocol == "tcp" and not all("@ends_" in str(rule) for rule in first[:2]):
         raise Unreadable("closing flow rules missing")
     if second == [{"drop": None}]:
-        return None, False, (), 0
+        return None, False, (), 0, None
     mac: str | None = None
     affinity = False
     buckets: tuple[Bucket, ...] = ()
     modulus = -1
+    hashed: str | None = None
     fwd_ok = False
     for e in second:
         if not isinstance(e, dict):
@@ -146,13 +164,15 @@ def _decode_service_chain(
                 if not isinstance(jh, dict):
                     raise Unreadable("bucket map not keyed by jhash")
                 modulus = int(jh["mod"])
-                affinity = len(_concat_fields(jh["expr"])) == 1
+                fields = _concat_fields(jh["expr"])
+                affinity = len(fields) == 1
+                hashed = fields[0][0]
                 buckets = _decode_buckets(value["map"]["data"])
         elif "fwd" in e:
             fwd_ok = e["fwd"].get("dev") == interface
     if mac is None or modulus < 0 or not fwd_ok:
         raise Unreadable("service rule not in shoal's shape")
-    return mac, affinity, buckets, modulus
+    return mac, affinity, buckets, modulus, hashed
 
 
 def decode_table(canonical_json: str, interface: str) -> DsrTable:
@@ -175,26 +195,30 @@ def decode_table(canonical_json: str, interface: str) -> DsrTable:
     director_macs: set[str] = set()
     for expr in rules.get(INGRESS_CHAIN, []):
         vip: str | None = None
+        vip_header = ""
         proto: str | None = None
         port: int | None = None
         target: str | None = None
         for e in expr:
             if isinstance(e, dict) and "match" in e:
                 field = _payload(e["match"]["left"])
-                if field == ("ip", "daddr"):
+                if field in (("ip", "daddr"), ("ip6", "daddr")):
                     vip = str(e["match"]["right"])
+                    vip_header = field[0]
                 elif field is not None and field[1] == "dport":
                     proto, port = field[0], int(e["match"]["right"])
             elif isinstance(e, dict) and "goto" in e:
                 target = str(e["goto"]["target"])
         if vip is None or proto is None or port is None or target is None:
             raise Unreadable("dispatch rule not in shoal's shape")
-        mac, affinity, buckets, modulus = _decode_service_chain(
+        mac, affinity, buckets, modulus, hashed = _decode_service_chain(
             rules.get(target, []), interface, proto
         )
         svc = DsrService(proto, vip, port, affinity, buckets)
         if target != svc.chain or modulus != svc.modulus:
             raise Unreadable("service chain name or modulus differs")
+        if vip_header != svc.ip or (hashed is not None and hashed != svc.ip):
+            raise Unreadable("service matches or hashes another address family than its VIP's")
         if mac is not None:
             director_macs.add(mac)
         services.append(svc)

@@ -28,9 +28,13 @@ ADDRESSES = {
     "web1": "10.77.0.21", "web2": "10.77.0.22", "web3": "10.77.0.23",
 }  # fmt: skip
 MACS = {h: f"02:00:00:00:00:{int(a.rsplit('.', 1)[1]):02x}" for h, a in ADDRESSES.items()}
+# Each host's IPv6 address beside its IPv4 one (`dual=True`): same last octet, in decimal text.
+ADDRESSES6 = {h: f"fd78:1::{a.rsplit('.', 1)[1]}" for h, a in ADDRESSES.items()}
 
 
-def desired(backend: str, services: list[dict[str, Any]] | None = None) -> Desired:
+def desired(
+    backend: str, services: list[dict[str, Any]] | None = None, *, dual: bool = False
+) -> Desired:
     if services is None:
         services = [
             {
@@ -43,7 +47,10 @@ def desired(backend: str, services: list[dict[str, Any]] | None = None) -> Desir
         {"cluster": {"name": "web", "directors": ["lvs1", "lvs2"], "director": backend},
          "service": services}
     )  # fmt: skip
-    hosts = {n: Host(name=n, address=a) for n, a in ADDRESSES.items()}
+    hosts = {
+        n: Host(name=n, address=a, address6=ADDRESSES6[n] if dual else None)
+        for n, a in ADDRESSES.items()
+    }
     return Desired(settings=Settings(), inventory=Inventory(hosts=hosts),
                    clusters={"web": cluster}, known_hosts="")  # fmt: skip
 
