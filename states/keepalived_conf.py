@@ -98,7 +98,15 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
     host = desired.inventory.hosts[director]
     clusters = keepalived_clusters(desired, director)
     lines = ["# Managed by shoal; changes here are overwritten.", "global_defs {"]
-    lines += [f"    router_id {director}", "}"]
+    lines.append(f"    router_id {director}")
+    # One sync daemon per keepalived (a global setting; the loader refuses two clusters asking
+    # for it on one director). keepalived runs it as master while its instance is MASTER and
+    # as backup otherwise, so the state follows the VIP through a failover.
+    for cl in clusters:
+        if cl.cluster.sync.enabled:
+            iface, sync_id = host.sync_interface or host.interface, cl.cluster.sync.sync_id
+            lines.append(f"    lvs_sync_daemon {iface} VI_{cl.cluster.name} id {sync_id}")
+    lines.append("}")
     # Each virtual server: (proto, vip, port) -> (scheduler, persistence, delay, [rs lines]).
     servers: dict[tuple[str, str, int], tuple[str, int, int, list[tuple[str, list[str]]]]] = {}
     for cl in clusters:

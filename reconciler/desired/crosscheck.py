@@ -59,6 +59,7 @@ def cross_check(repo: RepoParts, report: Report) -> None:
     _check_vips(repo, report)
     _check_arp_methods(repo, report)
     _check_vrrp_ids(repo, report)
+    _check_sync(repo, report)
 
 
 def _check_inventory(repo: RepoParts, report: Report) -> None:
@@ -245,4 +246,26 @@ def _check_vrrp_ids(repo: RepoParts, report: Report) -> None:
                     f"virtual_router_id {vrid} is also used on director {quoted(director)} "
                     f"by {other}",
                 )
+                break
+
+
+def _check_sync(repo: RepoParts, report: Report) -> None:
+    # keepalived runs one IPVS sync daemon (a global_defs setting) for one VRRP instance.
+    owner: dict[str, str] = {}
+    for cluster in repo.clusters:
+        header = cluster.header
+        if header is None or not header.sync.enabled:
+            continue
+        path: KeyPath = ("cluster", "sync", "enabled")
+        if header.director == "ipvsadm":
+            report(cluster.file, path, "connection sync is not supported on the ipvsadm "
+                   "backend yet; use the keepalived backend, or set enabled = false")
+            continue
+        if header.director != "keepalived":
+            continue  # nftables: nothing to run; the plan says what a failover keeps
+        for director in header.directors:
+            other = owner.setdefault(director, cluster.file)
+            if other != cluster.file:
+                report(cluster.file, path, f"director {quoted(director)} already runs the "
+                       f"connection sync daemon for {other}; keepalived runs one")
                 break

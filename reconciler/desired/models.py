@@ -279,6 +279,9 @@ class Host(_Model):
     prefix: int = Field(default=24, ge=8, le=32, description="prefix of the IPv4 subnet")
     # Shorter than /64 breaks SLAAC and neighbour discovery assumptions on the segment.
     prefix6: int = Field(default=64, ge=64, le=128, description="prefix of the IPv6 subnet")
+    # Where a director's IPVS sync daemon sends and hears connection state (multicast);
+    # default: `interface`.
+    sync_interface: InterfaceName | None = None
     # Let shoal take over (remove) what an operator configured by hand on this host when it
     # breaks an LVS-DR safety rule (reconciler.plan.invariants); off: shoal refuses the host
     # instead.
@@ -409,6 +412,16 @@ class ExtraState(_Model):
     onchanges: tuple[Name, ...] = Field(default=(), strict=False)
 
 
+class ConnectionSync(_Model):
+    """The IPVS connection synchronisation daemon between a cluster's two directors: without
+    it, the director that takes a VIP over has no entry for the connections already open
+    through the other one and drops their packets."""
+
+    enabled: bool = False
+    # The IPVS sync id tells this cluster's sync messages from another cluster's on the segment.
+    sync_id: int = Field(default=1, ge=0, le=255)
+
+
 class ClusterHeader(_Model):
     name: Name
     directors: Annotated[
@@ -421,6 +434,7 @@ class ClusterHeader(_Model):
     # As `Host.adopt`, for every host of this cluster.
     adopt: bool = False
     vrrp: Vrrp = Vrrp()
+    sync: ConnectionSync = ConnectionSync()
 
     @property
     def primary(self) -> str:

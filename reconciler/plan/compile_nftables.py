@@ -93,3 +93,17 @@ def compile_nftables(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
             out.append(low_state("nft-dsr-absent", nft_dsr.ABSENT_FUNCTION, host, absent,
                                  host_phase(desired, host)))  # fmt: skip
     return out
+
+
+def failover_notes(desired: Desired, host: str) -> tuple[str, ...]:
+    """What a plan says about connection sync on an nftables director: nothing carries the DSR
+    table's flow pins to the other director. The hash of a flow is the same on both (same
+    table, same buckets), so an established connection keeps its real server across a failover
+    unless weights changed while it was open (its pin is then the only thing that held it)."""
+    return tuple(
+        f"{host}: cluster {name} asks for connection sync, which the nftables backend cannot "
+        "do: flow pins stay on the director that made them; after a failover, a connection "
+        "opened before the last weight change may move to another real server"
+        for name, cl in clusters(desired, "nftables")
+        if cl.cluster.sync.enabled and host in cl.cluster.directors
+    )

@@ -40,6 +40,7 @@ from reconciler.desired.models import Desired
 from reconciler.errors import RequisiteCycle
 from reconciler.facts.hostfacts import FileInfo, HostFacts, Ledger
 from reconciler.plan.compile import compile_desired
+from reconciler.plan.compile_nftables import failover_notes
 from reconciler.plan.invariants import check_host, kept_suppression
 from reconciler.plan.leftovers import has_leftovers, leftover_steps
 from reconciler.plan.steps import (
@@ -306,10 +307,11 @@ def _blocked(host: str, hf: HostFacts, why: str, skipped: Sequence[SkippedRemova
 def checked(hp: HostPlan, desired: Desired, hf: HostFacts, states: Sequence[LowState]) -> HostPlan:
     """`hp` with the safety invariants' findings; a host that breaks one keeps no step."""
     found = check_host(hp.host, hf, desired, hp.steps, {low.id: low for low in states})
-    if not found.violations and not found.notes:
+    notes = found.notes + failover_notes(desired, hp.host)
+    if not found.violations and not notes:
         return hp
     steps = () if found.violations else hp.steps
-    return replace(hp, steps=steps, violations=found.violations, notes=found.notes)
+    return replace(hp, steps=steps, violations=found.violations, notes=notes)
 
 
 # --- the ledger -----------------------------------------------------------------------------------
