@@ -69,7 +69,7 @@ class Holder:
 
 
 async def start_holder(
-    lab_id: str, name: str, host_dir: Path, lab_dir: Path, address_cidr: str
+    lab_id: str, name: str, host_dir: Path, lab_dir: Path, address_cidr: str, address6_cidr: str
 ) -> Holder:
     """Start the host and return once its private filesystem is mounted ("ready")."""
     env = {
@@ -79,6 +79,7 @@ async def start_holder(
         "LAB_HOST_DIR": str(host_dir),
         "LAB_SHARED_DIR": str(lab_dir),
         "LAB_ADDRESS": address_cidr,
+        "LAB_ADDRESS6": address6_cidr,
     }
     argv = [
         "unshare",

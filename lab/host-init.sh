@@ -41,6 +41,11 @@ read -r go
 [ "$go" = go ]
 
 ip addr add "$LAB_ADDRESS" dev eth0
+# IPv6 stays a static lab address: no router advertisements taken, nothing forwarded, and no
+# duplicate address detection (the lab assigns every address once; DAD would only delay it).
+sysctl -q -w net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
+  net.ipv6.conf.eth0.accept_ra=0 net.ipv6.conf.all.forwarding=0
+ip addr add "$LAB_ADDRESS6" dev eth0 nodad
 ip link set eth0 up
 /usr/sbin/sshd -f "$LAB_HOST_DIR/sshd_config" -E "$LAB_HOST_DIR/sshd.log"
 

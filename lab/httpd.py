@@ -2,8 +2,9 @@
 
 The server answers every request with its own hostname and the address the request was sent to
 (`web2 10.77.0.100`), so a client sees which real server answered a request to a VIP. It runs
-inside the lab host's namespaces, listens on 0.0.0.0 on the given ports (so it also answers on a
-VIP held on `lo`), and writes a pid file under the host's private /var/lib so it can be stopped.
+inside the lab host's namespaces, listens on 0.0.0.0 and on :: (IPv6 only) on the given ports (so
+it also answers on a VIP held on `lo`, of either family), and writes a pid file under the host's
+private /var/lib so it can be stopped.
 
 This file is also the server program itself: `start_services` sends this very source to the host
 (`python3 -c <source> serve ...`), which is why the top level imports the standard library only.
@@ -65,9 +66,25 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
+class _Http6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # IPv6 only: the IPv4 listener on the same port owns IPv4 (no mapped addresses).
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+
+def _servers(port: int) -> list[ThreadingHTTPServer]:
+    servers = [ThreadingHTTPServer(("0.0.0.0", port), _Handler)]
+    if socket.has_ipv6 and Path("/proc/net/if_inet6").exists():
+        servers.append(_Http6Server(("::", port), _Handler))
+    return servers
+
+
 def serve(ports: Sequence[int], pid_file: str) -> None:
-    """Listen on every port (0.0.0.0) until SIGTERM; the pid file exists while serving."""
-    servers = [ThreadingHTTPServer(("0.0.0.0", port), _Handler) for port in ports]
+    """Listen on every port (0.0.0.0 and ::) until SIGTERM; the pid file exists while serving."""
+    servers = [srv for port in ports for srv in _servers(port)]
     for srv in servers:
         srv.daemon_threads = True
     stop = threading.Event()
@@ -219,10 +236,11 @@ async def run_load(
 
     Returns the probe's JSON (`ok`, `failed`, `errors`, `answered_by`: hostname -> count).
     """
-    # Lab traffic stays in the lab: the target must be an address of the lab's own subnet.
-    addr = ipaddress.IPv4Address(vip)
-    if addr not in ipaddress.IPv4Network(lab.subnet) or addr.is_loopback:
-        raise ValueError(f"{vip} is not an address of the lab subnet {lab.subnet}")
+    # Lab traffic stays in the lab: the target must be an address of the lab's own subnets.
+    addr = ipaddress.ip_address(vip)
+    subnet = ipaddress.ip_network(lab.subnet if addr.version == 4 else lab.subnet6)
+    if addr not in subnet or addr.is_loopback:
+        raise ValueError(f"{vip} is not an address of the lab subnet {subnet}")
     from reconciler.verify.probe_traffic import probe_source
 
     argv = ["python3", "-", "--vip", str(addr), "--port", str(port), "--count", str(count),

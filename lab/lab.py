@@ -69,6 +69,7 @@ class LabHost(BaseModel):
     name: str
     address: str
     role: Role
+    address6: str = ""  # the host's address in the lab's ULA /64, beside `address`
     interface: str = "eth0"
     mac: str
     veth: str  # bridge-side end of the host's link (set_link switches it); a VM's tap
@@ -102,6 +103,7 @@ class Lab:
         self._holders: list[asyncio.subprocess.Process] = []
         self.lab_id = state.lab_id
         self.subnet = state.subnet
+        self.subnet6 = state.subnet6
         net = ipaddress.IPv4Network(state.subnet)
         self.controller_address = str(net[CONTROLLER_OCTET])
         self.bridge = state.bridge
@@ -112,6 +114,7 @@ class Lab:
             h.name: LabHost(
                 name=h.name,
                 address=h.address,
+                address6=h.address6,
                 role=h.role,
                 mac=h.mac,
                 veth=h.veth,
@@ -189,6 +192,7 @@ class Lab:
                     role=h.role,
                     octet=h.octet,
                     address=str(net[h.octet]),
+                    address6=str(network.address6_of(index, h.octet)),
                     mac=mac_address(index, h.octet),
                     veth=veth_name(lab_id, h.octet),
                     netns=netns_name(lab_id, h.name) if h.kind == "netns" else "",
@@ -199,6 +203,7 @@ class Lab:
             state = LabState(
                 lab_id=lab_id,
                 subnet=str(net),
+                subnet6=str(network.subnet6_of(index)),
                 bridge=bridge_name(lab_id),
                 ephemeral=ephemeral,
                 owner_pid=os.getpid(),
@@ -228,7 +233,12 @@ class Lab:
         async def start(h: HostRecord) -> holders.Holder:
             async with limit:
                 return await holders.start_holder(
-                    lab_id, h.name, host_dirs[h.name], directory, f"{h.address}/24"
+                    lab_id,
+                    h.name,
+                    host_dirs[h.name],
+                    directory,
+                    f"{h.address}/24",
+                    f"{h.address6}/{network.subnet6_of(index).prefixlen}",
                 )
 
         # VMs boot (seconds) while the namespace hosts start and settle (a fraction of that).
@@ -431,6 +441,7 @@ class Lab:
                 "",
                 f"[hosts.{h.name}]  # {what}",
                 f'address = "{h.address}"',
+                f'address6 = "{h.address6}"',
                 f'interface = "{h.interface}"',
             ]
         return "\n".join(lines) + "\n"
@@ -441,18 +452,43 @@ class Lab:
     def write_config_repo(self, src: Path, dest: Path) -> None:
         """Copy a config repo (without .git), with this lab's inventory.toml and known_hosts.
 
-        Fixture repos are written for the demo lab's 10.77.0.0/24; in other labs every
-        10.77.0.N address in their .toml files is moved to this lab's subnet.
+        Fixture repos are written for the demo lab's 10.77.0.0/24 and fd77:77:77::/64; in other
+        labs every 10.77.0.N address and every address of that /64 in their .toml files is moved
+        to this lab's subnets (same host part).
         """
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git"), dirs_exist_ok=True)
         prefix = str(ipaddress.IPv4Network(self.subnet).network_address).rsplit(".", 1)[0] + "."
         if prefix != FIXTURE_SUBNET:
             pattern = re.compile(r"(?<![\d.])" + re.escape(FIXTURE_SUBNET) + r"(?=\d)")
             for toml in dest.rglob("*.toml"):
-                text = toml.read_text()
+                text = _move_fixture_ipv6(toml.read_text(), self.subnet6)
                 toml.write_text(pattern.sub(prefix, text))
         (dest / "inventory.toml").write_text(self.inventory_toml())
         (dest / "known_hosts").write_text(self.known_hosts_text())
+
+
+def _move_fixture_ipv6(text: str, subnet6: str) -> str:
+    """Every address of the fixture's /64 in `text` moved into `subnet6`, host part kept."""
+    fixture, target = network.subnet6_of(0), ipaddress.IPv6Network(subnet6)
+
+    def move(m: re.Match[str]) -> str:
+        try:
+            addr = ipaddress.IPv6Address(m.group(0))
+        except ValueError:
+            return m.group(0)
+        if addr not in fixture:
+            return m.group(0)
+        host_part = int(addr) - int(fixture.network_address)
+        return str(target.network_address + host_part)
+
+    return _IPV6_LITERAL_RE.sub(move, text)
+
+
+# Candidates only: runs of hex digits holding at least two colons. The move parses each and
+# leaves whatever is not an address of the fixture's /64 alone.
+_IPV6_LITERAL_RE = re.compile(
+    r"(?<![0-9A-Fa-f:.])[0-9A-Fa-f]*(?::[0-9A-Fa-f]*){2,7}(?![0-9A-Fa-f:.])"
+)
 
 
 def _vm_spec(topology: Topology, h: HostRecord) -> vms.VmSpec:

@@ -1,8 +1,13 @@
 """The lab's links on the machine side: subnet choice, the bridge, veths, and their removal.
 
 The bridge holds the controller address (.254) and nothing else: hosts get no default route,
-the bridge does not forward IPv4 off itself, carries no IPv6, answers ARP only for its own
-address, and no NAT rule is ever added. Lab traffic cannot leave the lab.
+the bridge does not forward IPv4 off itself, answers ARP only for its own address, and no NAT
+rule is ever added. Lab traffic cannot leave the lab.
+
+IPv6 lives only inside the lab: beside its IPv4 /24 every lab has a ULA /64 derived from the
+same index (`fd77:77:77:<index in hex>::/64`), held by the hosts alone. The bridge and its
+machine-side ports have IPv6 disabled, so the machine has no address, route or neighbour in the
+lab's /64; they still bridge IPv6 frames, which is L2 and needs no IPv6 stack on the port.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ SUBNET_BASE = ipaddress.IPv4Network("10.77.0.0/16")
 
 def subnet_of(index: int) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"10.77.{index}.0/24")
+
+
+def subnet6_of(index: int) -> ipaddress.IPv6Network:
+    """The lab's ULA /64 beside 10.77.<index>.0/24."""
+    return ipaddress.IPv6Network(f"fd77:77:77:{index:x}::/64")
+
+
+def address6_of(index: int, octet: int) -> ipaddress.IPv6Address:
+    """10.77.<index>.<octet> in the lab's /64: the octet's decimal digits read as one hex group,
+    so .21 is ::21 and .100 (the VIP convention) is ::100, as a person reading both expects."""
+    return subnet6_of(index).network_address + int(str(octet), 16)
 
 
 async def machine_networks() -> list[ipaddress.IPv4Network]:
@@ -66,10 +82,13 @@ async def create_bridge(lab_id: str, index: int) -> None:
     net = subnet_of(index)
     batch = (
         f"link add {br} address {mac_address(index, CONTROLLER_OCTET)} type bridge "
-        "forward_delay 0 stp_state 0\n"
+        # No multicast snooping: the bridge (without IPv6) hears no MLD reports, and a snooping
+        # bridge would then deliver a Neighbour Solicitation to a solicited-node group to nobody.
+        "forward_delay 0 stp_state 0 mcast_snooping 0\n"
     )
     await proc.run(["ip", "-batch", "-"], input=batch)
-    # Before any address or port exists: nothing in the lab is routed or answered for elsewhere.
+    # Before any address or port exists: nothing in the lab is routed or answered for elsewhere,
+    # and the machine takes no part in the lab's IPv6 (no address, no route, no neighbours).
     write_sysctl(f"net/ipv6/conf/{br}/disable_ipv6", "1")
     write_sysctl(f"net/ipv4/conf/{br}/forwarding", "0")
     write_sysctl(f"net/ipv4/conf/{br}/arp_ignore", "1")
@@ -93,6 +112,7 @@ async def add_veths(lab_id: str, index: int, hosts: list[tuple[str, int, int, st
         )
     await proc.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
     for veth, *_ in hosts:
+        # The port only bridges: the machine's IPv6 stack stays off it (frames still pass).
         write_sysctl(f"net/ipv6/conf/{veth}/disable_ipv6", "1")
     lines = [f"link set {veth} master {br} up" for veth, *_ in hosts]
     lines += [f"netns attach {ns} {pid}" for _, _, pid, ns in hosts]

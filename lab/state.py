@@ -32,6 +32,7 @@ class HostRecord(BaseModel):
     mac: str
     veth: str
     netns: str
+    address6: str = ""  # in the lab's ULA /64 ("" in a record written before labs had IPv6)
     holder_pid: int = 0  # `unshare`, in the machine's pid namespace
     init_pid: int = 0  # the host's PID 1, as the machine sees it
     sshd_pid: int = 0
@@ -50,6 +51,7 @@ class LabState(BaseModel):
     lab_id: str
     subnet: str
     bridge: str
+    subnet6: str = ""  # the ULA /64 beside `subnet`
     status: Literal["starting", "up"] = "starting"
     ephemeral: bool = False  # a test lab: removable once its owner process is gone
     owner_pid: int = 0

@@ -46,10 +46,13 @@ sed -i -E 's/^root:![^:]*:/root:*:/' /etc/shadow
 mkdir -p -m 0755 /run/sshd /etc/shoal-lab /var/log
 install -m 0600 "$VM_SHARED_DIR/id_ed25519.pub" /etc/shoal-lab/authorized_keys
 
-# Like the lab's bridge: no IPv6 and no default route, so the guest reaches nothing off the lab.
-sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+# Like a namespace host: the lab's addresses and no default route, so the guest reaches nothing
+# off the lab; IPv6 static (no router advertisements taken, nothing forwarded, no DAD delay).
+sysctl -q -w net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
+  net.ipv6.conf.eth0.accept_ra=0 net.ipv6.conf.all.forwarding=0
 ip link set lo up
 ip addr add "$VM_ADDRESS" dev eth0
+ip addr add "$VM_ADDRESS6" dev eth0 nodad
 ip link set eth0 up
 /usr/sbin/sshd -f "$VM_HOST_DIR/sshd_config" -E /var/log/sshd.log
 

@@ -3,11 +3,12 @@ have no IPVS while Debian's kernel does.
 
 qemu boots the kernel that scripts/setup.sh unpacked (see vm_image.py) with the machine's root
 shared read-only over 9p under a tmpfs overlay (vm-initramfs.sh), then vm-guest-init.sh gives the
-guest its hostname, lab address and sshd. The guest's NIC is a tap device on the lab's bridge,
-named like a host's veth (`sh-<id>-<octet>`), so the lab's `set_link` scheme and its teardown
-(which removes every `sh-<id>-N` link) cover it too; qemu carries the lab's process marker, so
-`Lab.down` kills it even when nobody called `stop`. The controller reaches the guest over SSH
-with the lab's client key and this host's own host key, exactly like a namespace host.
+guest its hostname, lab addresses (IPv4 and the lab's ULA IPv6, lab/network.py) and sshd.
+The guest's NIC is a tap device on the lab's bridge, named like a host's veth
+(`sh-<id>-<octet>`), so the lab's `set_link` scheme and its teardown (which removes every
+`sh-<id>-N` link) cover it too; qemu carries the lab's process marker, so `Lab.down` kills it
+even when nobody called `stop`. The controller reaches the guest over SSH with the lab's client
+key and this host's own host key, exactly like a namespace host.
 
 qemu is called directly rather than through virtme-ng: the VM needs a handful of mounts and one
 daemon, which two short scripts do, and this avoids a second virtual environment, virtme-ng's
@@ -36,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lab import proc, sshfiles, vm_image
+from lab import network, proc, sshfiles, vm_image
 from lab.naming import MARKER_ENV, mac_address, marker_value, veth_name
 from lab.topology import HostSpec, Role, Topology
 
@@ -242,6 +243,7 @@ class VmHost:
         self.name = spec.name
         self.role: Role = spec.role
         self.address = address
+        self.address6 = str(network.address6_of(site.subnet_index, spec.octet))
         self.interface = "eth0"
         self.mac = mac_address(site.subnet_index, spec.octet)
         self.tap = tap
@@ -267,6 +269,7 @@ class VmHost:
                 "",
                 f"[hosts.{self.name}]  # {self.role.replace('_', ' ')} (virtual machine)",
                 f'address = "{self.address}"',
+                f'address6 = "{self.address6}"',
                 f'interface = "{self.interface}"',
                 "",
             ]
@@ -457,6 +460,8 @@ async def boot_vm(
             {
                 "VM_HOSTNAME": spec.name,
                 "VM_ADDRESS": f"{address}/{net.prefixlen}",
+                "VM_ADDRESS6": f"{network.address6_of(index, spec.octet)}/"
+                f"{network.subnet6_of(index).prefixlen}",
                 "VM_HOST_DIR": str(host_dir),
                 "VM_SHARED_DIR": str(site.state_dir),
                 "VM_MODULES_DIR": str(image.modules_dir),

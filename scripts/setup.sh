@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(openssh-server openssh-client arptables iptables nftables iproute2 keepalived
           iputils-arping iputils-ping ipvsadm procps psmisc git curl python3-venv ca-certificates
-          qemu-system-x86 busybox-static kmod sudo)
+          qemu-system-x86 busybox-static kmod sudo ndisc6)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

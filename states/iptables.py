@@ -4,6 +4,10 @@ The redirect ARP method never puts the VIP on the real server: a `-t nat PREROUT
 rule per VIP, port and protocol makes the director's packets local. The argv is written in the
 form `iptables-save` prints back (`/32` added, `-m tcp` inserted; research notes 4.5), so the
 canonical rule from the facts compares equal.
+
+The destination's family picks the tool: an IPv6 VIP's rule is ip6tables' (`/128`, read back
+from `ip6tables-save -t nat`, the `ip6tables_nat` fact). The ledger key shows the family in its
+prefix length, so one function owns both and an IPv4 key reads exactly as before.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from reconciler.desired.models import IPv4, Port
+from reconciler.desired.models import IPAddress, Port, family_of
 from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
 from states.args import Args
@@ -27,11 +31,23 @@ FUNCTION = "iptables.rule_present"
 class RedirectArgs(Args):
     table: Literal["nat"] = "nat"
     chain: Literal["PREROUTING"] = "PREROUTING"
-    destination: IPv4
+    destination: IPAddress
     protocol: Literal["tcp", "udp"]
     dport: Port
     target: Literal["REDIRECT"] = "REDIRECT"
     to_ports: Port | None = None
+
+    @property
+    def family(self) -> int:
+        return family_of(self.destination)
+
+    @property
+    def tool(self) -> str:
+        return "ip6tables" if self.family == 6 else "iptables"
+
+    @property
+    def host_prefix(self) -> str:
+        return "/128" if self.family == 6 else "/32"
 
 
 class RedirectAbsentArgs(Args):
@@ -41,7 +57,7 @@ class RedirectAbsentArgs(Args):
 def spec(args: RedirectArgs) -> tuple[str, ...]:
     """The canonical rule after `-A CHAIN`, as iptables-save prints it."""
     out = [
-        "-d", f"{args.destination}/32",
+        "-d", f"{args.destination}{args.host_prefix}",
         "-p", args.protocol,
         "-m", args.protocol,
         "--dport", str(args.dport),
@@ -70,7 +86,8 @@ def _from_key(key: str) -> RedirectArgs | None:
         if flag != "-m":  # implied by -p
             fields[_FLAGS.get(flag, flag)] = value
     if isinstance(fields.get("destination"), str):
-        fields["destination"] = fields["destination"].removesuffix("/32")
+        dest = fields["destination"]
+        fields["destination"] = dest.removesuffix("/128" if ":" in dest else "/32")
     try:
         args = RedirectArgs.model_validate(fields)
     except ValidationError:
@@ -81,20 +98,22 @@ def _from_key(key: str) -> RedirectArgs | None:
 
 def _count(low: LowState, ctx: PlanContext, args: RedirectArgs) -> int:
     facts = host_facts(low, ctx)
-    if not facts.iptables_nat.known and tool_missing(facts, "iptables"):
+    nat = facts.ip6tables_nat if args.family == 6 else facts.iptables_nat
+    # ip6tables comes in the iptables package: without iptables there is no ip6tables either.
+    if not nat.known and tool_missing(facts, "iptables"):
         return 0
-    rules = known(facts.iptables_nat, "iptables nat rules").rules
+    rules = known(nat, f"{args.tool} nat rules").rules
     return sum(1 for r in rules if r.chain == args.chain and tuple(r.spec) == spec(args))
 
 
 def _argv(verb: str, args: RedirectArgs) -> tuple[str, ...]:
-    return ("iptables", "-t", args.table, verb, args.chain, *spec(args))
+    return (args.tool, "-t", args.table, verb, args.chain, *spec(args))
 
 
 def _rule(args: RedirectArgs) -> AppendedRule:
     return AppendedRule(
         function=FUNCTION,
-        tool="iptables",
+        tool=args.tool,
         subsystem="iptables",
         key=key_of(args),
         line=f"-t {args.table} -A {args.chain} {shlex.join(spec(args))}",
@@ -126,7 +145,11 @@ def absent(low: LowState, absent_args: RedirectAbsentArgs, ctx: PlanContext) -> 
 
 
 def restore_line(args: RedirectArgs) -> list[str]:
-    """`nat_rule` (the restore script's prelude) adds the rule unless it is there."""
+    """`nat_rule` (the restore script's prelude) adds the rule unless it is there; an IPv6
+    rule spells the same check-then-append out with ip6tables (the prelude stays as it was)."""
+    if args.family == 6:
+        check = shlex.join(_argv("-C", args))
+        return [f"{check} 2>/dev/null || {shlex.join(_argv('-A', args))}"]
     return [shlex.join(("nat_rule", args.chain, *spec(args)))]
 
 

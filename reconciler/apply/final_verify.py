@@ -18,7 +18,7 @@ from reconciler.apply.runresult import RunError
 from reconciler.verify.run import verify_desired
 
 # Which verification failure a run names first: the likeliest cause of the others.
-_CHECK_ORDER = ("setup", "director", "arp", "neighbour", "probe", "traffic")
+_CHECK_ORDER = ("setup", "director", "arp", "nd", "neighbour", "probe", "traffic")
 
 
 async def verify_applied(run: RunState) -> None:

@@ -311,7 +311,7 @@ def _strip_dynamic_elements(text: str) -> str:
 
 def normalise(name: str, content: str) -> str:
     """The part of a section that only a change can alter."""
-    if name == "arptables" or name.startswith("iptables_"):
+    if name == "arptables" or name.startswith(("iptables_", "ip6tables_")):
         return _strip_save(content)
     if name == "addr" or name.startswith("addr."):
         return _strip_addr(content)

@@ -30,9 +30,11 @@ def snapshot_script(hp: HostPhase) -> str:
         lines.append("snap arptables $TO arptables-save")
     for table in t.iptables_tables:
         lines.append(f"snap iptables_{table} $TO iptables-save -t {quote(table)}")
+    for table in t.ip6tables_tables:
+        lines.append(f"snap ip6tables_{table} $TO ip6tables-save -t {quote(table)}")
     if t.nft:
         lines.append("snap nft nft_ours")
-    if t.nft or t.arptables or t.iptables_tables:
+    if t.nft or t.arptables or t.iptables_tables or t.ip6tables_tables:
         lines.append("snap nft_tables nft_tables")
     if t.ipvs:
         lines.append("snap ipvs $TO ipvsadm -Sn")
@@ -103,6 +105,10 @@ def restore_script(hp: HostPhase) -> str:
         lines.append("drop_if_created arp filter arptables-save")
     for table in t.iptables_tables:
         lines.append(f"drop_if_created ip {quote(table)} {quote(f'iptables-save -t {table}')}")
+    for table in t.ip6tables_tables:
+        lines.append(
+            f"drop_if_created ip6 {quote(table)} {quote(f'ip6tables-save -t {table}')}"
+        )
     # Directories a write created, deepest first; rmdir leaves any that are not empty.
     lines.append(
         'if [ -f "$B/progress/dirs" ]; then sort -r "$B/progress/dirs" | '

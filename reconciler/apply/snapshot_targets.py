@@ -36,6 +36,7 @@ class SnapshotTargets:
 
     arptables: bool = False
     iptables_tables: tuple[str, ...] = ()  # e.g. ("nat",): one `iptables-save -t T` each
+    ip6tables_tables: tuple[str, ...] = ()  # the same with ip6tables-save (IPv6 redirects)
     nft: bool = False
     ipvs: bool = False
     interfaces: tuple[str, ...] | None = None
@@ -48,9 +49,10 @@ class SnapshotTargets:
         if self.arptables:
             names.append("arptables")
         names.extend(f"iptables_{t}" for t in self.iptables_tables)
+        names.extend(f"ip6tables_{t}" for t in self.ip6tables_tables)
         if self.nft:
             names.append("nft")
-        if self.nft or self.arptables or self.iptables_tables:
+        if self.nft or self.arptables or self.iptables_tables or self.ip6tables_tables:
             names.append("nft_tables")
         if self.ipvs:
             names.append("ipvs")
@@ -136,6 +138,7 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
     sysctls: list[str] = []
     files: list[str] = []
     ipt_tables: list[str] = []
+    ip6t_tables: list[str] = []
     for step in steps:
         subsystems.add(step.subsystem)
         for argv in (*step.commands, *step.undo):
@@ -153,6 +156,9 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
             elif tool.startswith("iptables"):
                 subsystems.add("iptables")
                 ipt_tables.append(_iptables_table(argv))
+            elif tool.startswith("ip6tables"):
+                subsystems.add("iptables")
+                ip6t_tables.append(_iptables_table(argv))
             elif tool == "nft":
                 subsystems.add("nft")
             elif tool == "ipvsadm":
@@ -170,7 +176,8 @@ def snapshot_targets(steps: Iterable[Step]) -> SnapshotTargets:
     return SnapshotTargets(
         arptables="arp" in subsystems,
         iptables_tables=tuple(sorted(set(ipt_tables)))
-        or (("nat",) if "iptables" in subsystems else ()),
+        or (("nat",) if "iptables" in subsystems and not ip6t_tables else ()),
+        ip6tables_tables=tuple(sorted(set(ip6t_tables))),
         nft=bool(subsystems & {"nft", "arp"}),
         ipvs="ipvs" in subsystems,
         interfaces=tuple(dict.fromkeys(interfaces)) if wants_addr else None,

@@ -48,7 +48,7 @@ def _summary(name: str, fact: Fact[object]) -> str:
     if name == "sysctls" and isinstance(value, dict):
         keep = (".all.", ".lo.", "ip_forward", ".vs.")
         return "\n".join(f"{k} = {v}" for k, v in value.items() if any(s in k for s in keep))
-    if name in ("arptables", "iptables_nat"):
+    if name in ("arptables", "iptables_nat", "ip6tables_nat"):
         backend = getattr(value, "backend", None)
         rules = getattr(value, "rules", ())
         lines = [f"backend {backend}, {len(rules)} rule(s)"]

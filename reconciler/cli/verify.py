@@ -51,7 +51,8 @@ def render(result: VerificationResult) -> list[str]:
             )
     for arp in result.arp:
         who = ", ".join(f"{r.mac} ({r.host or 'unknown'})" for r in arp.responders) or "nobody"
-        lines.append(f"ARP {arp.vip} from {arp.client}: answered by {who}")
+        asked = "ND" if arp.probe == "nd" else "ARP"
+        lines.append(f"{asked} {arp.vip} from {arp.client}: answered by {who}")
         if arp.neighbour_mac:
             lines.append(
                 f"  {arp.client} neighbour entry: {arp.neighbour_mac} "

@@ -18,6 +18,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+# Why a fact is unknown when the facts never asked for it (an output from before the fact).
+NOT_GATHERED = "not gathered"
+
 T = TypeVar("T")
 
 
@@ -288,6 +291,8 @@ class HostFacts(_Value):
     services_enabled: Fact[dict[str, bool]] = Fact[dict[str, bool]].unknown("not gathered")
     kernel_release: Fact[str] = Fact[str].unknown("not gathered")
     login: Fact[Login] = Fact[Login].unknown("not gathered")
+    # `ip6tables-save -t nat`: the redirect method's IPv6 rules (the same shape as IPv4's).
+    ip6tables_nat: Fact[IptablesNat] = Fact[IptablesNat].unknown(NOT_GATHERED)
     # Why this login cannot act as root here (sudo refused before anything ran); the facts are
     # then all unknown, yet the host answered: the plan blocks it with this message.
     privilege_error: str | None = None
@@ -339,6 +344,12 @@ def _is_fact(annotation: Any) -> bool:
 
 
 _VOLATILE_KEYS = frozenset({"active_connections", "inactive_connections"})
+# Facts that joined after plans were first made, each with the older fact it sits beside. One
+# that holds nothing (known, without a rule), was never asked, or is unknown for the same
+# reason as its sibling (a host that did not answer) adds nothing to the digest and is left
+# out, so an IPv4-only host's plan id does not change with shoal's version. Once it holds
+# anything, or fails on its own, it counts like any fact.
+_LATER_FACTS = {"ip6tables_nat": "iptables_nat"}
 # id(facts) -> (weak reference, digest). Not a private attribute: pydantic would copy it into a
 # model_copy(update=...) with other facts, and compare it in ==.
 _DIGESTS: dict[int, tuple[weakref.ref[HostFacts], str]] = {}
@@ -348,12 +359,27 @@ _EXCLUDE_VOLATILE: dict[str, Any] = {
 }
 
 
+def _holds_nothing(fact: Fact[Any], sibling: Fact[Any]) -> bool:
+    if fact.unknown_reason is not None:
+        return fact.unknown_reason in (NOT_GATHERED, sibling.unknown_reason)
+    return not getattr(fact.value, "rules", ())
+
+
 def _digest(facts: HostFacts) -> str:
+    silent = [
+        name
+        for name, sibling in _LATER_FACTS.items()
+        if _holds_nothing(getattr(facts, name), getattr(facts, sibling))
+    ]
     data = facts.model_dump(mode="json", exclude=_EXCLUDE_VOLATILE)
+    for name in silent:
+        data.pop(name, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     if any(f'"{k}"' in text for k in _VOLATILE_KEYS):
         # A volatile key elsewhere (say a service of that name): drop it everywhere, as always.
         data = _drop_keys(facts.model_dump(mode="json"), _VOLATILE_KEYS)
+        for name in silent:
+            data.pop(name, None)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

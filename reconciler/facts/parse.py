@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import FactParseError
 from reconciler.facts.hostfacts import (
+    NOT_GATHERED,
     ArptablesRules,
     Fact,
     FileInfo,
@@ -136,6 +137,22 @@ def _iptables(sections: dict[str, Section]) -> Fact[IptablesNat]:
     )
 
 
+def _ip6tables(sections: dict[str, Section]) -> Fact[IptablesNat]:
+    if "ip6tables-save" not in sections and "iptables-save" in sections:
+        # Output of a facts script from before IPv6 (a stored sample): never asked.
+        return Fact[IptablesNat].unknown(NOT_GATHERED)
+    version = _fact(sections, "ip6tables-version", "ip6tables -V", lambda s: s.stdout)
+    if not version.known or version.value is None:
+        return Fact[IptablesNat].unknown(version.unknown_reason or "ip6tables -V")
+    backend = parse_xtables_version(version.value)
+    return _fact(
+        sections,
+        "ip6tables-save",
+        "ip6tables-save -t nat",
+        lambda s: parse_iptables_save(s.stdout, backend, stderr=s.stderr),
+    )
+
+
 def _nft(section: Section) -> Any:
     text, _, comments = section.stdout.partition(f"\n{MARKER} comments\n")
     return parse_nft_ruleset(text, parse_nft_table_comments(comments))
@@ -220,6 +237,7 @@ def parse_facts_output(host: str, stdout: str) -> HostFacts:
         sysctls=_fact(sections, "sysctl", "sysctls", lambda s: parse_sysctls(s.stdout)),
         arptables=_arptables(sections),
         iptables_nat=_iptables(sections),
+        ip6tables_nat=_ip6tables(sections),
         nft=_fact(sections, "nft", "nft -j list ruleset", _nft),
         ipvs=_ipvs(sections),
         keepalived=_keepalived(sections, files),

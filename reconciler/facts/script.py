@@ -173,6 +173,24 @@ f_ipt_save() {
   esac
   iptables-save -t nat
 }
+# The same for IPv6 (the redirect method's ip6tables rules): ip6_tables_names, ip6tables-save.
+f_ip6t_save() {
+  need ip6tables-save || return
+  case $_ip6tv in
+    *nf_tables*) ;;
+    *)
+      _t=
+      if [ -e /proc/net/ip6_tables_names ]; then
+        [ -r /proc/net/ip6_tables_names ] || { denied /proc/net/ip6_tables_names; return; }
+        while read -r _x; do
+          [ "$_x" = nat ] && _t=1
+        done < /proc/net/ip6_tables_names
+      fi
+      [ -n "$_t" ] || return 0
+      ;;
+  esac
+  ip6tables-save -t nat
+}
 f_nft() {
   need nft || return
   _j=$(nft -j list ruleset) || return
@@ -284,6 +302,8 @@ _v=$(version arptables 2>&1); emit arptables-version $? "$_v"
 sec arptables-list f_arp_list
 _iptv=$(version iptables 2>&1); emit iptables-version $? "$_iptv"
 sec iptables-save f_ipt_save
+_ip6tv=$(version ip6tables 2>&1); emit ip6tables-version $? "$_ip6tv"
+sec ip6tables-save f_ip6t_save
 sec nft f_nft
 sec ipvs f_ipvs
 if [ -e /proc/net/ip_vs ]; then

@@ -9,7 +9,15 @@ calls (id, function, host, args, requisites, phase). Sources, in this order:
      interface;
    - nft-arp: the `arp shoal_arp` table, VIP on the interface;
    - redirect: one nat REDIRECT per VIP/port/protocol, no VIP on the host.
-   ARP suppression is a requisite of every VIP (suppression first, safety rule);
+   ARP suppression is a requisite of every VIP (suppression first, safety rule).
+   An IPv6 VIP has no ARP to suppress: Neighbour Discovery is ICMPv6, which arptables and the
+   nft `arp` family never see, so no filter could silence it and none is needed. Linux answers
+   a Neighbour Solicitation only for an address on the interface it arrived on, and sends no
+   unsolicited advertisement for an address on `lo`: with sysctl, arptables and nft-arp the
+   IPv6 VIP is a /128 on `lo`, added `nodad` (nothing to detect on `lo`, and no tentative
+   delay), and requires no IPv4 sysctl or ARP rule (tests/lab/test_ipv6_real_servers_lab.py
+   proves the silence on real hosts). With redirect it is an ip6tables nat REDIRECT, as for
+   IPv4. The IPv4 suppression (sysctls, rules, table) is compiled only for IPv4 VIPs;
 2. the directors (`compile_directors`: one module per backend, `reconciler.plan.compile_ipvsadm`,
    `compile_nftables`, `compile_keepalived`, sharing `reconciler.plan.compile_director`);
 3. `[[state]]` extras of the cluster files;
@@ -27,7 +35,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from reconciler.desired.models import ArpMethod, Desired, address_order
+from reconciler.desired.models import ArpMethod, Desired, address_order, family_of
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile_director import IPVS_SYSCTL_IDS, KMOD_IPVS
@@ -128,6 +136,7 @@ def compile_real_servers(desired: Desired) -> list[LowState]:
     for host, (method, services) in sorted(_rs_hosts(desired).items()):
         inv = desired.inventory.hosts[host]
         vips = sorted({vip for vip, _, _ in services}, key=address_order)
+        vips4 = [v for v in vips if family_of(v) == 4]
 
         def low(sid: str, function: str, args: Mapping[str, object], require: Iterable[str] = (),
                 phase: Phase = Phase.REAL_SERVERS_PREPARE, _host: str = host) -> LowState:
@@ -144,39 +153,43 @@ def compile_real_servers(desired: Desired) -> list[LowState]:
                 out.append(low(f"redirect-{proto}-{vip}-{port}", "iptables.rule_present", args,
                                [pkg.id]))  # fmt: skip
             continue
-        # vip -> ids of the states that silence it; the VIP requires all of them.
+        # vip -> ids of the states that silence it; the VIP requires all of them. An IPv6 VIP
+        # has nothing to silence (see the module docstring): it requires the packages only.
         guards: dict[str, list[str]] = {vip: [] for vip in vips}
-        if method == "sysctl":
+        rip = inv.ipv4 or ""  # an IPv4 VIP's real server has an IPv4 address (crosscheck)
+        if method == "sysctl" and vips4:
             for scope in ("all", inv.interface):
                 for name, value in ARP_SYSCTLS:
                     key = interface_key(scope, name)
                     state = low(f"sysctl-{key.replace('/', '.')}", "sysctl.present",
                                 {"key": key, "value": value}, [pkg.id])  # fmt: skip
                     out.append(state)
-                    for ids in guards.values():
-                        ids.append(state.id)
-            vip_dev = "lo"  # arp_ignore=1 only hides addresses not on the receiving interface
+                    for vip in vips4:
+                        guards[vip].append(state.id)
         elif method == "arptables":
-            for vip in vips:
+            for vip in vips4:
                 drop = {"chain": "INPUT", "destination": vip, "target": "DROP"}
                 mangle = {"chain": "OUTPUT", "source": vip, "target": "mangle",
-                          "mangle_ip_s": inv.address}  # fmt: skip
+                          "mangle_ip_s": rip}  # fmt: skip
                 out.append(low(f"arptables-input-{vip}", "arptables.rule_present", drop, [pkg.id]))
                 out.append(low(f"arptables-output-{vip}", "arptables.rule_present", mangle,
                                [pkg.id]))  # fmt: skip
                 guards[vip] += [f"arptables-input-{vip}", f"arptables-output-{vip}"]
-            vip_dev = inv.interface
-        else:  # nft-arp
+        elif method == "nft-arp" and vips4:
             table = low("nft-arp-shoal_arp", "nft.table_present",
-                        arp_table_args(vips, inv.address), [pkg.id])  # fmt: skip
+                        arp_table_args(vips4, rip), [pkg.id])  # fmt: skip
             out.append(table)
-            for ids in guards.values():
-                ids.append(table.id)
-            vip_dev = inv.interface
+            for vip in vips4:
+                guards[vip].append(table.id)
+        # arp_ignore=1 only hides addresses not on the receiving interface: the sysctl method's
+        # IPv4 VIP sits on lo; the other methods' rules silence it on the interface itself.
+        vip4_dev = "lo" if method == "sysctl" else inv.interface
         for vip in vips:
+            six = family_of(vip) == 6
             out.append(low(f"vip-{vip}", "addr.present",
-                           {"address": vip, "prefix": 32, "interface": vip_dev},
-                           guards[vip]))  # fmt: skip
+                           {"address": vip, "prefix": 128 if six else 32,
+                            "interface": "lo" if six else vip4_dev},
+                           guards[vip] or ([pkg.id] if six else [])))  # fmt: skip
     return out
 
 

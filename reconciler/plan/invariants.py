@@ -7,7 +7,9 @@ rules cover it in both directions: an INPUT rule dropping requests for it and an
 rewriting ARP it sends with the VIP as sender (`arptables -s VIP -j mangle`, or the nft-arp
 table). `arp_ignore=1` does not hide an address on the receiving interface, and the seed
 HOWTO's `-A OUTPUT -d VIP -j mangle` form rewrites nothing the host sends as the VIP
-(research notes 4.4), so neither counts.
+(research notes 4.4), so neither counts. An IPv6 VIP on such an interface is always a
+violation: Linux answers Neighbour Solicitations for it there, and no ARP rule or table sees
+Neighbour Discovery (ICMPv6), so nothing can cover it; on `lo` it is silent.
 
 The check runs twice: on the facts as they are, and on the facts as the plan's steps leave them.
 A violation after the plan refuses the host (the planner drops its steps); one that the plan
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.desired.models import Desired
+from reconciler.desired.models import Desired, family_of
 from reconciler.facts.hostfacts import ArpRule, HostFacts
 from reconciler.plan.steps import LowState, Step
 from states import addr, arptables, nft
@@ -153,7 +155,7 @@ def _held(hf: HostFacts, vips: frozenset[str]) -> set[tuple[str, str, int]]:
         for iface in hf.interfaces.value
         if iface.name != "lo"
         for a in iface.addresses
-        if a.family == "inet" and a.address in vips
+        if a.family in ("inet", "inet6") and a.address in vips
     }
 
 
@@ -229,6 +231,13 @@ def _problems(host: str, state: _State) -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
     for vip, iface, prefix in sorted(state.held):
         where = f"{host} holds {vip}/{prefix} on {iface}"
+        if family_of(vip) == 6:
+            out[(vip, iface)] = (
+                f"{where}: it answers Neighbour Solicitations for it there (no ARP rule or "
+                "table sees Neighbour Discovery), for a VIP that only the active director may "
+                "answer for; a real server holds an IPv6 VIP on lo"
+            )
+            continue
         if vip in state.table:
             continue
         if isinstance(state.rules, str):

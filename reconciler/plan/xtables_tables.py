@@ -1,18 +1,19 @@
 """The nftables tables the xtables-nft tools make for shoal's rules, and their removal.
 
-`arptables-nft -A` creates `table arp filter` and `iptables-nft -t nat -A` creates
-`table ip nat` when they are missing; deleting the last rule leaves the table (and its base
-chains) behind. shoal records a table in its ledger (function `xtables.table`, key
-"family name") when the plan appends the first rule into a table the facts do not show, and
-deletes it when that table is left with no rule after the plan. A table that was there before
-shoal's first rule, or that still holds any rule, is someone else's or still used: it stays.
+`arptables-nft -A` creates `table arp filter`, `iptables-nft -t nat -A` creates `table ip nat`
+and `ip6tables-nft -t nat -A` creates `table ip6 nat` when they are missing; deleting the last
+rule leaves the table (and its base chains) behind. shoal records a table in its ledger
+(function `xtables.table`, key "family name") when the plan appends the first rule into a table
+the facts do not show, and deletes it when that table is left with no rule after the plan. A
+table that was there before shoal's first rule, or that still holds any rule, is someone else's
+or still used: it stays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from reconciler.facts.hostfacts import HostFacts, Ledger
+from reconciler.facts.hostfacts import ArptablesRules, Fact, HostFacts, IptablesNat, Ledger
 from reconciler.plan.steps import LowState, Step, Subsystem
 from states.base import Claim
 from states.common import make_step
@@ -23,10 +24,30 @@ STATE_ID_PREFIX = "shoal-xtables-"
 TABLES = {"arptables.rule_present": ("arp filter", "arp"),
           "iptables.rule_present": ("ip nat", "iptables")}  # fmt: skip
 _REMOVERS = {"arptables.rule_absent": "arp filter", "iptables.rule_absent": "ip nat"}
+# An iptables state's rule goes to ip6tables (and its nft table) when its VIP is IPv6.
+_IP6 = ("ip nat", "ip6 nat")
+
+
+def _fact(hf: HostFacts, key: str) -> Fact[ArptablesRules] | Fact[IptablesNat]:
+    if key == "arp filter":
+        return hf.arptables
+    return hf.ip6tables_nat if key == "ip6 nat" else hf.iptables_nat
+
+
+def _table_of(step: Step, tables: dict[str, str]) -> str | None:
+    """The table `step` (of a function in `tables`) adds to or deletes from."""
+    table = tables.get(step.function)
+    if table == _IP6[0] and any(argv[:1] == ("ip6tables",) for argv in step.commands):
+        return _IP6[1]
+    return table
+
+
+def _v6_key(key: str) -> bool:
+    return "/128" in key  # an IPv6 rule's destination (states.iptables.key_of)
 
 
 def _nft_backend(hf: HostFacts, key: str) -> bool:
-    fact = hf.arptables if key == "arp filter" else hf.iptables_nat
+    fact = _fact(hf, key)
     return fact.known and fact.value is not None and fact.value.backend == "nft"
 
 
@@ -38,7 +59,7 @@ def _table_exists(hf: HostFacts, key: str) -> bool | None:
 
 
 def _rule_count(hf: HostFacts, key: str) -> int | None:
-    fact = hf.arptables if key == "arp filter" else hf.iptables_nat
+    fact = _fact(hf, key)
     if not fact.known or fact.value is None:
         return None
     return len(fact.value.rules)
@@ -47,7 +68,8 @@ def _rule_count(hf: HostFacts, key: str) -> int | None:
 def created_tables(hf: HostFacts, steps: Iterable[Step]) -> list[Claim]:
     """Claims for the tables this plan's first rule will make (nft backend, table missing)."""
     out: list[Claim] = []
-    for key in dict.fromkeys(TABLES[s.function][0] for s in steps if s.function in TABLES):
+    adding = {f: t for f, (t, _) in TABLES.items()}
+    for key in dict.fromkeys(t for s in steps if (t := _table_of(s, adding)) is not None):
         if _nft_backend(hf, key) and _table_exists(hf, key) is False:
             out.append(Claim(FUNCTION, key))
     return out
@@ -63,18 +85,24 @@ def removal_steps(host: str, hf: HostFacts, ledger: Ledger,
     out: list[Step] = []
     released: list[Claim] = []
     owners = {table: function for function, (table, _) in TABLES.items()}
+    owners[_IP6[1]] = owners[_IP6[0]]
+    adding = {f: t for f, (t, _) in TABLES.items()}
     for key in ledger.entries.get(FUNCTION, ()):
         exists = _table_exists(hf, key)
         count = _rule_count(hf, key)
         if exists is None or count is None:
             continue  # unknown: nothing is removed
-        added = sum(len(s.commands) for s in steps if TABLES.get(s.function, ("",))[0] == key)
+        added = sum(len(s.commands) for s in steps if _table_of(s, adding) == key)
         if not exists:
             if not added:  # gone, and this plan does not make it again
                 released.append(Claim(FUNCTION, key))
             continue
-        deleted = [s for s in steps if _REMOVERS.get(s.function) == key]
-        shoal_left = bool(ledger.entries.get(owners[key], ()))
+        deleted = [s for s in steps if _table_of(s, _REMOVERS) == key]
+        # Only shoal's rules of this table's family keep it shoal's.
+        shoal_left = any(
+            _v6_key(k) == (key == _IP6[1]) or owners[key] != owners[_IP6[0]]
+            for k in ledger.entries.get(owners[key], ())
+        )
         if count + added - sum(len(s.commands) for s in deleted) > 0 or not deleted:
             if not shoal_left:
                 released.append(Claim(FUNCTION, key))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Literal
 
 from reconciler.errors import TransportError
 from reconciler.facts.parsers.arping import parse_arping
 from reconciler.facts.parsers.ip_neigh import parse_ip_neigh
 from reconciler.verify.judge import judge_arp
 from reconciler.verify.probe_arp import NOT_PERMITTED, arp_probe_source
-from reconciler.verify.result import ArpCheck, ArpResponder
+from reconciler.verify.result import ArpCheck, ArpResponder, CheckKind
 from reconciler.verify.session import Session
 
 # The ARP probe: ARP_COUNT broadcast requests ARP_INTERVAL apart, replies collected until
@@ -69,10 +70,14 @@ async def arp_check(
     director: str | None,
     asking: asyncio.Task[list[str]],
     traffic_done: asyncio.Event,
+    probe: Literal["arp", "nd"] = "arp",
 ) -> ArpCheck:
     """Judge the ARP probe `asking` (started with the phase, it runs while the traffic
-    flows) and the client's neighbour entry, read once the traffic is over."""
+    flows) and the client's neighbour entry, read once the traffic is over. `probe` "nd":
+    `asking` is the Neighbour Discovery probe of an IPv6 VIP."""
     iface = s.iface(client)
+    kind: CheckKind = probe
+    asked_by = "Neighbour Discovery" if probe == "nd" else "ARP"
 
     async def neighbour() -> str | None:
         await traffic_done.wait()
@@ -86,15 +91,15 @@ async def arp_check(
         asked = True
         responders = [ArpResponder(mac=mac, host=s.seen.mac_owner(mac)) for mac in macs]
     elif isinstance(macs, ArpNotAsked):
-        s.fail("arp", client, str(macs))
+        s.fail(kind, client, str(macs))
     elif isinstance(macs, TransportError):
-        s.fail("arp", client, f"{client} cannot probe ARP: {macs}")
+        s.fail(kind, client, f"{client} cannot probe {asked_by}: {macs}")
     else:
         raise macs
     neighbour_mac: str | None = None
     if isinstance(neigh, TransportError):
         if asked:
-            s.fail("arp", client, f"{client} cannot probe ARP: {neigh}")
+            s.fail(kind, client, f"{client} cannot probe {asked_by}: {neigh}")
     elif isinstance(neigh, BaseException):
         raise neigh
     else:
@@ -103,6 +108,7 @@ async def arp_check(
     check = ArpCheck(
         client=client,
         vip=vip,
+        probe=probe,
         director=director,
         expected_mac=expected,
         responders=tuple(responders),

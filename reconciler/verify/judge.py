@@ -3,7 +3,8 @@
 The phase's steps (`reconciler.verify.run`, `.traffic`, `.arp`) gather what the hosts show
 (their interfaces, the probe counters, the probes' reports) and ask here what it means: which
 director is active for a VIP, whether a service's traffic went the Direct Routing way, whether
-the right MAC answers ARP. Each judgement returns its failures in the order they are reported.
+the right MAC answers ARP (or Neighbour Solicitations, for an IPv6 VIP). Each judgement returns
+its failures in the order they are reported.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from reconciler.desired.models import ClusterHeader
 from reconciler.facts.hostfacts import HostFacts, Interface
-from reconciler.verify.result import ArpCheck, ServiceTraffic, VerificationFailure
+from reconciler.verify.result import ArpCheck, CheckKind, ServiceTraffic, VerificationFailure
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -30,6 +31,12 @@ def link_mac(link: Interface) -> str | None:
 
 def ipv4_addresses(link: Interface) -> tuple[str, ...]:
     return tuple(a.address for a in link.addresses if a.family == "inet")
+
+
+def ip_addresses(link: Interface) -> tuple[str, ...]:
+    """The link's IPv4 and IPv6 addresses (`ip -j` prints both in the canonical form a
+    validated VIP has)."""
+    return tuple(a.address for a in link.addresses if a.family in ("inet", "inet6"))
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Inspection:
 
     def holds(self, host: str, vip: str) -> bool:
         return any(
-            link.name == self.interface[host] and vip in ipv4_addresses(link)
+            link.name == self.interface[host] and vip in ip_addresses(link)
             for link in self.links.get(host, [])
         )
 
@@ -146,16 +153,20 @@ def judge_traffic(t: ServiceTraffic) -> list[VerificationFailure]:
 
 
 def judge_arp(check: ArpCheck, *, asked: bool) -> list[VerificationFailure]:
-    """Who answers ARP for the VIP (only the active director may) and where the client's
-    neighbour entry points; `asked`: the probe ran, so no responder means the VIP is down."""
+    """Who answers ARP (or, for an IPv6 VIP, Neighbour Solicitations) for the VIP (only the
+    active director may) and where the client's neighbour entry points; `asked`: the probe
+    ran, so no responder means the VIP is down."""
     failures: list[VerificationFailure] = []
     vip, director, expected = check.vip, check.director, check.expected_mac
+    kind: CheckKind = "nd" if check.probe == "nd" else "arp"
+    asked_for = "Neighbour Solicitations" if check.probe == "nd" else "ARP"
     if asked and not check.responders:
         failures.append(
             VerificationFailure(
-                check="arp",
+                check=kind,
                 host=director,
-                message=f"nobody answers ARP for {vip} (asked from {check.client}): VIP is down",
+                message=f"nobody answers {asked_for} for {vip} (asked from {check.client}): "
+                "VIP is down",
             )
         )
     for r in check.responders:
@@ -165,7 +176,7 @@ def judge_arp(check: ArpCheck, *, asked: bool) -> list[VerificationFailure]:
                 continue
             failures.append(
                 VerificationFailure(
-                    check="arp", host=r.host, message=f"{who} answers ARP for {vip}"
+                    check=kind, host=r.host, message=f"{who} answers {asked_for} for {vip}"
                 )
             )
     if expected is not None and check.neighbour_mac not in (None, expected):

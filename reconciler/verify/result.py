@@ -16,7 +16,8 @@ class _Out(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-CheckKind = Literal["setup", "probe", "traffic", "director", "arp", "neighbour"]
+# "nd": Neighbour Solicitations for an IPv6 VIP, judged as "arp" is for an IPv4 one.
+CheckKind = Literal["setup", "probe", "traffic", "director", "arp", "nd", "neighbour"]
 
 
 class VerificationFailure(_Out):
@@ -70,8 +71,13 @@ class ArpResponder(_Out):
 
 
 class ArpCheck(_Out):
+    """Who answered for a VIP asked from a client: ARP (IPv4) or Neighbour Discovery (IPv6)."""
+
     client: str
     vip: str
+    probe: Literal["arp", "nd"] = Field(
+        default="arp", description="arp: ARP requests; nd: Neighbour Solicitations (IPv6 VIP)"
+    )
     director: str | None = Field(description="the active director: it holds the VIP")
     expected_mac: str | None
     responders: tuple[ArpResponder, ...]

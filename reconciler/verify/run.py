@@ -15,7 +15,9 @@ client host named in `settings.verify.clients`, over SSH:
    `arping -b` where the login has no packet socket) must be answered by exactly one MAC, the
    active director's (the director whose client-facing interface holds the VIP); any other
    responder is named ("web2 answers ARP for 10.77.0.100"). The client's neighbour entry for the
-   VIP (`ip -j neigh`) must point at the active director too.
+   VIP (`ip -j neigh`) must point at the active director too. An IPv6 VIP is asked by Neighbour
+   Solicitations to its solicited-node group instead (`reconciler.verify.probe_nd`, or `ndisc6`)
+   and judged the same way (check "nd": "web2 answers Neighbour Solicitations for ...").
 
 Every step runs on all hosts at once, and the ARP probes start first and run while the hosts are
 inspected and the traffic flows, so a verification costs the longer of the ARP window (about a
@@ -35,13 +37,14 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
-from reconciler.desired.models import Desired
+from reconciler.desired.models import Desired, family_of
 from reconciler.errors import TransportError
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.facts.parsers.ip_addr import parse_ip_addr
 from reconciler.transport.protocol import Transport
 from reconciler.verify.arp import arp_check, arp_responders
-from reconciler.verify.judge import active_director, ipv4_addresses, judge_traffic
+from reconciler.verify.judge import active_director, ip_addresses, judge_traffic
+from reconciler.verify.nd import nd_responders
 from reconciler.verify.result import ServiceTraffic, VerificationResult
 from reconciler.verify.session import Session
 from reconciler.verify.tally import Job
@@ -96,7 +99,7 @@ async def settle_vrrp(s: Session) -> None:
         except TransportError:
             return set()
         links = parse_ip_addr(out) if rc == 0 else ()
-        return {a for link in links if link.name == s.iface(host) for a in ipv4_addresses(link)}
+        return {a for link in links if link.name == s.iface(host) for a in ip_addresses(link)}
 
     while True:
         found = await asyncio.gather(*map(addresses, directors))
@@ -147,7 +150,9 @@ async def verify_desired(
     # The ARP probes need nothing from the inspection, and their window is the longest wait of
     # the phase: they start first and are judged once the hosts are known.
     asking = {
-        (client, vip): asyncio.create_task(arp_responders(v, client, vip))
+        (client, vip): asyncio.create_task(
+            (nd_responders if family_of(vip) == 6 else arp_responders)(v, client, vip)
+        )
         for vip in sorted({svc.vip for cl in v.clusters.values() for svc in cl.services})
         for client in clients
     }
@@ -207,7 +212,15 @@ async def _verify(
             traffic(),
             asyncio.gather(
                 *(
-                    arp_check(v, client, vip, director, asking[client, vip], traffic_done)
+                    arp_check(
+                        v,
+                        client,
+                        vip,
+                        director,
+                        asking[client, vip],
+                        traffic_done,
+                        "nd" if family_of(vip) == 6 else "arp",
+                    )
                     for vip, director in arp_vips.items()
                     for client in reachable_clients
                 )

@@ -1,9 +1,9 @@
 """Helpers for the executor's lab tests: hand-built steps, raw host state, a transport.
 
 The raw state is what the rollback must give back byte for byte: arptables-save,
-iptables-save -t nat, the whole nft ruleset (stateless), every address, the sysctls the steps
-touch and the managed files. Only the `#` comment lines of the *-save tools are dropped, because
-they carry the time of the call.
+iptables-save -t nat, ip6tables-save -t nat, the whole nft ruleset (stateless), every address
+(both families), the sysctls the steps touch and the managed files. Only the `#` comment lines
+of the *-save tools are dropped, because they carry the time of the call.
 """
 
 from __future__ import annotations
@@ -237,6 +237,7 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
     commands = {
         "arptables": ["arptables-save"],
         "iptables_nat": ["iptables-save", "-t", "nat"],
+        "ip6tables_nat": ["ip6tables-save", "-t", "nat"],
         "nft": ["nft", "-s", "list", "ruleset"],
         "addr": ["ip", "-j", "addr"],
         "sysctl": ["sysctl", *SYSCTL_KEYS],

@@ -270,6 +270,9 @@ async def test_config_repo_gets_this_labs_hosts_and_keys(lab: Lab, tmp_path: Pat
     assert {n: h.address for n, h in desired.inventory.hosts.items()} == {
         n: h.address for n, h in lab.hosts.items()
     }
+    assert {n: h.ipv6 for n, h in desired.inventory.hosts.items()} == {
+        n: h.address6 for n, h in lab.hosts.items()
+    }
     assert desired.known_hosts == lab.known_hosts_path.read_text()
     prefix = lab.subnet.rsplit(".", 1)[0] + "."
     for cluster in desired.clusters.values():

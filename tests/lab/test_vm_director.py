@@ -94,11 +94,22 @@ async def test_vm_is_a_host_of_its_own(vm_lab: VmLab, tmp_path: Path) -> None:
     # The default size: 1 CPU, 512 MiB (less what the kernel keeps for itself).
     assert int(out[5]) == vm.spec.cpus == 1
     assert 384 * 1024 < int(out[6]) <= vm.spec.memory_mib * 1024 == 512 * 1024
+    # The lab's IPv6 too: its ULA address, reachable from a namespace host over the bridge.
+    addr6 = (await vm.exec(["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"]))
+    assert f" {vm.address6}/64 " in addr6.stdout
+    ping = await vm_lab.lab.exec(
+        "client1", ["ping", "-6", "-n", "-c", "1", "-w", "30", vm.address6], check=False
+    )
+    assert ping.returncode == 0, ping.stdout
     # The guest writes into its own overlay: the machine's /etc is untouched.
     assert not Path("/etc/shoal-vm-probe").exists()
     # A controller's inventory lists it next to the lab's namespace hosts.
     inventory = tomllib.loads(vm.inventory_toml())["hosts"]
-    assert inventory[vm.name] == {"address": vm.address, "interface": "eth0"}
+    assert inventory[vm.name] == {
+        "address": vm.address,
+        "address6": vm.address6,
+        "interface": "eth0",
+    }
     assert set(inventory) == {*vm_lab.lab.hosts, vm.name}
 
     # Strict host key checking: a known_hosts that pins another key for the address is refused.

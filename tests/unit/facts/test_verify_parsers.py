@@ -1,5 +1,5 @@
 """The parsers verification reads its tools' output with, on outputs captured from the real
-tools (fixtures/verify/): arping, `ip -j neigh`, `nft -j list counters`, and `ip -j addr` as
+tools (fixtures/verify/): arping, ndisc6, `ip -j neigh`, `nft -j list counters`, and `ip -j addr` as
 verification sees it (the facts parser, IPv4 addresses and well-formed MACs only)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.facts.parsers.arping import parse_arping
 from reconciler.facts.parsers.ip_addr import parse_ip_addr
 from reconciler.facts.parsers.ip_neigh import parse_ip_neigh
+from reconciler.facts.parsers.ndisc6 import parse_ndisc6
 from reconciler.facts.parsers.nft_counters import parse_nft_counters
 from reconciler.verify.judge import ipv4_addresses, link_mac
 
@@ -30,6 +31,14 @@ def test_arping_two_responders_are_both_listed_once_in_first_seen_order() -> Non
 def test_arping_one_responder_and_none() -> None:
     assert parse_arping(_read("arping-one-responder.txt")) == ["92:aa:34:aa:41:f1"]
     assert parse_arping(_read("arping-no-responder.txt")) == []
+
+
+def test_ndisc6_lists_every_advertiser_once_and_none_when_it_timed_out() -> None:
+    assert parse_ndisc6(_read("ndisc6-two-responders.txt")) == [
+        "02:73:6c:02:00:16",
+        "02:73:6c:02:00:0b",
+    ]
+    assert parse_ndisc6(_read("ndisc6-no-responder.txt")) == []
 
 
 def test_neighbour_entry_and_missing_entry() -> None:

@@ -230,9 +230,12 @@ def test_golden_covers_every_scenario_and_plans_something() -> None:
 
 
 def _slow_digest(facts: HostFacts) -> str:
-    from reconciler.facts.hostfacts import _VOLATILE_KEYS, _drop_keys
+    from reconciler.facts.hostfacts import _LATER_FACTS, _VOLATILE_KEYS, _drop_keys, _holds_nothing
 
     data = _drop_keys(facts.model_dump(mode="json"), _VOLATILE_KEYS)
+    for name, sibling in _LATER_FACTS.items():
+        if _holds_nothing(getattr(facts, name), getattr(facts, sibling)):
+            del data[name]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -255,6 +258,22 @@ def test_digest_equals_the_full_serialisation_and_ignores_counters() -> None:
     # A copy with other facts gets its own digest, not the cached one.
     moved = plain.model_copy(update={"hostname": Fact.of("other")})
     assert moved.digest() == _slow_digest(moved) != plain.digest()
+
+
+def test_the_ipv6_nat_fact_enters_the_digest_only_when_it_holds_something() -> None:
+    from reconciler.facts.hostfacts import IptablesNat, IptablesRule
+
+    before = fresh_facts("web1")  # built as before the fact existed: "not gathered"
+    empty = before.model_copy(update={"ip6tables_nat": Fact.of(IptablesNat(backend="nft"))})
+    rule = IptablesRule(chain="PREROUTING", spec=("-d", "fd77:77:77::100/128", "-j", "REDIRECT"))
+    held = before.model_copy(
+        update={"ip6tables_nat": Fact.of(IptablesNat(backend="nft", rules=(rule,)))}
+    )
+    failed = before.model_copy(update={"ip6tables_nat": Fact[IptablesNat].unknown("exited 4")})
+    assert before.digest() == empty.digest()
+    assert len({before.digest(), held.digest(), failed.digest()}) == 3
+    for f in (before, empty, held, failed):
+        assert f.digest() == _slow_digest(f)
 
 
 def test_ledger_text_is_json_dumps_indent_2() -> None:

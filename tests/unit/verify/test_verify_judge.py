@@ -194,3 +194,18 @@ def test_a_neighbour_entry_elsewhere_names_its_host() -> None:
         f"client1's neighbour entry for {VIP} points at web1 ({MACS['web1']}), "
         "not at the active director lvs1"
     )
+
+
+def test_neighbour_solicitations_for_an_ipv6_vip_are_judged_like_arp() -> None:
+    vip6 = "fd77:77:77::100"
+    check = _arp((MACS["lvs1"], "lvs1"), (MACS["web1"], "web1")).model_copy(
+        update={"vip": vip6, "probe": "nd"}
+    )
+    failures = judge_arp(check, asked=True)
+    assert _where(failures) == [("nd", "web1")]
+    assert failures[0].message == f"web1 answers Neighbour Solicitations for {vip6}"
+    down = judge_arp(_arp().model_copy(update={"vip": vip6, "probe": "nd"}), asked=True)
+    assert [(f.check, f.host, f.message) for f in down] == [
+        ("nd", "lvs1", f"nobody answers Neighbour Solicitations for {vip6} (asked from client1): "
+         "VIP is down"),
+    ]  # fmt: skip
