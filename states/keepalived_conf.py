@@ -115,14 +115,19 @@ def render_keepalived_conf(desired: Desired, director: str, leaving: Iterable[st
         vips = sorted({s.vip for s in cl.services}, key=address_order)
         own = [v for v in vips if family_of(v) == family_of(vips[0])] if vips else []
         excluded = [v for v in vips if v not in own]
+        # With sync, a (re)started primary first listens as backup for preempt_delay seconds:
+        # the other director's sync daemon sends it the open connections before it takes the
+        # VIP back (keepalived honours preempt_delay only from the BACKUP state).
+        waits = head.sync.enabled and primary
         lines += [
             "",
             f"vrrp_instance VI_{head.name} {{",
-            f"    state {'MASTER' if primary else 'BACKUP'}",
+            f"    state {'MASTER' if primary and not head.sync.enabled else 'BACKUP'}",
             f"    interface {host.interface}",
             f"    virtual_router_id {head.vrrp.virtual_router_id}",
             f"    priority {head.vrrp.priority_primary if primary else head.vrrp.priority_backup}",
             f"    advert_int {head.vrrp.advert_interval}",
+            *([f"    preempt_delay {head.sync.preempt_delay}"] if waits else []),
             "    virtual_ipaddress {",
             *(_vip_line(vip, host.interface) for vip in own),
             "    }",

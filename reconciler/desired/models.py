@@ -420,6 +420,9 @@ class ConnectionSync(_Model):
     enabled: bool = False
     # The IPVS sync id tells this cluster's sync messages from another cluster's on the segment.
     sync_id: int = Field(default=1, ge=0, le=255)
+    # Seconds a (re)started primary stays backup, receiving the open connections, before it
+    # takes the VIP back; the kernel syncs a busy connection about every 50 packets.
+    preempt_delay: int = Field(default=15, ge=1, le=1000)
 
 
 class ClusterHeader(_Model):

@@ -34,11 +34,16 @@ def test_both_directors_run_the_sync_daemon_for_the_cluster_instance() -> None:
     lvs2 = render_keepalived_conf(d, "lvs2")
     assert "global_defs {\n    router_id lvs1\n    lvs_sync_daemon eth0 VI_web id 7\n}\n" in lvs1
     assert "    lvs_sync_daemon eth1 VI_web id 7\n" in lvs2
-    assert "vrrp_instance VI_web {" in lvs1
+    # The primary starts as backup and waits before it takes the VIP back.
+    assert "    state BACKUP\n    interface eth0\n    virtual_router_id 51\n    priority 150\n" \
+        "    advert_int 1\n    preempt_delay 15\n" in lvs1
+    assert "preempt_delay" not in lvs2 and "    state BACKUP\n" in lvs2
 
 
 def test_without_sync_nothing_changes() -> None:
-    assert "lvs_sync_daemon" not in render_keepalived_conf(desired("keepalived"), "lvs1")
+    text = render_keepalived_conf(desired("keepalived"), "lvs1")
+    assert "lvs_sync_daemon" not in text and "preempt_delay" not in text
+    assert "    state MASTER\n" in text
 
 
 def test_keepalived_accepts_the_sync_daemon(tmp_path: Path) -> None:
