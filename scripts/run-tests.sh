@@ -9,7 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 VM_TESTS=(tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_keepalived.py
-          tests/lab/test_vm_director.py tests/lab/test_invariants_lab.py)
+          tests/lab/test_ipvs_vm_sync.py tests/lab/test_vm_director.py
+          tests/lab/test_invariants_lab.py)
 others=()
 for f in "${VM_TESTS[@]}"; do others+=(--ignore "$f"); done
 
