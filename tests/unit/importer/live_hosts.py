@@ -17,6 +17,7 @@ from reconciler.facts.hostfacts import (
     HostFacts,
     IptablesRule,
     KeepalivedInfo,
+    NftTable,
 )
 from reconciler.facts.parsers.arptables import parse_arp_rule
 from reconciler.facts.parsers.ipvsadm import ipvs_table
@@ -25,6 +26,7 @@ from tests.statecases import (
     add_addresses,
     add_arp_rules,
     add_nat_rules,
+    add_nft_tables,
     fresh_facts,
     set_sysctls,
 )
@@ -66,7 +68,10 @@ def method1(host: str, vip: str = VIP1, *, chains: tuple[str, str] = ("INPUT", "
     rip = RIP[host]
     rules = [seed_rule(f"-A {chains[0]} -d {vip} -j DROP"),
              seed_rule(f"-A {chains[1]} {output} {vip} -j mangle --mangle-ip-s {rip}")]  # fmt: skip
-    return add_addresses(add_arp_rules(fresh_facts(host), rules), [("eth0", vip, 32)])
+    # arptables-nft keeps its rules in `table arp filter`, which the nft facts show too.
+    hf = add_nft_tables(add_arp_rules(fresh_facts(host), rules),
+                        [NftTable(family="arp", name="filter")])  # fmt: skip
+    return add_addresses(hf, [("eth0", vip, 32)])
 
 
 def method2(host: str, vip: str = VIP2, port: int = 80, protocol: str = "tcp") -> HostFacts:
@@ -75,7 +80,8 @@ def method2(host: str, vip: str = VIP2, port: int = 80, protocol: str = "tcp") -
             "-j", "REDIRECT")  # fmt: skip
     rule = IptablesRule(chain="PREROUTING", spec=spec, destination=f"{vip}/32",
                         protocol=protocol, dport=port, target="REDIRECT")  # fmt: skip
-    return add_nat_rules(fresh_facts(host), [rule])
+    return add_nft_tables(add_nat_rules(fresh_facts(host), [rule]),
+                          [NftTable(family="ip", name="nat")])  # fmt: skip
 
 
 def sysctl_method(host: str, vips: tuple[str, ...], dev: str = "lo") -> HostFacts:
