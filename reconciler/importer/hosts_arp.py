@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from reconciler.desired.models import ArpMethod, Host
 from reconciler.facts.hostfacts import ArpRule, Fact, FileInfo, HostFacts, IptablesRule
 from reconciler.importer.sites import Finding
-from reconciler.plan.invariants import table_vips
+from reconciler.plan.invariants import old_chain_rules, seed_form_rules, table_vips
 from states import arptables, iptables
-from states.common import strip_host_prefix, tool_missing
+from states.common import tool_missing
 from states.sysctl import interface_key, lookup
 
 # Where a hand-made setup is usually brought back at boot (the seed says rc.local, `service
@@ -38,7 +38,6 @@ BOOT_FILES: tuple[str, ...] = (
     "/etc/network/interfaces",
     "/etc/nftables.conf",
 )
-OLD_CHAINS = ("IN", "OUT")
 
 
 class HostFactUnknown(Exception):
@@ -118,44 +117,25 @@ def _has(rules: Sequence[ArpRule], args: arptables.ArpRuleArgs) -> bool:
     return any(arptables.matches(r, args) for r in rules)
 
 
-def _old_chain_rules(rules: Sequence[ArpRule], vip: str) -> list[ArpRule]:
-    def addresses(r: ArpRule) -> tuple[str | None, str | None]:
-        return strip_host_prefix(r.source_ip), strip_host_prefix(r.destination_ip)
-
-    return [r for r in rules if r.chain in OLD_CHAINS and vip in addresses(r)]
-
-
-def _seed_rules(rules: Sequence[ArpRule], vip: str) -> list[ArpRule]:
-    return [r for r in rules if r.chain == "OUTPUT" and r.target.lower() == "mangle"
-            and strip_host_prefix(r.destination_ip) == vip and r.source_ip is None]  # fmt: skip
-
-
-def _text(rule: ArpRule) -> str:
-    return " ".join(("-A", rule.chain, *rule.spec))
-
-
-def _arptables_findings(host: str, rules: Sequence[ArpRule], vip: str, rip: str) -> list[Finding]:
+def _arptables_findings(host: str, hf: HostFacts, rules: Sequence[ArpRule], vip: str,
+                        rip: str) -> list[Finding]:  # fmt: skip
     out = []
     if not _has(rules, _rule("OUTPUT", "mangle", source=vip, mangle=rip)):
-        for r in _seed_rules(rules, vip):
+        for text in seed_form_rules(hf, vip):
             out.append(Finding(host, "the seed HOWTO's OUTPUT -d mangle rule", (
-                f"`{_text(r)}` matches ARP sent *to* {vip}, so ARP the host sends with {vip} "
+                f"`{text}` matches ARP sent *to* {vip}, so ARP the host sends with {vip} "
                 f"as sender leaves unmangled and announces the VIP; the first plan adds "
                 f"`-A OUTPUT -s {vip} -j mangle --mangle-ip-s {rip}` and removes it"
             ), adopt=True))  # fmt: skip
+    old = old_chain_rules(hf, vip)
+    if old:
+        shown = "; ".join(f"`{t}`" for t in old)
+        out.append(Finding(host, "arptables_jf's chain names IN/OUT", (
+            f"{shown}: on today's arptables IN and OUT are user chains nothing jumps to, so these "
+            "rules never see a packet; the first plan puts the rules in INPUT and OUTPUT (the "
+            "old chains stay: they are not shoal's)"
+        )))  # fmt: skip
     return out
-
-
-def _old_chain_findings(host: str, rules: Sequence[ArpRule], vip: str) -> list[Finding]:
-    old = _old_chain_rules(rules, vip)
-    if not old:
-        return []
-    shown = "; ".join(f"`{_text(r)}`" for r in old)
-    return [Finding(host, "arptables_jf's chain names IN/OUT", (
-        f"{shown}: on today's arptables IN and OUT are user chains nothing jumps to, so these "
-        "rules never see a packet; the first plan puts the rules in INPUT and OUTPUT (the old "
-        "chains stay: they are not shoal's)"
-    ))]  # fmt: skip
 
 
 def _boot_finding(host: str, hf: HostFacts, vips: Sequence[str]) -> Finding | None:
@@ -213,10 +193,9 @@ def read_arp_method(
                 )))  # fmt: skip
         elif vip in table:
             methods[vip] = "nft-arp"
-        elif _has(rules, _rule("INPUT", "DROP", destination=vip)) or _old_chain_rules(rules, vip):
+        elif _has(rules, _rule("INPUT", "DROP", destination=vip)) or old_chain_rules(hf, vip):
             methods[vip] = "arptables"
-            findings += _arptables_findings(name, rules, vip, host.address)
-            findings += _old_chain_findings(name, rules, vip)
+            findings += _arptables_findings(name, hf, rules, vip, host.address)
         elif ignore >= 1:
             methods[vip] = "sysctl"
             findings.append(Finding(name, "a VIP on the interface under the sysctl method", (

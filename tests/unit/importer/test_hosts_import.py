@@ -135,6 +135,9 @@ def test_old_chain_names_are_named_and_the_rules_put_in_input_and_output(tmp_pat
         f"add arptables rule INPUT -d {VIP1} -j DROP",
         f"add arptables rule OUTPUT -s {VIP1} -j mangle --mangle-ip-s 10.77.0.21",
     ]
+    # The plan's comment names the pattern (reconciler.plan.invariants).
+    assert any(f"`-A IN -d {VIP1} -j DROP` in arptables_jf's chain names" in n
+               for n in plan.hosts["web1"].notes), plan.hosts["web1"].notes  # fmt: skip
 
 
 def test_a_vip_on_eth0_under_the_sysctl_method_moves_to_lo(tmp_path: Path) -> None:
@@ -144,8 +147,12 @@ def test_a_vip_on_eth0_under_the_sysctl_method_moves_to_lo(tmp_path: Path) -> No
     assert {c.name: c.arp_method for c in site.clusters}["lvs-sysctl"] == "sysctl"
     assert ("web1", "a VIP on the interface under the sysctl method", True) in {
         (f.host, f.pattern, f.adopt) for f in site.findings}  # fmt: skip
-    steps = runtime(first_plan(tmp_path, facts))
+    plan = first_plan(tmp_path, facts)
+    steps = runtime(plan)
     assert steps == {"web1": [f"add {VIP1}/32 to lo", f"remove {VIP1}/32 from eth0"]}, steps
+    (note,) = plan.hosts["web1"].notes
+    assert note.startswith(f"fixed by this plan: web1 holds {VIP1}/32 on eth0") and \
+        "(a VIP on the interface under the sysctl method: arp_ignore=1 does not hide" in note
 
 
 def test_a_fact_that_cannot_be_read_fails_the_import_naming_host_and_fact() -> None:
