@@ -4,9 +4,9 @@ The nftables director (lvs1 primary, lvs2 backup) is set up by shoal: a converge
 the two clusters. The real servers are then reset to bare hosts (shoal's rules, VIPs, ledger and
 boot files removed) and built by hand with the HOWTO's commands: web1 and web3 with method 1,
 chains corrected to INPUT/OUTPUT but the OUTPUT mangle rule in the HOWTO's `-d` form, and the VIP
-added to eth0 with `ip addr add`; web2 with method 2, an iptables nat REDIRECT. Then, through the
-code path of `shoal import --from-hosts` (one facts round trip per host over SSH) and
-`shoal plan`:
+added to eth0 with `ip addr add`; web2 with method 2, an iptables nat REDIRECT. Then, with the
+`shoal import --from-hosts` and `shoal plan` commands themselves (one facts round trip per host
+over SSH):
 
 - the import names the seed `-d` rule on web1 and web3 and sets `adopt` for them only;
 - the first plan's runtime steps are exactly the `-d` -> `-s` correction on web1 and web3 and
@@ -15,6 +15,10 @@ code path of `shoal import --from-hosts` (one facts round trip per host over SSH
 - before the apply, web1 announces VIP1 when it speaks from it (the leak the pattern names);
   after it, ARP for both VIPs is answered by lvs1 alone and nobody else announces them, and
   client traffic through both VIPs reaches every real server.
+
+Then adoption (the second test, from where the first left): web1 adopted its hand-made VIP and
+INPUT rule in that first plan, so taking it out of the repository removes them from web1; web2
+did not adopt, so taking it out leaves its hand-made REDIRECT rule alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,7 @@ import pytest
 
 from lab import Lab, Topology
 from lab.httpd import run_load, start_services, stop_services
-from reconciler.cli.import_cmd import run_import_cmd, with_host_facts
 from reconciler.desired.loader import load_repository
-from reconciler.importer.run import ImportRequest
 from reconciler.plan.steps import Plan
 from tests.conftest import require_lab
 from tests.lab.rollout_support import (
@@ -40,9 +44,7 @@ from tests.lab.rollout_support import (
     converge,
     explain,
     pending,
-    plan_for,
     settings_toml,
-    transport_for,
     write_repo,
 )
 
@@ -158,15 +160,14 @@ async def test_a_seed_built_cluster_imports_to_a_plan_of_exactly_its_correction(
     answering, announcing = await site.arp(vip1, "web1")
     assert lab.hosts["web1"].mac.lower() in announcing, (answering, announcing)
 
-    # 3. shoal import --from-hosts (the command's own code path, one facts round trip per host).
+    # 3. shoal import --from-hosts (the command itself; one facts round trip per host).
     target = site.workdir / "imported"
-    req = ImportRequest(target=target, known_hosts=setup / "known_hosts",
-                        from_hosts=setup / "inventory.toml")  # fmt: skip
-    req = await with_host_facts(req, lab.client_key_path)
-    out: list[str] = []
-    assert run_import_cmd(req, as_json=False, echo=out.append) == 0, "\n".join(out)
-    print("\n".join(out))
-    found = [ln for ln in out if ln.startswith("known-bad pattern: ")]
+    rc, text = await shoal("import", str(target), "--from-hosts", str(setup / "inventory.toml"),
+                           "--known-hosts", str(setup / "known_hosts"),
+                           "--key", str(lab.client_key_path))  # fmt: skip
+    assert rc == 0, text
+    print(text)
+    found = [ln for ln in text.splitlines() if ln.startswith("known-bad pattern: ")]
     assert sorted(ln.split(":", 2)[1].strip() for ln in found if "OUTPUT -d" in ln) == \
         sorted(METHOD1)  # fmt: skip
     inventory = (target / "inventory.toml").read_text()
@@ -176,8 +177,9 @@ async def test_a_seed_built_cluster_imports_to_a_plan_of_exactly_its_correction(
         "lvs-arptables": "arptables", "lvs-redirect": "redirect"}  # fmt: skip
 
     # 4. shoal plan: exactly the -d -> -s correction for method 1, nothing for method 2.
-    async with transport_for(lab, imported) as t:
-        first = await plan_for(imported, t)
+    rc, text = await shoal("plan", str(target), "--json", "--key", str(lab.client_key_path))
+    assert rc == 2, text  # changes to make
+    first = Plan.model_validate(json.loads(text)["plan"])
     assert _runtime(first) == {
         h: [f"add arptables rule OUTPUT -s {vip1} -j mangle --mangle-ip-s {lab.hosts[h].address}",
             f"remove arptables rule OUTPUT -d {vip1} -j mangle --mangle-ip-s "
@@ -208,7 +210,52 @@ async def test_a_seed_built_cluster_imports_to_a_plan_of_exactly_its_correction(
         "-j mangle -s", "mangle -s"), rules
 
 
+async def shoal(*argv: str) -> tuple[int, str]:
+    """Run the `shoal` command of this environment; its exit status and stdout (+ stderr)."""
+    exe = str(Path(sys.executable).with_name("shoal"))
+    proc = await asyncio.create_subprocess_exec(exe, *argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    text = out.decode()
+    if proc.returncode not in (0, 2):
+        text += err.decode()
+    return proc.returncode or 0, text
+
+
 def _runtime(plan: Plan) -> dict[str, list[str]]:
     out = {h: [s.description for s in hp.steps if s.subsystem in RUNTIME]
            for h, hp in plan.hosts.items()}  # fmt: skip
     return {h: steps for h, steps in out.items() if steps}
+
+
+def _without(repo: Path, cluster_name: str, host: str) -> None:
+    path = repo / "clusters" / f"{cluster_name}.toml"
+    block = re.compile(r'\n  \[\[service\.real_server\]\][^\n]*\n  host = "' + host +
+                       r'"\n  weight = \d+\n')  # fmt: skip
+    text = path.read_text()
+    assert block.search(text), text
+    path.write_text(block.sub("\n", text))
+
+
+async def test_adopted_hand_made_state_leaves_with_its_real_server_and_foreign_stays(
+    site: Site,
+) -> None:
+    lab, vip1, vip2 = site.lab, site.vip1, site.vip2
+    target = site.workdir / "imported"
+    _without(target, "lvs-arptables", "web1")
+    result, after = await converge(lab, load_repository(target))
+    assert result is not None and result.ok, explain(result) if result else ""
+    assert after.empty, pending(after)
+    assert vip1 not in await site.sh("web1", "ip -br addr show dev eth0")
+    assert vip1 not in await site.sh("web1", "arptables-save")
+    load = await run_load(lab, "client1", vip1, PORT, count=20)
+    assert load["failed"] == 0 and set(load["answered_by"]) == {"web3"}, load
+    answering, _ = await site.arp(vip1, None)
+    assert answering == {lab.hosts["lvs1"].mac.lower()}, answering
+
+    _without(target, "lvs-redirect", METHOD2)
+    result, after = await converge(lab, load_repository(target))
+    assert result is not None and result.ok, explain(result) if result else ""
+    assert after.empty, pending(after)
+    # web2 never adopted: its REDIRECT, made by hand, is not shoal's to remove.
+    assert f"-d {vip2}/32" in await site.sh(METHOD2, "iptables-save -t nat")
