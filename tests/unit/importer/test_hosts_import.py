@@ -264,3 +264,33 @@ def test_interfaces_without_the_vip_everywhere_read_redirect_only_with_the_rule(
     issues = issues_of(seed_site(web2=no_rule))
     assert any("web2 serves 10.77.0.101:80/tcp but neither holds 10.77.0.101 nor redirects" in i
                for i in issues)  # fmt: skip
+
+
+def test_ipv6_services_are_dropped_not_guessed(tmp_path: Path) -> None:
+    save = IPVS_SAVE + ("-A -t [2001:db8::100]:80 -s rr\n"
+                        "-a -t [2001:db8::100]:80 -r [2001:db8::21]:80 -g -w 1\n")
+    facts = seed_site(lvs1=director("lvs1", save, holds=(VIP1, VIP2)), lvs2=director("lvs2", save))
+    site = site_from_hosts(INVENTORY, facts)
+    assert [(str(d.origin), d.why) for d in site.dropped][:1] == [
+        ("lvs1: ipvsadm -Sn:6", "IPv6 virtual service (--from-hosts reads IPv4 ARP methods only)")]
+
+
+def test_the_command_refuses_a_bad_inventory_known_hosts_or_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reconciler.cli.main import app
+
+    bad = tmp_path / "inventory.toml"
+    bad.write_text('[hosts.web1]\naddress = "not an address"\n')
+    runner = CliRunner()
+    base = ["import", str(tmp_path / "out"), "--known-hosts", str(REPO / "known_hosts")]
+    result = runner.invoke(app, [*base, "--from-hosts", str(bad)])
+    assert result.exit_code == 1 and f"{bad}:2" in result.output, result.output
+    result = runner.invoke(app, ["import", str(tmp_path / "out"), "--known-hosts",
+                                 str(tmp_path / "nope"), "--from-hosts",
+                                 str(REPO / "inventory.toml")])  # fmt: skip
+    assert result.exit_code == 1 and "nope: cannot read" in result.output, result.output
+    result = runner.invoke(app, [*base, "--from-hosts", str(REPO / "inventory.toml"),
+                                 "--key", str(tmp_path / "no-key")])  # fmt: skip
+    assert result.exit_code == 1 and "no-key: cannot connect" in result.output, result.output
+    assert not (tmp_path / "out").exists()
