@@ -37,7 +37,10 @@ BOOT_FILES: tuple[str, ...] = (
     "/etc/iptables/rules.v4",
     "/etc/network/interfaces",
     "/etc/nftables.conf",
+    "/etc/ipvsadm.rules",
 )
+# Where a host shoal once managed restores its setup (gathered from every host anyway).
+SHOAL_RESTORE = "/usr/local/sbin/shoal-restore"
 
 
 class HostFactUnknown(Exception):
@@ -138,19 +141,21 @@ def _arptables_findings(host: str, hf: HostFacts, rules: Sequence[ArpRule], vip:
     return out
 
 
-def _boot_finding(host: str, hf: HostFacts, vips: Sequence[str]) -> Finding | None:
+def boot_finding(host: str, hf: HostFacts, vips: Sequence[str],
+                 what: str = "the VIP or its ARP suppression") -> Finding | None:  # fmt: skip
     """Nothing on the host names its VIPs in a boot file: the setup is gone after a reboot."""
     files = hf.files.value if hf.files.known and hf.files.value is not None else {}
-    seen: list[FileInfo] = [files[p] for p in BOOT_FILES if p in files and files[p].exists]
+    seen: list[FileInfo] = [files[p] for p in (*BOOT_FILES, SHOAL_RESTORE)
+                            if p in files and files[p].exists]  # fmt: skip
     if any(f.content is None for f in seen):
         return None  # a boot file too large or unreadable to look into: cannot tell
     if any(v in (f.content or "") for f in seen for v in vips):
         return None
     looked = ", ".join(BOOT_FILES)
     return Finding(host, "missing persistence across reboot", (
-        f"no boot file names {', '.join(vips)} ({looked}): after a reboot the VIP or its ARP "
-        "suppression is gone; the first plan writes shoal's boot form (/usr/local/sbin/"
-        "shoal-restore, shoal-restore.service)"
+        f"no boot file names {', '.join(vips)} ({looked}): after a reboot {what} are gone; "
+        "the first plan writes shoal's boot form (/usr/local/sbin/shoal-restore, "
+        "shoal-restore.service)"
     ))  # fmt: skip
 
 
@@ -216,7 +221,7 @@ def read_arp_method(
             f"{name} keeps its VIPs quiet in different ways ({each}); shoal uses one ARP method "
             "per real server"
         ))  # fmt: skip
-    boot = _boot_finding(name, hf, vips)
+    boot = boot_finding(name, hf, vips)
     if boot is not None:
         findings.append(boot)
     return ArpReading(name, methods[vips[0]] if vips else None, tuple(findings))

@@ -27,7 +27,13 @@ from reconciler.errors import ConfigIssue
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, NftRuleset
 from reconciler.facts.parsers.nft_dsr import Unreadable, decode_table
 from reconciler.facts.script import KEEPALIVED_CONF
-from reconciler.importer.hosts_arp import Endpoint, HostFactUnknown, need, read_arp_method
+from reconciler.importer.hosts_arp import (
+    Endpoint,
+    HostFactUnknown,
+    boot_finding,
+    need,
+    read_arp_method,
+)
 from reconciler.importer.sites import (
     Dropped,
     ImportedCluster,
@@ -291,6 +297,13 @@ def _group_clusters(
     backup = next((v for v in group if v is not primary), None)
     if backup is not None:
         _check_agree(r, primary, backup)
+    if primary.backend != "keepalived":  # keepalived.conf itself is keepalived's boot form
+        vips = sorted({k[0] for k in primary.services})
+        for member in group:
+            found = boot_finding(member.name, r.facts[member.name], vips,
+                                 "its virtual services and the VIP")  # fmt: skip
+            if found is not None:
+                r.site.findings.append(found)
     # Real servers by name, their endpoints, and each one's method.
     served: dict[str, list[Endpoint]] = {}
     for svc in primary.services.values():

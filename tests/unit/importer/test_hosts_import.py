@@ -89,6 +89,8 @@ def test_directors_services_and_arp_methods_are_read_from_the_hosts() -> None:
     assert (other.vip, other.scheduler, other.persistence) == (VIP2, "rr", 600)
     patterns = sorted((f.host, f.pattern, f.adopt) for f in site.findings)
     assert patterns == [
+        ("lvs1", "missing persistence across reboot", False),
+        ("lvs2", "missing persistence across reboot", False),
         ("web1", "missing persistence across reboot", False),
         ("web1", "the seed HOWTO's OUTPUT -d mangle rule", True),
         ("web2", "missing persistence across reboot", False),
@@ -118,9 +120,13 @@ def test_a_method_1_host_with_the_corrected_rule_and_boot_file_is_in_sync(tmp_pa
     boot = {"/etc/rc.local": f"arptables -A OUTPUT -s {VIP1} ...\nip addr add {VIP1} dev eth0\n"}
     fixed = {h: with_boot_file(method1(h, output="-s"), boot) for h in ("web1", "web3")}
     web2 = with_boot_file(method2("web2"), {"/etc/iptables/rules.v4": f"-A PREROUTING -d {VIP2}"})
-    plan = first_plan(tmp_path, seed_site(**fixed, web2=web2))
+    rules = {"/etc/ipvsadm.rules": IPVS_SAVE}
+    lvs = {"lvs1": with_boot_file(director("lvs1", holds=(VIP1, VIP2)), rules),
+           "lvs2": with_boot_file(director("lvs2"), rules)}  # fmt: skip
+    plan = first_plan(tmp_path, seed_site(**fixed, web2=web2, **lvs))
     assert runtime(plan) == {}
-    assert run_import(imported(tmp_path / "again", seed_site(**fixed, web2=web2))).findings == []
+    found = run_import(imported(tmp_path / "again", seed_site(**fixed, web2=web2, **lvs))).findings
+    assert found == []
 
 
 def test_old_chain_names_are_named_and_the_rules_put_in_input_and_output(tmp_path: Path) -> None:
@@ -256,7 +262,7 @@ def test_the_command_prints_every_pattern_found(tmp_path: Path) -> None:
     out: list[str] = []
     assert run_import_cmd(imported(tmp_path, seed_site()), as_json=False, echo=out.append) == 0
     patterns = [ln for ln in out if ln.startswith("known-bad pattern: ")]
-    assert len(patterns) == 5 and any("web1: the seed HOWTO's OUTPUT -d" in p for p in patterns)
+    assert len(patterns) == 7 and any("web1: the seed HOWTO's OUTPUT -d" in p for p in patterns)
 
 
 def test_interfaces_without_the_vip_everywhere_read_redirect_only_with_the_rule() -> None:
