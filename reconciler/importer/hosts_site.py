@@ -170,8 +170,8 @@ def _dsr_services(r: _Reading, name: str, nft: NftRuleset) -> dict[ServiceKey, I
                 weight=b.high - b.low + 1, origin=origin, name=member))  # fmt: skip
         out[(svc.vip, svc.port, svc.protocol)] = imported
     if out:
-        r.site.notes.append(f"{name}: a real server drained to weight 0 holds no bucket in the "
-                            "DSR table, so it cannot be seen: add it by hand if it belongs")
+        r.site.notes.append(f"{DSR_LIST}: a real server drained to weight 0 holds no bucket "
+                            "in it, so it cannot be seen: add it by hand if it belongs")
     return out
 
 
@@ -277,6 +277,7 @@ def site_from_hosts(inventory: Inventory, facts: Mapping[str, HostFacts],
     if r.issues:
         raise ImportSourceInvalid(r.issues)
     r.site.clusters += [c for c, _ in clusters]
+    r.site.notes = list(dict.fromkeys(r.site.notes))  # both directors say the same
     return r.site
 
 
