@@ -8,13 +8,16 @@ export: the keepalived.conf shoal's keepalived backend would install on one dire
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from reconciler.cli.validate import summarize
-from reconciler.desired.loader import load_repository
-from reconciler.errors import DesiredStateInvalid, issue_dicts
+from reconciler.desired.loader import load_inventory_file, load_repository
+from reconciler.errors import ConfigIssue, DesiredStateInvalid, issue_dicts
+from reconciler.importer.hosts_gather import gather_inventory_facts
 from reconciler.importer.run import ImportRefused, ImportRequest, run_import
 from states.keepalived_conf import render_keepalived_conf
 
@@ -27,8 +30,29 @@ def parse_director_file(spec: str) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def run_import_cmd(req: ImportRequest, *, as_json: bool, echo: Callable[[str], None]) -> int:
+async def with_host_facts(req: ImportRequest, client_key: Path) -> ImportRequest:
+    """`req` with the facts of every host of its --from-hosts inventory (one round trip each)."""
+    if req.from_hosts is None:
+        return req
     try:
+        inventory = load_inventory_file(req.from_hosts)
+        known_hosts = req.known_hosts.read_text()
+    except DesiredStateInvalid as exc:
+        raise ImportRefused(exc.issues) from None
+    except OSError as exc:
+        raise ImportRefused([ConfigIssue(str(req.known_hosts), f"cannot read: {exc}")]) from None
+    try:
+        facts = await gather_inventory_facts(inventory, known_hosts, client_key)
+    except (OSError, ValueError) as exc:  # the key or known_hosts asyncssh cannot use
+        raise ImportRefused([ConfigIssue(str(client_key), f"cannot connect: {exc}")]) from None
+    return replace(req, host_facts=facts)
+
+
+def run_import_cmd(req: ImportRequest, *, as_json: bool, echo: Callable[[str], None],
+                   client_key: Path | None = None) -> int:  # fmt: skip
+    try:
+        if req.from_hosts is not None and req.host_facts is None:
+            req = asyncio.run(with_host_facts(req, client_key or Path("~/.ssh/id_ed25519")))
         result = run_import(req)
     except ImportRefused as exc:
         if as_json:
@@ -42,6 +66,7 @@ def run_import_cmd(req: ImportRequest, *, as_json: bool, echo: Callable[[str], N
         echo(json.dumps({
             "written": True, "target": str(req.target),
             "dropped": [str(d) for d in result.dropped], "notes": result.notes,
+            "findings": [str(f) for f in result.findings],
             "clusters": sorted(result.desired.clusters),
         }, indent=2))  # fmt: skip
         return 0
@@ -49,8 +74,17 @@ def run_import_cmd(req: ImportRequest, *, as_json: bool, echo: Callable[[str], N
         echo(f"note: {note}")
     for dropped in result.dropped:
         echo(f"not imported: {dropped}")
+    for finding in result.findings:
+        echo(f"known-bad pattern: {finding}")
     echo(f"{req.target}: written, valid: {summarize(result.desired)}")
-    echo("next: `shoal plan` against the hosts; a first plan of a faithful import changes nothing")
+    if result.findings:
+        echo("next: `shoal plan`: besides the corrections above, a faithful import changes "
+             "nothing; `adopt = true` is set on the hosts whose correction removes hand-made state")
+    else:
+        echo("next: `shoal plan` against the hosts; a first plan of a faithful import changes "
+             "nothing")
+    echo("to let shoal own what was imported (remove it later like its own objects), set "
+         "`adopt = true` in a cluster file (README: Importing a running cluster)")
     return 0
 
 

@@ -71,13 +71,21 @@ def import_(
     director: Annotated[
         str | None, typer.Option("--director", help="backend: keepalived, ipvsadm, nftables")
     ] = None,
-    cluster_name: Annotated[str, typer.Option("--cluster-name", help="for lvs.cf")] = "lvs",
+    cluster_name: Annotated[
+        str, typer.Option("--cluster-name", help="for lvs.cf and --from-hosts")
+    ] = "lvs",
     allow_partial: Annotated[
         bool, typer.Option("--allow-partial", help="write what can be imported, list the rest")
     ] = False,
+    from_hosts: Annotated[
+        Path | None,
+        typer.Option("--from-hosts", help="an inventory.toml: read its hosts' live state over "
+                     "SSH (keys pinned by --known-hosts)"),
+    ] = None,
+    key: KeyOption = DEFAULT_KEY,
     as_json: JsonOption = False,
 ) -> None:
-    """Write a config repository from a running cluster's lvs.cf or keepalived.conf files."""
+    """Write a config repository from a running cluster: its hosts, lvs.cf or keepalived.conf."""
     from reconciler.cli.import_cmd import parse_director_file, run_import_cmd
     from reconciler.importer.run import ImportRequest
 
@@ -85,9 +93,10 @@ def import_(
         target=target, known_hosts=known_hosts, lvs_cf=lvs_cf,
         keepalived_confs=tuple(parse_director_file(s) for s in keepalived_conf or ()),
         inventory=inventory, arp_method=arp_method, backend=director,
-        cluster_name=cluster_name, allow_partial=allow_partial,
+        cluster_name=cluster_name, allow_partial=allow_partial, from_hosts=from_hosts,
     )  # fmt: skip
-    raise typer.Exit(run_import_cmd(req, as_json=as_json, echo=typer.echo))
+    raise typer.Exit(run_import_cmd(req, as_json=as_json, echo=typer.echo,
+                                    client_key=key.expanduser()))  # fmt: skip
 
 
 @app.command()

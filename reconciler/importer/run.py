@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler.desired.loader import load_inventory_file, load_repository
-from reconciler.desired.models import Desired
+from reconciler.desired.models import Desired, Inventory
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
+from reconciler.facts.hostfacts import HostFacts
+from reconciler.importer.hosts_merge import merge_keepalived
+from reconciler.importer.hosts_site import site_from_hosts
 from reconciler.importer.keepalived_read import read_director_conf
 from reconciler.importer.keepalived_site import DirectorFile, site_from_keepalived
 from reconciler.importer.keepalived_syntax import parse_keepalived_conf
 from reconciler.importer.lvs_cf import parse_lvs_cf, site_from_lvs_cf
-from reconciler.importer.sites import Dropped, ImportedSite, ImportSourceInvalid
+from reconciler.importer.sites import Dropped, Finding, ImportedSite, ImportSourceInvalid
 from reconciler.importer.write import render_site
 
 
@@ -35,6 +39,10 @@ class ImportRequest:
     backend: str | None = None
     cluster_name: str = "lvs"
     allow_partial: bool = False
+    # --from-hosts: the inventory whose hosts were read, and their facts (gathered by the
+    # caller: this module does no I/O but the files it reads and writes).
+    from_hosts: Path | None = None
+    host_facts: Mapping[str, HostFacts] | None = None
 
 
 @dataclass(slots=True)
@@ -44,6 +52,7 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
     issues: list[ConfigIssue] = field(default_factory=list)
     written: bool = False
+    findings: list[Finding] = field(default_factory=list)
 
 
 class ImportRefused(Exception):
@@ -55,7 +64,17 @@ class ImportRefused(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-def read_sources(req: ImportRequest) -> ImportedSite:
+def read_sources(req: ImportRequest, known: Inventory | None = None) -> ImportedSite:
+    if req.host_facts is not None:
+        if known is None:
+            raise ImportRefused([ConfigIssue("shoal import", "--from-hosts needs its inventory")])
+        if req.lvs_cf is not None:
+            raise ImportRefused([ConfigIssue(str(req.lvs_cf), "--lvs-cf with --from-hosts is not "
+                                             "supported: import one of them")])  # fmt: skip
+        hosts = site_from_hosts(known, req.host_facts, req.cluster_name)
+        # Without files a keepalived cluster is refused there (its VRRP settings are unknown).
+        confs = read_sources(replace(req, host_facts=None)) if req.keepalived_confs else None
+        return merge_keepalived(confs or ImportedSite(), hosts)
     site = ImportedSite()
     if req.lvs_cf is not None:
         part = site_from_lvs_cf(parse_lvs_cf(req.lvs_cf, str(req.lvs_cf)), req.cluster_name)
@@ -75,19 +94,21 @@ def read_sources(req: ImportRequest) -> ImportedSite:
 
 
 def run_import(req: ImportRequest) -> ImportResult:
-    if req.lvs_cf is None and not req.keepalived_confs:
-        raise ImportRefused([ConfigIssue("shoal import", "give --lvs-cf or --keepalived-conf")])
+    if req.lvs_cf is None and not req.keepalived_confs and req.host_facts is None:
+        raise ImportRefused([ConfigIssue("shoal import", "give --lvs-cf, --keepalived-conf or "
+                                         "--from-hosts")])  # fmt: skip
     if req.target.exists() and any(req.target.iterdir()):
         raise ImportRefused([ConfigIssue(str(req.target), "exists and is not empty; shoal "
                                          "import writes a new repository")])  # fmt: skip
     try:
-        known = load_inventory_file(req.inventory) if req.inventory is not None else None
-        site = read_sources(req)
+        inventory = req.inventory or req.from_hosts
+        known = load_inventory_file(inventory) if inventory is not None else None
+        site = read_sources(req, known)
         files = render_site(site, known, req.arp_method, req.backend)
     except (ImportSourceInvalid, DesiredStateInvalid) as exc:
         raise ImportRefused(exc.issues) from None
     site.dropped.sort(key=lambda d: (d.origin.file, d.origin.line))
-    result = ImportResult(dropped=site.dropped, notes=site.notes)
+    result = ImportResult(dropped=site.dropped, notes=site.notes, findings=site.findings)
     if site.dropped and not req.allow_partial:
         lost = [ConfigIssue(d.origin.file, f"{d.construct}: {d.why}", line=d.origin.line)
                 for d in site.dropped]  # fmt: skip

@@ -95,6 +95,8 @@ class ImportedCluster:
     directors: list[ImportedDirector] = field(default_factory=list)
     services: list[ImportedService] = field(default_factory=list)
     vrrp: ImportedVrrp | None = None
+    # The real servers' ARP method as the hosts show it; None: the request's --arp-method.
+    arp_method: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +107,25 @@ class ImportedSite:
     dropped: list[Dropped] = field(default_factory=list)
     # What was read with an assumption the operator should know (a default filled in).
     notes: list[str] = field(default_factory=list)
+    # Known-bad patterns found on the hosts; the first plan corrects each one.
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A known-bad pattern on a live host (`pattern` names it), and what the first plan does.
+
+    `adopt`: the correction takes away something made by hand (the seed's `-d` rule, a VIP on
+    the client-facing interface), which shoal does only on a host that adopts (`adopt = true`).
+    """
+
+    host: str
+    pattern: str
+    detail: str
+    adopt: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.pattern}: {self.detail}"
 
 
 class ImportSourceInvalid(ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.desired.models import Host, Inventory, is_valid_name
@@ -70,7 +71,8 @@ class HostBook:
         self.by_address[address] = name
         return name
 
-    def inventory_toml(self) -> str:
+    def inventory_toml(self, adopting: Mapping[str, list[str]] | None = None) -> str:
+        """The inventory; `adopting` names the hosts whose corrections need `adopt`, and why."""
         lines = ["# Written by `shoal import`; names are yours to change (and in clusters/)."]
         for name in sorted(self.hosts):
             h = self.hosts[name]
@@ -78,10 +80,20 @@ class HostBook:
             if h.address6 is not None:
                 lines.append(f"address6 = {toml_string(h.address6)}")
             lines.append(f"interface = {toml_string(h.interface)}")
+            if h.prefix != 24:
+                lines.append(f"prefix = {h.prefix}")
+            if h.prefix6 != 64:
+                lines.append(f"prefix6 = {h.prefix6}")
             if h.user != "root":
                 lines.append(f"user = {toml_string(h.user)}")
             if h.port != 22:
                 lines.append(f"port = {h.port}")
+            why = (adopting or {}).get(name)
+            if why or h.adopt:
+                # The correction removes what was made by hand, which shoal does only on a host
+                # that adopts; adopting also records what matches this repository as shoal's.
+                lines += [f"# adopt: {w}" for w in why or ()]
+                lines.append("adopt = true")
         return "\n".join(lines) + "\n"
 
 
@@ -147,10 +159,14 @@ def render_site(
         if dropped:
             head.append("# Not imported (shoal cannot represent these yet):")
             head += [f"#   {d}" for d in dropped]
+        found = [f for f in site.findings if f.host in _hosts_of(cluster, directors, book)]
+        if found:
+            head.append("# Known-bad patterns on the hosts; the first plan corrects each one:")
+            head += [f"#   {f}" for f in found]
         lines = [*head, "", "[cluster]", f"name = {toml_string(cluster.name)}",
                  "directors = [" + ", ".join(toml_string(d) for d in directors) + "]",
                  f'director = "{backend or cluster.backend}"',
-                 f'arp_method = "{arp_method}"']  # fmt: skip
+                 f'arp_method = "{cluster.arp_method or arp_method}"']  # fmt: skip
         if cluster.vrrp is not None:
             v = cluster.vrrp
             lines += ["", f"[cluster.vrrp]  # {v.origin}",
@@ -163,8 +179,21 @@ def render_site(
         files[f"clusters/{cluster.name}.toml"] = "\n".join(lines) + "\n"
     if issues:
         raise ImportSourceInvalid(issues)
-    files["inventory.toml"] = book.inventory_toml()
+    adopting: dict[str, list[str]] = {}
+    for f in site.findings:
+        if f.adopt:
+            adopting.setdefault(book.by_address.get(f.host, f.host), []).append(f.pattern)
+    files["inventory.toml"] = book.inventory_toml(adopting)
     return files
+
+
+def _hosts_of(cluster: ImportedCluster, directors: list[str], book: HostBook) -> set[str]:
+    """Inventory names of a cluster's directors and real servers."""
+    names = set(directors)
+    for svc in cluster.services:
+        for rs in svc.real_servers:
+            names.add(rs.name if rs.name in book.hosts else book.by_address.get(rs.address, ""))
+    return names
 
 
 def _files_of(cluster: ImportedCluster, site: ImportedSite) -> set[str]:

@@ -226,6 +226,25 @@ def _seed_form(rules: Iterable[_Rule], vip: str) -> list[_Rule]:
             and r.destination == vip and r.source is None]  # fmt: skip
 
 
+def seed_form_rules(hf: HostFacts, vip: str) -> list[str]:
+    """The host's seed-form OUTPUT mangle rules for `vip` (`-A OUTPUT -d VIP -j mangle`), as
+    text; none when its rules are unknown."""
+    rules = _fact_rules(hf)
+    return [r.text for r in _seed_form(rules, vip)] if isinstance(rules, list) else []
+
+
+OLD_CHAINS = ("IN", "OUT")
+
+
+def old_chain_rules(hf: HostFacts, vip: str) -> list[str]:
+    """Rules naming `vip` in arptables_jf's chains IN/OUT (the seed HOWTO's): on today's
+    arptables those are user chains nothing jumps to, so the rules never see a packet."""
+    rules = _fact_rules(hf)
+    if not isinstance(rules, list):
+        return []
+    return [r.text for r in rules if r.chain in OLD_CHAINS and vip in (r.source, r.destination)]
+
+
 def _problems(host: str, state: _State) -> dict[tuple[str, str], str]:
     """(vip, interface) -> what leaves the host able to answer or announce ARP for the VIP."""
     out: dict[tuple[str, str], str] = {}
@@ -262,6 +281,22 @@ def _problems(host: str, state: _State) -> dict[tuple[str, str], str]:
     return out
 
 
+def _with_sysctl_hint(
+    hf: HostFacts, found: dict[tuple[str, str], str]
+) -> dict[tuple[str, str], str]:
+    """Each problem on an interface whose arp_ignore is 1 or more says why that is no help:
+    the seed-era mistake of a VIP on the interface under the sysctl method."""
+    sysctls = hf.sysctls.value if hf.sysctls.known and hf.sysctls.value is not None else {}
+    out = {}
+    for (vip, iface), msg in found.items():
+        values = [sysctls.get(f"net.ipv4.conf.{scope}.arp_ignore", "0") for scope in ("all", iface)]
+        if any(v.strip() not in ("0", "") for v in values):
+            msg += (" (a VIP on the interface under the sysctl method: arp_ignore=1 does not hide "
+                    "an address on the interface that receives the request; it belongs on lo)")
+        out[(vip, iface)] = msg
+    return out
+
+
 def check_host(
     host: str,
     hf: HostFacts,
@@ -278,10 +313,15 @@ def check_host(
     if not now.held and not touches:
         return Findings()
     after = _after(hf, vips, steps, lows) if touches else now
-    before, later = _problems(host, now), _problems(host, after)
+    before = _with_sysctl_hint(hf, _problems(host, now))
+    later = _with_sysctl_hint(hf, _problems(host, after))
     violations = [f"{msg} (after this plan too)" if k in before else f"after this plan: {msg}"
                   for k, msg in later.items()]  # fmt: skip
     notes = [f"fixed by this plan: {msg}" for k, msg in before.items() if k not in later]
+    old_chains = sorted({t for vip in vips for t in old_chain_rules(hf, vip)})
+    notes += [f"{host} has the rule `{t}` in arptables_jf's chain names (the seed HOWTO's IN/OUT): "
+              "on today's arptables nothing jumps to those chains, so it silences nothing; it "
+              "is not shoal's, so it stays" for t in old_chains]  # fmt: skip
     if isinstance(after.rules, list):
         vip_rules = sorted({r.text for vip in vips for r in _seed_form(after.rules, vip)})
         notes += [f"{host} keeps the rule `{t}`: the seed HOWTO's -d form of the OUTPUT mangle "

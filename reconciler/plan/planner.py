@@ -39,6 +39,7 @@ from typing import Any
 from reconciler.desired.models import Desired
 from reconciler.errors import RequisiteCycle
 from reconciler.facts.hostfacts import FileInfo, HostFacts, Ledger
+from reconciler.plan.adoption import adoption_claims
 from reconciler.plan.compile import compile_desired
 from reconciler.plan.compile_nftables import failover_notes
 from reconciler.plan.invariants import check_host, kept_suppression
@@ -226,6 +227,8 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
     claims: list[Claim] = []
     releases: list[Claim] = []
     ops: list[LedgerOp] = []
+    adopting = ctx.desired.adopts(host)
+    adopted: list[Claim] = []
     for low in ordered:
         if low.onchanges and not any(step_ids.get(t) for t in low.onchanges):
             step_ids[low.id] = ()
@@ -262,6 +265,8 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         skipped += result.skipped
         claims += result.claims
         releases += result.releases
+        if adopting:
+            adopted += adoption_claims(low, kind, args, result)
         if not result.skipped and kind.ledger is not None:
             ops += kind.ledger(args)
     steps.sort(key=lambda s: (s.phase, position[s.id]))
@@ -284,7 +289,9 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         return _blocked(host, hf, f"{host}: {unknown[0].state_id}: {unknown[0].reason}{more}",
                         skipped)  # fmt: skip
     claims += created_tables(hf, steps)
-    new = updated_ledger(hf.ledger.value, claims, releases, ops)
+    owned = hf.ledger.value.entries
+    adopted = [c for c in adopted if c.key not in owned.get(c.function, ())]
+    new = updated_ledger(hf.ledger.value, claims + adopted, releases, ops)
     tables, dropped = removal_steps(host, hf, new, steps)
     if tables or dropped:
         steps += tables
@@ -294,7 +301,7 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
     if cleanup is not None:
         steps += cleanup
     elif normalized(new) != normalized(hf.ledger.value):
-        steps.append(ledger_step(host, hf, new, steps))
+        steps.append(ledger_step(host, hf, new, steps, adopted))
     return HostPlan(
         host=host, facts_digest=hf.digest(), steps=tuple(steps), skipped=tuple(skipped)
     )
@@ -375,8 +382,10 @@ def _indented(value: Any, newline: str) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
 
 
-def ledger_step(host: str, hf: HostFacts, new: Ledger, steps: Sequence[Step]) -> Step:
-    """The file.managed step writing the ledger, after every other step of the host."""
+def ledger_step(host: str, hf: HostFacts, new: Ledger, steps: Sequence[Step],
+                adopted: Sequence[Claim] = ()) -> Step:  # fmt: skip
+    """The file.managed step writing the ledger, after every other step of the host; it names
+    what the host hands over to shoal (`adopted`), if anything."""
     phase = max((s.phase for s in steps), default=Phase.REAL_SERVERS_CLEANUP)
     low = LowState(id=LEDGER_STATE_ID, function="file.managed", host=host, phase=phase,
                    origin="ledger")  # fmt: skip
@@ -392,8 +401,8 @@ def ledger_step(host: str, hf: HostFacts, new: Ledger, steps: Sequence[Step]) ->
     # Written whatever the digest says: the ledger fact, not the file digest, decided it differs.
     info = info.model_copy(update={"sha256": None})
     step = managed_result(low, args, info, claim=False).steps[0]
-    return replace(
-        step,
-        description="record what shoal owns on this host (ledger)",
-        require=tuple(s.id for s in steps),
-    )
+    description = "record what shoal owns on this host (ledger)"
+    if adopted:
+        description += "; adopt, made by hand: " + "; ".join(
+            f"{c.function} {c.key}" for c in sorted(adopted, key=lambda c: (c.function, c.key)))
+    return replace(step, description=description, require=tuple(s.id for s in steps))
