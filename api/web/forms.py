@@ -2,7 +2,8 @@
 
 The pages' forms carry a few short fields (the CSRF token, a comment, an API token), so the
 standard library's parser is all they need; a multipart parser would be one more dependency
-for nothing. A body over the server's limit is 413, another content type 415.
+for nothing. A body over the server's limit is 413; a body of another type reads as no field
+at all (so it carries no CSRF token, and is refused as such).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ async def read_form(request: Request) -> dict[str, str]:
     """The form's fields, the first value of each."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != FORM_TYPE:
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send {FORM_TYPE}")
+        # Not one of our forms, so no CSRF token either: the caller's check refuses it (403).
+        return {}
     limit = get_settings(request).max_body_bytes
     body = b""
     async for chunk in request.stream():

@@ -83,7 +83,7 @@ async def sign_in(request: Request) -> Response:
     session, secret = store.open_session(token, lifetime)
     store.audit("session.opened", actor=token.actor, detail={"expires_at": session.expires_at})
     response = RedirectResponse(next_path, status.HTTP_303_SEE_OTHER)
-    remember(response, request, secret, lifetime)
+    remember(response, request, secret)
     response.delete_cookie(SIGN_IN_COOKIE, path="/ui/sign-in")
     return response
 

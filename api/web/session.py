@@ -64,11 +64,12 @@ def is_tls(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def remember(response: Response, request: Request, secret: str, lifetime: timedelta) -> None:
+def remember(response: Response, request: Request, secret: str) -> None:
+    # No Max-Age: the cookie ends with the browser, and the store ends the session at its
+    # expiry, so the page can say that it ended rather than silently asking to sign in.
     response.set_cookie(
         COOKIE,
         secret,
-        max_age=int(lifetime.total_seconds()),
         path="/",
         httponly=True,
         secure=is_tls(request),
