@@ -18,11 +18,12 @@ def sign_in(client: TestClient, token: str, next_path: str = "/ui/") -> httpx.Re
     page = client.get(f"/ui/sign-in?next={next_path}")
     nonce = _NONCE.search(page.text)
     assert nonce is not None, page.text
-    return client.post(
+    response: httpx.Response = client.post(
         "/ui/sign-in",
         data={"token": token, "nonce": nonce.group(1), "next": next_path},
         follow_redirects=False,
     )
+    return response
 
 
 def csrf_of(html: str) -> str:
@@ -35,9 +36,15 @@ class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.urls: list[str] = []
+        self.handlers: list[str] = []
+        self.inline_styles = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         for name, value in attrs:
+            if name.startswith("on"):
+                self.handlers.append(f"<{tag} {name}>")
+            if name == "style":
+                self.inline_styles += 1
             if name in ("src", "href", "action", "formaction") and value is not None:
                 self.urls.append(value)
 
@@ -47,3 +54,10 @@ def fetched_urls(html: str) -> list[str]:
     parser = _Links()
     parser.feed(html)
     return parser.urls
+
+
+def inline_code(html: str) -> list[str]:
+    """Inline event handlers and style attributes of a page (the CSP forbids both)."""
+    parser = _Links()
+    parser.feed(html)
+    return parser.handlers + ["style=..."] * parser.inline_styles
