@@ -4,7 +4,8 @@ schemas: the two status axes, the revision, directors and who holds each VIP, re
 Sync (like Argo CD's): in sync, changes pending (a new revision waits), drift found (the hosts
 moved away from the applied revision). Health: the last verification, passed or failed, and
 when. Who holds a VIP is read from the directors' last gathered facts (the address on their
-client-facing interface), the same facts GET /hosts/{name}/facts serves.
+client-facing interface, the same facts GET /hosts/{name}/facts serves) or, when it is newer,
+from the last verification's ARP check (the director that answers for it after an apply).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class VipView:
     port: int
     protocol: str
     holders: list[str]
+    seen_by: str  # "facts" | "ARP"
+    seen_at: str
     real_servers: list[tuple[str, int]]  # (host, weight)
 
 
@@ -78,34 +81,60 @@ def health_of(store: Store, cluster: str) -> Health:
     return Health("failed", run.id, run.finished_at, first)
 
 
-def vip_holders(store: Store, directors: list[str], vip: str) -> list[str]:
-    holders = []
+def _holders_by_facts(store: Store, directors: list[str], vip: str) -> tuple[list[str], str]:
+    holders, newest = [], ""
     for director in directors:
         record = store.get_host_facts(director)
         if record is None:
             continue
+        newest = max(newest, record.gathered_at)
         facts = HostFacts.model_validate(record.facts)
         links = facts.interfaces.value or ()
         if any(
             link.name != "lo" and any(a.address == vip for a in link.addresses) for link in links
         ):
             holders.append(director)
-    return holders
+    return holders, newest
 
 
-def vips_of(store: Store, cluster: Cluster) -> list[VipView]:
+def vip_holders(
+    store: Store,
+    directors: list[str],
+    vip: str,
+    verified: tuple[RunRecord, VerificationOut] | None,
+) -> tuple[list[str], str, str]:
+    """Who holds `vip`, as seen by whichever look is newer: the directors' facts (gathered
+    before each plan) or the last verification's ARP check (after each apply).
+    Returns (holders, how it was seen, when)."""
+    holders, gathered = _holders_by_facts(store, directors, vip)
+    if verified is not None:
+        run, verification = verified
+        checks = [a for a in verification.arp if a.vip == vip and a.director is not None]
+        if checks and (run.finished_at or "") > gathered:
+            return sorted({a.director for a in checks if a.director}), "ARP", run.finished_at or ""
+    return holders, "facts", gathered
+
+
+def vips_of(
+    store: Store, cluster: Cluster, verified: tuple[RunRecord, VerificationOut] | None
+) -> list[VipView]:
     directors = list(cluster.cluster.directors)
-    return [
-        VipView(
-            service=s.name,
-            vip=str(s.vip),
-            port=s.port,
-            protocol=s.protocol,
-            holders=vip_holders(store, directors, str(s.vip)),
-            real_servers=[(rs.host, rs.weight) for rs in s.real_servers],
+    views = []
+    for s in cluster.services:
+        holders, seen_by, seen_at = vip_holders(store, directors, str(s.vip), verified)
+        views.append(
+            VipView(
+                service=s.name,
+                vip=str(s.vip),
+                port=s.port,
+                protocol=s.protocol,
+                holders=holders,
+                seen_by=seen_by,
+                seen_at=seen_at,
+                real_servers=[(rs.host, rs.weight) for rs in s.real_servers],
+            )
         )
-        for s in cluster.services
-    ]
+    return views
 
 
 def cluster_view(
@@ -122,7 +151,7 @@ def cluster_view(
         directors=list(cluster.cluster.directors),
         director_backend=cluster.cluster.director,
         arp_method=cluster.cluster.arp_method,
-        vips=vips_of(store, cluster),
+        vips=vips_of(store, cluster, last_verification(store, out.name)),
     )
 
 
