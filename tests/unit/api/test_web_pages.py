@@ -282,3 +282,15 @@ def test_the_audit_log_filters_by_who_what_and_when(world: World) -> None:
     assert "Nothing matches" in client.get(f"/ui/audit?until={yesterday}").text
     bad = client.get("/ui/audit?since=not-a-date&action=Bad Action").text
     assert "Ignored (not a valid value): action, since" in bad
+
+
+def test_a_clusters_history_lists_its_plans_decisions_and_runs(world: World) -> None:
+    run_id = _run_with_verification(world, ok=True)
+    plan_id = world.store.list_runs()[0].plan_id
+    world.store.update_cluster("web", head_revision=world.head, last_plan_id=plan_id, in_sync=True)
+    client = _signed_in(world, "viewer")
+    page = client.get("/ui/clusters/web").text
+    assert f'href="/ui/plans/{plan_id}"' in page and f'href="/ui/runs/{run_id}"' in page
+    assert "approved by token:approver" in page
+    overview = client.get("/ui/").text
+    assert "in sync" in overview and "verification passed" in overview
