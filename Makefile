@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lock test lint typecheck unit demo demo-down bench clean
+.PHONY: setup setup-tests lock test lint typecheck unit demo demo-down bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -18,8 +18,12 @@ lint: setup
 typecheck: setup
 	@$(BIN)/mypy
 
+# What only the tests need on top of `setup` (the browser the web pages' test drives).
+setup-tests:
+	@./scripts/setup.sh --tests
+
 # Two pytest processes side by side: the VM directors' tests and the rest (scripts/run-tests.sh).
-test: setup lint typecheck
+test: setup-tests lint typecheck
 	@./scripts/run-tests.sh
 
 # The pure tests only (no lab, no root): the quick loop while editing.

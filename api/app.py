@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from api import audit, clusters, health, hosts, plans, reconcile, runs, webhooks
+from api import audit, clusters, health, hosts, plans, reconcile, runs, web, webhooks
 from api.deps import ControllerPort
 from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
@@ -88,4 +88,5 @@ def create_app(controller: ControllerPort, store: Store, settings: ServerSetting
     app.state.settings = settings
     for router in ROUTERS:
         app.include_router(router)
+    web.install(app)  # the pages for people, on the same port and with the same roles
     return app

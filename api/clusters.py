@@ -9,7 +9,14 @@ from fastapi import APIRouter, Depends
 
 from api.auth import Viewer, auth_responses
 from api.deps import ControllerPort, get_controller, get_settings, get_store
-from api.schemas import ClustersResponse, LoopOut, RepositoryOut, cluster_out, issues_out
+from api.schemas import (
+    ClusterOut,
+    ClustersResponse,
+    LoopOut,
+    RepositoryOut,
+    cluster_out,
+    issues_out,
+)
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import redact_url
 from reconciler.server.store.database import Store
@@ -26,10 +33,6 @@ def list_clusters(
 ) -> ClustersResponse:
     head = controller.head
     revision = store.get_revision(head) if head else None
-    clusters = []
-    for record in store.list_clusters():
-        last = store.get_plan(record.last_plan_id) if record.last_plan_id else None
-        clusters.append(cluster_out(record, last))
     return ClustersResponse(
         repository=RepositoryOut(
             url=redact_url(settings.repo),
@@ -45,5 +48,14 @@ def list_clusters(
             passes_started=controller.passes,
             passes_completed=controller.passes_completed,
         ),
-        clusters=clusters,
+        clusters=clusters_out(store),
     )
+
+
+def clusters_out(store: Store) -> list[ClusterOut]:
+    """Every known cluster with its last plan (also what the web overview starts from)."""
+    out = []
+    for record in store.list_clusters():
+        last = store.get_plan(record.last_plan_id) if record.last_plan_id else None
+        out.append(cluster_out(record, last))
+    return out

@@ -10,7 +10,9 @@ from typing import Any, Protocol, cast
 
 from fastapi import Request
 
+from reconciler.desired.models import Desired
 from reconciler.server.settings import ServerSettings
+from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import PlanRecord, RunRecord
 
@@ -34,6 +36,10 @@ class ControllerPort(Protocol):
     async def approve(self, plan_id: str, *, actor: str, comment: str = "") -> RunRecord: ...
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord: ...
+
+    async def describe(self, sha: str) -> CommitInfo | None: ...
+
+    async def desired_at(self, sha: str) -> Desired | None: ...
 
 
 def get_store(request: Request) -> Store:

@@ -27,6 +27,9 @@ RunIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="a run id (16 he
 HostNamePath = Annotated[
     str, Path(pattern=NAME_PATTERN, max_length=63, description="a host of the inventory")
 ]
+ClusterNamePath = Annotated[
+    str, Path(pattern=NAME_PATTERN, max_length=63, description="a cluster of the repository")
+]
 ClusterQuery = Annotated[
     str | None,
     Query(pattern=NAME_PATTERN, max_length=63, description="only this cluster's records"),
@@ -37,6 +40,11 @@ ActionQuery = Annotated[
     Query(
         pattern=ACTION_PATTERN, max_length=64, description="only this action, e.g. plan.approved"
     ),
+]
+# Actors are `token:NAME`, `controller`, `cli` or `policy:KEY=VALUE`: printable, no spaces.
+ActorQuery = Annotated[
+    str | None,
+    Query(pattern=r"^[A-Za-z0-9_.:=@-]{1,128}$", description="only this actor, e.g. token:alice"),
 ]
 AfterIdQuery = Annotated[
     int, Query(ge=0, le=SQLITE_INT_MAX, description="only records with a larger id")

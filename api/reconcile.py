@@ -20,6 +20,11 @@ def reconcile_now(
     controller: Annotated[ControllerPort, Depends(get_controller)],
     store: Annotated[Store, Depends(get_store)],
 ) -> ReconcileAccepted:
-    store.audit("reconcile.requested", actor=token.actor)
-    controller.wake(f"requested by {token.actor}")
+    request_pass(store, controller, token.actor)
     return ReconcileAccepted(queued=True)
+
+
+def request_pass(store: Store, controller: ControllerPort, actor: str) -> None:
+    """Audit the request, then wake the loop (also the web page's "Reconcile now")."""
+    store.audit("reconcile.requested", actor=actor)
+    controller.wake(f"requested by {actor}")

@@ -237,6 +237,44 @@ class VerificationFailureOut(_Out):
     message: str
 
 
+class RealServerTrafficOut(_Out):
+    host: str
+    weight: int
+    # Requests counted on the host (None: the counter could not be read), and replies whose
+    # body named it.
+    received: int | None
+    answered: int
+
+
+class ServiceTrafficOut(_Out):
+    """Traffic from one client through one VIP, per real server, against the weights."""
+
+    cluster: str
+    service: str
+    vip: str
+    port: int
+    protocol: str
+    client: str
+    director: str | None
+    requests: int
+    ok: int
+    failed: int
+    real_servers: list[RealServerTrafficOut]
+
+
+class ArpCheckOut(_Out):
+    """Who answered ARP for a VIP on a client's segment (only the active director may)."""
+
+    client: str
+    vip: str
+    director: str | None
+    expected_mac: str | None
+    # MAC -> the inventory host it belongs to (None: not one of ours)
+    responders: dict[str, str | None]
+    neighbour_mac: str | None
+    neighbour_host: str | None
+
+
 class VerificationOut(_Out):
     """The verification phase that ended the run (real traffic through each VIP, ARP)."""
 
@@ -244,6 +282,8 @@ class VerificationOut(_Out):
     clients: list[str] = []
     # `vip:port/proto (client)` -> real server -> requests it received
     distribution: dict[str, dict[str, int]] = {}
+    services: list[ServiceTrafficOut] = []
+    arp: list[ArpCheckOut] = []
     failures: list[VerificationFailureOut] = []
     notes: list[str] = []
     elapsed: float = 0.0
@@ -448,9 +488,33 @@ def verification_out(result: dict[str, Any] | None) -> VerificationOut | None:
         ok=bool(data.get("ok")),
         clients=list(data.get("clients", [])),
         distribution=data.get("distribution", {}),
+        services=[_service_out(s) for s in data.get("services", [])],
+        arp=[_arp_out(a) for a in data.get("arp", [])],
         failures=[VerificationFailureOut.model_validate(f) for f in data.get("failures", [])],
         notes=list(data.get("notes", [])),
         elapsed=float(data.get("elapsed", 0.0)),
+    )
+
+
+def _service_out(data: dict[str, Any]) -> ServiceTrafficOut:
+    return ServiceTrafficOut(
+        **{k: data.get(k) for k in ServiceTrafficOut.model_fields if k != "real_servers"},
+        real_servers=[
+            RealServerTrafficOut(
+                host=rs["host"],
+                weight=int(rs.get("weight", 0)),
+                received=rs.get("received"),
+                answered=int(rs.get("answered", 0)),
+            )
+            for rs in data.get("real_servers", [])
+        ],
+    )
+
+
+def _arp_out(data: dict[str, Any]) -> ArpCheckOut:
+    return ArpCheckOut(
+        **{k: data.get(k) for k in ArpCheckOut.model_fields if k != "responders"},
+        responders={r["mac"]: r.get("host") for r in data.get("responders", [])},
     )
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shoal demo, end to end on the demo lab (lab id "demo", 10.77.0.0/24), run by `make demo`:
 #   lab up -> local bare config repo from fixtures/config-repo -> `shoal serve` in the background
-#   -> push + signed webhook -> plan diff -> approve over HTTP -> apply -> verify -> distribution
+#   -> push + signed webhook -> plan diff -> approve over HTTP (or on the web page:
+#   SHOAL_DEMO_APPROVE=page) -> apply -> verify -> distribution
 #   -> commit "web3 joins with weight 3" -> the same again -> how to look around.
 # `scripts/demo.sh down` (or `make demo-down`) stops the server, removes the lab and the demo's
 # directory, then checks that nothing of the demo is left (exit 1 naming what is).
@@ -34,6 +35,11 @@ if [ -n "$DEMO_DIRECTOR" ]; then
 else
   WAIT=${SHOAL_DEMO_WAIT:-180}   # seconds to wait for a plan or a run
 fi
+
+# SHOAL_DEMO_APPROVE=page: the demo waits for each plan to be approved on its web page instead
+# of approving it over the JSON API itself (SHOAL_DEMO_PAGE_WAIT seconds, 900 by default).
+APPROVE=${SHOAL_DEMO_APPROVE:-api}
+PAGE_WAIT=${SHOAL_DEMO_PAGE_WAIT:-900}
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
@@ -206,8 +212,38 @@ wait_for_run() {  # wait_for_run RUN_ID -> 0 when applied
   die "run $run still not finished after ${WAIT}s"
 }
 
+approve_in_page() {  # approve_in_page PLAN_ID: wait for a person to approve it on its web page
+  local plan=$1 state new
+  note "approve it on its page: $API/ui/plans/$plan"
+  note "(sign in with the approver token in $DEMO_DIR/approver-token; waiting up to ${PAGE_WAIT}s)"
+  for _ in $(seq "$PAGE_WAIT"); do
+    state=$(api GET "/plans/$plan" | json "d['state']") || state=""
+    case $state in
+      applying|applied|failed|interrupted) run=$(api GET "/plans/$plan" | json "d['runs'][0]"); return 0 ;;
+      rejected) die "plan $plan was rejected on its page" ;;
+      stale|superseded)
+        # The page refused the approval and linked the plan made from the new facts.
+        new=$(api GET "/plans?state=pending&cluster=web" | json "d[0]['id'] if d else ''")
+        if [ -n "$new" ] && [ "$new" != "$plan" ]; then
+          plan=$new
+          note "the facts moved: approve the new plan on its page: $API/ui/plans/$plan"
+        fi ;;
+    esac
+    sleep 1
+  done
+  die "plan $plan was not approved on its page within ${PAGE_WAIT}s"
+}
+
 approve_and_apply() {  # approve_and_apply PLAN_ID; a stale plan (409) is replaced by the new one
   local plan=$1 resp code run="" new
+  if [ "$APPROVE" = "page" ]; then
+    approve_in_page "$plan"
+    note "approved on the page: run $run"
+    wait_for_run "$run"
+    note "run $run applied and verified: $API/ui/runs/$run"
+    RUN=$run
+    return
+  fi
   for _ in 1 2 3; do
     resp=$(curl -sS -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
       --data '{"comment":"approved by the demo"}' -w '\n%{http_code}' "$API/plans/$plan/approve")
@@ -228,7 +264,7 @@ approve_and_apply() {  # approve_and_apply PLAN_ID; a stale plan (409) is replac
   [ -n "$run" ] || die "could not approve a current plan"
   note "approved plan $plan: run $run"
   wait_for_run "$run"
-  note "run $run applied and verified: $API/runs/$run"
+  note "run $run applied and verified: $API/ui/runs/$run (JSON: $API/runs/$run)"
   RUN=$run
 }
 
@@ -327,6 +363,7 @@ if ! curl -sf "$API/healthz" >/dev/null; then
   die "the server did not come up (its log's end above; all of it in $DEMO_DIR/serve.log)"
 fi
 note "server pid $(cat "$DEMO_DIR/serve.pid"), log $DEMO_DIR/serve.log"
+note "web pages:  $API/ui/   (sign in with the approver token in $DEMO_DIR/approver-token)"
 
 # --- 4. first commit: the cluster as fixtures/config-repo describes it -----------------------
 
@@ -372,6 +409,8 @@ if [ -n "$DEMO_DIRECTOR" ]; then
 EOF
 fi
 cat <<EOF
+   web pages:      $API/ui/   (sign in with the approver token in $DEMO_DIR/approver-token)
+   the 2nd plan:   $API/ui/plans/$PLAN   its run: $API/ui/runs/$RUN   audit: $API/ui/audit
    API:            $API   (approver token in $DEMO_DIR/approver-token; API docs at $API/docs)
    clusters:       curl -s $AUTH $API/clusters
    plans:          curl -s $AUTH $API/plans

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shoal's tests and demo need on a Debian 12 machine (run as root), idempotently:
-# the system packages the lab uses, and the project's virtual environment from requirements.lock.
+# the system packages the lab uses (with --tests also those only the tests use), and the
+# project's virtual environment from requirements.lock.
 # Quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,11 @@ cd "$(dirname "$0")/.."
 PACKAGES=(openssh-server openssh-client arptables iptables nftables iproute2 keepalived
           iputils-arping iputils-ping ipvsadm procps psmisc git curl python3-venv ca-certificates
           qemu-system-x86 busybox-static kmod sudo ndisc6)
+
+# `setup.sh --tests` (make test): also what only the tests use. Debian's Chromium is the browser
+# the web pages' browser test drives (tests/lab/test_web_browser.py); the demo never needs it.
+TEST_PACKAGES=(chromium)
+[ "${1:-}" != "--tests" ] || PACKAGES+=("${TEST_PACKAGES[@]}")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -42,7 +42,7 @@ from reconciler.server.crash_recovery import recover
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
-from reconciler.server.source import Source
+from reconciler.server.source import CommitInfo, Source
 from reconciler.server.status import record_failure
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import PlanRecord, RunRecord
@@ -282,6 +282,19 @@ class Controller:
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord:
         return approvals.reject(self.ctx, plan_id, actor=actor, comment=comment)
+
+    # --- what the web pages show (called by the API) ---------------------------------------------
+
+    async def describe(self, sha: str) -> CommitInfo | None:
+        """Subject, author and date of a revision the source has fetched."""
+        return await self.source.describe(sha)
+
+    async def desired_at(self, sha: str) -> Desired | None:
+        """The validated desired state at `sha` (cached), or None if it is invalid or unread."""
+        try:
+            return await self.ctx.load(sha)
+        except ShoalError:
+            return None
 
     def _start_apply(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
+from reconciler.apply.events import ApplyEvent, EventHandler
 from reconciler.apply.executor import apply_plan
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
@@ -18,7 +19,7 @@ from reconciler.errors import ShoalError
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.retry import GiveUp, retry_decision
-from reconciler.server.run_record import run_result_records
+from reconciler.server.run_record import run_result_records, step_row
 from reconciler.server.store.records import PlanRecord, RunRecord
 from reconciler.server.units import unit_of
 from reconciler.transport.protocol import Transport
@@ -62,7 +63,9 @@ async def execute(
     )
     log.info("applying", extra={"plan_id": record.id, "run_id": run.id})
     try:
-        result: RunResult = await apply_plan(record.plan, desired, transport, facts=facts)
+        result: RunResult = await apply_plan(
+            record.plan, desired, transport, facts=facts, on_event=live_steps(ctx, run)
+        )
     except ShoalError as exc:
         _failed(ctx, run, record, exc)
         return
@@ -72,7 +75,7 @@ async def execute(
         _failed(ctx, run, record, exc)
         raise
     steps, backups, summary = run_result_records(result)
-    store.add_step_results(run.id, steps)
+    store.add_step_results(run.id, steps, replace=True)
     for backup in backups:
         store.add_backup(run.id, record.id, backup.host, backup.location, backup.detail)
     store.finish_run(
@@ -95,6 +98,21 @@ async def execute(
         detail={"ok": result.ok},
     )
     log.info("run finished", extra={"plan_id": record.id, "run_id": run.id, "ok": result.ok})
+
+
+def live_steps(ctx: ServerContext, run: RunRecord) -> EventHandler:
+    """An event handler that stores each step's result as the executor reports it, so
+    GET /runs/{id} (and the run's web page) shows the steps while the run goes on; the final
+    rows replace these when it ends."""
+    seq = 0
+
+    def on_event(event: ApplyEvent) -> None:
+        nonlocal seq
+        if event.kind == "step" and event.step is not None and event.host is not None:
+            ctx.store.add_step_results(run.id, [step_row(seq, event.host, event.step)])
+            seq += 1
+
+    return on_event
 
 
 def _failed(ctx: ServerContext, run: RunRecord, record: PlanRecord, exc: Exception) -> None:

@@ -30,30 +30,33 @@ def _step_word(step: StepResult) -> str:
     return "rolled_back" if step.rolled_back else "applied"
 
 
+def step_row(seq: int, host: str, step: StepResult) -> StepResultRecord:
+    """One step's row: at the end of the run, or live from the executor's step event."""
+    return StepResultRecord(
+        seq=seq,
+        host=host,
+        step_id=step.id,
+        name=step.name,
+        result=_step_word(step),
+        comment=step.comment,
+        changes={
+            **step.changes,
+            "phase": step.phase,
+            "function": step.function,
+            "exit_status": step.exit_status,
+            "duration": step.duration,
+        },
+        output=step.output,
+    )
+
+
 def run_result_records(
     result: RunResult,
 ) -> tuple[list[StepResultRecord], list[BackupEntry], dict[str, Any]]:
     rows: list[StepResultRecord] = []
     for host, steps in result.hosts.items():
         for step in steps:
-            rows.append(
-                StepResultRecord(
-                    seq=len(rows),
-                    host=host,
-                    step_id=step.id,
-                    name=step.name,
-                    result=_step_word(step),
-                    comment=step.comment,
-                    changes={
-                        **step.changes,
-                        "phase": step.phase,
-                        "function": step.function,
-                        "exit_status": step.exit_status,
-                        "duration": step.duration,
-                    },
-                    output=step.output,
-                )
-            )
+            rows.append(step_row(len(rows), host, step))
     for rb in result.rollbacks:
         proof = {True: "proven", False: "unproven", None: "unchecked"}[rb.proven]
         rows.append(

@@ -17,6 +17,8 @@ WEBHOOK_SECRET_ENV = "SHOAL_WEBHOOK_SECRET"
 WEBHOOK_SECRET_FILE_ENV = "SHOAL_WEBHOOK_SECRET_FILE"
 DEFAULT_POLL_SECONDS = 60.0
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# A working day: a person signs in once in the morning, and a forgotten browser stops working.
+DEFAULT_SESSION_SECONDS = 8 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class ServerSettings:
     client_key: Path | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # How long a web sign-in lasts (seconds); signing in again starts a new one.
+    session_lifetime: float = DEFAULT_SESSION_SECONDS
     # For hosts with become = "sudo" whose sudoers asks for a password (NOPASSWD is better).
     become_password: SecretStr | None = field(default=None, repr=False)
 

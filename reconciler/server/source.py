@@ -24,6 +24,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +41,16 @@ def redact_url(text: str) -> str:
     return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What a person recognises a revision by: its subject line, author and date."""
+
+    sha: str
+    subject: str
+    author: str
+    at: str
+
+
 class Source(Protocol):
     async def fetch(self) -> str:
         """The branch head's commit sha, read from the remote now; raises SourceError."""
@@ -47,6 +58,10 @@ class Source(Protocol):
 
     def checkout(self, sha: str) -> AbstractAsyncContextManager[Path]:
         """A directory holding revision `sha`'s tree while the block runs."""
+        ...
+
+    async def describe(self, sha: str) -> CommitInfo | None:
+        """The commit's subject, author and date, from what was fetched; None if unknown."""
         ...
 
     def close(self) -> None: ...
@@ -64,6 +79,7 @@ class GitSource:
         self.work_root = state_dir / "work"
         self._repo: git.Repo | None = None
         self._git_lock = threading.Lock()
+        self._described: dict[str, CommitInfo] = {}
 
     @property
     def display_url(self) -> str:
@@ -122,6 +138,32 @@ class GitSource:
             except (git.GitError, ValueError):
                 return None
 
+    def describe_sync(self, sha: str) -> CommitInfo | None:
+        if not _SHA_RE.match(sha):
+            return None
+        known = self._described.get(sha)
+        if known is not None:
+            return known
+        with self._git_lock:
+            repo = self._open()
+            try:
+                commit = repo.commit(sha)
+                message = commit.message
+                text = message.decode(errors="replace") if isinstance(message, bytes) else message
+                info = CommitInfo(
+                    sha=sha,
+                    subject=(text.strip().splitlines() or [""])[0],
+                    author=str(commit.author.name or commit.author.email or ""),
+                    at=commit.committed_datetime.isoformat(),
+                )
+            except (git.GitError, ValueError, OSError):
+                return None
+        # Commits never change: remembered for as long as the process runs (bounded).
+        if len(self._described) >= 512:
+            self._described.clear()
+        self._described[sha] = info
+        return info
+
     def export_sync(self, sha: str, dest: Path) -> None:
         """Write the tree of commit `sha` into `dest` (which must exist and be empty)."""
         if not _SHA_RE.match(sha):
@@ -147,6 +189,9 @@ class GitSource:
 
     async def head(self) -> str | None:
         return await asyncio.to_thread(self.head_sync)
+
+    async def describe(self, sha: str) -> CommitInfo | None:
+        return await asyncio.to_thread(self.describe_sync, sha)
 
     @asynccontextmanager
     async def checkout(self, sha: str) -> AsyncIterator[Path]:

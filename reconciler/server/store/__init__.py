@@ -1,7 +1,8 @@
 """Everything the server remembers, in one SQLite file (WAL mode), behind this one package.
 
 The store owns persistence only: cluster status, revisions seen, plans and their lifecycle,
-approvals, runs and their per-step results, the backups index, the audit log, API tokens (hashed),
+approvals, runs and their per-step results, the backups index, the audit log, API tokens (hashed)
+and the web sessions opened with them,
 the last facts of every host and the webhook delivery ids already seen. It decides nothing; the
 controller does.
 
@@ -15,5 +16,5 @@ PostgreSQL means reimplementing this package, nothing else.
 
 `database.Store` is the store; `records` the values it hands out; `migrations` the schema;
 `tokens` how API tokens are made and hashed; `connection` the one SQLite connection; `status`,
-`plans`, `runs`, `audit` and `access` the queries, by area.
+`plans`, `runs`, `audit`, `access` and `sessions` the queries, by area.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,15 +41,23 @@ class AuditQueries(Connection):
         *,
         cluster: str | None = None,
         action: str | None = None,
+        actor: str | None = None,
+        plan_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
         after_id: int = 0,
         limit: int = 200,
     ) -> list[AuditRecord]:
-        rows = self._select(
-            "audit",
-            [("id > ?", (after_id,)), *equal_to(cluster=cluster, action=action)],
-            order_by="id DESC",
-            limit=limit,
-        )
+        """Newest first. `since`/`until`: ISO timestamps (or dates), `since` <= at < `until`."""
+        conditions: list[tuple[str, Sequence[Any]]] = [
+            ("id > ?", (after_id,)),
+            *equal_to(cluster=cluster, action=action, actor=actor, plan_id=plan_id),
+        ]
+        if since is not None:
+            conditions.append(("at >= ?", (since,)))
+        if until is not None:
+            conditions.append(("at < ?", (until,)))
+        rows = self._select("audit", conditions, order_by="id DESC", limit=limit)
         return [as_record(AuditRecord, r, detail=from_json(r["detail_json"])) for r in rows]
 
     # --- webhook deliveries ------------------------------------------------------------------

@@ -12,12 +12,15 @@ from reconciler.server.store.audit import AuditQueries
 from reconciler.server.store.migrations import migrate
 from reconciler.server.store.plans import PlanQueries
 from reconciler.server.store.runs import RunQueries
+from reconciler.server.store.sessions import SessionQueries
 from reconciler.server.store.status import StatusQueries
 
 DB_FILENAME = "shoal.db"
 
 
-class Store(StatusQueries, PlanQueries, RunQueries, AuditQueries, AccessQueries):
+class Store(
+    StatusQueries, PlanQueries, RunQueries, AuditQueries, AccessQueries, SessionQueries
+):
     """The SQLite store. Open with `Store.open(state_dir)`; close with `close()`."""
 
     def __init__(self, path: Path) -> None:

@@ -140,6 +140,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
         """,
     ),
+    (
+        3,
+        # Web sign-in sessions: a token exchanged for a cookie. Only the hash of the cookie's
+        # secret is kept, like a token's; the CSRF token rides with the session it protects.
+        """
+        CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            token_id TEXT NOT NULL REFERENCES tokens (id),
+            csrf TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        );
+        CREATE INDEX web_sessions_expires ON web_sessions (expires_at);
+        CREATE INDEX audit_actor ON audit (actor);
+        CREATE INDEX audit_plan ON audit (plan_id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

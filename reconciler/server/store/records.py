@@ -148,6 +148,17 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A web sign-in session; `id` is the sha256 of the secret its cookie holds."""
+
+    id: str
+    token_id: str
+    csrf: str
+    created_at: str
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class HostFactsRecord:
     host: str
     digest: str

@@ -75,8 +75,14 @@ class RunQueries(Connection):
         )
         return True
 
-    def add_step_results(self, run_id: str, results: Sequence[StepResultRecord]) -> None:
+    def add_step_results(
+        self, run_id: str, results: Sequence[StepResultRecord], *, replace: bool = False
+    ) -> None:
+        """Add step rows; `replace`: the run's final rows, which take the place of those
+        written live while it ran (numbered as they came), in one transaction."""
         with self._tx() as db:
+            if replace:
+                db.execute("DELETE FROM step_results WHERE run_id = ?", (run_id,))
             for r in results:
                 db.execute(
                     "INSERT OR REPLACE INTO step_results (run_id, seq, host, step_id, name, "
@@ -135,14 +141,18 @@ class RunQueries(Connection):
         return self._run(rows[0]) if rows else None
 
     def list_runs(
-        self, *, state: str | None = None, plan_id: str | None = None, limit: int = 100
+        self,
+        *,
+        state: str | None = None,
+        plan_id: str | None = None,
+        cluster: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        rows = self._select(
-            "runs",
-            equal_to(state=state, plan_id=plan_id),
-            order_by="started_at DESC, rowid DESC",
-            limit=limit,
-        )
+        conditions: list[tuple[str, Sequence[Any]]] = [*equal_to(state=state, plan_id=plan_id)]
+        if cluster is not None:
+            # A run covers a unit of clusters ("a,b"), like its plan: match membership.
+            conditions.append(("instr(',' || cluster || ',', ',' || ? || ',') > 0", (cluster,)))
+        rows = self._select("runs", conditions, order_by="started_at DESC, rowid DESC", limit=limit)
         return [self._run(r) for r in rows]
 
     def step_results(self, run_id: str) -> list[StepResultRecord]:

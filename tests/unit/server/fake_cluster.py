@@ -32,6 +32,7 @@ from reconciler.errors import SourceError
 from reconciler.facts.parse import Section, split_sections
 from reconciler.facts.script import MARKER
 from reconciler.server.controller import Controller
+from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
 from reconciler.transport.fake import Call, FakeTransport, Reply
 from reconciler.transport.protocol import Transport
@@ -137,6 +138,11 @@ class FakeSource:
     @asynccontextmanager
     async def checkout(self, sha: str) -> AsyncIterator[Path]:
         yield self.trees[sha]
+
+    async def describe(self, sha: str) -> CommitInfo | None:
+        if sha not in self.trees:
+            return None
+        return CommitInfo(sha=sha, subject=f"tree {self.trees[sha].name}", author="fake", at="")
 
     def close(self) -> None:
         pass

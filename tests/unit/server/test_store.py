@@ -192,18 +192,23 @@ def test_webhook_deliveries_are_bounded_by_count_and_age(store: Store) -> None:
     assert store.delivery_count() == 1
 
 
-def test_migration_2_upgrades_a_version_1_store(tmp_path: Path) -> None:
+def test_migrations_upgrade_a_version_1_store(tmp_path: Path) -> None:
     store = Store.open(tmp_path)
     store.audit("before.upgrade", actor="t")
     store.close()
     db = sqlite3.connect(tmp_path / "shoal.db")
     db.execute("DROP TABLE webhook_deliveries")
+    db.execute("DROP TABLE web_sessions")
+    db.execute("DROP INDEX audit_actor")
+    db.execute("DROP INDEX audit_plan")
     db.execute("DELETE FROM schema_migrations WHERE version >= 2")
     db.commit()
     db.close()
     upgraded = Store.open(tmp_path)
     assert upgraded.schema_version() == SCHEMA_VERSION
     assert upgraded.remember_delivery("github", "x") is True
+    token, _ = upgraded.create_token("viewer")
+    assert upgraded.open_session(token, timedelta(hours=1))[0].token_id == token.id
     assert [a.action for a in upgraded.list_audit()] == ["before.upgrade"]
 
 
