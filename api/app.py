@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from api import audit, clusters, health, hosts, plans, reconcile, runs, web, webhooks
+from api import audit, clusters, health, hosts, metrics, plans, reconcile, runs, web, webhooks
 from api.deps import ControllerPort
 from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
@@ -29,6 +29,7 @@ ROUTERS = (
     reconcile.router,
     webhooks.router,
     audit.router,
+    metrics.router,
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol, cast
 from fastapi import Request
 
 from reconciler.desired.models import Desired
+from reconciler.server.metrics import ServerMetrics
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
@@ -26,6 +27,9 @@ class ControllerPort(Protocol):
     wake_requests: int
     passes: int
     passes_completed: int
+
+    @property
+    def metrics(self) -> ServerMetrics: ...
 
     def wake(self, reason: str) -> None: ...
 

@@ -119,7 +119,9 @@ async def git_webhook(
     headers = {k.lower(): v for k, v in request.headers.items()}
     verdict = verify_webhook(headers, body, settings.webhook_secret)
     client = request.client.host if request.client else None
+    counted = controller.metrics.webhooks
     if not verdict.ok or verdict.scheme is None:
+        counted.labels("refused").inc()
         log.warning(
             "webhook refused",
             extra={"scheme": verdict.scheme, "reason": verdict.reason, "client": client},
@@ -130,16 +132,19 @@ async def git_webhook(
         delivery = delivery_id(headers, scheme)
         ignored = ignored_because(body, settings.branch)
     except BadDelivery as exc:
+        counted.labels("malformed").inc()
         log.warning("webhook refused", extra={"scheme": scheme, "reason": str(exc)})
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     event = headers.get("x-github-event") or headers.get("x-gitlab-event") or ""
     extra = {"scheme": scheme, "event": event, "delivery": delivery, "client": client}
     if ignored is not None:
+        counted.labels("ignored").inc()
         log.info("webhook ignored", extra={**extra, "reason": ignored})
         return WebhookAccepted(
             queued=False, scheme=scheme, outcome="ignored", delivery=delivery, reason=ignored
         )
     if delivery is not None and not store.remember_delivery(scheme, delivery):
+        counted.labels("duplicate").inc()
         log.info("webhook duplicate", extra=extra)
         return WebhookAccepted(
             queued=False,
@@ -148,6 +153,7 @@ async def git_webhook(
             delivery=delivery,
             reason=f"delivery {delivery} was already acted on",
         )
+    counted.labels("queued").inc()
     log.info("webhook accepted", extra=extra)
     controller.wake(f"webhook ({scheme})")
     return WebhookAccepted(queued=True, scheme=scheme, outcome="queued", delivery=delivery)

@@ -9,6 +9,7 @@ GET /hosts/{name}/facts). Nothing here decides anything.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
+from reconciler.server.metrics import ServerMetrics
 from reconciler.server.source import Source
 from reconciler.server.store.database import Store
 from reconciler.transport.protocol import Transport, TransportFactory
@@ -40,6 +42,10 @@ class ServerContext:
     wake: Callable[[str], None]
     locks: ClusterLocks = field(default_factory=ClusterLocks)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.store)
 
     def now(self) -> str:
         return stamp(self.clock.now())
@@ -68,7 +74,9 @@ class ServerContext:
         self, transport: Transport, desired: Desired, hosts: Sequence[str]
     ) -> dict[str, HostFacts]:
         paths = managed_paths(desired)
+        started = time.monotonic()
         facts = await gather_facts(transport, list(hosts), {h: paths.get(h, []) for h in hosts})
+        self.metrics.facts_seconds.observe(time.monotonic() - started)
         for name, host_facts in facts.items():
             # Fast local writes; kept for GET /hosts/{name}/facts.
             self.store.put_host_facts(name, host_facts.digest(), host_facts.model_dump(mode="json"))

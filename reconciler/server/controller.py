@@ -39,6 +39,7 @@ from reconciler.server import approvals
 from reconciler.server.clock import Clock, SystemClock
 from reconciler.server.context import ServerContext
 from reconciler.server.crash_recovery import recover
+from reconciler.server.metrics import ServerMetrics
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
@@ -200,10 +201,16 @@ class Controller:
         with these keys, unless the head moved)."""
         self.passes += 1
         self.last_pass_at = self.ctx.now()
+        started = self.clock.monotonic()
+        result = "failed"
         try:
             await self._pass(only)
+            result = ("source_error" if self.last_source_error is not None
+                      else "invalid_revision" if self.head_errors else "ok")  # fmt: skip
         finally:
             self.passes_completed += 1
+            self.metrics.passes.labels(result).inc()
+            self.metrics.pass_seconds.observe(self.clock.monotonic() - started)
 
     async def _pass(self, only: Collection[str] | None) -> None:
         try:
@@ -261,6 +268,7 @@ class Controller:
         """A host that could not be reached is a transport error the facts recorded instead of
         raising; its class decides when the unit is looked at again, like a raised one."""
         unreachable = {h: hp for h, hp in sorted(look.plan.hosts.items()) if not hp.reachable}
+        self.metrics.hosts_unreachable(key, len(unreachable))
         if not unreachable:
             self.schedule.succeeded(key)
             return
@@ -270,6 +278,10 @@ class Controller:
         )
         decision = self.schedule.failed(key, exc, revision)
         self._log_failure("hosts unreachable", exc, decision, clusters=key)
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        return self.ctx.metrics
 
     # --- approvals (called by the API) ----------------------------------------------------------
 

@@ -105,9 +105,11 @@ def live_steps(ctx: ServerContext, run: RunRecord) -> EventHandler:
     GET /runs/{id} (and the run's web page) shows the steps while the run goes on; the final
     rows replace these when it ends."""
     seq = 0
+    phases = ctx.metrics.phase_timer()
 
     def on_event(event: ApplyEvent) -> None:
         nonlocal seq
+        phases(event)
         if event.kind == "step" and event.step is not None and event.host is not None:
             ctx.store.add_step_results(run.id, [step_row(seq, event.host, event.step)])
             seq += 1

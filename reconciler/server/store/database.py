@@ -14,12 +14,19 @@ from reconciler.server.store.plans import PlanQueries
 from reconciler.server.store.runs import RunQueries
 from reconciler.server.store.sessions import SessionQueries
 from reconciler.server.store.status import StatusQueries
+from reconciler.server.store.totals import TotalsQueries
 
 DB_FILENAME = "shoal.db"
 
 
 class Store(
-    StatusQueries, PlanQueries, RunQueries, AuditQueries, AccessQueries, SessionQueries
+    StatusQueries,
+    PlanQueries,
+    RunQueries,
+    AuditQueries,
+    AccessQueries,
+    SessionQueries,
+    TotalsQueries,
 ):
     """The SQLite store. Open with `Store.open(state_dir)`; close with `close()`."""
 
