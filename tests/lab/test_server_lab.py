@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from lab import Lab, Topology
@@ -93,6 +94,16 @@ class Server:
 
     def pending(self, revision: str) -> list[PlanRecord]:
         return [p for p in self.plans(states=("pending",)) if p.revision == revision]
+
+    async def metrics(self) -> dict[str, float]:
+        """Every sample of GET /metrics, parsed with the Prometheus text parser."""
+        response = await self.http.get("/metrics", headers=self.auth("viewer"))
+        assert response.status_code == 200, response.text
+        return {
+            s.name + "".join(f"[{k}={v}]" for k, v in sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
 
     async def settle(self) -> None:
         """Wait until the loop has no wake queued and no pass running."""
@@ -184,8 +195,22 @@ async def test_approval_needs_a_token_and_the_approver_role(server: Server) -> N
 async def test_approve_converges_the_hosts(server: Server) -> None:
     sha = git("rev-parse", "HEAD", cwd=server.repo.work)
     (plan,) = server.pending(sha)
+    before = await server.metrics()
     run = await server.approve(plan.id)
     assert run["state"] == "applied" and run["ok"] is True, run
+    after = await server.metrics()
+    # The metrics moved by what happened: one applied run, one duration per phase of the plan
+    # (the approval's own look at the hosts is a facts round trip), no rollback.
+    moved = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    phases = {s.phase.name.lower() for hp in plan.plan.hosts.values() for s in hp.steps}
+    assert moved.get("shoal_runs_total[outcome=applied]") == 1, moved
+    assert {k.split("[phase=")[1].rstrip("]") for k in moved
+            if k.startswith("shoal_apply_phase_duration_seconds_count")} == phases, moved
+    assert all(moved[f"shoal_apply_phase_duration_seconds_count[phase={p}]"] == 1 for p in phases)
+    assert moved.get("shoal_facts_round_trip_duration_seconds_count", 0) >= 1, moved
+    assert "shoal_rollbacks_total" not in moved and "shoal_verification_failures_total" not in moved
+    assert after["shoal_runs_in_progress"] == 0
+    assert before["shoal_webhook_deliveries_total[result=queued]"] >= 1
     planned = {s.id for hp in plan.plan.hosts.values() for s in hp.steps}
     assert {s["step_id"] for s in run["steps"]} == planned
     assert all(s["result"] == "applied" for s in run["steps"])
