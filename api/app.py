@@ -16,7 +16,12 @@ from api import audit, clusters, health, hosts, metrics, plans, reconcile, runs,
 from api.deps import ControllerPort
 from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
-from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.lifecycle import (
+    AlreadyApproved,
+    PlanNotFound,
+    PlanNotPending,
+    StaleApproval,
+)
 from reconciler.server.settings import ServerSettings
 from reconciler.server.store.database import Store
 
@@ -40,6 +45,13 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 async def _not_pending(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlanNotPending)
     body = Conflict(detail=str(exc), plan_id=exc.plan_id, state=exc.state)
+    return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
+
+
+async def _already_approved(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AlreadyApproved)
+    body = Conflict(detail=str(exc), plan_id=exc.plan_id, state="pending",
+                    reason=f"needs {exc.required} approvals by different tokens")  # fmt: skip
     return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
 
 
@@ -78,6 +90,7 @@ def create_app(controller: ControllerPort, store: Store, settings: ServerSetting
         exception_handlers={
             PlanNotFound: _not_found,
             PlanNotPending: _not_pending,
+            AlreadyApproved: _already_approved,
             StaleApproval: _stale,
             SourceError: _unavailable,
             TransportError: _unavailable,

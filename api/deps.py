@@ -11,6 +11,7 @@ from typing import Any, Protocol, cast
 from fastapi import Request
 
 from reconciler.desired.models import Desired
+from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import CommitInfo
@@ -37,7 +38,9 @@ class ControllerPort(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def approve(self, plan_id: str, *, actor: str, comment: str = "") -> RunRecord: ...
+    async def approve(
+        self, plan_id: str, *, actor: str, comment: str = ""
+    ) -> RunRecord | ApprovalRecorded: ...
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord: ...
 

@@ -25,6 +25,7 @@ from api.schemas import (
     plan_detail,
     plan_summary,
 )
+from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.store.database import Store
 
 router = APIRouter(tags=["plans"])
@@ -86,6 +87,9 @@ async def approve_plan(
 ) -> ApproveResponse:
     comment = body.comment if body else ""
     run = await controller.approve(plan_id, actor=token.actor, comment=comment)
+    if isinstance(run, ApprovalRecorded):
+        return ApproveResponse(plan_id=plan_id, state="pending", approvals=len(run.approvers),
+                               approvals_required=run.required)  # fmt: skip
     return ApproveResponse(plan_id=plan_id, state="applying", run_id=run.id)
 
 

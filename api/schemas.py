@@ -198,9 +198,14 @@ class Decision(BaseModel):
 
 
 class ApproveResponse(_Out):
+    """202: the run started (`applying`, `run_id`), or the approval was recorded and the plan
+    waits for approvals by other tokens (`pending`, no run yet)."""
+
     plan_id: str
     state: str
-    run_id: str
+    run_id: str | None = None
+    approvals: int = 1
+    approvals_required: int = 1
 
 
 class RejectResponse(_Out):

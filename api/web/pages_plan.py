@@ -17,7 +17,13 @@ from api.web.render import render
 from api.web.session import WebUser, check_post, page_user
 from api.web.views_plan import WHY, hosts_in_phase_order, successor
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
-from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.lifecycle import (
+    AlreadyApproved,
+    ApprovalRecorded,
+    PlanNotFound,
+    PlanNotPending,
+    StaleApproval,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,6 +35,7 @@ async def _plan_page(
     *,
     status_code: int = 200,
     refused: str = "",
+    recorded: str = "",
     new_plan_id: str | None = None,
 ) -> Response:
     store = get_store(request)
@@ -50,6 +57,7 @@ async def _plan_page(
         successor_id=new_plan_id or (after.id if after else None),
         runs=runs,
         refused=refused,
+        recorded=recorded,
     )
 
 
@@ -75,7 +83,7 @@ async def approve(request: Request, plan_id: PlanIdPath) -> Response:
             request, user, plan_id, status_code=409,
             refused=f"{words} ({exc.reason}).", new_plan_id=exc.new_plan_id,
         )  # fmt: skip
-    except PlanNotPending as exc:
+    except (PlanNotPending, AlreadyApproved) as exc:
         return await _plan_page(
             request, user, plan_id, status_code=409, refused=f"Approve refused: {exc}."
         )
@@ -84,6 +92,11 @@ async def approve(request: Request, plan_id: PlanIdPath) -> Response:
             request, user, plan_id, status_code=503,
             refused=f"Nothing was decided: {exc}. Try again.",
         )  # fmt: skip
+    if isinstance(run, ApprovalRecorded):
+        words = (f"Your approval is recorded: {len(run.approvers)} of {run.required} "
+                 f"({', '.join(run.approvers)}). It applies once approvers with other tokens "
+                 "approve it too.")  # fmt: skip
+        return await _plan_page(request, user, plan_id, status_code=202, recorded=words)
     return RedirectResponse(f"/ui/runs/{run.id}", status.HTTP_303_SEE_OTHER)
 
 

@@ -438,6 +438,8 @@ class ClusterHeader(_Model):
     adopt: bool = False
     vrrp: Vrrp = Vrrp()
     sync: ConnectionSync = ConnectionSync()
+    # A plan of this cluster applies after this many approvals by different tokens.
+    approvals_required: int = Field(default=1, ge=1, le=9)
 
     @property
     def primary(self) -> str:

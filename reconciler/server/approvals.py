@@ -1,6 +1,9 @@
 """A person's decision on a pending plan (called by the API): approve and start it, or reject.
 
-An approval is for one plan id. Before it is applied the branch head is read again (moved: the
+An approval is for one plan id. A cluster with `approvals_required = N` needs N approvals by N
+different tokens: the earlier ones are recorded (the same token twice is refused), the Nth
+starts the run. Approvals belong to the plan: a stale plan's do not carry over to the new one.
+Before it is applied the branch head is read again (moved: the
 plan is superseded) and the facts are gathered again: a different digest makes the plan stale
 (HTTP 409) and a new plan is made at once. The apply runs as a task of its own, holding the
 unit's locks until it ends; GET /runs/{id} follows it.
@@ -13,7 +16,13 @@ from typing import Any
 
 from reconciler.server.context import ServerContext
 from reconciler.server.execute import execute_then_release
-from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.lifecycle import (
+    AlreadyApproved,
+    ApprovalRecorded,
+    PlanNotFound,
+    PlanNotPending,
+    StaleApproval,
+)
 from reconciler.server.passes import reconcile_unit
 from reconciler.server.status import mark
 from reconciler.server.store.records import PlanRecord, RunRecord
@@ -59,9 +68,10 @@ def _audit_decision(
 
 async def approve(
     ctx: ServerContext, plan_id: str, *, actor: str, comment: str, start: StartTask
-) -> RunRecord:
+) -> RunRecord | ApprovalRecorded:
     """Approve one pending plan and start applying it; raises StaleApproval (409) if git
-    or the hosts moved since it was made. Returns the started run."""
+    or the hosts moved since it was made. Returns the started run, or, while the plan needs
+    more approvals by other tokens, the approvals so far."""
     record = pending(ctx, plan_id)
     unit = unit_of(record)
     locks = await ctx.locks.acquire(unit)
@@ -75,6 +85,19 @@ async def approve(
             mark(ctx, record, "superseded", reason, actor)
             ctx.wake("approval of a superseded plan")
             raise StaleApproval(plan_id, [], reason, None)
+        required = await approvals_required(ctx, record)
+        if required > 1:
+            approvers = ctx.store.approvers_of(plan_id)
+            if actor in approvers:
+                raise AlreadyApproved(plan_id, actor, required)
+            if len(approvers) + 1 < required:
+                if not ctx.store.add_approval_vote(plan_id, actor=actor, comment=comment):
+                    raise _no_longer_pending(ctx, plan_id)
+                approvers.append(actor)
+                detail = {"comment": comment, "approvals": len(approvers), "required": required}
+                ctx.store.audit("plan.approval_recorded", actor=actor, cluster=record.cluster,
+                                plan_id=record.id, detail=detail)  # fmt: skip
+                return ApprovalRecorded(plan_id, approvers, required)
         desired = restrict(await ctx.load(record.revision), unit)
         transport = ctx.transport(desired)
         facts = await ctx.gather(transport, desired, sorted(record.plan.hosts))
@@ -107,6 +130,16 @@ async def approve(
             if transport is not None:
                 await transport.aclose()
             ctx.locks.release(locks)
+
+
+async def approvals_required(ctx: ServerContext, record: PlanRecord) -> int:
+    """The most any cluster of the plan's unit asks for (its revision's desired state)."""
+    desired = await ctx.load(record.revision)
+    return max(
+        (desired.clusters[c].cluster.approvals_required for c in unit_of(record)
+         if c in desired.clusters),
+        default=1,
+    )  # fmt: skip
 
 
 def reject(ctx: ServerContext, plan_id: str, *, actor: str, comment: str) -> PlanRecord:

@@ -39,6 +39,7 @@ from reconciler.server import approvals
 from reconciler.server.clock import Clock, SystemClock
 from reconciler.server.context import ServerContext
 from reconciler.server.crash_recovery import recover
+from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
@@ -285,7 +286,9 @@ class Controller:
 
     # --- approvals (called by the API) ----------------------------------------------------------
 
-    async def approve(self, plan_id: str, *, actor: str, comment: str = "") -> RunRecord:
+    async def approve(
+        self, plan_id: str, *, actor: str, comment: str = ""
+    ) -> RunRecord | ApprovalRecorded:
         """Approve one pending plan and start applying it (`approvals.approve`); raises
         StaleApproval (409) if git or the hosts moved since it was made."""
         return await approvals.approve(

@@ -26,6 +26,18 @@ class PlanNotPending(Waiting):
         super().__init__(f"plan {plan_id} is {state}, not pending")
 
 
+class AlreadyApproved(Waiting):
+    """The same token approved this plan before; it needs approvals by different tokens
+    (HTTP 409)."""
+
+    def __init__(self, plan_id: str, actor: str, required: int) -> None:
+        self.plan_id = plan_id
+        self.actor = actor
+        self.required = required
+        super().__init__(f"{actor} already approved plan {plan_id}; it needs {required} "
+                         "approvals by different tokens")
+
+
 class StaleApproval(StalePlan):
     """An approval came for a plan that no longer matches git or the hosts (HTTP 409).
 
@@ -40,3 +52,12 @@ class StaleApproval(StalePlan):
         self.reason = reason
         self.new_plan_id = new_plan_id
         self.args = (f"plan {plan_id} is stale: {reason}",)
+
+
+class ApprovalRecorded:
+    """An approval that counted but did not start the run: the plan needs more approvals."""
+
+    def __init__(self, plan_id: str, approvers: list[str], required: int) -> None:
+        self.plan_id = plan_id
+        self.approvers = approvers
+        self.required = required

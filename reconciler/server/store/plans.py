@@ -123,6 +123,31 @@ class PlanQueries(Connection):
         with self._tx() as db:
             return decide_tx(db, plan_id, decision, actor, comment, utcnow())
 
+    def approvers_of(self, plan_id: str) -> list[str]:
+        """The distinct actors who approved `plan_id`, first approval first."""
+        rows = self._query(
+            "SELECT actor, MIN(id) AS first FROM approvals WHERE plan_id = ? AND "
+            "decision = 'approve' GROUP BY actor ORDER BY first",
+            (plan_id,),
+        )
+        return [str(r["actor"]) for r in rows]
+
+    def add_approval_vote(self, plan_id: str, *, actor: str, comment: str) -> bool:
+        """One approval that does not decide the plan yet (it needs more, by others); False
+        (nothing written) when the plan is no longer pending."""
+        with self._tx() as db:
+            pending = db.execute(
+                "SELECT 1 FROM plans WHERE id = ? AND state = 'pending'", (plan_id,)
+            ).fetchone()
+            if pending is None:
+                return False
+            db.execute(
+                "INSERT INTO approvals (plan_id, decision, actor, comment, at) "
+                "VALUES (?, 'approve', ?, ?, ?)",
+                (plan_id, actor, comment, utcnow()),
+            )
+        return True
+
     def approvals_for(self, plan_id: str) -> list[ApprovalRecord]:
         rows = self._query("SELECT * FROM approvals WHERE plan_id = ? ORDER BY id", (plan_id,))
         return [as_record(ApprovalRecord, r) for r in rows]

@@ -17,8 +17,13 @@ import pytest
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
 from reconciler.server.decide import HEAL_WINDOW, MAX_HEALS_PER_WINDOW
 from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER
-from reconciler.server.lifecycle import PlanNotPending, StaleApproval
-from reconciler.server.store.records import PlanRecord
+from reconciler.server.lifecycle import (
+    AlreadyApproved,
+    ApprovalRecorded,
+    PlanNotPending,
+    StaleApproval,
+)
+from reconciler.server.store.records import PlanRecord, RunRecord
 from tests.unit.server.fake_cluster import ARP_IGNORE, FakeCluster, set_in
 
 WEB = ("lvs1", "lvs2", "web1", "web2")
@@ -284,3 +289,49 @@ async def test_a_stalled_unit_waits_for_a_new_revision_or_a_person(tmp_path: Pat
     again.controller.wake("requested by token:admin")
     await again.controller.reconcile_once()
     assert len(plans(again)) == 1
+
+
+# --- two-person rule --------------------------------------------------------------------------
+
+TWO = set_in("clusters/web.toml", 'arp_method = "sysctl"',
+             'arp_method = "sysctl"\napprovals_required = 2')
+
+
+async def test_two_approvals_by_different_tokens_start_the_run(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, TWO)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    first = await fc.controller.approve(plan.id, actor="token:alice", comment="looks right")
+    assert isinstance(first, ApprovalRecorded)
+    assert (first.approvers, first.required) == (["token:alice"], 2)
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+    still = fc.store.get_plan(plan.id)
+    assert still is not None and still.state == "pending"
+    with pytest.raises(AlreadyApproved):
+        await fc.controller.approve(plan.id, actor="token:alice")
+    assert fc.store.list_runs() == []
+    second = await fc.controller.approve(plan.id, actor="token:bob", comment="agreed")
+    assert isinstance(second, RunRecord) and second.plan_id == plan.id
+    (run,) = fc.store.list_runs()
+    assert run.actor == "token:bob"
+    decided = [(e.action, e.actor) for e in fc.store.list_audit(plan_id=plan.id)
+               if e.action.startswith("plan.")]  # fmt: skip
+    assert ("plan.approval_recorded", "token:alice") in decided
+    assert ("plan.approved", "token:bob") in decided
+    assert fc.store.approvers_of(plan.id) == ["token:alice", "token:bob"]
+    await fc.controller.wait_idle()
+
+
+async def test_approvals_of_a_stale_plan_do_not_carry_over(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, TWO)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert isinstance(await fc.controller.approve(plan.id, actor="token:alice"), ApprovalRecorded)
+    fc.hosts["web1"].sysctls[ARP_IGNORE] = "2"
+    with pytest.raises(StaleApproval) as refused:
+        await fc.controller.approve(plan.id, actor="token:bob")
+    new_id = refused.value.new_plan_id
+    assert new_id is not None and new_id != plan.id
+    again = await fc.controller.approve(new_id, actor="token:bob")
+    assert isinstance(again, ApprovalRecorded) and again.approvers == ["token:bob"]
+    assert fc.store.list_runs() == []

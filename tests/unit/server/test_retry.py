@@ -30,7 +30,12 @@ from reconciler.errors import (
     TransportError,
     Waiting,
 )
-from reconciler.server.lifecycle import PlanNotFound, PlanNotPending, StaleApproval
+from reconciler.server.lifecycle import (
+    AlreadyApproved,
+    PlanNotFound,
+    PlanNotPending,
+    StaleApproval,
+)
 from reconciler.server.retry import (
     BACKOFF_CAP,
     GiveUp,
@@ -57,6 +62,7 @@ TREE: list[tuple[Exception, str]] = [
     (ApprovalRequired("p" * 16), "now"),
     (StalePlan("p" * 16, ["web1"]), "now"),
     (PlanNotPending("p" * 16, "applied"), "now"),
+    (AlreadyApproved("p" * 16, "token:alice", 2), "now"),
     (StaleApproval("p" * 16, ["web1"], "facts changed on web1", None), "now"),
     (Transient("again"), "backoff"),
     (SourceError("cannot fetch"), "backoff"),
