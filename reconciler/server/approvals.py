@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.server.context import ServerContext
 from reconciler.server.execute import execute_then_release
+from reconciler.server.gate import apply_blocked
 from reconciler.server.lifecycle import (
     AlreadyApproved,
     ApprovalRecorded,
@@ -115,6 +116,16 @@ async def approve(
             look = await reconcile_unit(ctx, unit, full, orphans=unit == cluster_units(full)[0])
             new = look.record
             raise StaleApproval(plan_id, changed, reason, new.id if new else None)
+        blocked = apply_blocked(ctx, unit)
+        if blocked is not None:
+            # Approved, and it stays so: the first pass after the unlock starts it.
+            if not ctx.store.decide_plan(plan_id, decision="approve", actor=actor,
+                                         comment=comment):  # fmt: skip
+                raise _no_longer_pending(ctx, plan_id)
+            ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster,
+                            plan_id=record.id, detail={"comment": comment, "waiting": blocked})
+            return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
+                                    waiting=blocked)  # fmt: skip
         run = ctx.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
         if run is None:
             raise _no_longer_pending(ctx, plan_id)

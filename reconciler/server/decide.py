@@ -22,7 +22,8 @@ from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import Plan
 from reconciler.server.clock import stamp
 from reconciler.server.context import ACTOR, ServerContext
-from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER, approve_and_apply
+from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER, approve_and_apply, execute
+from reconciler.server.gate import apply_blocked
 from reconciler.server.status import (
     close_plan,
     open_plans,
@@ -73,8 +74,18 @@ async def decide(
     current = current_plan(ctx, key, plan, kind)
     record_planned(ctx, unit, sha, plan, current, kind, records, now)
 
+    blocked = apply_blocked(ctx, unit)
+    if current.state == "approved" and blocked is None and not plan.empty:
+        # Approved while a lock held it back; the facts just gathered are the plan's own
+        # (current_plan found it by the plan id they make), so it is not stale.
+        run = ctx.store.start_run(current.id, actor=current_approver(ctx, current))
+        if run is not None:
+            await execute(ctx, run, current, desired, transport, facts)
+        return ctx.store.get_plan(current.id)
     if current.state != "pending" or plan.empty:
         return current  # nothing shoal may run: only refused hosts are out of sync
+    if blocked is not None:
+        return current  # no policy approval and no heal while an admin's lock holds
     if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
         await approve_and_apply(ctx, current, desired, transport, AUTO_APPROVER, facts)
     elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):
@@ -92,6 +103,12 @@ async def decide(
         else:
             await approve_and_apply(ctx, current, desired, transport, HEAL_APPROVER, facts)
     return ctx.store.get_plan(current.id)
+
+
+def current_approver(ctx: ServerContext, record: PlanRecord) -> str:
+    """Who approved `record` last (the run is theirs, started late)."""
+    approvers = ctx.store.approvers_of(record.id)
+    return approvers[-1] if approvers else ACTOR
 
 
 def recent_heals(ctx: ServerContext, plan: Plan, current: PlanRecord) -> Sequence[PlanRecord]:

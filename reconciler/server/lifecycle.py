@@ -55,9 +55,13 @@ class StaleApproval(StalePlan):
 
 
 class ApprovalRecorded:
-    """An approval that counted but did not start the run: the plan needs more approvals."""
+    """An approval that counted but did not start the run: the plan needs more approvals
+    (`waiting` None), or it is approved and waits for what `waiting` names (a lock)."""
 
-    def __init__(self, plan_id: str, approvers: list[str], required: int) -> None:
+    def __init__(
+        self, plan_id: str, approvers: list[str], required: int, waiting: str | None = None
+    ) -> None:
         self.plan_id = plan_id
         self.approvers = approvers
         self.required = required
+        self.waiting = waiting

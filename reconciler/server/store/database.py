@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reconciler.server.store.access import AccessQueries
 from reconciler.server.store.audit import AuditQueries
+from reconciler.server.store.cluster_locks import ClusterLockQueries
 from reconciler.server.store.migrations import migrate
 from reconciler.server.store.plans import PlanQueries
 from reconciler.server.store.runs import RunQueries
@@ -27,6 +28,7 @@ class Store(
     AccessQueries,
     SessionQueries,
     TotalsQueries,
+    ClusterLockQueries,
 ):
     """The SQLite store. Open with `Store.open(state_dir)`; close with `close()`."""
 

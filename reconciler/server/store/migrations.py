@@ -157,6 +157,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX audit_plan ON audit (plan_id);
         """,
     ),
+    (
+        4,
+        # An admin's lock on a cluster: while it is there, nothing of the cluster applies.
+        """
+        CREATE TABLE cluster_locks (
+            cluster TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            locked_at TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
