@@ -18,7 +18,8 @@ lint: setup
 typecheck: setup
 	@$(BIN)/mypy
 
-# Two pytest processes side by side: the VM directors' tests and the rest (scripts/run-tests.sh).
+# pytest processes side by side: the VM directors' tests, the ARP invariants, the rest
+# (scripts/run-tests.sh).
 test: setup lint typecheck
 	@./scripts/run-tests.sh
 
