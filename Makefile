@@ -22,7 +22,8 @@ typecheck: setup
 setup-tests:
 	@./scripts/setup.sh --tests
 
-# Two pytest processes side by side: the VM directors' tests and the rest (scripts/run-tests.sh).
+# pytest processes side by side: the VM directors' tests, the ARP invariants, the rest
+# (scripts/run-tests.sh).
 test: setup-tests lint typecheck
 	@./scripts/run-tests.sh
 

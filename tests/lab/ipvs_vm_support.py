@@ -31,7 +31,7 @@ from reconciler.plan.steps import Plan
 from reconciler.transport.ssh import SSHTransport
 from states.keepalived import CONF_PATH, PID_DIR
 from tests.conftest import in_ci, require_lab
-from tests.lab.rollout_support import plan_for, settings_toml, write_repo
+from tests.lab.rollout_support import plan_and_facts, plan_for, settings_toml, write_repo
 
 DIRECTORS = ("lvs1", "lvs2")
 PORT = 80
@@ -114,10 +114,10 @@ async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTranspor
 async def converge(lab: Lab, desired: Desired) -> tuple[RunResult | None, Plan]:
     """rollout_support.converge over `transport_for` above."""
     async with transport_for(lab, desired) as t:
-        plan = await plan_for(desired, t)
+        plan, facts = await plan_and_facts(desired, t)
         if plan.empty:
             return None, plan
-        result = await apply_plan(plan, desired, t)
+        result = await apply_plan(plan, desired, t, facts=facts)
         return result, await plan_for(desired, t)
 
 

@@ -1,7 +1,8 @@
 """Helpers for the rollout and failover lab tests: config repos, the real apply path, load.
 
 `converge` is what `shoal apply` does: load the config repo, gather facts, `plan_desired`,
-`apply_plan`, and gather facts again for the plan that must now be empty. `under_load` runs a
+`apply_plan` with those facts as its pre-apply facts, and gather facts again for the plan that
+must now be empty. `under_load` runs a
 change while client1 sends a bounded stream of HTTP requests to a VIP from several concurrent
 probe processes (`lab.httpd.run_load`, lab addresses only) and counts what came back.
 `rollout_lab` is a lab of its own with the HTTP service on the real servers and an nftables
@@ -35,6 +36,7 @@ from reconciler.apply.runresult import RunResult
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.facts.gather import gather_facts
+from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Plan
@@ -134,10 +136,18 @@ async def transport_for(lab: Lab, desired: Desired) -> AsyncIterator[SSHTranspor
         yield t
 
 
-async def plan_for(desired: Desired, transport: SSHTransport) -> Plan:
+async def plan_and_facts(
+    desired: Desired, transport: SSHTransport
+) -> tuple[Plan, dict[str, HostFacts]]:
+    """The plan and the facts it was made from, which `apply_plan(facts=)` takes as its
+    pre-apply facts (as `shoal apply` and the server do) instead of reading the hosts again."""
     hosts = sorted(desired.inventory.hosts)
     facts = await gather_facts(transport, hosts, managed_paths(desired))
-    return plan_desired(desired, facts)
+    return plan_desired(desired, facts), facts
+
+
+async def plan_for(desired: Desired, transport: SSHTransport) -> Plan:
+    return (await plan_and_facts(desired, transport))[0]
 
 
 async def converge(
@@ -145,10 +155,10 @@ async def converge(
 ) -> tuple[RunResult | None, Plan]:
     """Plan and apply `desired` (nothing when already in sync); the run and the plan after it."""
     async with transport_for(lab, desired) as t:
-        plan = await plan_for(desired, t)
+        plan, facts = await plan_and_facts(desired, t)
         if plan.empty:
             return None, plan
-        result = await apply_plan(plan, desired, t, on_event=on_event)
+        result = await apply_plan(plan, desired, t, on_event=on_event, facts=facts)
         return result, await plan_for(desired, t)
 
 

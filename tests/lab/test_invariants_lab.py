@@ -98,7 +98,11 @@ class Case:
 
         async def speak_from_vip() -> None:
             # No VIP on web3 (redirect, lo before it is added): ping fails, which is fine.
-            script = ('ip neigh flush dev eth0; ping -c 1 -W 1 -I "$1" "$2" >/dev/null 2>&1; '
+            # What is watched is the ARP request the kernel sends at once to resolve client1
+            # for the packet from the VIP; the echo reply goes to the director that owns the
+            # VIP, never back to web3, so ping only waits out -W: a short one, then the next
+            # speak (the probes keep listening until they are stopped after the last one).
+            script = ('ip neigh flush dev eth0; ping -c 1 -W 0.2 -I "$1" "$2" >/dev/null 2>&1; '
                       "true")  # fmt: skip
             after = 0
             while after < SPEAKS_AFTER:

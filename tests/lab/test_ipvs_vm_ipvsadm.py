@@ -51,7 +51,7 @@ from tests.lab.ipvs_vm_support import (
     skip_module_unless_wanted,
     transport_for,
 )
-from tests.lab.rollout_support import explain, pending, plan_for, settings_toml
+from tests.lab.rollout_support import explain, pending, plan_and_facts, plan_for, settings_toml
 
 pytestmark = VM_TEST_MARKS
 skip_module_unless_wanted()
@@ -173,12 +173,12 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
     assert one.inventory.hosts[SUDO_HOST].become == "sudo"
     assert one.inventory.hosts[SUDO_HOST].user == USER
     async with transport_for(lab, one) as t:
-        plan = await plan_for(one, t)
+        plan, facts = await plan_and_facts(one, t)
         # Through sudo as without: the facts gather is one connection and one channel.
         assert t.channels_opened[SUDO_HOST] == t.channels_opened["lvs2"] == 1, t.channels_opened
         assert t.connections_opened[SUDO_HOST] == 1, t.connections_opened
         if not plan.empty:
-            result = await apply_plan(plan, one, t)
+            result = await apply_plan(plan, one, t, facts=facts)
             assert result.ok, explain(result)
         assert (await plan_for(one, t)).empty
     before = {h: (await vm.ipvs_save(h), await vm.addresses(h)) for h in ("lvs1", "lvs2")}
@@ -186,10 +186,10 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
 
     two = _desired(vm, [100, 101])
     async with transport_for(lab, two) as t:
-        plan = await plan_for(two, t)
+        plan, facts = await plan_and_facts(two, t)
         await inject_failure_when(lab, "lvs1", IP, f" add {new_vip}/32 ")
         try:
-            result = await apply_plan(plan, two, t)
+            result = await apply_plan(plan, two, t, facts=facts)
         finally:
             await clear_failure(lab, "lvs1", IP)
 
@@ -219,8 +219,8 @@ async def test_failed_vip_add_after_ipvs_changes_is_rolled_back_byte_for_byte(
 
     # A re-apply of the old config takes the rest back; lvs2's table is then as it was.
     async with transport_for(lab, one) as t:
-        plan = await plan_for(one, t)
-        result = await apply_plan(plan, one, t)
+        plan, facts = await plan_and_facts(one, t)
+        result = await apply_plan(plan, one, t, facts=facts)
         assert result.ok, explain(result)
         after = await plan_for(one, t)
     assert after.empty, pending(after)
@@ -251,9 +251,9 @@ async def test_boot_restore_brings_the_director_back(vm_dr_lab: VmDrLab) -> None
     await vm.use_backend(BACKEND)
     one = _desired(vm, [100])
     async with transport_for(lab, one) as t:
-        plan = await plan_for(one, t)
+        plan, facts = await plan_and_facts(one, t)
         if not plan.empty:
-            result = await apply_plan(plan, one, t)
+            result = await apply_plan(plan, one, t, facts=facts)
             assert result.ok, explain(result)
     sysctls = ["sysctl", "-n", *IPVS_SYSCTLS]
 

@@ -30,7 +30,7 @@ from tests.lab.ipvs_vm_support import (
     skip_module_unless_wanted,
     transport_for,
 )
-from tests.lab.rollout_support import explain, pending, plan_for
+from tests.lab.rollout_support import explain, pending, plan_and_facts, plan_for
 
 pytestmark = VM_TEST_MARKS
 skip_module_unless_wanted()
@@ -80,9 +80,9 @@ async def test_failure_after_keepalived_reload_is_rolled_back_byte_for_byte(
     await vm.use_backend(BACKEND)
     one = _desired(vm, [100])  # what the previous test left: nothing to do then
     async with transport_for(lab, one) as t:
-        plan = await plan_for(one, t)
+        plan, facts = await plan_and_facts(one, t)
         if not plan.empty:
-            result = await apply_plan(plan, one, t)
+            result = await apply_plan(plan, one, t, facts=facts)
             assert result.ok, explain(result)
     await vm.wait_holders(old_vip, ["lvs1"], SETTLE)
     before = (await _settled(vm, "lvs1", [old_vip]), await vm.addresses("lvs1"))
@@ -90,7 +90,7 @@ async def test_failure_after_keepalived_reload_is_rolled_back_byte_for_byte(
 
     two = _desired(vm, [100, 101])
     async with transport_for(lab, two) as t:
-        plan = await plan_for(two, t)
+        plan, facts = await plan_and_facts(two, t)
         lvs1 = [s.id for s in plan.hosts["lvs1"].steps]
         reload = next(i for i, sid in enumerate(lvs1) if sid.endswith("/reload"))
         ledger = next(i for i, sid in enumerate(lvs1) if sid.endswith("shoal-ledger/write"))
@@ -98,7 +98,7 @@ async def test_failure_after_keepalived_reload_is_rolled_back_byte_for_byte(
         # The ledger write on lvs1 comes after keepalived has reloaded the new config.
         await inject_failure_when(lab, "lvs1", MV, f" {LEDGER}")
         try:
-            result = await apply_plan(plan, two, t)
+            result = await apply_plan(plan, two, t, facts=facts)
         finally:
             await clear_failure(lab, "lvs1", MV)
 
@@ -122,7 +122,8 @@ async def test_failure_after_keepalived_reload_is_rolled_back_byte_for_byte(
     # converges everything back.
     assert f"-A -t {new_vip}:{PORT} -s wlc" in await _settled(vm, "lvs2", [old_vip, new_vip])
     async with transport_for(lab, one) as t:
-        result = await apply_plan(await plan_for(one, t), one, t)
+        plan, facts = await plan_and_facts(one, t)
+        result = await apply_plan(plan, one, t, facts=facts)
         assert result.ok, explain(result)
         after = await plan_for(one, t)
     assert after.empty, pending(after)
