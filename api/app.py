@@ -12,7 +12,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from api import audit, clusters, health, hosts, metrics, plans, reconcile, runs, web, webhooks
+from api import (
+    audit,
+    clusters,
+    health,
+    hosts,
+    locks,
+    metrics,
+    plans,
+    reconcile,
+    runs,
+    web,
+    webhooks,
+)
 from api.deps import ControllerPort
 from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
@@ -35,6 +47,7 @@ ROUTERS = (
     webhooks.router,
     audit.router,
     metrics.router,
+    locks.router,
 )
 
 

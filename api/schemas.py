@@ -197,6 +197,17 @@ class Decision(BaseModel):
     comment: str = Field(default="", max_length=4000)
 
 
+class LockRequest(_Out):
+    reason: str = Field(min_length=1, max_length=2000, description="why nothing may apply")
+
+
+class LockOut(_Out):
+    cluster: str
+    reason: str
+    actor: str
+    locked_at: str
+
+
 class ApproveResponse(_Out):
     """202: the run started (`applying`, `run_id`), or the approval was recorded and the plan
     waits for approvals by other tokens (`pending`, no run yet)."""

@@ -210,6 +210,32 @@ def token_create(
     typer.echo(create_token(state_dir, role, name))
 
 
+ClusterArgument = Annotated[str, typer.Argument(help="a cluster of the repository")]
+StateDirOption = Annotated[Path, typer.Option("--state-dir", help="the server's state dir")]
+ByOption = Annotated[str | None, typer.Option("--by", help="who, for the audit log")]
+
+
+@app.command()
+def lock(
+    cluster: ClusterArgument,
+    reason: Annotated[str, typer.Option("--reason", help="why nothing may apply")],
+    state_dir: StateDirOption,
+    by: ByOption = None,
+) -> None:
+    """Lock a cluster: no plan of it applies (approved plans wait) until it is unlocked."""
+    from reconciler.cli.lock import run_lock
+
+    raise typer.Exit(run_lock(state_dir, cluster, reason, by, typer.echo))
+
+
+@app.command()
+def unlock(cluster: ClusterArgument, state_dir: StateDirOption, by: ByOption = None) -> None:
+    """Lift a cluster's lock; an approved plan starts at the server's next pass."""
+    from reconciler.cli.lock import run_unlock
+
+    raise typer.Exit(run_unlock(state_dir, cluster, by, typer.echo))
+
+
 @app.command()
 def plan(
     repo: RepoArgument = Path("."),

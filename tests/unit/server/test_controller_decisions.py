@@ -335,3 +335,47 @@ async def test_approvals_of_a_stale_plan_do_not_carry_over(tmp_path: Path) -> No
     again = await fc.controller.approve(new_id, actor="token:bob")
     assert isinstance(again, ApprovalRecorded) and again.approvers == ["token:bob"]
     assert fc.store.list_runs() == []
+
+
+# --- cluster locks ----------------------------------------------------------------------------
+
+
+async def test_a_lock_holds_policy_approval_and_the_unlock_releases_it(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, AUTO)
+    assert fc.store.lock_cluster("web", reason="incident 42", actor="token:admin") is not None
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert plan.state == "pending" and fc.store.list_runs() == [] and fc.applied_scripts() == []
+    assert fc.store.unlock_cluster("web") is not None
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, AUTO_APPROVER) and fc.applied_scripts()
+
+
+async def test_a_lock_holds_drift_heal(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, HEAL)
+    fc.mark_applied(fc.source.head or "")
+    fc.store.lock_cluster("web", reason="hands off", actor="token:admin")
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert (plan.kind, plan.state) == ("drift", "pending")
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+
+
+async def test_an_approval_under_a_lock_waits_and_starts_after_the_unlock(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path)
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    fc.store.lock_cluster("web", reason="change freeze", actor="token:admin")
+    waiting = await fc.controller.approve(plan.id, actor="token:alice", comment="when free")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.waiting is not None
+    assert "cluster web is locked by token:admin" in waiting.waiting
+    assert "change freeze" in waiting.waiting
+    approved = fc.store.get_plan(plan.id)
+    assert approved is not None and approved.state == "approved"
+    await fc.controller.reconcile_once()
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+    fc.store.unlock_cluster("web")
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
