@@ -83,6 +83,19 @@ class _PinnedHostKeys(asyncssh.SSHClient):
         return False
 
 
+async def communicate(
+    process: asyncssh.SSHClientProcess[str], data: str | None
+) -> tuple[str | None, str | None]:
+    """`process.communicate(data)`, where a command that exits before it has read all of its
+    stdin is not a broken connection: sudo refusing before the wrapper starts, or a wrapper
+    that is missing, closes the channel while the script is still being sent. Its exit status
+    and stderr (collected once the channel is closed) say what happened."""
+    try:
+        return await process.communicate(data)
+    except BrokenPipeError:
+        return await process.communicate()
+
+
 class SSHTransport:
     """Pooled SSH connections to the inventory's hosts."""
 
@@ -242,7 +255,7 @@ class SSHTransport:
         except (asyncssh.Error, OSError) as exc:
             raise _SessionNotOpened(name, f"cannot open a session: {exc}") from None
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(command.stdin), limit)
+            stdout, stderr = await asyncio.wait_for(communicate(process, command.stdin), limit)
         except TimeoutError:
             await self._abort(process)
             raise CommandTimeout(name, f"{shlex.join(argv)!r} ran past {limit:g}s") from None

@@ -272,7 +272,7 @@ async def test_missing_rights_stop_plan_and_apply_naming_host_user_and_what(
         applied = shoal("apply", str(sudo_lab.repo), *key, "--yes", "--json")
         assert applied.returncode == 1, applied.stdout[-3000:] + applied.stderr[-2000:]
         run = json.loads(applied.stdout)["run"]
-        assert not run["ok"] and blocked["web2"] in run["comment"], run["comment"]
+        assert not run["ok"] and blocked["web2"] in run["comment"], (run["comment"], run["errors"])
         assert await states(lab) == before
     finally:
         await _repair(sudo_lab)
