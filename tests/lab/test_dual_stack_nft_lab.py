@@ -14,7 +14,8 @@ For each arp_method in turn, starting from no cluster at all:
   nft, arptables, sysctls, files;
 - the cluster (web1, web2) converges and verifies, while client1 and lvs2 send Neighbour
   Solicitations for the IPv6 VIP round after round (the verification's own probe) and client1
-  listens for every advertisement of it: only lvs1's MAC is ever heard;
+  listens for every advertisement of it: only lvs1's MAC is ever heard, and the VIP sends
+  client1 nothing but replies to its own requests;
 - the real servers hold the VIP as shoal's method says (a /128 on lo, not tentative; or no VIP
   and an ip6tables REDIRECT), and a reboot's loss of runtime state is restored by
   shoal-restore (what the boot unit runs) to an empty plan;
@@ -38,6 +39,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,7 @@ from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
+from reconciler.plan.steps import Plan
 from reconciler.verify.probe_nd import nd_probe_source
 from tests.conftest import require_lab
 from tests.lab.executor_support import raw_state
@@ -141,7 +144,7 @@ async def dual(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DualLa
             await stop_services(lab)
 
 
-async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[object]) -> None:
+async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[Any]) -> None:
     """Until `path` exists on `host` (a background program's "I have started"), 30 s at most."""
     deadline = time.monotonic() + 30
     while (await lab.exec(host, ["test", "-e", path], check=False)).returncode:
@@ -338,6 +341,9 @@ async def test_every_method_converges_verifies_restores_and_rolls_back_exactly(
     assert plan_after.empty, pending(plan_after)
     summary = only_the_director(seen, director, from_start=first)
     assert {str(mac) for _, mac, _ in heard["adverts"]} == {director}, heard["adverts"]
+    # What client1 hears from the VIP is the replies to its own requests, nothing to others.
+    client6 = lab.hosts["client1"].address6
+    assert {str(dst) for _, _, dst in heard["from_vip"]} <= {client6}, heard["from_vip"]
     mark("converged")
     await assert_vip_held(lab, method, vip6, ("web1", "web2"))
 
@@ -368,11 +374,15 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
     summary = []
     for servers, joins in ((REAL_SERVERS, True), (("web1", "web2"), False)):
         change = dual.desired(method, servers)
+
+        async def apply(change: Desired = change) -> tuple[RunResult | None, Plan]:
+            return await converge(lab, change)
+
         async with nd_watched(lab, vip6) as seen:
-            (result, plan_after), load = await under_load(
-                lab, vip6, lambda change=change: converge(lab, change)
-            )
-        verified(result, dual, set(servers))
+            (ran, plan_after), load = await under_load(lab, vip6, apply)
+        verified(ran, dual, set(servers))
+        assert ran is not None
+        result = ran
         assert plan_after.empty, pending(plan_after)
         assert_lossless(load, set(REAL_SERVERS))
         if joins:
@@ -380,7 +390,10 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         else:
             assert "web3" not in load.after, load.summary()
             drains = [s for s in result.steps() if s.host == "lvs1" and "/drain/" in s.id]
-            assert len(drains) == 1 and drains[0].result, explain(result)
+            # One drain per service, the IPv6 one included.
+            assert len(drains) == 2 and all(s.result for s in drains), explain(result)
+            svc6 = f"/drain/svc_tcp_{vip6.replace(':', '_')}_{PORT}/"
+            assert any(svc6 in s.id for s in drains), explain(result)
             removed = [s for s in result.steps() if s.id.startswith("web3/remove-addr-")]
             assert removed and all(s.result for s in removed), explain(result)
         summary.append(only_the_director(seen, director, from_start=False))
