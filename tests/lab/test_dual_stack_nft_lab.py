@@ -3,27 +3,30 @@
 One lab (lvs1 primary, lvs2 backup, web1..web3, client1) and one cluster serving `http` on the
 lab's IPv4 VIP and `http6` on its IPv6 VIP `<prefix>::100` from the same real servers. Every
 change goes the way `shoal apply` goes (config repo -> loader -> facts -> plan_desired ->
-apply_plan, `rollout_support.converge`) with the verification phase on, so an apply only passes
-when traffic to both VIPs reaches every real server, the replies bypass the director (its
-ingress return counter stays 0) and ARP / Neighbour Solicitations name lvs1 alone.
+apply_plan, `rollout_support.converge`), with the verification phase on in the per-method test:
+an apply passes only when traffic to both VIPs reaches every real server, the replies bypass
+the director (its ingress return counter stays 0) and ARP / Neighbour Solicitations name lvs1.
 
-For each arp_method in turn, starting from no cluster at all:
+For each arp_method in turn (the first builds the cluster on a fresh lab, the next ones change
+the method):
 
-- an injected failure on lvs1 (the last phase, after the real servers and lvs2 changed) rolls
-  every host back byte for byte: `ip -j addr` (both families), ip6tables-save and iptables-save,
-  nft, arptables, sysctls, files;
+- the apply with an extra table of its own that resets client1's IPv6 connections on web2 fails
+  its verification, and every host it changed (all four, the first time; the real servers
+  after) is rolled back byte for byte: `ip -j addr` (both families), ip6tables-save and
+  iptables-save, arptables-save, the nft ruleset (tables in name order; the flow maps' expiring
+  elements and iptables-nft's own tables, already compared by *-save, left out), sysctls, files;
 - the cluster (web1, web2) converges and verifies, while client1 and lvs2 send Neighbour
   Solicitations for the IPv6 VIP round after round (the verification's own probe) and client1
-  listens for every advertisement of it: only lvs1's MAC is ever heard, and the VIP sends
-  client1 nothing but replies to its own requests;
-- the real servers hold the VIP as shoal's method says (a /128 on lo, not tentative; or no VIP
-  and an ip6tables REDIRECT), and a reboot's loss of runtime state is restored by
-  shoal-restore (what the boot unit runs) to an empty plan;
-- web3 joins under a steady stream of IPv6 requests from client1: none fails, web3 serves;
-- web3 is drained and removed under the same stream: none fails, web3 serves no more;
-and through the join, the drain and the removal, each solicitation round from client1 and from
-lvs2 is answered by exactly one MAC, lvs1's. The method's cluster is removed before the next
-method starts.
+  listens for every advertisement of it: only lvs1's MAC is ever heard (nobody's before the
+  first apply puts the VIP there), and the VIP sends client1 nothing but replies;
+- the real servers hold the VIP as the method says (a /128 on lo, not tentative; or no VIP and
+  an ip6tables REDIRECT), and a reboot's loss of runtime state is restored by shoal-restore
+  (what the boot unit runs) to an empty plan.
+
+Then once, since the director side of a rollout does not depend on the method: web3 joins, and
+is then drained and removed, each under a steady stream of IPv6 requests from client1 (none
+fails; web3 serves after the join and not after the removal), and every solicitation round from
+client1 and from lvs2 during both applies is answered by exactly one MAC, lvs1's.
 """
 
 from __future__ import annotations
@@ -373,15 +376,16 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
     assert plan_after.empty, pending(plan_after)
     summary = []
     for servers, joins in ((REAL_SERVERS, True), (("web1", "web2"), False)):
-        change = dual.desired(method, servers)
+        # Verification off: the IPv6 load itself shows who serves (web3 after the join, not
+        # after the removal), and the per-method test verifies both families already.
+        change = dual.desired(method, servers, verify=False)
 
         async def apply(change: Desired = change) -> tuple[RunResult | None, Plan]:
             return await converge(lab, change)
 
         async with nd_watched(lab, vip6) as seen:
             (ran, plan_after), load = await under_load(lab, vip6, apply)
-        verified(ran, dual, set(servers))
-        assert ran is not None
+        assert ran is not None and ran.ok, explain(ran) if ran else "nothing planned"
         result = ran
         assert plan_after.empty, pending(plan_after)
         assert_lossless(load, set(REAL_SERVERS))
