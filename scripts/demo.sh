@@ -11,7 +11,9 @@
 # DEMO_DIRECTOR=ipvs: the directors lvs1/lvs2 are qemu VMs booting Debian's kernel (lab/vm.py), so
 # IPVS is real; the cluster uses the IPVS backend DEMO_IPVS_BACKEND (keepalived, the default, with
 # VRRP between the two VMs; or ipvsadm), and after each apply the demo shows lvs1's `ipvsadm -Ln`.
-# Unset (the default): namespace directors with the nftables backend of fixtures/config-repo.
+# Unset (the default): namespace directors with the nftables backend of fixtures/config-repo,
+# and the cluster dual stack: the demo adds `http6` on the lab's IPv6 VIP [fd77:77:77::100]:80
+# for the same real servers (the fixture itself, which many tests share, stays IPv4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -325,8 +327,24 @@ if [ -n "$DEMO_DIRECTOR" ]; then BACKEND_ARG=$BACKEND; fi
 import re, sys
 from pathlib import Path
 from lab import Lab
+import ipaddress
 work, backend, connect_timeout = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-Lab.attach("demo").write_config_repo(Path("fixtures/config-repo"), work)
+lab = Lab.attach("demo")
+lab.write_config_repo(Path("fixtures/config-repo"), work)
+if not backend:  # dual stack: http6 on the lab's IPv6 VIP, the same real servers as http
+    vip6 = ipaddress.IPv6Network(lab.subnet6).network_address + 0x100
+    web = work / "clusters" / "web.toml"
+    text = web.read_text()
+    http = text.index("[[service]]")
+    # Before http, so that step 5's web3 (appended to the file) joins http, the last service.
+    http6 = (
+        "# The same real servers over IPv6: one virtual service per family, as in IPVS.\n"
+        f'[[service]]\nname = "http6"\nvip = "{vip6}"\nport = 80\nprotocol = "tcp"\n'
+        'scheduler = "wlc"\ncheck = { type = "http", path = "/healthz", expect = 200 }\n\n'
+        '  [[service.real_server]]\n  host = "web1"\n  weight = 1\n\n'
+        '  [[service.real_server]]\n  host = "web2"\n  weight = 2\n\n'
+    )
+    web.write_text(text[:http] + http6 + text[http:])
 if backend:  # DEMO_DIRECTOR=ipvs: the fixture's cluster with an IPVS backend, slower SSH allowed
     def rewrite(path: Path, pattern: str, new: str) -> None:
         text, n = re.subn(pattern, new, path.read_text(), count=1, flags=re.M)
@@ -369,7 +387,9 @@ note "web pages:  $API/ui/   (sign in with the approver token in $DEMO_DIR/appro
 
 ON=""
 if [ -n "$DEMO_DIRECTOR" ]; then ON=", director $BACKEND on the VMs"; fi
-bold "4. first commit: cluster web$ON, VIP 10.77.0.100:80, web1 (weight 1) and web2 (weight 2)"
+VIPS="VIP 10.77.0.100:80"
+if [ -z "$DEMO_DIRECTOR" ]; then VIPS="VIPs 10.77.0.100:80 (http) and [fd77:77:77::100]:80 (http6)"; fi
+bold "4. first commit: cluster web$ON, $VIPS, web1 (weight 1) and web2 (weight 2)"
 push_and_plan "web cluster: lvs1/lvs2, web1 w1, web2 w2"
 bold "approve over HTTP and apply (the run ends with its verification phase)"
 approve_and_apply "$PLAN"

@@ -3,6 +3,10 @@
 A step that replaces or deletes a table first saves its text (`nft list table`, lossless) under
 SAVE_DIR, so its undo can put back exactly what was there, in one transaction. Values reach the
 scripts as positional parameters ("$1"...), never spliced into the script text.
+
+The undo also takes the saved text away again, and SAVE_DIR with it when the step created it
+(a `<save>.madedir` mark says so): a rollback leaves the host as it was, not with a directory
+it never had (a real server leaving the nft-arp method has no SAVE_DIR before).
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from reconciler.plan.steps import Argv
 SAVE_DIR = "/var/lib/shoal/nft"
 
 _LOAD = 'printf "%s" "$1" | nft -f -'
+_MKDIR = 'if [ ! -d "$1" ]; then mkdir -p "$1"; : > "$4.madedir"; fi; '
 _SAVE_THEN_LOAD = (
-    'set -e; mkdir -p "$1"; nft list table "$2" "$3" > "$4"; printf "%s" "$5" | nft -f -'
+    "set -e; " + _MKDIR + 'nft list table "$2" "$3" > "$4"; printf "%s" "$5" | nft -f -'
 )
 _SAVE_THEN_DELETE = (
-    'set -e; mkdir -p "$1"; nft list table "$2" "$3" > "$4"; nft delete table "$2" "$3"'
+    "set -e; " + _MKDIR + 'nft list table "$2" "$3" > "$4"; nft delete table "$2" "$3"'
 )
 _RESTORE = (
     'set -e; { printf "table %s %s\\ndelete table %s %s\\n" "$1" "$2" "$1" "$2"; cat "$3"; }'
-    " | nft -f -"
+    ' | nft -f -; rm -f "$3"; '
+    'if [ -e "$3.madedir" ]; then rm -f "$3.madedir"; rmdir "${3%/*}" 2>/dev/null || :; fi'
 )
 HEREDOC_EOF = "SHOAL_NFT_EOF"
 

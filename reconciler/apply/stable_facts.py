@@ -18,8 +18,17 @@ from reconciler.facts.script import IPVS_MODULE_DEFAULTS
 def _stable_facts(facts: HostFacts) -> dict[str, Any]:
     """Facts without what changes on its own (IPVS connection counters), and with an empty
     IPVS table the same whether ip_vs is loaded or not: a phase may load the module (states.kmod,
-    never unloaded), which creates its net.ipv4.vs.* keys at their defaults and carries nothing."""
+    never unloaded), which creates its net.ipv4.vs.* keys at their defaults and carries nothing.
+
+    nftables tables are taken in (family, name) order, not the kernel's listing order: that is
+    creation order, and a table a phase deleted comes back last when its undo recreates it (the
+    empty `ip nat` and `ip6 nat` tables iptables-nft leaves, dropped when a REDIRECT method goes
+    and recreated in reverse step order by the rollback). Each table's content is still compared
+    whole."""
     data: dict[str, Any] = facts.model_dump(mode="json")
+    nft = data.get("nft", {}).get("value")
+    if isinstance(nft, dict) and isinstance(nft.get("tables"), list):
+        nft["tables"].sort(key=lambda t: (str(t.get("family")), str(t.get("name"))))
     ipvs = data.get("ipvs", {}).get("value")
     if isinstance(ipvs, dict):
         for dest in ipvs.get("destinations", []):

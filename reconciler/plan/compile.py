@@ -15,7 +15,7 @@ calls (id, function, host, args, requisites, phase). Sources, in this order:
    a Neighbour Solicitation only for an address on the interface it arrived on, and sends no
    unsolicited advertisement for an address on `lo`: with sysctl, arptables and nft-arp the
    IPv6 VIP is a /128 on `lo`, added `nodad` (nothing to detect on `lo`, and no tentative
-   delay), and requires no IPv4 sysctl or ARP rule (tests/lab/test_ipv6_real_servers_lab.py
+   delay), and requires no IPv4 sysctl or ARP rule (tests/lab/test_dual_stack_nft_lab.py
    proves the silence on real hosts). With redirect it is an ip6tables nat REDIRECT, as for
    IPv4. The IPv4 suppression (sysctls, rules, table) is compiled only for IPv4 VIPs;
 2. the directors (`compile_directors`: one module per backend, `reconciler.plan.compile_ipvsadm`,

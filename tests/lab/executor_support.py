@@ -1,7 +1,8 @@
 """Helpers for the executor's lab tests: hand-built steps, raw host state, a transport.
 
 The raw state is what the rollback must give back byte for byte: arptables-save,
-iptables-save -t nat, ip6tables-save -t nat, the whole nft ruleset (stateless), every address
+iptables-save -t nat, ip6tables-save -t nat, the whole nft ruleset (stateless; tables in name
+order, elements that expire left out), every address
 (both families), the sysctls the steps touch and the managed files. Only the `#` comment lines
 of the *-save tools are dropped, because they carry the time of the call.
 """
@@ -262,5 +263,45 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
     for name, argv in commands.items():
         res = await lab.exec(host, argv, check=False)
         text = "".join(ln for ln in res.stdout.splitlines(True) if not ln.startswith("#"))
+        if name == "nft":
+            text = tables_in_name_order(without_expiring_elements(text))
         out[name] = f"rc={res.returncode}\n{text}"
     return out
+
+
+def without_expiring_elements(ruleset: str) -> str:
+    """`nft list ruleset` without the `elements = {...}` of sets and maps whose elements expire
+    (a timeout, or flags dynamic): those are traffic's state (the DSR director's flow maps,
+    filled by every connection), not configuration a rollback restores. Other elements stay."""
+    out: list[str] = []
+    block: list[str] = []
+    expiring = False
+    for line in ruleset.splitlines(True):
+        word = line.strip()
+        if block or word.startswith("elements = {"):
+            block.append(line)
+            text = "".join(block)
+            if text.count("{") == text.count("}"):
+                if not expiring:
+                    out.extend(block)
+                block = []
+            continue
+        if word.startswith(("set ", "map ")):
+            expiring = False
+        elif word.startswith("timeout ") or (word.startswith("flags ") and "dynamic" in word):
+            expiring = True
+        out.append(line)
+    return "".join(out + block)
+
+
+def tables_in_name_order(ruleset: str) -> str:
+    """`nft list ruleset` with its tables sorted by their `table FAMILY NAME` line, each table's
+    text unchanged. The kernel lists tables in creation order, and a rollback that recreates a
+    table a phase deleted (iptables-nft's empty nat tables) brings it back last."""
+    tables: list[str] = []
+    for line in ruleset.splitlines(True):
+        if line.startswith("table ") or not tables:
+            tables.append(line)
+        else:
+            tables[-1] += line
+    return "".join(sorted(tables))

@@ -2,7 +2,7 @@
 every host of the lab (flooded solicited-node multicast), and it reports each MAC that answers
 for the VIP, no more and no fewer, through the verification's own step (real SSH), and so does
 its ndisc6 fallback. A /128 on `lo` is not answered for on eth0: the first half of the claim
-the real servers' IPv6 VIPs rest on (tests/lab/test_ipv6_real_servers_lab.py proves the rest)."""
+the real servers' IPv6 VIPs rest on (tests/lab/test_dual_stack_nft_lab.py proves the rest)."""
 
 from __future__ import annotations
 
