@@ -16,7 +16,7 @@ VM_TESTS=(tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_keepalived.py
 ARP_TESTS=(tests/lab/test_invariants_lab.py)
 LAB_TESTS=()
 for f in tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py tests/lab/test_web_browser.py \
-         tests/lab/test_ipv6_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py; do
+         tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py; do
   [ -e "$f" ] && LAB_TESTS+=("$f")
 done
 others=()
