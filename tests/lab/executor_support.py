@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
@@ -265,8 +266,24 @@ async def raw_state(lab: Lab, host: str) -> dict[str, str]:
         text = "".join(ln for ln in res.stdout.splitlines(True) if not ln.startswith("#"))
         if name == "nft":
             text = tables_in_name_order(without_expiring_elements(text))
+        if name == "addr" and res.returncode == 0:
+            text = without_link_state(text)
         out[name] = f"rc={res.returncode}\n{text}"
     return out
+
+
+# The carrier comes and goes with the other end of a link (a test cuts and restores it): it is
+# the link's state, not configuration a rollback restores; "UP" (set by ip link) stays.
+_LINK_STATE_FLAGS = frozenset({"NO-CARRIER", "LOWER_UP", "M-DOWN", "DORMANT"})
+
+
+def without_link_state(addr_json: str) -> str:
+    """`ip -j addr` without each link's operstate and carrier flags."""
+    links = json.loads(addr_json)
+    for link in links:
+        link.pop("operstate", None)
+        link["flags"] = [f for f in link.get("flags", []) if f not in _LINK_STATE_FLAGS]
+    return json.dumps(links, sort_keys=True) + "\n"
 
 
 def without_expiring_elements(ruleset: str) -> str:
