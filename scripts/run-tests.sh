@@ -13,7 +13,9 @@ cd "$(dirname "$0")/.."
 
 VM_TESTS=(tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_keepalived.py
           tests/lab/test_ipvs_vm_sync.py tests/lab/test_vm_director.py)
-ARP_TESTS=(tests/lab/test_invariants_lab.py)
+# With the ARP invariants, two more modules that mostly wait (kill points, VRRP timers).
+ARP_TESTS=(tests/lab/test_invariants_lab.py tests/lab/test_serve_crash_recovery.py
+           tests/lab/test_failover_keepalived.py)
 LAB_TESTS=()
 for f in tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py tests/lab/test_web_browser.py \
          tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py; do
@@ -26,6 +28,8 @@ vm_log=$(mktemp /tmp/shoal-vm-tests.XXXXXX)
 arp_log=$(mktemp /tmp/shoal-arp-tests.XXXXXX)
 lab_log=$(mktemp /tmp/shoal-lab-tests.XXXXXX)
 trap 'rm -f "$vm_log" "$arp_log" "$lab_log"' EXIT
+# --durations: every run says where its time went, so the split can follow it.
+set -- --durations=12 "$@"
 .venv/bin/pytest -q "$@" "${VM_TESTS[@]}" >"$vm_log" 2>&1 &
 vm_pid=$!
 .venv/bin/pytest -q "$@" "${ARP_TESTS[@]}" >"$arp_log" 2>&1 &
