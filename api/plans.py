@@ -88,8 +88,11 @@ async def approve_plan(
     comment = body.comment if body else ""
     run = await controller.approve(plan_id, actor=token.actor, comment=comment)
     if isinstance(run, ApprovalRecorded):
-        return ApproveResponse(plan_id=plan_id, state="pending", approvals=len(run.approvers),
-                               approvals_required=run.required)  # fmt: skip
+        # A recorded vote leaves the plan pending; the last approval under a lock approves it,
+        # and it waits for the unlock.
+        state = "approved" if run.waiting is not None else "pending"
+        return ApproveResponse(plan_id=plan_id, state=state, approvals=len(run.approvers),
+                               approvals_required=run.required, waiting=run.waiting)  # fmt: skip
     return ApproveResponse(plan_id=plan_id, state="applying", run_id=run.id)
 
 

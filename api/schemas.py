@@ -217,6 +217,7 @@ class ApproveResponse(_Out):
     run_id: str | None = None
     approvals: int = 1
     approvals_required: int = 1
+    waiting: str | None = Field(default=None, description="what an approved plan waits for")
 
 
 class RejectResponse(_Out):
