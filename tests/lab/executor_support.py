@@ -283,7 +283,7 @@ def without_link_state(addr_json: str) -> str:
     for link in links:
         link.pop("operstate", None)
         link["flags"] = [f for f in link.get("flags", []) if f not in _LINK_STATE_FLAGS]
-    return json.dumps(links, sort_keys=True) + "\n"
+    return json.dumps(links, separators=(",", ":")) + "\n"
 
 
 def without_expiring_elements(ruleset: str) -> str:
