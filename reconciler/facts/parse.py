@@ -124,33 +124,29 @@ def _arptables(sections: dict[str, Section]) -> Fact[ArptablesRules]:
     )
 
 
-def _iptables(sections: dict[str, Section]) -> Fact[IptablesNat]:
-    version = _fact(sections, "iptables-version", "iptables -V", lambda s: s.stdout)
+def _nat(sections: dict[str, Section], tool: str) -> Fact[IptablesNat]:
+    """`iptables-save -t nat` or `ip6tables-save -t nat`, read with the backend `-V` names."""
+    version = _fact(sections, f"{tool}-version", f"{tool} -V", lambda s: s.stdout)
     if not version.known or version.value is None:
-        return Fact[IptablesNat].unknown(version.unknown_reason or "iptables -V")
+        return Fact[IptablesNat].unknown(version.unknown_reason or f"{tool} -V")
     backend = parse_xtables_version(version.value)
     return _fact(
         sections,
-        "iptables-save",
-        "iptables-save -t nat",
+        f"{tool}-save",
+        f"{tool}-save -t nat",
         lambda s: parse_iptables_save(s.stdout, backend, stderr=s.stderr),
     )
+
+
+def _iptables(sections: dict[str, Section]) -> Fact[IptablesNat]:
+    return _nat(sections, "iptables")
 
 
 def _ip6tables(sections: dict[str, Section]) -> Fact[IptablesNat]:
     if "ip6tables-save" not in sections and "iptables-save" in sections:
         # Output of a facts script from before IPv6 (a stored sample): never asked.
         return Fact[IptablesNat].unknown(NOT_GATHERED)
-    version = _fact(sections, "ip6tables-version", "ip6tables -V", lambda s: s.stdout)
-    if not version.known or version.value is None:
-        return Fact[IptablesNat].unknown(version.unknown_reason or "ip6tables -V")
-    backend = parse_xtables_version(version.value)
-    return _fact(
-        sections,
-        "ip6tables-save",
-        "ip6tables-save -t nat",
-        lambda s: parse_iptables_save(s.stdout, backend, stderr=s.stderr),
-    )
+    return _nat(sections, "ip6tables")
 
 
 def _nft(section: Section) -> Any:

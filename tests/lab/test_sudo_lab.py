@@ -304,16 +304,22 @@ def watching_processes(secret: bytes) -> Iterator[list[str]]:
         thread.join(10)
 
 
+async def _with_password(s: SudoLab, tmp_path: Path) -> Path:
+    """web2's sudoers asks deploy for PASSWORD; the 0600 file holding it."""
+    # chpasswd reads the password on stdin: it is in no argv here either.
+    await s.lab.exec("web2", ["chpasswd"], input=f"{USER}:{PASSWORD}\n")
+    await _password_required(s)
+    password_file = tmp_path / "sudo-password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    return password_file
+
+
 async def test_a_password_from_a_file_is_fed_to_sudo_and_shown_nowhere(
     sudo_lab: SudoLab, tmp_path: Path
 ) -> None:
     lab = sudo_lab.lab
-    # chpasswd reads the password on stdin: it is in no argv here either.
-    await lab.exec("web2", ["chpasswd"], input=f"{USER}:{PASSWORD}\n")
-    await _password_required(sudo_lab)
-    password_file = tmp_path / "sudo-password"
-    password_file.write_text(PASSWORD + "\n")
-    password_file.chmod(0o600)
+    password_file = await _with_password(sudo_lab, tmp_path)
     key = ("--key", str(lab.client_key_path))
     sudo_lab.write("sysctl")
     # The watcher sees what it looks for: a process with a canary in its argv is found.
@@ -374,11 +380,7 @@ async def test_serve_feeds_the_password_to_sudo_and_logs_and_stores_it_nowhere(
     sudo_lab: SudoLab, tmp_path: Path
 ) -> None:
     lab = sudo_lab.lab
-    await lab.exec("web2", ["chpasswd"], input=f"{USER}:{PASSWORD}\n")
-    await _password_required(sudo_lab)
-    password_file = tmp_path / "sudo-password"
-    password_file.write_text(PASSWORD + "\n")
-    password_file.chmod(0o600)
+    password_file = await _with_password(sudo_lab, tmp_path)
     key = ("--key", str(lab.client_key_path))
     try:
         # A known start whatever ran before: sysctl applied; the server then moves to arptables.
