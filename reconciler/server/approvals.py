@@ -19,6 +19,7 @@ from reconciler.server.execute import execute_then_release
 from reconciler.server.gate import apply_blocked
 from reconciler.server.lifecycle import (
     AlreadyApproved,
+    AlreadyOverridden,
     ApprovalRecorded,
     PlanNotFound,
     PlanNotPending,
@@ -26,8 +27,9 @@ from reconciler.server.lifecycle import (
 )
 from reconciler.server.passes import reconcile_unit
 from reconciler.server.status import mark
+from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import PlanRecord, RunRecord
-from reconciler.server.units import cluster_units, restrict, unit_of
+from reconciler.server.units import cluster_units, restrict, unit_key, unit_of
 from reconciler.transport.protocol import Transport
 
 # Starts the apply as a task the controller keeps (so that stop() can wait for it).
@@ -116,16 +118,20 @@ async def approve(
             look = await reconcile_unit(ctx, unit, full, orphans=unit == cluster_units(full)[0])
             new = look.record
             raise StaleApproval(plan_id, changed, reason, new.id if new else None)
-        blocked = apply_blocked(ctx, unit)
+        blocked = apply_blocked(ctx, unit, desired, plan_id)
         if blocked is not None:
-            # Approved, and it stays so: the first pass after the unlock starts it.
+            # Approved, and it stays so: the first pass after the unlock, or the loop's look
+            # when the freeze window ends, starts it.
             if not ctx.store.decide_plan(plan_id, decision="approve", actor=actor,
                                          comment=comment):  # fmt: skip
                 raise _no_longer_pending(ctx, plan_id)
             ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster,
-                            plan_id=record.id, detail={"comment": comment, "waiting": blocked})
+                            plan_id=record.id,
+                            detail={"comment": comment, "waiting": blocked.reason})  # fmt: skip
+            if blocked.until is not None:
+                ctx.look_at(unit_key(unit), blocked.until)
             return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
-                                    waiting=blocked)  # fmt: skip
+                                    waiting=blocked.reason, until=blocked.until)  # fmt: skip
         run = ctx.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
         if run is None:
             raise _no_longer_pending(ctx, plan_id)
@@ -151,6 +157,23 @@ async def approvals_required(ctx: ServerContext, record: PlanRecord) -> int:
          if c in desired.clusters),
         default=1,
     )  # fmt: skip
+
+
+def override_freeze(ctx: ServerContext, plan_id: str, *, actor: str, reason: str) -> FreezeOverride:
+    """Let one pending or approved plan start although a freeze window forbids applies now
+    (an admin, with a reason; audited). An approved plan starts at the pass this wakes."""
+    record = ctx.store.get_plan(plan_id)
+    if record is None:
+        raise PlanNotFound(plan_id)
+    if record.state not in ("pending", "approved"):
+        raise PlanNotPending(plan_id, record.state)
+    override = ctx.store.override_freeze(plan_id, reason=reason, actor=actor)
+    if override is None:
+        raise AlreadyOverridden(plan_id)
+    ctx.store.audit("plan.freeze_overridden", actor=actor, cluster=record.cluster,
+                    plan_id=plan_id, detail={"reason": reason})  # fmt: skip
+    ctx.wake(f"freeze overridden for plan {plan_id}")
+    return override
 
 
 def reject(ctx: ServerContext, plan_id: str, *, actor: str, comment: str) -> PlanRecord:

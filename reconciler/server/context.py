@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
@@ -40,6 +41,8 @@ class ServerContext:
     clock: Clock
     # Ask the loop for a pass soon (the controller's `wake`).
     wake: Callable[[str], None]
+    # Ask the loop to look at a unit (its key) at a moment (a freeze window's end).
+    look_at: Callable[[str, datetime], None] = lambda key, at: None
     locks: ClusterLocks = field(default_factory=ClusterLocks)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
     metrics: ServerMetrics = field(init=False)

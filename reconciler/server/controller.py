@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Coroutine
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from reconciler.server import approvals
 from reconciler.server.clock import Clock, SystemClock
 from reconciler.server.context import ServerContext
 from reconciler.server.crash_recovery import recover
+from reconciler.server.gate import Hold, apply_blocked
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
@@ -47,8 +49,9 @@ from reconciler.server.schedule import PASS, SOURCE, Schedule
 from reconciler.server.source import CommitInfo, Source
 from reconciler.server.status import record_failure
 from reconciler.server.store.database import Store
+from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import PlanRecord, RunRecord
-from reconciler.server.units import unit_key
+from reconciler.server.units import unit_key, unit_of
 from reconciler.transport.connect import transport_for
 from reconciler.transport.protocol import TransportFactory
 
@@ -80,7 +83,8 @@ class Controller:
             transports = partial(transport_for, client_key=client_key)
         self.clock: Clock = clock or SystemClock()
         self.ctx = ServerContext(
-            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake
+            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake,
+            look_at=self.look_at,
         )
         self.source = source
         self.store = store
@@ -135,6 +139,10 @@ class Controller:
         log.info("wake requested", extra={"reason": reason})
         self.schedule.release_holds()
         self._wake.set()
+
+    def look_at(self, key: str, at: datetime) -> None:
+        """Look at the unit `key` again at the wall-clock moment `at` (a freeze window's end)."""
+        self.schedule.look_at(key, self.clock.monotonic() + (at - self.clock.now()).total_seconds())
 
     async def wait_idle(self, timeout: float = 300.0) -> None:
         """Wait until no apply started by an approval is running (tests, graceful stop)."""
@@ -297,6 +305,16 @@ class Controller:
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord:
         return approvals.reject(self.ctx, plan_id, actor=actor, comment=comment)
+
+    async def override_freeze(self, plan_id: str, *, actor: str, reason: str) -> FreezeOverride:
+        return approvals.override_freeze(self.ctx, plan_id, actor=actor, reason=reason)
+
+    async def hold_of(self, record: PlanRecord) -> Hold | None:
+        """What keeps an open plan from starting now (a lock, a freeze), or None."""
+        if record.state not in ("pending", "approved"):
+            return None
+        return apply_blocked(self.ctx, unit_of(record), await self.desired_at(record.revision),
+                             record.id)  # fmt: skip
 
     # --- what the web pages show (called by the API) ---------------------------------------------
 

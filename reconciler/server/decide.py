@@ -74,7 +74,10 @@ async def decide(
     current = current_plan(ctx, key, plan, kind)
     record_planned(ctx, unit, sha, plan, current, kind, records, now)
 
-    blocked = apply_blocked(ctx, unit)
+    blocked = apply_blocked(ctx, unit, desired, current.id)
+    if blocked is not None and blocked.until is not None:
+        # The window ends at a known moment: the loop looks at the unit then, not at its poll.
+        ctx.look_at(key, blocked.until)
     if current.state == "approved" and blocked is None and not plan.empty:
         # Approved while a lock held it back; the facts just gathered are the plan's own
         # (current_plan found it by the plan id they make), so it is not stale.
@@ -85,7 +88,7 @@ async def decide(
     if current.state != "pending" or plan.empty:
         return current  # nothing shoal may run: only refused hosts are out of sync
     if blocked is not None:
-        return current  # no policy approval and no heal while an admin's lock holds
+        return current  # no policy approval and no heal while a lock or a freeze holds
     if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
         await approve_and_apply(ctx, current, desired, transport, AUTO_APPROVER, facts)
     elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):
