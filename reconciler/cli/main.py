@@ -236,6 +236,19 @@ def unlock(cluster: ClusterArgument, state_dir: StateDirOption, by: ByOption = N
     raise typer.Exit(run_unlock(state_dir, cluster, by, typer.echo))
 
 
+@app.command("override-freeze")
+def override_freeze(
+    plan_id: Annotated[str, typer.Argument(help="the plan to let through")],
+    reason: Annotated[str, typer.Option("--reason", help="why it may start during a freeze")],
+    state_dir: StateDirOption,
+    by: ByOption = None,
+) -> None:
+    """Let one pending or approved plan start although a freeze window forbids applies now."""
+    from reconciler.cli.lock import run_override
+
+    raise typer.Exit(run_override(state_dir, plan_id, reason, by, typer.echo))
+
+
 @app.command()
 def plan(
     repo: RepoArgument = Path("."),

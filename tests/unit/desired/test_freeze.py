@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,13 +15,14 @@ from reconciler.desired.freeze import FreezeWindow, freeze_hold, parse_duration
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def window(kind: str = "deny", schedule: str = "0 22 * * *", duration: str = "2h",
-           timezone: str = "UTC") -> FreezeWindow:  # fmt: skip
+def window(kind: Literal["deny", "allow"] = "deny", schedule: str = "0 22 * * *",
+           duration: str = "2h", timezone: str = "UTC") -> FreezeWindow:  # fmt: skip
     return FreezeWindow(kind=kind, schedule=schedule, duration=duration, timezone=timezone)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+        second: int = 0) -> datetime:  # fmt: skip
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_ranges_steps_lists_and_names() -> None:
