@@ -11,6 +11,7 @@ unit's locks until it ends; GET /runs/{id} follows it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,8 @@ from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import PlanRecord, RunRecord
 from reconciler.server.units import cluster_units, restrict, unit_key, unit_of
 from reconciler.transport.protocol import Transport
+
+log = logging.getLogger("shoal.controller")
 
 # Starts the apply as a task the controller keeps (so that stop() can wait for it).
 StartTask = Callable[[Coroutine[Any, Any, None], str], None]
@@ -100,6 +103,8 @@ async def approve(
                 detail = {"comment": comment, "approvals": len(approvers), "required": required}
                 ctx.store.audit("plan.approval_recorded", actor=actor, cluster=record.cluster,
                                 plan_id=record.id, detail=detail)  # fmt: skip
+                log.info("approval recorded", extra={"actor": actor, "approvals": len(approvers),
+                                                     "required": required})  # fmt: skip
                 return ApprovalRecorded(plan_id, approvers, required)
         desired = restrict(await ctx.load(record.revision), unit)
         transport = ctx.transport(desired)
@@ -128,6 +133,7 @@ async def approve(
             ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster,
                             plan_id=record.id,
                             detail={"comment": comment, "waiting": blocked.reason})  # fmt: skip
+            log.info("plan approved, waiting", extra={"actor": actor, "waiting": blocked.reason})
             if blocked.until is not None:
                 ctx.look_at(unit_key(unit), blocked.until)
             return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
@@ -136,6 +142,7 @@ async def approve(
         if run is None:
             raise _no_longer_pending(ctx, plan_id)
         _audit_decision(ctx, "plan.approved", record, actor, comment, run_id=run.id)
+        log.info("plan approved", extra={"actor": actor, "run_id": run.id})
         start(
             execute_then_release(ctx, run, record, desired, transport, locks, facts),
             f"shoal-apply-{plan_id}",
@@ -172,6 +179,8 @@ def override_freeze(ctx: ServerContext, plan_id: str, *, actor: str, reason: str
         raise AlreadyOverridden(plan_id)
     ctx.store.audit("plan.freeze_overridden", actor=actor, cluster=record.cluster,
                     plan_id=plan_id, detail={"reason": reason})  # fmt: skip
+    log.warning("freeze overridden", extra={"plan_id": plan_id, "clusters": record.cluster,
+                                            "actor": actor, "reason": reason})  # fmt: skip
     ctx.wake(f"freeze overridden for plan {plan_id}")
     return override
 
@@ -181,6 +190,8 @@ def reject(ctx: ServerContext, plan_id: str, *, actor: str, comment: str) -> Pla
     if not ctx.store.decide_plan(plan_id, decision="reject", actor=actor, comment=comment):
         raise _no_longer_pending(ctx, plan_id)
     _audit_decision(ctx, "plan.rejected", record, actor, comment)
+    log.info("plan rejected", extra={"plan_id": plan_id, "clusters": record.cluster,
+                                     "actor": actor})  # fmt: skip
     rejected = ctx.store.get_plan(plan_id)
     assert rejected is not None
     return rejected

@@ -36,6 +36,7 @@ from typing import Any
 
 from reconciler.desired.models import Desired
 from reconciler.errors import HostUnreachable, ShoalError
+from reconciler.logfmt import log_context
 from reconciler.server import approvals
 from reconciler.server.clock import Clock, SystemClock
 from reconciler.server.context import ServerContext
@@ -263,6 +264,12 @@ class Controller:
         key = unit_key(unit)
         if self.schedule.held(key, desired.revision):
             return
+        with log_context(clusters=key):
+            await self._look(unit, key, desired, orphans=orphans)
+
+    async def _look(
+        self, unit: tuple[str, ...], key: str, desired: Desired, *, orphans: bool
+    ) -> None:
         async with self.ctx.locks.held(unit):
             try:
                 look = await reconcile_unit(self.ctx, unit, desired, orphans=orphans)
@@ -299,9 +306,11 @@ class Controller:
     ) -> RunRecord | ApprovalRecorded:
         """Approve one pending plan and start applying it (`approvals.approve`); raises
         StaleApproval (409) if git or the hosts moved since it was made."""
-        return await approvals.approve(
-            self.ctx, plan_id, actor=actor, comment=comment, start=self._start_apply
-        )
+        record = self.store.get_plan(plan_id)
+        with log_context(plan_id=plan_id, clusters=record.cluster if record else None):
+            return await approvals.approve(
+                self.ctx, plan_id, actor=actor, comment=comment, start=self._start_apply
+            )
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord:
         return approvals.reject(self.ctx, plan_id, actor=actor, comment=comment)

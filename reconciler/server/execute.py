@@ -17,6 +17,7 @@ from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
 from reconciler.errors import ShoalError
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.logfmt import log_context
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.retry import GiveUp, retry_decision
 from reconciler.server.run_record import run_result_records, step_row
@@ -56,7 +57,20 @@ async def execute(
     facts: Mapping[str, HostFacts] | None = None,
 ) -> None:
     """Apply `record`'s plan. `facts`: just gathered on `transport` (the plan's own, or those
-    the approval's stale check read), so the executor does not read the hosts again."""
+    the approval's stale check read), so the executor does not read the hosts again. Every
+    line logged meanwhile carries the plan, run and cluster ids."""
+    with log_context(plan_id=record.id, run_id=run.id, clusters=record.cluster):
+        await _execute(ctx, run, record, desired, transport, facts)
+
+
+async def _execute(
+    ctx: ServerContext,
+    run: RunRecord,
+    record: PlanRecord,
+    desired: Desired,
+    transport: Transport,
+    facts: Mapping[str, HostFacts] | None,
+) -> None:
     store = ctx.store
     store.audit(
         "run.started", actor=run.actor, cluster=record.cluster, plan_id=record.id, run_id=run.id
