@@ -14,23 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("shoal_log_context", default={})
+# Read-only mappings: a block replaces the value, never changes it in place.
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar("shoal_log_context",
+                                                     default=MappingProxyType({}))  # fmt: skip
 
 
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Add `fields` to every line logged inside the block (nested blocks add to the outer)."""
-    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    token = _CONTEXT.set(MappingProxyType({**_CONTEXT.get(), **fields}))
     try:
         yield
     finally:

@@ -171,11 +171,26 @@ def serve(
         typer.Option("--webhook-secret-file", help="else $SHOAL_WEBHOOK_SECRET[_FILE]"),
     ] = None,
     become_password_file: BecomePasswordFileOption = None,
+    notify: Annotated[
+        Path | None,
+        typer.Option("--notify", envvar="SHOAL_NOTIFY_FILE",
+                     help="receivers of outgoing notifications (TOML)"),
+    ] = None,
 ) -> None:
     """Watch the repository, plan, serve the API, apply approved plans."""
     from reconciler.cli.serve import run_serve
+    from reconciler.server.notify_settings import (
+        NotifySettings,
+        NotifySettingsError,
+        load_notify_settings,
+    )
     from reconciler.server.settings import ServerSettings, load_webhook_secret, parse_listen
 
+    try:
+        receivers = load_notify_settings(notify) if notify else NotifySettings()
+    except NotifySettingsError as exc:
+        typer.echo(f"shoal serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     host, port = parse_listen(listen)
     settings = ServerSettings(
         repo=repo,
@@ -187,6 +202,7 @@ def serve(
         client_key=key.expanduser() if key else None,
         webhook_secret=load_webhook_secret(webhook_secret_file),
         become_password=become_password(become_password_file),
+        notify=receivers,
     )
     raise typer.Exit(run_serve(settings))
 

@@ -26,6 +26,7 @@ from reconciler.server.lifecycle import (
     PlanNotPending,
     StaleApproval,
 )
+from reconciler.server.notify_events import plan_words
 from reconciler.server.passes import reconcile_unit
 from reconciler.server.status import mark
 from reconciler.server.store.freeze_overrides import FreezeOverride
@@ -134,6 +135,8 @@ async def approve(
                             plan_id=record.id,
                             detail={"comment": comment, "waiting": blocked.reason})  # fmt: skip
             log.info("plan approved, waiting", extra={"actor": actor, "waiting": blocked.reason})
+            ctx.notify("plan_approved", record, who=actor, text=f"{plan_words(record)} approved "
+                       f"by {actor}; it waits: {blocked.reason}")  # fmt: skip
             if blocked.until is not None:
                 ctx.look_at(unit_key(unit), blocked.until)
             return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
@@ -143,6 +146,8 @@ async def approve(
             raise _no_longer_pending(ctx, plan_id)
         _audit_decision(ctx, "plan.approved", record, actor, comment, run_id=run.id)
         log.info("plan approved", extra={"actor": actor, "run_id": run.id})
+        ctx.notify("plan_approved", record, who=actor, run_id=run.id,
+                   text=f"{plan_words(record)} approved by {actor}; run {run.id} applies it")
         start(
             execute_then_release(ctx, run, record, desired, transport, locks, facts),
             f"shoal-apply-{plan_id}",

@@ -24,8 +24,11 @@ from reconciler.plan.compile import managed_paths
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.notify import Notifier
+from reconciler.server.notify_events import notification
 from reconciler.server.source import Source
 from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanRecord
 from reconciler.transport.protocol import Transport, TransportFactory
 
 ACTOR = "controller"
@@ -46,12 +49,22 @@ class ServerContext:
     locks: ClusterLocks = field(default_factory=ClusterLocks)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
     metrics: ServerMetrics = field(init=False)
+    # Where events go (the receivers file of `shoal serve`); None: nowhere.
+    notifier: Notifier | None = None
+    link_base: str = ""
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.store)
 
     def now(self) -> str:
         return stamp(self.clock.now())
+
+    def notify(self, event: str, record: PlanRecord, *, who: str, text: str,
+               run_id: str | None = None) -> None:  # fmt: skip
+        """Queue `event` for the receivers that want it; never waits (`notify`)."""
+        if self.notifier is not None:
+            self.notifier.emit(notification(event, record, at=self.now(), who=who, text=text,
+                                            link_base=self.link_base, run_id=run_id))  # fmt: skip
 
     def transport(self, desired: Desired) -> Transport:
         return self.transports(desired)

@@ -44,6 +44,8 @@ from reconciler.server.crash_recovery import recover
 from reconciler.server.gate import Hold, apply_blocked
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.notify import Notifier
+from reconciler.server.notify_settings import NotifySettings
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
@@ -77,6 +79,8 @@ class Controller:
         poll_interval: float = 60.0,
         poll_jitter: float = 0.1,
         stop_timeout: float = 120.0,
+        notify: NotifySettings | None = None,
+        link_base: str = "",
     ) -> None:
         if transports is None:
             if client_key is None:
@@ -87,6 +91,9 @@ class Controller:
             source=source, store=store, transports=transports, clock=self.clock, wake=self.wake,
             look_at=self.look_at,
         )
+        if notify is not None and notify.receivers:
+            self.ctx.notifier = Notifier(notify.receivers, self.ctx.metrics)
+        self.ctx.link_base = link_base
         self.source = source
         self.store = store
         self.poll_interval = poll_interval
@@ -111,6 +118,8 @@ class Controller:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.ctx.notifier is not None:
+            self.ctx.notifier.start()
         if self._loop_task is None:
             self._stopping = False
             self._loop_task = asyncio.create_task(self._run(), name="shoal-controller")
@@ -129,6 +138,8 @@ class Controller:
             if still:
                 await asyncio.wait(still)
         self._loop_task = None
+        if self.ctx.notifier is not None:
+            await self.ctx.notifier.stop()
         await asyncio.to_thread(self.source.close)
         self.ready = False
 

@@ -24,6 +24,7 @@ from reconciler.server.clock import stamp
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER, approve_and_apply, execute
 from reconciler.server.gate import apply_blocked
+from reconciler.server.notify_events import plan_words
 from reconciler.server.status import (
     close_plan,
     open_plans,
@@ -147,6 +148,12 @@ def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> Pl
         plan_id=record.id,
         detail={"revision": plan.revision, "kind": kind, "hosts": changed},
     )
+    if kind == "drift":
+        ctx.notify("drift_found", record, who=ACTOR, text=f"drift found: the hosts left revision "
+                   f"{plan.revision[:10]}; {plan_words(record)} would bring them back")  # fmt: skip
+    else:
+        ctx.notify("plan_pending", record, who=ACTOR,
+                   text=f"{plan_words(record)} waits for approval")  # fmt: skip
     log.info(
         "plan created",
         extra={"plan_id": record.id, "clusters": key, "revision": plan.revision, "kind": kind},
