@@ -132,7 +132,7 @@ async def test_a_full_queue_drops_the_new_event_and_counts_it(tmp_path: Path,
         assert notifier.queued("chat") == 2
         assert sample(fc, "shoal_notifications_dropped_total", receiver="chat") == 3
         dropped = [r for r in caplog.records if "queue is full" in r.getMessage()]
-        assert [r.delivery for r in dropped] == ["d2", "d3", "d4"]
+        assert [vars(r)["delivery"] for r in dropped] == ["d2", "d3", "d4"]
         await notifier.stop(timeout=0.1)
 
 
