@@ -12,6 +12,7 @@ starts from the state the previous one left, as a real cluster's history would.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import time
@@ -393,7 +394,7 @@ async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
         assert delta.pop("shoal_reconcile_passes_total[result=ok]") == 1, delta
         assert delta.pop("shoal_reconcile_pass_duration_seconds_count") == 1, delta
         assert delta.pop("shoal_facts_round_trip_duration_seconds_count") == 2, delta
-        assert delta.pop(f"shoal_revision_info[cluster=web,revision={sha}]") == 1
+        assert delta.pop(f"shoal_revision_info[cluster=web][revision={sha}]") == 1, delta
         assert all(v == -1 for k, v in delta.items() if k.startswith("shoal_revision_info")), delta
         assert delta.get("shoal_plans[state=applied]") == 1, delta
         for k in [k for k in delta if k.startswith(("shoal_plans[", "shoal_revision_info")) or
@@ -412,7 +413,7 @@ async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
         (bad,) = server.pending(sha2)
         run2 = await server.approve(bad.id)
         assert run2["state"] == "failed" and run2["verification"]["ok"] is False, run2
-        assert any(s["rollback"] for s in run2["steps"]), run2
+        assert run2["rollbacks"] and all(r["result"] == "proven" for r in run2["rollbacks"]), run2
         rolled = await server.metrics()
         delta = moved(applied, rolled)
         assert delta.pop("shoal_runs_total[outcome=failed]") == 1, delta
@@ -422,7 +423,7 @@ async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
         assert delta.pop("shoal_facts_round_trip_duration_seconds_count") == 2, delta
         # The revision in force is still the verified one.
         assert not any(k.startswith("shoal_revision_info") for k in delta), delta
-        assert rolled[f"shoal_revision_info[cluster=web,revision={sha}]"] == 1
+        assert rolled[f"shoal_revision_info[cluster=web][revision={sha}]"] == 1
         assert "shoal_runs_total[outcome=applied]" not in delta
 
         # The receiver got each of these events once, signed, in order.
@@ -437,7 +438,7 @@ async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
         assert events() == want
         assert all(r.signed_ok for r in server.receiver.got[seen:])
         final = await server.metrics()
-        assert final["shoal_notifications_total[receiver=chat,result=delivered]"] == len(
+        assert final["shoal_notifications_total[receiver=chat][result=delivered]"] == len(
             server.receiver.got)
     finally:
         await stop_services(lab, hosts=["web1", "web2"])
@@ -551,6 +552,13 @@ async def test_serve_killed_while_applying_recovers(
             assert edge["state"] == "pending"
             audit = await serve.get("/audit?action=run.interrupted")
             assert audit and audit[0]["run_id"] == run_id
+            # Both processes' logs are JSON lines; the run is followed by its id through the
+            # apply, the kill and the recovery, each line naming its plan and cluster too.
+            lines = [json.loads(line) for line in serve.log.read_text().splitlines() if line]
+            of_run = [line for line in lines if line.get("run_id") == run_id]
+            assert {"applying", "recovering interrupted run"} <= {x["msg"] for x in of_run}, (
+                of_run)
+            assert all((x["plan_id"], x["clusters"]) == (web_plan["id"], "web") for x in of_run)
         finally:
             await serve.stop()
             await serve.http.aclose()
