@@ -9,6 +9,7 @@ whether one was started, by whom, and which scripts went to the hosts.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
+from reconciler.server.clock import SystemClock
+from reconciler.server.controller import Controller
 from reconciler.server.decide import HEAL_WINDOW, MAX_HEALS_PER_WINDOW
 from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER
 from reconciler.server.lifecycle import (
@@ -466,3 +469,29 @@ async def test_outside_every_allow_window_nothing_starts_and_an_override_leaves_
     await fc.controller.reconcile_once()
     (run,) = fc.store.list_runs()
     assert run.plan_id == plan.id
+
+
+async def test_on_the_real_clock_the_running_loop_starts_the_plan_when_the_window_ends(
+    tmp_path: Path,
+) -> None:
+    # The machine's clock and the controller's own loop (poll: an hour): a deny window that
+    # ends 2 s from now; the approved plan must start at its end, not at the poll.
+    start = datetime.now(UTC)
+    fc = FakeCluster(tmp_path, freeze_from(start, 2))
+    controller = Controller(source=fc.source, store=fc.store, transports=fc.transport,
+                            clock=SystemClock(), poll_interval=3600)  # fmt: skip
+    await controller.reconcile_once()
+    (plan,) = plans(fc)
+    waiting = await controller.approve(plan.id, actor="token:alice")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.until is not None
+    await controller.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not fc.store.list_runs() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        (run,) = fc.store.list_runs()
+    finally:
+        await controller.stop()
+    started = datetime.fromisoformat(run.started_at)
+    assert waiting.until <= started < waiting.until + timedelta(seconds=20)
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice")
