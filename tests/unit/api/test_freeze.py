@@ -13,11 +13,14 @@ import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from api.app import create_app
 from api.web.render import when
 from reconciler.cli.main import app
+from reconciler.server.settings import ServerSettings
 from reconciler.server.store.database import Store
 from tests.support.api_world import FIXTURES, World, make_plan, push_tree
 from tests.support.web import sign_in
+from tests.unit.server.fake_cluster import FakeCluster
 
 
 def frozen_repo(tmp: Path, minutes: int = 60) -> Path:
@@ -115,3 +118,31 @@ def test_the_plan_page_says_why_it_waits_and_until_when(world: World) -> None:
     world.store.override_freeze(plan.id, reason="security <fix>", actor="token:admin")
     page = client.get(f"/ui/plans/{plan.id}").text
     assert 'id="waiting"' not in page and "security &lt;fix&gt;" in page
+
+
+def test_an_approval_under_a_freeze_answers_approved_and_until_when(tmp_path: Path) -> None:
+    # The real controller over fake hosts (tests/unit/server/fake_cluster.py), behind the app.
+    now = datetime.now(UTC)
+
+    def freeze(root: Path) -> None:
+        with (root / "clusters" / "web.toml").open("a") as f:
+            f.write(f'\n[[freeze]]\nkind = "deny"\nschedule = "{now.minute} {now.hour} * * *"\n'
+                    'duration = "1h"\n')  # fmt: skip
+
+    fc = FakeCluster(tmp_path, freeze)
+    asyncio.run(fc.controller.reconcile_once())
+    (plan,) = fc.store.list_plans()
+    settings = ServerSettings(repo="unused", state_dir=tmp_path / "state")
+    client = TestClient(create_app(fc.controller, fc.store, settings))
+    approver = {"Authorization": "Bearer " + fc.store.create_token("approver", "alice")[1]}
+    answer = client.post(f"/plans/{plan.id}/approve", json={"comment": "later"},
+                         headers=approver)  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert (body["state"], body["run_id"]) == ("approved", None)
+    assert "cluster web is frozen inside the deny window" in body["waiting"]
+    opened = now.replace(second=0, microsecond=0)
+    assert datetime.fromisoformat(body["waiting_until"]) == opened + timedelta(hours=1)
+    shown = client.get(f"/plans/{plan.id}", headers=approver).json()
+    assert (shown["state"], shown["waiting_until"]) == ("approved", body["waiting_until"])
+    assert fc.store.list_runs() == []

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from reconciler.cli.main import app
 from reconciler.server.notify import Notification, Notifier
 from reconciler.server.notify_settings import (
     EVENTS,
@@ -171,3 +173,15 @@ def test_the_receivers_file_is_checked(tmp_path: Path) -> None:
         good.write_text(text)
         with pytest.raises(NotifySettingsError, match=message):
             load_notify_settings(good)
+
+
+def test_serve_refuses_a_bad_receivers_file_before_it_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "notify.toml"
+    bad.write_text('[[receiver]]\nname = "chat"\nurl = "http://127.0.0.1:9/"\n'
+                   'secret_file = "missing.secret"\n')  # fmt: skip
+    result = CliRunner().invoke(app, ["serve", "--repo", str(tmp_path / "repo"), "--state-dir",
+                                      str(tmp_path / "state"), "--notify", str(bad)])  # fmt: skip
+    assert result.exit_code == 2
+    assert f"{bad}: receiver chat: secret_file {tmp_path / 'missing.secret'} cannot be read" in (
+        result.output)
+    assert not (tmp_path / "state").exists()
