@@ -60,6 +60,9 @@ from reconciler.transport.protocol import TransportFactory
 
 log = logging.getLogger("shoal.controller")
 
+# Seconds after a freeze window's end that the loop looks at the unit it held.
+LOOK_MARGIN = 0.1
+
 
 class Controller:
     """Owns the watch loop, approvals, and crash recovery. Start with `start()`.
@@ -153,8 +156,12 @@ class Controller:
         self._wake.set()
 
     def look_at(self, key: str, at: datetime) -> None:
-        """Look at the unit `key` again at the wall-clock moment `at` (a freeze window's end)."""
-        self.schedule.look_at(key, self.clock.monotonic() + (at - self.clock.now()).total_seconds())
+        """Look at the unit `key` again at the wall-clock moment `at` (a freeze window's end).
+
+        A little after it: a look that came a hair early would find the window still open and
+        need one more pass."""
+        later = (at - self.clock.now()).total_seconds() + LOOK_MARGIN
+        self.schedule.look_at(key, self.clock.monotonic() + later)
 
     async def wait_idle(self, timeout: float = 300.0) -> None:
         """Wait until no apply started by an approval is running (tests, graceful stop)."""

@@ -495,3 +495,20 @@ async def test_on_the_real_clock_the_running_loop_starts_the_plan_when_the_windo
     started = datetime.fromisoformat(run.started_at)
     assert waiting.until <= started < waiting.until + timedelta(seconds=20)
     assert (run.plan_id, run.actor) == (plan.id, "token:alice")
+
+
+async def test_an_override_starts_a_plan_approved_during_the_freeze(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, freeze_from(datetime.now(UTC), 3600))
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    waiting = await fc.controller.approve(plan.id, actor="token:alice")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.waiting is not None
+    wakes = fc.controller.wake_requests
+    await fc.controller.override_freeze(plan.id, actor="token:admin", reason="customer down")
+    assert fc.controller.wake_requests == wakes + 1
+    assert await fc.controller.hold_of(plans(fc)[0]) is None
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
+    with pytest.raises(PlanNotPending):
+        await fc.controller.override_freeze(plan.id, actor="token:admin", reason="late")
