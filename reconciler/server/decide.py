@@ -49,8 +49,11 @@ async def decide(
     plan: Plan,
     transport: Transport,
     facts: Mapping[str, HostFacts] | None = None,
+    *,
+    woken_by: str = "a direct call",
 ) -> PlanRecord | None:
-    """Record what `plan` means for the unit and run it if policy says so; the current plan."""
+    """Record what `plan` means for the unit and run it if policy says so; the current plan.
+    `woken_by`: why this look happened, recorded with a plan it makes."""
     sha = desired.revision
     key = unit_key(unit)
     now = ctx.now()
@@ -71,7 +74,7 @@ async def decide(
             close_plan(ctx, record, sha, "the hosts' facts changed since it was made")
 
     kind: PlanKind = "drift" if already_applied else "change"
-    current = current_plan(ctx, key, plan, kind)
+    current = current_plan(ctx, key, plan, kind, woken_by)
     record_planned(ctx, unit, sha, plan, current, kind, records, now)
 
     blocked = apply_blocked(ctx, unit)
@@ -121,7 +124,9 @@ def recent_heals(ctx: ServerContext, plan: Plan, current: PlanRecord) -> Sequenc
     ]
 
 
-def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> PlanRecord:
+def current_plan(
+    ctx: ServerContext, key: str, plan: Plan, kind: PlanKind, woken_by: str
+) -> PlanRecord:
     """The stored plan for this exact plan: the open one, a failed/rejected one, or new."""
     store = ctx.store
     existing = store.list_plans(base_id=plan.id, limit=1000)
@@ -142,10 +147,18 @@ def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> Pl
         actor=ACTOR,
         cluster=key,
         plan_id=record.id,
-        detail={"revision": plan.revision, "kind": kind, "hosts": changed},
+        detail={
+            "revision": plan.revision, "kind": kind, "hosts": changed, "woken_by": woken_by
+        },
     )
     log.info(
         "plan created",
-        extra={"plan_id": record.id, "clusters": key, "revision": plan.revision, "kind": kind},
+        extra={
+            "plan_id": record.id,
+            "clusters": key,
+            "revision": plan.revision,
+            "kind": kind,
+            "woken_by": woken_by,
+        },
     )
     return record

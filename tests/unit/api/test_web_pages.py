@@ -294,3 +294,18 @@ def test_a_clusters_history_lists_its_plans_decisions_and_runs(world: World) -> 
     assert "approved by token:approver" in page
     overview = client.get("/ui/").text
     assert "in sync" in overview and "verification passed" in overview
+
+
+def test_a_plan_page_says_what_started_the_look_that_made_it(world: World) -> None:
+    plan = _pending(world)
+    client = _signed_in(world, "viewer")
+    assert 'id="woken-by"' not in client.get(f"/ui/plans/{plan.id}").text
+    world.store.audit(
+        "plan.created",
+        actor="controller",
+        cluster="web",
+        plan_id=plan.id,
+        detail={"kind": "change", "woken_by": "webhook (gitea) <b>"},
+    )
+    page = client.get(f"/ui/plans/{plan.id}").text
+    assert '<dd id="woken-by">webhook (gitea) &lt;b&gt;</dd>' in page
