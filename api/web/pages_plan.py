@@ -48,6 +48,7 @@ async def _plan_page(
     detail = plan_detail(record, store.approvals_for(plan_id), [r.id for r in runs], hold,
                          store.freeze_override(plan_id))  # fmt: skip
     after = successor(store, record)
+    created = store.list_audit(plan_id=plan_id, action="plan.created", limit=1)
     return render(
         request,
         "plan.html",
@@ -55,6 +56,8 @@ async def _plan_page(
         status_code,
         plan=detail,
         why=WHY.get(record.kind, record.kind),
+        # What started the look that made it (a plan from before this was recorded has none).
+        woken_by=created[0].detail.get("woken_by", "") if created else "",
         commit=await controller.describe(record.revision),
         hosts=hosts_in_phase_order(record),
         successor_id=new_plan_id or (after.id if after else None),

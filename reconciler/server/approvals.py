@@ -121,7 +121,13 @@ async def approve(
             await transport.aclose()
             transport = None
             full = await ctx.load(record.revision)
-            look = await reconcile_unit(ctx, unit, full, orphans=unit == cluster_units(full)[0])
+            look = await reconcile_unit(
+                ctx,
+                unit,
+                full,
+                orphans=unit == cluster_units(full)[0],
+                woken_by=f"{actor}'s approval of plan {plan_id} ({reason})",
+            )
             new = look.record
             raise StaleApproval(plan_id, changed, reason, new.id if new else None)
         blocked = apply_blocked(ctx, unit, desired, plan_id)

@@ -58,6 +58,9 @@ from reconciler.server.units import unit_key, unit_of
 from reconciler.transport.connect import transport_for
 from reconciler.transport.protocol import TransportFactory
 
+# Distinct wake reasons kept for one pass (a burst of webhooks is one reason).
+MAX_WAKE_REASONS = 8
+
 log = logging.getLogger("shoal.controller")
 
 # Seconds after a freeze window's end that the loop looks at the unit it held.
@@ -111,6 +114,9 @@ class Controller:
         self.ready = False
         self.recovered = False
         self.wake_requests = 0
+        # What asked for the next pass (webhook, Reconcile now, an unlock ...): the plans that
+        # pass makes say it (`ServerContext.woken_by`).
+        self._wake_reasons: list[str] = []
         self.passes = 0
         self.passes_completed = 0
         self.last_pass_at: str | None = None
@@ -152,6 +158,8 @@ class Controller:
         A wake also lets go of units held until a new revision: someone asked to look again."""
         self.wake_requests += 1
         log.info("wake requested", extra={"reason": reason})
+        if reason not in self._wake_reasons and len(self._wake_reasons) < MAX_WAKE_REASONS:
+            self._wake_reasons.append(reason)
         self.schedule.release_holds()
         self._wake.set()
 
@@ -184,13 +192,25 @@ class Controller:
             # Cleared before the pass: a wake that lands during the pass keeps the event set,
             # so exactly one more pass follows, however many wakes there were.
             self._wake.clear()
+            woken_by = self._take_wake_reasons(only, first=self.passes == 0)
             try:
-                await self.reconcile_once(only=only)
+                await self.reconcile_once(only=only, woken_by=woken_by)
             except Exception as exc:  # last resort: a bug; the next pass must come all the same
                 self._last_resort("reconciliation pass failed", exc)
             if self._stopping:
                 break
             only = await self.sleep(full=only is None)
+
+    def _take_wake_reasons(self, only: set[str] | None, *, first: bool) -> str:
+        """Why the pass about to start runs, in words; the wakes asked for so far are used up."""
+        reasons, self._wake_reasons = self._wake_reasons, []
+        if reasons:
+            return "; ".join(reasons)
+        if first:
+            return "the server started"
+        if only is None:
+            return f"the poll (every {self.poll_interval:g} s)"
+        return "the end of a freeze window" if self.schedule.last_timed else "a retry"
 
     async def sleep(self, *, full: bool = True) -> set[str] | None:
         """Wait for a wake, the poll, or the earliest requeued work; then what the next pass
@@ -224,15 +244,17 @@ class Controller:
 
     # --- one pass -----------------------------------------------------------------------------
 
-    async def reconcile_once(self, only: Collection[str] | None = None) -> None:
+    async def reconcile_once(
+        self, only: Collection[str] | None = None, *, woken_by: str = "a pass run directly"
+    ) -> None:
         """One level-triggered pass over every cluster of the branch head (`only`: the units
-        with these keys, unless the head moved)."""
+        with these keys, unless the head moved); `woken_by`: why it runs, in words."""
         self.passes += 1
         self.last_pass_at = self.ctx.now()
         started = self.clock.monotonic()
         result = "failed"
         try:
-            await self._pass(only)
+            await self._pass(only, woken_by)
             result = ("source_error" if self.last_source_error is not None
                       else "invalid_revision" if self.head_errors else "ok")  # fmt: skip
         finally:
@@ -240,7 +262,7 @@ class Controller:
             self.metrics.passes.labels(result).inc()
             self.metrics.pass_seconds.observe(self.clock.monotonic() - started)
 
-    async def _pass(self, only: Collection[str] | None) -> None:
+    async def _pass(self, only: Collection[str] | None, woken_by: str) -> None:
         try:
             head = await read_head(self.ctx)
         except ShoalError as exc:
@@ -252,6 +274,9 @@ class Controller:
         self.last_source_error = None
         if head.sha != self.head:
             only = None  # a new revision: every unit is looked at
+            if self.head is not None:
+                woken_by += f", which found the new commit {head.sha[:12]}"
+
         self.head = head.sha
         if head.desired is None:
             # Stalled: nothing is planned from an invalid revision until the next one.
@@ -265,7 +290,10 @@ class Controller:
             units = [(u, orphans) for u, orphans in units if unit_key(u) in only]
         desired = head.desired
         results = await asyncio.gather(
-            *(self._unit(unit, desired, orphans=orphans) for unit, orphans in units),
+            *(
+                self._unit(unit, desired, orphans=orphans, woken_by=woken_by)
+                for unit, orphans in units
+            ),
             return_exceptions=True,
         )
         bugs: list[Exception] = []
@@ -278,19 +306,23 @@ class Controller:
         if bugs:
             raise bugs[0] if len(bugs) == 1 else ExceptionGroup("units failed", bugs)
 
-    async def _unit(self, unit: tuple[str, ...], desired: Desired, *, orphans: bool) -> None:
+    async def _unit(
+        self, unit: tuple[str, ...], desired: Desired, *, orphans: bool, woken_by: str
+    ) -> None:
         key = unit_key(unit)
         if self.schedule.held(key, desired.revision):
             return
         with log_context(clusters=key):
-            await self._look(unit, key, desired, orphans=orphans)
+            await self._look(unit, key, desired, orphans=orphans, woken_by=woken_by)
 
     async def _look(
-        self, unit: tuple[str, ...], key: str, desired: Desired, *, orphans: bool
+        self, unit: tuple[str, ...], key: str, desired: Desired, *, orphans: bool, woken_by: str
     ) -> None:
         async with self.ctx.locks.held(unit):
             try:
-                look = await reconcile_unit(self.ctx, unit, desired, orphans=orphans)
+                look = await reconcile_unit(
+                    self.ctx, unit, desired, orphans=orphans, woken_by=woken_by
+                )
             except ShoalError as exc:
                 record_failure(self.ctx, unit, desired.revision, str(exc))
                 decision = self.schedule.failed(key, exc, desired.revision)

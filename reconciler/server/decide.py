@@ -50,8 +50,11 @@ async def decide(
     plan: Plan,
     transport: Transport,
     facts: Mapping[str, HostFacts] | None = None,
+    *,
+    woken_by: str = "a direct call",
 ) -> PlanRecord | None:
-    """Record what `plan` means for the unit and run it if policy says so; the current plan."""
+    """Record what `plan` means for the unit and run it if policy says so; the current plan.
+    `woken_by`: why this look happened, recorded with a plan it makes."""
     sha = desired.revision
     key = unit_key(unit)
     now = ctx.now()
@@ -72,7 +75,7 @@ async def decide(
             close_plan(ctx, record, sha, "the hosts' facts changed since it was made")
 
     kind: PlanKind = "drift" if already_applied else "change"
-    current = current_plan(ctx, key, plan, kind)
+    current = current_plan(ctx, key, plan, kind, woken_by)
     record_planned(ctx, unit, sha, plan, current, kind, records, now)
 
     blocked = apply_blocked(ctx, unit, desired, current.id)
@@ -125,7 +128,9 @@ def recent_heals(ctx: ServerContext, plan: Plan, current: PlanRecord) -> Sequenc
     ]
 
 
-def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> PlanRecord:
+def current_plan(
+    ctx: ServerContext, key: str, plan: Plan, kind: PlanKind, woken_by: str
+) -> PlanRecord:
     """The stored plan for this exact plan: the open one, a failed/rejected one, or new."""
     store = ctx.store
     existing = store.list_plans(base_id=plan.id, limit=1000)
@@ -146,7 +151,9 @@ def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> Pl
         actor=ACTOR,
         cluster=key,
         plan_id=record.id,
-        detail={"revision": plan.revision, "kind": kind, "hosts": changed},
+        detail={
+            "revision": plan.revision, "kind": kind, "hosts": changed, "woken_by": woken_by
+        },
     )
     if kind == "drift":
         ctx.notify("drift_found", record, who=ACTOR, text=f"drift found: the hosts left revision "
@@ -156,6 +163,12 @@ def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> Pl
                    text=f"{plan_words(record)} waits for approval")  # fmt: skip
     log.info(
         "plan created",
-        extra={"plan_id": record.id, "clusters": key, "revision": plan.revision, "kind": kind},
+        extra={
+            "plan_id": record.id,
+            "clusters": key,
+            "revision": plan.revision,
+            "kind": kind,
+            "woken_by": woken_by,
+        },
     )
     return record

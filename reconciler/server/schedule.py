@@ -36,6 +36,8 @@ class Schedule:
         self._pending: dict[str, _Pending] = {}
         # Looks asked for at a moment, not after a failure (a freeze window's end).
         self._timed: dict[str, float] = {}
+        # The timed looks the last `due()` handed out (why the early pass runs).
+        self.last_timed: set[str] = set()
 
     def failed(self, key: str, exc: Exception, revision: str | None = None) -> RetryDecision:
         """Record that `key` failed with `exc` (at `revision`); what the error's class says."""
@@ -88,4 +90,5 @@ class Schedule:
         timed = {k for k, t in self._timed.items() if t <= now}
         for key in timed:
             del self._timed[key]
+        self.last_timed = timed
         return timed | {k for k, p in self._pending.items() if p.due is not None and p.due <= now}

@@ -329,3 +329,18 @@ def test_an_admin_locks_and_unlocks_a_cluster_from_its_page(world: World) -> Non
     actions = [(e.action, e.actor) for e in world.store.list_audit(cluster="web")]
     assert ("cluster.locked", "token:admin") in actions
     assert ("cluster.unlocked", "token:admin") in actions
+
+
+def test_a_plan_page_says_what_started_the_look_that_made_it(world: World) -> None:
+    plan = _pending(world)
+    client = _signed_in(world, "viewer")
+    assert 'id="woken-by"' not in client.get(f"/ui/plans/{plan.id}").text
+    world.store.audit(
+        "plan.created",
+        actor="controller",
+        cluster="web",
+        plan_id=plan.id,
+        detail={"kind": "change", "woken_by": "webhook (gitea) <b>"},
+    )
+    page = client.get(f"/ui/plans/{plan.id}").text
+    assert '<dd id="woken-by">webhook (gitea) &lt;b&gt;</dd>' in page

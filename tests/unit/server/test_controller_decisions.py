@@ -512,3 +512,38 @@ async def test_an_override_starts_a_plan_approved_during_the_freeze(tmp_path: Pa
     assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
     with pytest.raises(PlanNotPending):
         await fc.controller.override_freeze(plan.id, actor="token:admin", reason="late")
+
+
+# --- why a plan was made ----------------------------------------------------------------------
+
+
+def woken_by(fc: FakeCluster, plan: PlanRecord) -> str:
+    (created,) = fc.store.list_audit(plan_id=plan.id, action="plan.created")
+    return str(created.detail["woken_by"])
+
+
+async def test_each_plan_records_what_started_the_look_that_made_it(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=60)
+    fc.clock.budget = 3
+
+    def meanwhile(waits: int) -> None:
+        # While the loop sleeps: a commit, then its webhook (twice: one reason), then a
+        # commit nobody announces, which the poll finds.
+        if waits == 1:
+            fc.push(WEIGHT_3)
+            fc.controller.wake("webhook (github)")
+            fc.controller.wake("webhook (github)")
+        if waits == 2:
+            fc.push(set_in("clusters/web.toml", "weight = 2", "weight = 4"))
+
+    fc.clock.on_wait = meanwhile
+    await fc.controller.start()
+    await until(lambda: len(fc.clock.waits) > fc.clock.budget, "the loop's sleeps")
+    await fc.controller.stop()
+    third, second, first = plans(fc)  # newest first
+    assert woken_by(fc, first) == "the server started"
+    sha = second.revision[:12]
+    assert woken_by(fc, second) == f"webhook (github), which found the new commit {sha}"
+    assert woken_by(fc, third) == (
+        f"the poll (every 60 s), which found the new commit {third.revision[:12]}"
+    )
