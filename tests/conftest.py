@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology, prerequisites, reap_abandoned_labs
+from reconciler.server.store.database import Store
 from tests.machine_leftovers import SESSION_ENV, Snapshot, leftovers, snapshot
+from tests.support import postgres as pg
 
 # One token per pytest process (each xdist worker too), so parallel runs never share a lab.
 SESSION_TOKEN = secrets.token_hex(4)[:7]
@@ -67,6 +70,54 @@ async def lab() -> AsyncIterator[Lab]:
     await reap_abandoned_labs()
     async with Lab.up(SESSION_LAB_ID, Topology.default(), ephemeral=True) as session_lab:
         yield session_lab
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.PostgresServer]:
+    """A PostgreSQL server of this pytest process (tests/support/postgres.py), on a Unix socket.
+
+    Missing binaries skip the test locally (`make unit` without `make setup-tests`); under CI=true
+    they fail it: the PostgreSQL store is always tested in CI.
+    """
+    why = pg.missing()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why} (CI=true: the PostgreSQL store must be tested)", pytrace=False)
+        pytest.skip(why)
+    server = pg.PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+StoreOpener = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """Each store test runs on both stores: (name, store URL); the URL is None for SQLite,
+    whose file is in `tmp_path / "state"`; for PostgreSQL a schema of the test's own."""
+    if request.param == "sqlite":
+        return "sqlite", None
+    server: pg.PostgresServer = request.getfixturevalue("postgres")
+    return "postgresql", server.new_url()
+
+
+@pytest.fixture
+def open_store(store_backend: tuple[str, str | None], tmp_path: Path) -> Iterator[StoreOpener]:
+    """Opens the test's store (again: a second server, or one restarted, on the same data)."""
+    opened: list[Store] = []
+    _, url = store_backend
+
+    def opener() -> Store:
+        store = Store.connect(url) if url else Store.open(tmp_path / "state")
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
 
 
 _lab_test_ids: set[str] = set()

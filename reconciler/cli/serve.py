@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from reconciler.server.settings import ServerSettings
-from reconciler.server.store.database import Store
+from reconciler.server.store.connection import StoreUnavailable
+from reconciler.server.store.database import StoreUrlError, open_store, redact_store_url
 from reconciler.server.store.records import Role
 
 log = logging.getLogger("shoal.serve")
@@ -27,7 +28,7 @@ def build_app(settings: ServerSettings) -> FastAPI:
     from reconciler.transport.connect import transport_for
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.state_dir)
+    store = open_store(settings.state_dir, settings.store_url)
     source = GitSource(settings.repo, settings.state_dir, settings.branch)
     key = settings.key_path
     controller = Controller(
@@ -59,11 +60,16 @@ def run_serve(settings: ServerSettings) -> int:
             "repo": redact_url(settings.repo),
             "branch": settings.branch,
             "state_dir": str(settings.state_dir),
+            "store": redact_store_url(settings.store_url) if settings.store_url else "sqlite",
             "listen": f"{settings.listen_host}:{settings.listen_port}",
             "poll": settings.poll_interval,
         },
     )
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except (StoreUrlError, StoreUnavailable) as exc:
+        log.error(str(exc))
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.listen_host,
@@ -76,9 +82,9 @@ def run_serve(settings: ServerSettings) -> int:
     return 0
 
 
-def create_token(state_dir: Path, role: Role, name: str = "") -> str:
+def create_token(state_dir: Path, role: Role, name: str = "", store_url: str | None = None) -> str:
     """Store a new token's hash and return the token (shown once, never stored)."""
-    store = Store.open(state_dir)
+    store = open_store(state_dir, store_url)
     try:
         record, token = store.create_token(role, name)
         store.audit("token.created", actor="cli", detail={"id": record.id, "role": role})

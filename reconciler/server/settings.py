@@ -38,6 +38,9 @@ class ServerSettings:
     session_lifetime: float = DEFAULT_SESSION_SECONDS
     # For hosts with become = "sudo" whose sudoers asks for a password (NOPASSWD is better).
     become_password: SecretStr | None = field(default=None, repr=False)
+    # A postgresql:// URL: the store in PostgreSQL, which several servers may share; None: the
+    # SQLite file in state_dir. Out of repr: the URL may carry the database password.
+    store_url: str | None = field(default=None, repr=False)
 
     @property
     def key_path(self) -> Path:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from reconciler.server.store.connection import (
     Connection,
+    Row,
+    Tx,
     as_record,
     equal_to,
     from_json,
@@ -58,7 +59,7 @@ class RunQueries(Connection):
 
     @staticmethod
     def _start_run_tx(
-        db: sqlite3.Connection, plan_id: str, run_id: str, actor: str, now: str
+        db: Tx, plan_id: str, run_id: str, actor: str, now: str
     ) -> bool:
         cur = db.execute(
             "UPDATE plans SET state = 'applying', updated_at = ? "
@@ -67,7 +68,9 @@ class RunQueries(Connection):
         )
         if cur.rowcount != 1:
             return False
-        cluster = db.execute("SELECT cluster FROM plans WHERE id = ?", (plan_id,)).fetchone()[0]
+        row = db.execute("SELECT cluster FROM plans WHERE id = ?", (plan_id,)).fetchone()
+        assert row is not None  # the UPDATE above found it, in this transaction
+        cluster = row[0]
         db.execute(
             "INSERT INTO runs (id, plan_id, cluster, state, actor, started_at) "
             "VALUES (?, ?, ?, 'applying', ?, ?)",
@@ -85,9 +88,14 @@ class RunQueries(Connection):
                 db.execute("DELETE FROM step_results WHERE run_id = ?", (run_id,))
             for r in results:
                 db.execute(
-                    "INSERT OR REPLACE INTO step_results (run_id, seq, host, step_id, name, "
+                    "INSERT INTO step_results (run_id, seq, host, step_id, name, "
                     "result, comment, changes_json, output, rollback, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, seq) DO UPDATE SET host = excluded.host, "
+                    "step_id = excluded.step_id, name = excluded.name, "
+                    "result = excluded.result, comment = excluded.comment, "
+                    "changes_json = excluded.changes_json, output = excluded.output, "
+                    "rollback = excluded.rollback, at = excluded.at",
                     (
                         run_id,
                         r.seq,
@@ -168,7 +176,7 @@ class RunQueries(Connection):
         ]
 
     @staticmethod
-    def _run(row: sqlite3.Row) -> RunRecord:
+    def _run(row: Row) -> RunRecord:
         return as_record(
             RunRecord,
             row,

@@ -1,4 +1,8 @@
-"""The SQLite store: schema, plan lifecycle (compare-and-set), runs, audit, tokens, restarts."""
+"""The store: schema, plan lifecycle (compare-and-set), runs, audit, tokens, restarts.
+
+Every test that takes `open_store` or `store` runs twice, on SQLite and on PostgreSQL (a real
+server, tests/support/postgres.py); the few that read the SQLite file itself say so.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +18,31 @@ from reconciler.server.store.database import Store
 from reconciler.server.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from reconciler.server.store.records import StepResultRecord
 from reconciler.server.store.tokens import TOKEN_PREFIX, hash_token, token_id_of
+from tests.conftest import StoreOpener
 from tests.support.plans import make_plan
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store.open(tmp_path)
+def store(open_store: StoreOpener) -> Store:
+    return open_store()
 
 
-def test_schema_is_versioned_and_wal(store: Store, tmp_path: Path) -> None:
+def test_schema_is_versioned(open_store: StoreOpener) -> None:
+    store = open_store()
     assert store.schema_version() == SCHEMA_VERSION
-    db = sqlite3.connect(tmp_path / "shoal.db")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations")]
+    versions = [r[0] for r in store._query("SELECT version FROM schema_migrations ORDER BY 1")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
     # Opening again applies nothing twice.
     store.close()
-    again = Store.open(tmp_path)
+    again = open_store()
     assert again.schema_version() == SCHEMA_VERSION
+    assert len(again._query("SELECT version FROM schema_migrations")) == SCHEMA_VERSION
+
+
+def test_sqlite_store_is_one_file_in_wal_mode(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "shoal.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_plan_roundtrip_and_filters(store: Store) -> None:
@@ -103,15 +114,36 @@ def test_run_lifecycle_with_steps_and_backups(store: Store) -> None:
     assert store.backups(run_id=run.id)[0].detail == {"files": 3}
 
 
-def test_restart_loses_nothing(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+def test_two_servers_on_one_store_approve_once(open_store: StoreOpener) -> None:
+    """Two connections, as two servers would hold: the compare-and-set holds across them."""
+    first, second = open_store(), open_store()
+    plan = make_plan()
+    first.add_plan(plan, cluster="web", kind="change")
+    results: list[object] = []
+
+    def approve(store: Store, i: int) -> None:
+        results.append(store.approve_and_start_run(plan.id, actor=f"u{i}", comment=""))
+
+    threads = [threading.Thread(target=approve, args=((first, second)[i % 2], i))
+               for i in range(20)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([r for r in results if r is not None]) == 1
+    assert len(second.approvals_for(plan.id)) == 1
+    assert len(first.list_runs(plan_id=plan.id)) == 1
+
+
+def test_restart_loses_nothing(open_store: StoreOpener) -> None:
+    store = open_store()
     plan = make_plan()
     store.add_plan(plan, cluster="web", kind="change")
     store.update_cluster("web", head_revision="a" * 40, errors=[{"text": "x"}], in_sync=False)
     store.audit("plan.created", actor="controller", cluster="web", plan_id=plan.id)
     _, token = store.create_token("viewer", "bob")
     # No close(): a killed process does not close either.
-    again = Store.open(tmp_path)
+    again = open_store()
     record = again.get_plan(plan.id)
     assert record is not None and record.state == "pending"
     cluster = again.get_cluster("web")
@@ -120,11 +152,18 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
     assert again.authenticate(token) is not None
 
 
-def test_tokens_are_hashed_and_checked(store: Store, tmp_path: Path) -> None:
-    record, token = store.create_token("approver", "alice")
-    assert token.startswith("shoal_")
+def test_sqlite_file_holds_no_token(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    _, token = store.create_token("approver", "alice")
     raw = (tmp_path / "shoal.db").read_bytes() + (tmp_path / "shoal.db-wal").read_bytes()
     assert token.encode() not in raw
+
+
+def test_tokens_are_hashed_and_checked(store: Store) -> None:
+    record, token = store.create_token("approver", "alice")
+    assert token.startswith("shoal_")
+    stored = [str(r[i]) for r in store._query("SELECT * FROM tokens") for i in range(6)]
+    assert all(token not in column for column in stored)
     found = store.authenticate(token)
     assert found is not None and found.role == "approver" and found.actor == "token:alice"
     assert store.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
@@ -164,14 +203,14 @@ def test_host_facts_upsert(store: Store) -> None:
     assert store.get_host_facts("nope") is None
 
 
-def test_webhook_deliveries_are_remembered_across_a_restart(tmp_path: Path) -> None:
-    first = Store.open(tmp_path)
+def test_webhook_deliveries_are_remembered_across_a_restart(open_store: StoreOpener) -> None:
+    first = open_store()
     assert first.remember_delivery("github", "d-1") is True
     assert first.remember_delivery("github", "d-1") is False
     # The same id from another scheme is another delivery.
     assert first.remember_delivery("gitlab", "d-1") is True
     first.close()
-    again = Store.open(tmp_path)
+    again = open_store()
     assert again.remember_delivery("github", "d-1") is False
     assert again.delivery_count() == 2
 
@@ -192,20 +231,18 @@ def test_webhook_deliveries_are_bounded_by_count_and_age(store: Store) -> None:
     assert store.delivery_count() == 1
 
 
-def test_migrations_upgrade_a_version_1_store(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+def test_migrations_upgrade_a_version_1_store(open_store: StoreOpener) -> None:
+    store = open_store()
     store.audit("before.upgrade", actor="t")
+    # Back to what a store of version 1 had (the SQL is SQLite's, translated as the migrations).
+    with store._tx() as db:
+        for statement in ("DROP TABLE webhook_deliveries", "DROP TABLE web_sessions",
+                          "DROP TABLE cluster_locks", "DROP INDEX audit_actor",
+                          "DROP INDEX audit_plan",
+                          "DELETE FROM schema_migrations WHERE version >= 2"):  # fmt: skip
+            db.execute(statement)
     store.close()
-    db = sqlite3.connect(tmp_path / "shoal.db")
-    db.execute("DROP TABLE webhook_deliveries")
-    db.execute("DROP TABLE web_sessions")
-    db.execute("DROP TABLE cluster_locks")
-    db.execute("DROP INDEX audit_actor")
-    db.execute("DROP INDEX audit_plan")
-    db.execute("DELETE FROM schema_migrations WHERE version >= 2")
-    db.commit()
-    db.close()
-    upgraded = Store.open(tmp_path)
+    upgraded = open_store()
     assert upgraded.schema_version() == SCHEMA_VERSION
     assert upgraded.remember_delivery("github", "x") is True
     token, _ = upgraded.create_token("viewer")
