@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.server.store.database import Store
 from reconciler.server.store.migrations import MIGRATIONS, SCHEMA_VERSION
-from reconciler.server.store.records import StepResultRecord
+from reconciler.server.store.records import PlanExists, StepResultRecord
 from reconciler.server.store.tokens import TOKEN_PREFIX, hash_token, token_id_of
 from tests.conftest import StoreOpener
 from tests.support.plans import make_plan
@@ -275,3 +275,117 @@ def test_a_token_is_found_by_its_id_and_checked_by_its_hash(store: Store) -> Non
     assert token_id_of("bearer_" + token) is None
     stored = store._query("SELECT sha256 FROM tokens WHERE id = ?", (record.id,))[0][0]
     assert stored == hash_token(token) and token not in stored
+
+
+def test_approval_votes_and_approvers_in_order(store: Store) -> None:
+    plan = make_plan()
+    store.add_plan(plan, cluster="web", kind="change")
+    assert store.add_approval_vote(plan.id, actor="token:bob", comment="one")
+    assert store.add_approval_vote(plan.id, actor="token:alice", comment="two")
+    assert store.add_approval_vote(plan.id, actor="token:bob", comment="again")
+    assert store.approvers_of(plan.id) == ["token:bob", "token:alice"]
+    assert store.decide_plan(plan.id, decision="approve", actor="token:carol", comment="")
+    # No longer pending: a late vote is refused and writes nothing.
+    assert not store.add_approval_vote(plan.id, actor="token:dave", comment="late")
+    assert store.approvers_of(plan.id) == ["token:bob", "token:alice", "token:carol"]
+    run = store.start_run(plan.id, actor="token:carol")
+    assert run is not None and run.cluster == "web"
+    assert store.start_run(plan.id, actor="token:carol") is None  # applying already
+
+
+def test_sessions_open_read_expire_and_end(store: Store) -> None:
+    token, _ = store.create_token("approver", "alice")
+    start = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    session, secret = store.open_session(token, timedelta(hours=1), now=start)
+    found = store.session_of(secret, now=start + timedelta(minutes=59))
+    assert found is not None and found[0] == session and found[1].name == "alice"
+    assert store.session_of(secret, now=start + timedelta(hours=1)) is None  # expired
+    assert store.session_of(secret + "x", now=start) is None
+    # Opening another forgets the expired ones.
+    two_hours_on = start + timedelta(hours=2)
+    later, later_secret = store.open_session(token, timedelta(hours=1), now=two_hours_on)
+    assert store._query("SELECT id FROM web_sessions")[0][0] == later.id
+    assert store.end_session(later_secret) and not store.end_session(later_secret)
+    _, kept = store.open_session(token, timedelta(hours=1))
+    store.revoke_token(token.id)
+    assert store.session_of(kept) is None  # its token was revoked
+
+
+def test_totals_count_from_the_records(store: Store) -> None:
+    failed, passed = make_plan(), make_plan(host="web2")
+    store.add_plan(failed, cluster="web", kind="change")
+    store.add_plan(passed, cluster="web", kind="drift")
+    for plan, ok in ((failed, False), (passed, True)):
+        run = store.approve_and_start_run(plan.id, actor="t", comment="")
+        assert run is not None
+        step = StepResultRecord(0, "web1", "s", "n", "ok", rollback=not ok)
+        store.add_step_results(run.id, [step])
+        store.finish_run(run.id, ok=ok, plan_state="applied" if ok else "failed",
+                         run_state="applied" if ok else "failed",
+                         result={"verification": {"ok": ok}})  # fmt: skip
+    store.update_cluster("web", applied_revision="c" * 40)
+    totals = store.totals()
+    assert totals.plans_by_state == {"applied": 1, "failed": 1}
+    assert totals.runs_by_state == {"applied": 1, "failed": 1}
+    counts = (totals.runs_rolled_back, totals.verification_failures, totals.drift_reports)
+    assert counts == (1, 1, 1)
+    assert totals.applied_revisions == {"web": "c" * 40}
+
+
+def test_final_step_rows_replace_the_live_ones(store: Store) -> None:
+    plan = make_plan()
+    store.add_plan(plan, cluster="web", kind="change")
+    run = store.approve_and_start_run(plan.id, actor="t", comment="")
+    assert run is not None
+    store.add_step_results(run.id, [StepResultRecord(0, "web1", "s", "live", "changed")])
+    # The same seq written again takes the row's place (an upsert), on both stores.
+    store.add_step_results(run.id, [StepResultRecord(0, "web1", "s", "again", "ok")])
+    assert [s.name for s in store.step_results(run.id)] == ["again"]
+    store.add_step_results(run.id, [StepResultRecord(0, "web1", "s", "final", "ok"),
+                                    StepResultRecord(1, "web2", "t", "final2", "ok")],
+                           replace=True)  # fmt: skip
+    assert [(s.seq, s.name) for s in store.step_results(run.id)] == [(0, "final"), (1, "final2")]
+
+
+def test_runs_backups_audit_times_and_clusters_by_membership(store: Store) -> None:
+    web, unit = make_plan(), make_plan(host="web2")
+    store.add_plan(web, cluster="web", kind="change")
+    store.add_plan(unit, cluster="api,web", kind="change")
+    runs = [store.approve_and_start_run(p.id, actor="t", comment="") for p in (web, unit)]
+    assert all(runs)
+    assert {r.plan_id for r in store.list_runs(cluster="web")} == {web.id, unit.id}
+    assert [r.plan_id for r in store.list_runs(cluster="api")] == [unit.id]
+    assert store.list_runs(cluster="ap") == []
+    # Equal start times (same millisecond) still list newest first: insertion order decides.
+    assert [r.plan_id for r in store.list_runs(limit=1)] == [unit.id]
+    store.add_backup(runs[1].id, unit.id, "web2", "/b/1", {"n": 1})  # type: ignore[union-attr]
+    assert [b.location for b in store.backups(plan_id=unit.id)] == ["/b/1"]
+    store.audit("x", actor="a")
+    now = datetime.now(UTC)
+    since = (now - timedelta(minutes=5)).isoformat(timespec="milliseconds")
+    assert [r.action for r in store.list_audit(since=since)] == ["x"]
+    assert store.list_audit(until=since) == []
+    assert [r.action for r in store.list_audit(since=now.date().isoformat())] == ["x"]
+    store.record_revision("d" * 40, valid=False, errors=[{"text": "bad"}])
+    store.record_revision("d" * 40, valid=True, errors=[])
+    revision = store.get_revision("d" * 40)
+    assert revision is not None and (revision.valid, revision.errors) == (True, [])
+    store.update_cluster("web")
+    store.update_cluster("api", in_sync=True)
+    assert [c.name for c in store.list_clusters()] == ["api", "web"]
+    assert store.ping()
+
+
+def test_a_plan_id_taken_is_refused_and_nothing_is_left_half_written(store: Store) -> None:
+    plan = make_plan()
+    store.add_plan(plan, cluster="web", kind="change")
+    with pytest.raises(PlanExists):
+        store.add_plan(plan, cluster="web", kind="drift")
+    # The store goes on working after the refused write (PostgreSQL: the transaction was
+    # rolled back, not left aborted).
+    assert [p.kind for p in store.list_plans()] == ["change"]
+    assert store.lock_cluster("web", reason="r", actor="a") is not None
+    assert store.lock_cluster("web", reason="again", actor="b") is None
+    assert store.cluster_locks()["web"].reason == "r"
+    unlocked = store.unlock_cluster("web")
+    assert unlocked is not None and unlocked.actor == "a" and store.unlock_cluster("web") is None
