@@ -94,30 +94,70 @@ def postgres() -> Iterator[pg.PostgresServer]:
 StoreOpener = Callable[[], Store]
 
 
+class StoreMaker:
+    """Opens stores of one backend for a test: one per state directory, the same data again
+    when the same directory is given again (a restart, or a second server on it)."""
+
+    def __init__(self, backend: str, postgres: pg.PostgresServer | None) -> None:
+        self.backend = backend
+        self._postgres = postgres
+        self._urls: dict[Path, str] = {}
+        self._opened: list[Store] = []
+
+    def url(self, state_dir: Path) -> str | None:
+        """The store URL of `state_dir` (None: its SQLite file)."""
+        if self._postgres is None:
+            return None
+        if state_dir not in self._urls:
+            self._urls[state_dir] = self._postgres.new_url()
+        return self._urls[state_dir]
+
+    def __call__(self, state_dir: Path) -> Store:
+        url = self.url(state_dir)
+        store = Store.connect(url) if url else Store.open(state_dir)
+        self._opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+def _stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    maker = StoreMaker(request.param, server)
+    yield maker
+    maker.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
-    """Each store test runs on both stores: (name, store URL); the URL is None for SQLite,
-    whose file is in `tmp_path / "state"`; for PostgreSQL a schema of the test's own."""
-    if request.param == "sqlite":
-        return "sqlite", None
-    server: pg.PostgresServer = request.getfixturevalue("postgres")
-    return "postgresql", server.new_url()
+def stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    """Each store test runs on both stores: SQLite files, then a real PostgreSQL server (a
+    schema per state directory). Always both, `make unit` too: they are quick."""
+    yield from _stores(request)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql_app)]
+)
+def app_stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    """The app and the controller over each store. Their PostgreSQL half (marker
+    postgresql_app) doubles the time of many modules, so `make unit` leaves it out; `make
+    test` (scripts/run-tests.sh) runs it, and CI never skips it."""
+    yield from _stores(request)
 
 
 @pytest.fixture
-def open_store(store_backend: tuple[str, str | None], tmp_path: Path) -> Iterator[StoreOpener]:
+def store_backend(stores: StoreMaker, tmp_path: Path) -> tuple[str, str | None]:
+    """(backend name, store URL) of the test's store; the URL is None for SQLite, whose file
+    is in `tmp_path / "state"`."""
+    return stores.backend, stores.url(tmp_path / "state")
+
+
+@pytest.fixture
+def open_store(stores: StoreMaker, tmp_path: Path) -> StoreOpener:
     """Opens the test's store (again: a second server, or one restarted, on the same data)."""
-    opened: list[Store] = []
-    _, url = store_backend
-
-    def opener() -> Store:
-        store = Store.connect(url) if url else Store.open(tmp_path / "state")
-        opened.append(store)
-        return store
-
-    yield opener
-    for store in opened:
-        store.close()
+    return lambda: stores(tmp_path / "state")
 
 
 _lab_test_ids: set[str] = set()

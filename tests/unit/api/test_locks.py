@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from reconciler.cli.main import app
-from tests.conftest import StoreOpener
+from tests.conftest import StoreMaker, StoreOpener
 from tests.support.api_world import World
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    world = World(tmp_path)
+def world(tmp_path: Path, app_stores: StoreMaker) -> Iterator[World]:
+    world = World(tmp_path, app_stores)
     yield world
     world.controller.source.close()
 

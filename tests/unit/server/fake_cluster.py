@@ -202,11 +202,17 @@ def set_in(path: str, old: str, new: str) -> Edit:
 class FakeCluster:
     """The fixture config repository's hosts, all fake; a controller watching them."""
 
-    def __init__(self, tmp: Path, *edits: Edit, poll_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *edits: Edit,
+        poll_interval: float = 60.0,
+        stores: Callable[[Path], Store] = Store.open,
+    ) -> None:
         self.tmp = tmp
         self.source = FakeSource()
         self.clock = FakeClock()
-        self.store = Store.open(tmp / "state")
+        self.store = stores(tmp / "state")
         self.down: set[str] = set()
         self.transports: list[FakeTransport] = []
         self.transport_error: Exception | None = None
