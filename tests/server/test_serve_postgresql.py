@@ -21,7 +21,6 @@ from reconciler.server.store.database import DB_FILENAME, Store
 from tests.server.serve import SHOAL, Repo, ServeProcess
 from tests.support.postgres import PostgresServer
 
-
 Pair = tuple[ServeProcess, ServeProcess, str]
 
 
