@@ -16,6 +16,7 @@ from reconciler.server.store.audit import AuditQueries
 from reconciler.server.store.cluster_locks import ClusterLockQueries
 from reconciler.server.store.connection import Engine
 from reconciler.server.store.migrations import migrate
+from reconciler.server.store.owners import OwnerQueries
 from reconciler.server.store.plans import PlanQueries
 from reconciler.server.store.runs import RunQueries
 from reconciler.server.store.sessions import SessionQueries
@@ -40,6 +41,7 @@ class Store(
     SessionQueries,
     TotalsQueries,
     ClusterLockQueries,
+    OwnerQueries,
 ):
     """The store. Open with `Store.open(state_dir)` or `Store.connect(url)`; close with
     `close()`."""

@@ -169,6 +169,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        5,
+        # Which server owns a cluster (servers sharing one PostgreSQL store), and the owner
+        # epoch, bumped at each acquisition; a run keeps the epochs it runs under (fence_json),
+        # and its writes are refused once they are not current.
+        """
+        CREATE TABLE cluster_owners (
+            cluster TEXT PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            acquired_at TEXT NOT NULL
+        );
+        ALTER TABLE runs ADD COLUMN fence_json TEXT;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.server.store.database import Store
 from reconciler.server.store.migrations import MIGRATIONS, SCHEMA_VERSION
-from reconciler.server.store.records import PlanExists, StepResultRecord
+from reconciler.server.store.records import FencedOut, PlanExists, StepResultRecord
 from reconciler.server.store.tokens import TOKEN_PREFIX, hash_token, token_id_of
 from tests.conftest import StoreOpener
 from tests.support.plans import make_plan
@@ -238,7 +238,8 @@ def test_migrations_upgrade_a_version_1_store(open_store: StoreOpener) -> None:
     with store._tx() as db:
         for statement in ("DROP TABLE webhook_deliveries", "DROP TABLE web_sessions",
                           "DROP TABLE cluster_locks", "DROP INDEX audit_actor",
-                          "DROP INDEX audit_plan",
+                          "DROP INDEX audit_plan", "DROP TABLE cluster_owners",
+                          "ALTER TABLE runs DROP COLUMN fence_json",
                           "DELETE FROM schema_migrations WHERE version >= 2"):  # fmt: skip
             db.execute(statement)
     store.close()
@@ -249,6 +250,7 @@ def test_migrations_upgrade_a_version_1_store(open_store: StoreOpener) -> None:
     assert upgraded.open_session(token, timedelta(hours=1))[0].token_id == token.id
     assert [a.action for a in upgraded.list_audit()] == ["before.upgrade"]
     assert upgraded.lock_cluster("web", reason="upgrade test", actor="t") is not None
+    assert upgraded.own_cluster("web", "after-upgrade") == 1
 
 
 # Shipped migrations are never edited (existing state directories must keep opening): their SQL
@@ -389,3 +391,52 @@ def test_a_plan_id_taken_is_refused_and_nothing_is_left_half_written(store: Stor
     assert store.cluster_locks()["web"].reason == "r"
     unlocked = store.unlock_cluster("web")
     assert unlocked is not None and unlocked.actor == "a" and store.unlock_cluster("web") is None
+
+
+def test_a_write_under_a_stale_owner_epoch_is_refused(open_store: StoreOpener) -> None:
+    """Server A owns web (epoch 1) and runs a plan; B takes web over (epoch 2): every write of
+    A's run under epoch 1 is refused and writes nothing, until B adopts the run."""
+    a, b = open_store(), open_store()
+    assert a.own_cluster("web", "server-a") == 1
+    plan, later = make_plan(), make_plan(host="web2")
+    a.add_plan(plan, cluster="web", kind="change")
+    a.add_plan(later, cluster="web", kind="change")
+    run = a.approve_and_start_run(plan.id, actor="t", comment="", fence={"web": 1})
+    assert run is not None and run.fence == {"web": 1}
+    step = StepResultRecord(0, "web1", "s", "before the takeover", "changed")
+    a.add_step_results(run.id, [step], fence=run.fence)
+    assert b.own_cluster("web", "server-b") == 2
+    owner = b.cluster_owner("web")
+    assert owner is not None and (owner.owner, owner.epoch) == ("server-b", 2)
+    late = StepResultRecord(1, "web1", "s", "after the takeover", "changed")
+    with pytest.raises(FencedOut) as refused:
+        a.add_step_results(run.id, [late], fence=run.fence)
+    assert (refused.value.cluster, refused.value.epoch, refused.value.current) == ("web", 1, 2)
+    with pytest.raises(FencedOut):
+        a.finish_run(run.id, ok=True, plan_state="applied", run_state="applied", result={},
+                     fence=run.fence)  # fmt: skip
+    with pytest.raises(FencedOut):
+        a.add_backup(run.id, plan.id, "web1", "/b", {}, fence=run.fence)
+    with pytest.raises(FencedOut):
+        a.add_step_results(run.id, [late])  # no fence at all: refused too
+    with pytest.raises(FencedOut):
+        a.approve_and_start_run(later.id, actor="t", comment="", fence={"web": 1})
+    with pytest.raises(FencedOut):
+        a.check_fence(run.fence)
+    # Nothing of the refused writes is there.
+    assert [s.name for s in b.step_results(run.id)] == ["before the takeover"]
+    current = b.get_run(run.id)
+    assert current is not None and current.state == "applying" and b.backups(run_id=run.id) == []
+    record = b.get_plan(later.id)
+    assert record is not None and record.state == "pending" and b.approvals_for(later.id) == []
+    # B takes the run over: its writes go in, A's stay refused.
+    b.adopt_run(run.id, {"web": 2})
+    with pytest.raises(FencedOut):
+        b.adopt_run(run.id, {"web": 1})
+    with pytest.raises(FencedOut):
+        a.finish_run(run.id, ok=True, plan_state="applied", run_state="applied", result={},
+                     fence={"web": 1})  # fmt: skip
+    b.finish_run(run.id, ok=False, plan_state="failed", run_state="failed", result=None,
+                 error="rolled back by server-b", fence={"web": 2})  # fmt: skip
+    done = b.get_run(run.id)
+    assert done is not None and done.state == "failed" and done.fence == {"web": 2}
