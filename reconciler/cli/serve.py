@@ -7,7 +7,10 @@ until SIGINT/SIGTERM (the app's lifespan lets a running apply finish before exit
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -15,6 +18,10 @@ from reconciler.server.settings import ServerSettings
 from reconciler.server.store.connection import StoreUnavailable
 from reconciler.server.store.database import StoreUrlError, open_store, redact_store_url
 from reconciler.server.store.records import Role
+
+if TYPE_CHECKING:
+    from reconciler.server.controller import Peers
+    from reconciler.server.ownership import Ownership
 
 log = logging.getLogger("shoal.serve")
 
@@ -31,6 +38,18 @@ def build_app(settings: ServerSettings) -> FastAPI:
     store = open_store(settings.state_dir, settings.store_url)
     source = GitSource(settings.repo, settings.state_dir, settings.branch)
     key = settings.key_path
+    ownership: Ownership | None = None
+    peers: Peers | None = None
+    if settings.store_url:
+        # Servers sharing the store: clusters owned by advisory locks, wakes told to the others.
+        from reconciler.server.postgres_ownership import PostgresOwnership
+        from reconciler.server.postgres_wake import PostgresPeers
+        from reconciler.server.store.postgres_engine import conninfo_of
+
+        conninfo = conninfo_of(settings.store_url)
+        name = server_name(settings)
+        ownership = PostgresOwnership(conninfo, store, name)
+        peers = PostgresPeers(conninfo, store, name)
     controller = Controller(
         source=source,
         store=store,
@@ -38,8 +57,16 @@ def build_app(settings: ServerSettings) -> FastAPI:
         clock=SystemClock(),
         poll_interval=settings.poll_interval,
         poll_jitter=settings.poll_jitter,
+        ownership=ownership,
+        peers=peers,
     )
     return create_app(controller, store, settings)
+
+
+def server_name(settings: ServerSettings) -> str:
+    """This server among those sharing a store: host, API port and process id (the audit log
+    and the cluster owners table name it)."""
+    return f"{socket.gethostname()}:{settings.listen_port}:{os.getpid()}"
 
 
 def run_serve(settings: ServerSettings) -> int:

@@ -23,8 +23,10 @@ from reconciler.plan.compile import managed_paths
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.ownership import Ownership, SoleOwnership
 from reconciler.server.source import Source
 from reconciler.server.store.database import Store
+from reconciler.server.store.owners import Fence
 from reconciler.transport.protocol import Transport, TransportFactory
 
 ACTOR = "controller"
@@ -41,6 +43,8 @@ class ServerContext:
     # Ask the loop for a pass soon (the controller's `wake`).
     wake: Callable[[str], None]
     locks: ClusterLocks = field(default_factory=ClusterLocks)
+    # Which clusters this server plans, applies and recovers (all of them, on its own store).
+    ownership: Ownership = field(default_factory=SoleOwnership)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
     metrics: ServerMetrics = field(init=False)
 
@@ -49,6 +53,10 @@ class ServerContext:
 
     def now(self) -> str:
         return stamp(self.clock.now())
+
+    def fence(self, unit: Sequence[str]) -> Fence | None:
+        """The owner epochs this server's runs of `unit` write under (None: unfenced)."""
+        return self.ownership.fence(unit)
 
     def transport(self, desired: Desired) -> Transport:
         return self.transports(desired)

@@ -22,16 +22,21 @@ and a `TransportFactory` (by default the machine's clocks and SSH with the clien
 
 One reconciliation per cluster at a time: every pass, approval and recovery holds the asyncio
 locks of its clusters (taken in name order, so two units cannot deadlock).
+
+Several servers on one PostgreSQL store: each unit is looked at only by the server that owns
+its clusters (`ownership`, claimed at every look); a server that takes a cluster over recovers
+its interrupted runs first. Every wake is told to the other servers too (`peers`), so a webhook
+or an approval that reached any of them wakes the owner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.desired.models import Desired
 from reconciler.errors import HostUnreachable, ShoalError
@@ -41,6 +46,7 @@ from reconciler.server.context import ServerContext
 from reconciler.server.crash_recovery import recover
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.ownership import Ownership, SoleOwnership
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
@@ -53,6 +59,16 @@ from reconciler.transport.connect import transport_for
 from reconciler.transport.protocol import TransportFactory
 
 log = logging.getLogger("shoal.controller")
+
+
+class Peers(Protocol):
+    """The other servers of a shared store: wakes sent to them and received from them."""
+
+    def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[str], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def publish(self, reason: str) -> None: ...
 
 
 class Controller:
@@ -73,6 +89,8 @@ class Controller:
         poll_interval: float = 60.0,
         poll_jitter: float = 0.1,
         stop_timeout: float = 120.0,
+        ownership: Ownership | None = None,
+        peers: Peers | None = None,
     ) -> None:
         if transports is None:
             if client_key is None:
@@ -80,8 +98,14 @@ class Controller:
             transports = partial(transport_for, client_key=client_key)
         self.clock: Clock = clock or SystemClock()
         self.ctx = ServerContext(
-            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake
+            source=source,
+            store=store,
+            transports=transports,
+            clock=self.clock,
+            wake=self.wake,
+            ownership=ownership or SoleOwnership(),
         )
+        self.peers = peers
         self.source = source
         self.store = store
         self.poll_interval = poll_interval
@@ -106,6 +130,8 @@ class Controller:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.peers is not None:
+            self.peers.start(asyncio.get_running_loop(), self.wake_here)
         if self._loop_task is None:
             self._stopping = False
             self._loop_task = asyncio.create_task(self._run(), name="shoal-controller")
@@ -124,13 +150,27 @@ class Controller:
             if still:
                 await asyncio.wait(still)
         self._loop_task = None
+        if self.peers is not None:
+            await asyncio.to_thread(self.peers.stop)
+        # Gives up every cluster this server owned (their locks end with the session).
+        await asyncio.to_thread(self.ctx.ownership.close)
         await asyncio.to_thread(self.source.close)
         self.ready = False
 
     def wake(self, reason: str) -> None:
-        """Ask for a pass soon; any number of wakes during a pass make one more pass.
+        """Ask for a pass soon, here and on the other servers of the store (`peers`); any
+        number of wakes during a pass make one more pass.
 
         A wake also lets go of units held until a new revision: someone asked to look again."""
+        if self.peers is not None:
+            try:
+                self.peers.publish(reason)
+            except Exception as exc:  # the others still poll: a lost wake costs only time
+                log.warning("could not wake the other servers", extra={"error": str(exc)})
+        self.wake_here(reason)
+
+    def wake_here(self, reason: str) -> None:
+        """`wake`, on this server only (what another server's wake arrives as)."""
         self.wake_requests += 1
         log.info("wake requested", extra={"reason": reason})
         self.schedule.release_holds()
@@ -255,6 +295,13 @@ class Controller:
         key = unit_key(unit)
         if self.schedule.held(key, desired.revision):
             return
+        claim = await self.ctx.ownership.claim(unit)
+        if not claim.owned:
+            return  # another server owns a cluster of it: its pass, not ours
+        if claim.acquired and self.recovered:
+            # Taken over from a server that died or lost its session: its interrupted runs
+            # are ours to bring back first.
+            await recover(self.ctx, claim.acquired)
         async with self.ctx.locks.held(unit):
             try:
                 look = await reconcile_unit(self.ctx, unit, desired, orphans=orphans)

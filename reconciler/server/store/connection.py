@@ -74,6 +74,11 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell the other servers on this database (PostgreSQL's NOTIFY); a store of one
+        server has nobody to tell."""
+        return None
+
 
 def from_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)

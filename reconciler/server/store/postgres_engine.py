@@ -139,3 +139,8 @@ class PostgresEngine(Engine):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
             return _run(self._connection(), sql, params).rows
+
+    def notify(self, channel: str, payload: str) -> None:
+        with self._lock:
+            # Autocommit: delivered at once (a NOTIFY inside a transaction waits for COMMIT).
+            self._connection().execute("SELECT pg_notify(%s, %s)", (channel, payload))

@@ -32,6 +32,7 @@ from reconciler.errors import SourceError
 from reconciler.facts.parse import Section, split_sections
 from reconciler.facts.script import MARKER
 from reconciler.server.controller import Controller
+from reconciler.server.ownership import Ownership
 from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
 from reconciler.transport.fake import Call, FakeTransport, Reply
@@ -208,6 +209,7 @@ class FakeCluster:
         *edits: Edit,
         poll_interval: float = 60.0,
         stores: Callable[[Path], Store] = Store.open,
+        ownership: Callable[[Store], Ownership] | None = None,
     ) -> None:
         self.tmp = tmp
         self.source = FakeSource()
@@ -230,6 +232,7 @@ class FakeCluster:
             clock=self.clock,
             poll_interval=poll_interval,
             poll_jitter=0.1,
+            ownership=None if ownership is None else ownership(self.store),
         )
 
     def push(self, *edits: Edit) -> str:
