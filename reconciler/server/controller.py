@@ -298,7 +298,7 @@ class Controller:
         claim = await self.ctx.ownership.claim(unit)
         if not claim.owned:
             return  # another server owns a cluster of it: its pass, not ours
-        if claim.acquired and self.recovered:
+        if claim.acquired:
             # Taken over from a server that died or lost its session: its interrupted runs
             # are ours to bring back first.
             await recover(self.ctx, claim.acquired)
