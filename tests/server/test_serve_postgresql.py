@@ -5,12 +5,17 @@ database works on both, a lock set through one is listed and audited by the othe
 restarted server finds everything again. The state directories hold no SQLite file: the store
 really is the database. The watched head is invalid, so no host is ever contacted.
 
+A webhook delivered to one server wakes the other too (LISTEN/NOTIFY): the owner of a cluster
+passes at once whichever server the Git host reached.
+
 Costs about 10 s (two server start-ups and one restart).
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import pytest
 
 from reconciler.server.store.database import DB_FILENAME, Store
 from tests.server.serve import SHOAL, Repo, ServeProcess
+from tests.server.test_webhook_deliveries import PUSH_MAIN, signed
 from tests.support.postgres import PostgresServer
 
 Pair = tuple[ServeProcess, ServeProcess, str]
@@ -87,3 +93,21 @@ def test_serve_names_a_store_it_cannot_reach_and_exits(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert f"store 'postgresql://shoal:***@/shoal?host={tmp_path}': cannot connect" in out
     assert "s3cret" not in out
+
+
+def test_a_webhook_to_one_server_wakes_the_other(pair: Pair) -> None:
+    a, b, _ = pair
+    with httpx.Client(base_url=a.url, timeout=30) as on_a, httpx.Client(
+        base_url=b.url, timeout=30
+    ) as on_b:
+        before = a.loop(on_a)["wakes"]
+        # Sent again (a new delivery each time) until a's wakes move: a's listener may still
+        # be connecting when the first one goes out. None is ever sent to a.
+        deadline = time.monotonic() + 60
+        while a.loop(on_a)["wakes"] == before:
+            assert time.monotonic() < deadline, a.tail()
+            sent = on_b.post("/webhooks/git", content=PUSH_MAIN,
+                             headers=signed("github", PUSH_MAIN, str(uuid.uuid4())))  # fmt: skip
+            assert sent.status_code == 202 and sent.json()["outcome"] == "queued", sent.text
+            time.sleep(0.2)
+        assert "via" in a.tail()  # a logged the wake as told by b
