@@ -116,6 +116,9 @@ class Controller:
         self._next_poll: float | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._applies: set[asyncio.Task[None]] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        # The units of the last full pass: what the ownership watch may take over.
+        self.known_units: list[tuple[str, ...]] = []
         self._stopping = False
         self.ready = False
         self.recovered = False
@@ -135,11 +138,18 @@ class Controller:
         if self._loop_task is None:
             self._stopping = False
             self._loop_task = asyncio.create_task(self._run(), name="shoal-controller")
+        interval = self.ctx.ownership.watch_interval
+        if interval is not None and self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch(interval), name="shoal-ownership")
 
     async def stop(self) -> None:
         """Finish running applies (bounded by stop_timeout), then stop the loop."""
         self._stopping = True
         self._wake.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
         pending: list[asyncio.Task[None]] = list(self._applies)
         if self._loop_task is not None:
             pending.append(self._loop_task)
@@ -184,6 +194,31 @@ class Controller:
     async def recover(self) -> None:
         """Roll back the runs a crash left `applying` (`crash_recovery`)."""
         await recover(self.ctx)
+
+    async def _watch(self, interval: float) -> None:
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await self.take_over_free_units()
+            except Exception as exc:  # last resort: the next round must come all the same
+                log.error("ownership watch failed: a bug", exc_info=exc)
+
+    async def take_over_free_units(self) -> list[tuple[str, ...]]:
+        """Claim every known unit this server does not own; each one got (its owner died or
+        lost its session) has its interrupted runs recovered, then a pass is asked for.
+        Returns the units taken over."""
+        taken: list[tuple[str, ...]] = []
+        for unit in list(self.known_units):
+            fence = self.ctx.ownership.fence(unit)
+            if fence is not None and len(fence) == len(unit):
+                continue  # owned already
+            claim = await self.ctx.ownership.claim(unit)
+            if claim.owned and claim.acquired:
+                await recover(self.ctx, claim.acquired)
+                taken.append(unit)
+        if taken:
+            self.wake_here(f"took over {', '.join(unit_key(u) for u in taken)}")
+        return taken
 
     async def _run(self) -> None:
         try:
@@ -273,6 +308,7 @@ class Controller:
         self.head_errors = []
         units = pass_units(head.desired)
         if only is None:
+            self.known_units = [u for u, _ in units]
             self.schedule.keep_only({unit_key(u) for u, _ in units} | {SOURCE, PASS})
         else:
             units = [(u, orphans) for u, orphans in units if unit_key(u) in only]

@@ -28,6 +28,8 @@ class Claim:
 
 class Ownership(ABC):
     name: str
+    # Seconds between looks for clusters whose owner is gone (None: nobody else can own any).
+    watch_interval: float | None = None
 
     @abstractmethod
     async def claim(self, unit: Sequence[str]) -> Claim:

@@ -31,6 +31,10 @@ from reconciler.server.store.owners import Fence
 
 log = logging.getLogger("shoal.ownership")
 
+# How often a server looks for clusters whose owner is gone (died, or lost its session): the
+# bound on a takeover, beside the time the database takes to end a dead session.
+WATCH_SECONDS = 5.0
+
 # The first key of the two-key advisory locks: shoal's clusters, apart from other users of the
 # database (the store's write lock is in the one-key space).
 LOCK_NAMESPACE = 0x73686F61
@@ -45,7 +49,10 @@ def lock_key(cluster: str) -> int:
 class PostgresOwnership(Ownership):
     """Clusters owned through advisory locks on a session connection of this server's own."""
 
-    def __init__(self, conninfo: str, store: Store, name: str) -> None:
+    def __init__(
+        self, conninfo: str, store: Store, name: str, watch_interval: float = WATCH_SECONDS
+    ) -> None:
+        self.watch_interval = watch_interval
         self.conninfo = conninfo
         self.store = store
         self.name = name

@@ -125,6 +125,30 @@ async def test_a_cut_session_hands_the_cluster_over_and_fences_the_old_owner(
     b.controller.ctx.ownership.close()
 
 
+async def test_the_watch_takes_over_a_dead_owners_cluster_without_waiting_for_a_pass(
+    pair: tuple[FakeCluster, FakeCluster], postgres: PostgresServer
+) -> None:
+    a, b = pair
+    await a.controller.reconcile_once()
+    await b.controller.reconcile_once()  # b knows the units, owns none
+    assert b.controller.known_units == [("web",)] and b.controller.ctx.fence(("web",)) is None
+    assert await b.controller.take_over_free_units() == []  # a is alive: nothing to take
+    assert a.source.head is not None
+    plan = make_plan(a.source.head, host="web2")
+    a.store.add_plan(plan, cluster="web", kind="change")
+    run = a.store.approve_and_start_run(plan.id, actor="t", comment="",
+                                        fence=a.controller.ctx.fence(("web",)))  # fmt: skip
+    assert run is not None
+    end_session(postgres, a)  # a is gone, mid-run
+    wakes = b.controller.wake_requests
+    assert await b.controller.take_over_free_units() == [("web",)]
+    assert b.controller.wake_requests == wakes + 1  # and a pass of b's follows
+    taken = b.store.get_run(run.id)
+    assert taken is not None and taken.state == "interrupted" and taken.fence == {"web": 2}
+    a.controller.ctx.ownership.close()
+    b.controller.ctx.ownership.close()
+
+
 async def test_a_wake_on_one_server_wakes_the_other(
     pair: tuple[FakeCluster, FakeCluster], postgres: PostgresServer
 ) -> None:
