@@ -133,6 +133,11 @@ def live_steps(ctx: ServerContext, run: RunRecord) -> EventHandler:
         if event.kind == "phase":
             if fenced:
                 raise fenced[0]
+            unit = run.cluster.split(",")
+            if run.fence is not None and not ctx.ownership.holds(unit):
+                # The lock session is gone: another server may own the cluster any moment.
+                cluster = sorted(unit)[0]
+                raise FencedOut(run.id, cluster, run.fence.get(cluster), None)
             ctx.store.check_fence(run.fence, run_id=run.id)
         if event.kind == "step" and event.step is not None and event.host is not None:
             try:

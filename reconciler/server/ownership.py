@@ -39,6 +39,11 @@ class Ownership(ABC):
     def fence(self, unit: Sequence[str]) -> Fence | None:
         """The fence of clusters already owned (no database round trip)."""
 
+    def holds(self, unit: Sequence[str]) -> bool:
+        """Whether this server still holds every cluster of `unit` now (a round trip on the
+        lock session, where there is one): asked before each phase of an apply."""
+        return True
+
     def close(self) -> None:
         return None
 

@@ -111,7 +111,10 @@ class PostgresOwnership(Ownership):
                 lost = sorted(self._epochs)
                 log.warning("ownership session lost", extra={"clusters": lost, "error": str(exc)})
                 self._drop_session()
-        self._session = psycopg.connect(self.conninfo, autocommit=True)
+        # Named, so that pg_stat_activity tells which session holds a server's clusters.
+        self._session = psycopg.connect(
+            self.conninfo, autocommit=True, application_name=f"shoal-ownership {self.name}"
+        )
         return self._session
 
     def _drop_session(self) -> None:
@@ -123,6 +126,19 @@ class PostgresOwnership(Ownership):
     @staticmethod
     def _unlock(session: psycopg.Connection[Any], cluster: str) -> None:
         session.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, lock_key(cluster)))
+
+    def holds(self, unit: Sequence[str]) -> bool:
+        with self._lock:
+            if any(c not in self._epochs for c in unit) or self._session is None:
+                return False
+            try:
+                self._session.execute("SELECT 1")
+                return True
+            except psycopg.OperationalError as exc:
+                lost = sorted(self._epochs)
+                log.warning("ownership session lost", extra={"clusters": lost, "error": str(exc)})
+                self._drop_session()
+                return False
 
     def session_pid(self) -> int | None:
         """The backend pid of the session holding the locks (for tests that end it)."""

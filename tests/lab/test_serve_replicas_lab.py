@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from lab import Lab, Topology
@@ -133,6 +134,80 @@ async def test_three_servers_one_owner_and_a_takeover_after_kill_9(
                 for host, hp in plan.plan.hosts.items():
                     facts = await others[0].get(f"/hosts/{host}/facts")
                     assert facts["digest"] == hp.facts_digest, host
+        finally:
+            for s in servers:
+                await s.stop()
+                await s.http.aclose()
+            store.close()
+
+
+async def test_an_owner_whose_session_is_cut_mid_apply_is_fenced_out(
+    session_token: str, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """The owner's session ends while it applies (what a cut connection does, once keepalives
+    give up): the other server takes the cluster over and records the run; every later write
+    of the first one is refused, and it stops at its next phase (its log says so)."""
+    url = postgres.new_url()
+    store = Store.connect(url)
+    async with Lab.up(f"q{session_token}", Topology.default(), ephemeral=True) as lab:
+        repo = Repo(tmp_path, lab)
+        sha = repo.push(lambda _: None, "the cluster as the fixture has it")
+        first_server = ServeProcess(lab, tmp_path, repo.bare, store_url=url, name="a")
+        servers = [first_server]
+        try:
+            await first_server.start()
+
+            async def planned() -> list[Any]:
+                return [p for p in store.list_plans(cluster="web") if p.revision == sha]
+
+            (plan,) = await until("the plan", planned, time.monotonic() + 120)
+            second = ServeProcess(lab, tmp_path, repo.bare, store_url=url, name="b")
+            servers.append(second)
+            await second.start()
+            owner_row = store.cluster_owner("web")
+            assert owner_row is not None and f":{first_server.port}:" in owner_row.owner
+            approver = first_server.auth("approver")
+            approved = await first_server.http.post(f"/plans/{plan.id}/approve", headers=approver)
+            assert approved.status_code == 202, approved.text
+            run_id = approved.json()["run_id"]
+            backup = f"/var/lib/shoal/backups/{plan.id}"
+            first = sorted(h for h, hp in plan.plan.hosts.items() if hp.steps)
+            while True:
+                probes = await asyncio.gather(
+                    *(lab.exec(h, ["test", "-d", backup], check=False) for h in first)
+                )
+                if any(p.returncode == 0 for p in probes):
+                    break
+                current = store.get_run(run_id)
+                assert current is not None and current.state == "applying", "ended too soon"
+                await asyncio.sleep(0.01)
+            # End the owner's lock session only; its store connection stays up.
+            with psycopg.connect(postgres.conninfo(), autocommit=True) as db:
+                ended = db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s", (f"shoal-ownership {owner_row.owner}",),
+                ).fetchall()
+            assert ended == [(True,)]
+            cut_at = time.monotonic()
+
+            async def closed() -> Any:
+                current = store.get_run(run_id)
+                return current if current is not None and current.state != "applying" else None
+
+            done = await until("the takeover", closed, cut_at + TAKEOVER_DEADLINE)
+            new_owner = store.cluster_owner("web")
+            assert new_owner is not None and f":{second.port}:" in new_owner.owner
+            assert done.state == "interrupted" and done.fence == {"web": new_owner.epoch}
+            assert [e.run_id for e in store.list_audit(action="run.taken_over")] == [run_id]
+
+            # The first server ends its apply fenced out, writing nothing of the run.
+            async def fenced() -> bool:
+                return "fenced out" in first_server.log.read_text(errors="replace")
+
+            await until("the first server's fenced-out stop", fenced, time.monotonic() + 60)
+            after = store.get_run(run_id)
+            assert after is not None and (after.state, after.fence) == (done.state, done.fence)
+            assert after.recovery == done.recovery and after.finished_at == done.finished_at
         finally:
             for s in servers:
                 await s.stop()

@@ -100,6 +100,12 @@ async def test_a_cut_session_hands_the_cluster_over_and_fences_the_old_owner(
     run = a.store.approve_and_start_run(plan.id, actor="t", comment="", fence=stale)
     assert run is not None
     end_session(postgres, a)
+    # Before anyone took over: a finds its lock session gone at the next phase, and stops.
+    on_event = live_steps(a.controller.ctx, run)
+    with pytest.raises(FencedOut) as lost:
+        on_event(ApplyEvent("phase", "directors"))
+    assert (lost.value.epoch, lost.value.current) == (1, None)
+    assert a.controller.ctx.fence(unit) is None  # a knows it owns nothing now
     await b.controller.reconcile_once()
     owner = b.store.cluster_owner("web")
     assert owner is not None and (owner.owner, owner.epoch) == ("server-b", 2)
@@ -107,11 +113,9 @@ async def test_a_cut_session_hands_the_cluster_over_and_fences_the_old_owner(
     taken = b.store.get_run(run.id)
     assert taken is not None and taken.fence == {"web": 2} and taken.state == "interrupted"
     assert [e.run_id for e in b.store.list_audit(action="run.taken_over")] == [run.id]
-    # a has not noticed yet: its writes under epoch 1 are refused, and write nothing.
-    assert a.controller.ctx.fence(unit) == stale
-    on_event = live_steps(a.controller.ctx, run)
+    # a's writes under epoch 1 are refused, and write nothing.
     with pytest.raises(FencedOut):
-        on_event(ApplyEvent("phase", "real_servers_prepare"))  # never starts a new phase
+        a.store.check_fence(stale)
     with pytest.raises(FencedOut):
         a.store.finish_run(run.id, ok=True, plan_state="applied", run_state="applied",
                            result={}, fence=stale)  # fmt: skip
