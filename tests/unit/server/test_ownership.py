@@ -4,7 +4,8 @@ Each "server" is a real Controller (FakeCluster: fake hosts, real store) with it
 PostgresOwnership (advisory locks on a session connection of its own) on one database schema.
 Ending the owner's session (pg_terminate_backend, as a cut connection or a dead machine would)
 hands the cluster to the other at its next look, under a new epoch; everything the first one
-writes under its old epoch is refused. Costs about 2 s.
+writes under its old epoch is refused. Costs about 2 s, marked postgresql_app with the other
+controller tests on PostgreSQL: `make test` runs them, `make unit` leaves them out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from tests.support.plans import make_plan
 from tests.support.postgres import PostgresServer
 from tests.unit.server.fake_cluster import FakeCluster
 
+pytestmark = pytest.mark.postgresql_app
+
 
 def server(tmp: Path, url: str, name: str) -> FakeCluster:
     ownership: Callable[[Store], PostgresOwnership] = lambda store: PostgresOwnership(  # noqa: E731
@@ -50,6 +53,11 @@ def end_session(postgres: PostgresServer, fc: FakeCluster) -> None:
     assert pid is not None
     with psycopg.connect(postgres.conninfo(), autocommit=True) as db:
         db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        # pg_terminate_backend only signals: the locks go when the backend has exited.
+        deadline = time.monotonic() + 30
+        while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchall():
+            assert time.monotonic() < deadline, f"backend {pid} still there"
+            time.sleep(0.01)
 
 
 @pytest.fixture
