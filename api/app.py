@@ -37,6 +37,7 @@ from reconciler.server.lifecycle import (
 )
 from reconciler.server.settings import ServerSettings
 from reconciler.server.store.database import Store
+from reconciler.server.store.records import FencedOut
 
 ROUTERS = (
     health.router,
@@ -119,6 +120,9 @@ def create_app(controller: ControllerPort, store: Store, settings: ServerSetting
             SourceError: _unavailable,
             TransportError: _unavailable,
             HostKeyRejected: _unavailable,
+            # Another server took the cluster over between this one's claim and its write:
+            # nothing was written, and a retry goes to the new owner's way.
+            FencedOut: _unavailable,
         },
     )
     app.state.controller = controller

@@ -4,7 +4,8 @@
 # - the ARP-invariant lab module: a few minutes of namespace hosts that mostly wait (ARP probes,
 #   pings from the VIP), so it costs the others little CPU, yet run after the VM tests it
 #   made that process the longest by minutes;
-# - the lab modules of sudo, IPv6, import and the browser: mostly waiting on hosts too;
+# - the lab modules of sudo, IPv6, import, the browser and the three servers on PostgreSQL:
+#   mostly waiting on hosts too;
 # - everything else, printing as it runs.
 # Each process brings up its own labs and checks its own leftovers (tests/conftest.py). The
 # background processes' output follows when all are done. Any failing fails the run.
@@ -18,7 +19,8 @@ ARP_TESTS=(tests/lab/test_invariants_lab.py tests/lab/test_serve_crash_recovery.
            tests/lab/test_failover_keepalived.py)
 LAB_TESTS=()
 for f in tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py tests/lab/test_web_browser.py \
-         tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py; do
+         tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py \
+         tests/lab/test_serve_replicas_lab.py; do
   [ -e "$f" ] && LAB_TESTS+=("$f")
 done
 others=()

@@ -11,8 +11,10 @@ PACKAGES=(openssh-server openssh-client arptables iptables nftables iproute2 kee
           qemu-system-x86 busybox-static kmod sudo ndisc6)
 
 # `setup.sh --tests` (make test): also what only the tests use. Debian's Chromium is the browser
-# the web pages' browser test drives (tests/lab/test_web_browser.py); the demo never needs it.
-TEST_PACKAGES=(chromium)
+# the web pages' browser test drives (tests/lab/test_web_browser.py); PostgreSQL 15 the server the
+# store tests start on a socket of their own (tests/support/postgres.py: its binaries only; the
+# cluster the package may make and start is never used). The demo needs neither.
+TEST_PACKAGES=(chromium postgresql)
 [ "${1:-}" != "--tests" ] || PACKAGES+=("${TEST_PACKAGES[@]}")
 
 missing=()

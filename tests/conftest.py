@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from lab import Lab, Topology, prerequisites, reap_abandoned_labs
+from reconciler.server.store.database import Store
 from tests.machine_leftovers import SESSION_ENV, Snapshot, leftovers, snapshot
+from tests.support import postgres as pg
 
 # One token per pytest process (each xdist worker too), so parallel runs never share a lab.
 SESSION_TOKEN = secrets.token_hex(4)[:7]
@@ -67,6 +70,94 @@ async def lab() -> AsyncIterator[Lab]:
     await reap_abandoned_labs()
     async with Lab.up(SESSION_LAB_ID, Topology.default(), ephemeral=True) as session_lab:
         yield session_lab
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.PostgresServer]:
+    """A PostgreSQL server of this pytest process (tests/support/postgres.py), on a Unix socket.
+
+    Missing binaries skip the test locally (`make unit` without `make setup-tests`); under CI=true
+    they fail it: the PostgreSQL store is always tested in CI.
+    """
+    why = pg.missing()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why} (CI=true: the PostgreSQL store must be tested)", pytrace=False)
+        pytest.skip(why)
+    server = pg.PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+StoreOpener = Callable[[], Store]
+
+
+class StoreMaker:
+    """Opens stores of one backend for a test: one per state directory, the same data again
+    when the same directory is given again (a restart, or a second server on it)."""
+
+    def __init__(self, backend: str, postgres: pg.PostgresServer | None) -> None:
+        self.backend = backend
+        self._postgres = postgres
+        self._urls: dict[Path, str] = {}
+        self._opened: list[Store] = []
+
+    def url(self, state_dir: Path) -> str | None:
+        """The store URL of `state_dir` (None: its SQLite file)."""
+        if self._postgres is None:
+            return None
+        if state_dir not in self._urls:
+            self._urls[state_dir] = self._postgres.new_url()
+        return self._urls[state_dir]
+
+    def __call__(self, state_dir: Path) -> Store:
+        url = self.url(state_dir)
+        store = Store.connect(url) if url else Store.open(state_dir)
+        self._opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+def _stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    maker = StoreMaker(request.param, server)
+    yield maker
+    maker.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    """Each store test runs on both stores: SQLite files, then a real PostgreSQL server (a
+    schema per state directory). Always both, `make unit` too: they are quick."""
+    yield from _stores(request)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql_app)]
+)
+def app_stores(request: pytest.FixtureRequest) -> Iterator[StoreMaker]:
+    """The app and the controller over each store. Their PostgreSQL half (marker
+    postgresql_app) doubles the time of many modules, so `make unit` leaves it out; `make
+    test` (scripts/run-tests.sh) runs it, and CI never skips it."""
+    yield from _stores(request)
+
+
+@pytest.fixture
+def store_backend(stores: StoreMaker, tmp_path: Path) -> tuple[str, str | None]:
+    """(backend name, store URL) of the test's store; the URL is None for SQLite, whose file
+    is in `tmp_path / "state"`."""
+    return stores.backend, stores.url(tmp_path / "state")
+
+
+@pytest.fixture
+def open_store(stores: StoreMaker, tmp_path: Path) -> StoreOpener:
+    """Opens the test's store (again: a second server, or one restarted, on the same data)."""
+    return lambda: stores(tmp_path / "state")
 
 
 _lab_test_ids: set[str] = set()

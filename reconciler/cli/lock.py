@@ -1,5 +1,5 @@
 """`shoal lock CLUSTER --reason R`, `shoal unlock CLUSTER` and `shoal override-freeze PLAN
---reason R`, on a server's state dir.
+--reason R`, on a server's state dir (or its PostgreSQL store, `--store`).
 
 The same lock the API's admin routes set: written to the store, audited with the person's
 name (`--by`, default the login name). A running server sees a lock at its next decision and
@@ -12,7 +12,7 @@ import getpass
 from collections.abc import Callable
 from pathlib import Path
 
-from reconciler.server.store.database import Store
+from reconciler.server.store.database import open_store
 
 
 def actor_of(by: str | None) -> str:
@@ -20,8 +20,8 @@ def actor_of(by: str | None) -> str:
 
 
 def run_lock(state_dir: Path, cluster: str, reason: str, by: str | None,
-             echo: Callable[[str], None]) -> int:  # fmt: skip
-    store = Store.open(state_dir)
+             echo: Callable[[str], None], store_url: str | None = None) -> int:  # fmt: skip
+    store = open_store(state_dir, store_url)
     try:
         actor = actor_of(by)
         lock = store.lock_cluster(cluster, reason=reason, actor=actor)
@@ -37,8 +37,8 @@ def run_lock(state_dir: Path, cluster: str, reason: str, by: str | None,
 
 
 def run_unlock(state_dir: Path, cluster: str, by: str | None,
-               echo: Callable[[str], None]) -> int:  # fmt: skip
-    store = Store.open(state_dir)
+               echo: Callable[[str], None], store_url: str | None = None) -> int:  # fmt: skip
+    store = open_store(state_dir, store_url)
     try:
         actor = actor_of(by)
         lock = store.unlock_cluster(cluster)
@@ -54,9 +54,9 @@ def run_unlock(state_dir: Path, cluster: str, by: str | None,
 
 
 def run_override(state_dir: Path, plan_id: str, reason: str, by: str | None,
-                 echo: Callable[[str], None]) -> int:  # fmt: skip
+                 echo: Callable[[str], None], store_url: str | None = None) -> int:  # fmt: skip
     """Let one pending or approved plan start during a freeze (the API's override-freeze)."""
-    store = Store.open(state_dir)
+    store = open_store(state_dir, store_url)
     try:
         actor = actor_of(by)
         record = store.get_plan(plan_id)

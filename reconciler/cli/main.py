@@ -3,6 +3,8 @@ the module it names, so this file only wires options to functions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,20 @@ def become_password(password_file: Path | None) -> SecretStr | None:
     try:
         return load_become_password(password_file.expanduser() if password_file else None)
     except BecomePasswordError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """A store that cannot be opened (a bad --store URL, a database not reachable): its name
+    (without a password) and why, exit 2."""
+    from reconciler.server.store.connection import StoreUnavailable
+    from reconciler.server.store.database import StoreUrlError
+
+    try:
+        yield
+    except (StoreUrlError, StoreUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -155,6 +171,19 @@ def facts(
     )
 
 
+# The store of serve, token, lock and unlock: one of the commands' own options, not a setting
+# of the repository; a URL may carry a password, so $SHOAL_STORE keeps it off command lines.
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="SHOAL_STORE",
+        help="postgresql://... (servers sharing one database) [the SQLite file in STATE_DIR]",
+        show_envvar=True,
+    ),
+]
+
+
 @app.command()
 def serve(
     repo: Annotated[str, typer.Option("--repo", help="config repository URL or path")],
@@ -176,6 +205,7 @@ def serve(
         typer.Option("--notify", envvar="SHOAL_NOTIFY_FILE",
                      help="receivers of outgoing notifications (TOML)"),
     ] = None,
+    store: StoreOption = None,
 ) -> None:
     """Watch the repository, plan, serve the API, apply approved plans."""
     from reconciler.cli.serve import run_serve
@@ -203,6 +233,7 @@ def serve(
         webhook_secret=load_webhook_secret(webhook_secret_file),
         become_password=become_password(become_password_file),
         notify=receivers,
+        store_url=store,
     )
     raise typer.Exit(run_serve(settings))
 
@@ -216,6 +247,7 @@ def token_create(
     role: Annotated[str, typer.Option("--role", help="viewer | approver | admin")],
     state_dir: Annotated[Path, typer.Option("--state-dir", help="the server's state dir")],
     name: Annotated[str, typer.Option("--name", help="a label for the audit log")] = "",
+    store: StoreOption = None,
 ) -> None:
     """Create a token and print it once; only its hash is kept."""
     from reconciler.cli.serve import create_token
@@ -223,7 +255,8 @@ def token_create(
 
     if role not in ROLES:
         raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
-    typer.echo(create_token(state_dir, role, name))
+    with store_errors():
+        typer.echo(create_token(state_dir, role, name, store))
 
 
 ClusterArgument = Annotated[str, typer.Argument(help="a cluster of the repository")]
@@ -237,19 +270,27 @@ def lock(
     reason: Annotated[str, typer.Option("--reason", help="why nothing may apply")],
     state_dir: StateDirOption,
     by: ByOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Lock a cluster: no plan of it applies (approved plans wait) until it is unlocked."""
     from reconciler.cli.lock import run_lock
 
-    raise typer.Exit(run_lock(state_dir, cluster, reason, by, typer.echo))
+    with store_errors():
+        status = run_lock(state_dir, cluster, reason, by, typer.echo, store)
+    raise typer.Exit(status)
 
 
 @app.command()
-def unlock(cluster: ClusterArgument, state_dir: StateDirOption, by: ByOption = None) -> None:
+def unlock(
+    cluster: ClusterArgument, state_dir: StateDirOption, by: ByOption = None,
+    store: StoreOption = None,
+) -> None:  # fmt: skip
     """Lift a cluster's lock; an approved plan starts at the server's next pass."""
     from reconciler.cli.lock import run_unlock
 
-    raise typer.Exit(run_unlock(state_dir, cluster, by, typer.echo))
+    with store_errors():
+        status = run_unlock(state_dir, cluster, by, typer.echo, store)
+    raise typer.Exit(status)
 
 
 @app.command("override-freeze")
@@ -258,11 +299,14 @@ def override_freeze(
     reason: Annotated[str, typer.Option("--reason", help="why it may start during a freeze")],
     state_dir: StateDirOption,
     by: ByOption = None,
+    store: StoreOption = None,
 ) -> None:
     """Let one pending or approved plan start although a freeze window forbids applies now."""
     from reconciler.cli.lock import run_override
 
-    raise typer.Exit(run_override(state_dir, plan_id, reason, by, typer.echo))
+    with store_errors():
+        status = run_override(state_dir, plan_id, reason, by, typer.echo, store)
+    raise typer.Exit(status)
 
 
 @app.command()

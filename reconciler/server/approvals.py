@@ -107,6 +107,19 @@ async def approve(
                 log.info("approval recorded", extra={"actor": actor, "approvals": len(approvers),
                                                      "required": required})  # fmt: skip
                 return ApprovalRecorded(plan_id, approvers, required)
+        claim = await ctx.ownership.claim(unit)
+        if not claim.owned:
+            # Another server owns the unit: the approval is recorded here and the owner, woken,
+            # starts the run at its pass (checking the facts, like after an unlock).
+            if not ctx.store.decide_plan(plan_id, decision="approve", actor=actor,
+                                         comment=comment):  # fmt: skip
+                raise _no_longer_pending(ctx, plan_id)
+            waiting = "the server that owns the cluster (woken)"
+            ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster,
+                            plan_id=record.id, detail={"comment": comment, "waiting": waiting})
+            ctx.wake("approval on another server")
+            return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
+                                    waiting=waiting)  # fmt: skip
         desired = restrict(await ctx.load(record.revision), unit)
         transport = ctx.transport(desired)
         facts = await ctx.gather(transport, desired, sorted(record.plan.hosts))
@@ -147,7 +160,8 @@ async def approve(
                 ctx.look_at(unit_key(unit), blocked.until)
             return ApprovalRecorded(plan_id, [*ctx.store.approvers_of(plan_id)], required,
                                     waiting=blocked.reason, until=blocked.until)  # fmt: skip
-        run = ctx.store.approve_and_start_run(plan_id, actor=actor, comment=comment)
+        run = ctx.store.approve_and_start_run(plan_id, actor=actor, comment=comment,
+                                              fence=claim.fence)  # fmt: skip
         if run is None:
             raise _no_longer_pending(ctx, plan_id)
         _audit_decision(ctx, "plan.approved", record, actor, comment, run_id=run.id)

@@ -26,8 +26,10 @@ from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.notify import Notifier
 from reconciler.server.notify_events import notification
+from reconciler.server.ownership import Ownership, SoleOwnership
 from reconciler.server.source import Source
 from reconciler.server.store.database import Store
+from reconciler.server.store.owners import Fence
 from reconciler.server.store.records import PlanRecord
 from reconciler.transport.protocol import Transport, TransportFactory
 
@@ -47,6 +49,8 @@ class ServerContext:
     # Ask the loop to look at a unit (its key) at a moment (a freeze window's end).
     look_at: Callable[[str, datetime], None] = lambda key, at: None
     locks: ClusterLocks = field(default_factory=ClusterLocks)
+    # Which clusters this server plans, applies and recovers (all of them, on its own store).
+    ownership: Ownership = field(default_factory=SoleOwnership)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
     metrics: ServerMetrics = field(init=False)
     # Where events go (the receivers file of `shoal serve`); None: nowhere.
@@ -65,6 +69,10 @@ class ServerContext:
         if self.notifier is not None:
             self.notifier.emit(notification(event, record, at=self.now(), who=who, text=text,
                                             link_base=self.link_base, run_id=run_id))  # fmt: skip
+
+    def fence(self, unit: Sequence[str]) -> Fence | None:
+        """The owner epochs this server's runs of `unit` write under (None: unfenced)."""
+        return self.ownership.fence(unit)
 
     def transport(self, desired: Desired) -> Transport:
         return self.transports(desired)

@@ -22,17 +22,22 @@ and a `TransportFactory` (by default the machine's clocks and SSH with the clien
 
 One reconciliation per cluster at a time: every pass, approval and recovery holds the asyncio
 locks of its clusters (taken in name order, so two units cannot deadlock).
+
+Several servers on one PostgreSQL store: each unit is looked at only by the server that owns
+its clusters (`ownership`, claimed at every look); a server that takes a cluster over recovers
+its interrupted runs first. Every wake is told to the other servers too (`peers`), so a webhook
+or an approval that reached any of them wakes the owner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.desired.models import Desired
 from reconciler.errors import HostUnreachable, ShoalError
@@ -46,6 +51,7 @@ from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.notify import Notifier
 from reconciler.server.notify_settings import NotifySettings
+from reconciler.server.ownership import Ownership, SoleOwnership
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
@@ -65,6 +71,16 @@ log = logging.getLogger("shoal.controller")
 
 # Seconds after a freeze window's end that the loop looks at the unit it held.
 LOOK_MARGIN = 0.1
+
+
+class Peers(Protocol):
+    """The other servers of a shared store: wakes sent to them and received from them."""
+
+    def start(self, loop: asyncio.AbstractEventLoop, wake: Callable[[str], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def publish(self, reason: str) -> None: ...
 
 
 class Controller:
@@ -87,6 +103,8 @@ class Controller:
         stop_timeout: float = 120.0,
         notify: NotifySettings | None = None,
         link_base: str = "",
+        ownership: Ownership | None = None,
+        peers: Peers | None = None,
     ) -> None:
         if transports is None:
             if client_key is None:
@@ -94,12 +112,18 @@ class Controller:
             transports = partial(transport_for, client_key=client_key)
         self.clock: Clock = clock or SystemClock()
         self.ctx = ServerContext(
-            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake,
+            source=source,
+            store=store,
+            transports=transports,
+            clock=self.clock,
+            wake=self.wake,
             look_at=self.look_at,
+            ownership=ownership or SoleOwnership(),
         )
         if notify is not None and notify.receivers:
             self.ctx.notifier = Notifier(notify.receivers, self.ctx.metrics)
         self.ctx.link_base = link_base
+        self.peers = peers
         self.source = source
         self.store = store
         self.poll_interval = poll_interval
@@ -110,6 +134,9 @@ class Controller:
         self._next_poll: float | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._applies: set[asyncio.Task[None]] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        # The units of the last full pass: what the ownership watch may take over.
+        self.known_units: list[tuple[str, ...]] = []
         self._stopping = False
         self.ready = False
         self.recovered = False
@@ -129,14 +156,23 @@ class Controller:
     async def start(self) -> None:
         if self.ctx.notifier is not None:
             self.ctx.notifier.start()
+        if self.peers is not None:
+            self.peers.start(asyncio.get_running_loop(), self.wake_here)
         if self._loop_task is None:
             self._stopping = False
             self._loop_task = asyncio.create_task(self._run(), name="shoal-controller")
+        interval = self.ctx.ownership.watch_interval
+        if interval is not None and self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch(interval), name="shoal-ownership")
 
     async def stop(self) -> None:
         """Finish running applies (bounded by stop_timeout), then stop the loop."""
         self._stopping = True
         self._wake.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
         pending: list[asyncio.Task[None]] = list(self._applies)
         if self._loop_task is not None:
             pending.append(self._loop_task)
@@ -149,13 +185,27 @@ class Controller:
         self._loop_task = None
         if self.ctx.notifier is not None:
             await self.ctx.notifier.stop()
+        if self.peers is not None:
+            await asyncio.to_thread(self.peers.stop)
+        # Gives up every cluster this server owned (their locks end with the session).
+        await asyncio.to_thread(self.ctx.ownership.close)
         await asyncio.to_thread(self.source.close)
         self.ready = False
 
     def wake(self, reason: str) -> None:
-        """Ask for a pass soon; any number of wakes during a pass make one more pass.
+        """Ask for a pass soon, here and on the other servers of the store (`peers`); any
+        number of wakes during a pass make one more pass.
 
         A wake also lets go of units held until a new revision: someone asked to look again."""
+        if self.peers is not None:
+            try:
+                self.peers.publish(reason)
+            except Exception as exc:  # the others still poll: a lost wake costs only time
+                log.warning("could not wake the other servers", extra={"error": str(exc)})
+        self.wake_here(reason)
+
+    def wake_here(self, reason: str) -> None:
+        """`wake`, on this server only (what another server's wake arrives as)."""
         self.wake_requests += 1
         log.info("wake requested", extra={"reason": reason})
         if reason not in self._wake_reasons and len(self._wake_reasons) < MAX_WAKE_REASONS:
@@ -179,6 +229,31 @@ class Controller:
     async def recover(self) -> None:
         """Roll back the runs a crash left `applying` (`crash_recovery`)."""
         await recover(self.ctx)
+
+    async def _watch(self, interval: float) -> None:
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await self.take_over_free_units()
+            except Exception as exc:  # last resort: the next round must come all the same
+                log.error("ownership watch failed: a bug", exc_info=exc)
+
+    async def take_over_free_units(self) -> list[tuple[str, ...]]:
+        """Claim every known unit this server does not own; each one got (its owner died or
+        lost its session) has its interrupted runs recovered, then a pass is asked for.
+        Returns the units taken over."""
+        taken: list[tuple[str, ...]] = []
+        for unit in list(self.known_units):
+            fence = self.ctx.ownership.fence(unit)
+            if fence is not None and len(fence) == len(unit):
+                continue  # owned already
+            claim = await self.ctx.ownership.claim(unit)
+            if claim.owned and claim.acquired:
+                await recover(self.ctx, claim.acquired)
+                taken.append(unit)
+        if taken:
+            self.wake_here(f"took over {', '.join(unit_key(u) for u in taken)}")
+        return taken
 
     async def _run(self) -> None:
         try:
@@ -285,6 +360,7 @@ class Controller:
         self.head_errors = []
         units = pass_units(head.desired)
         if only is None:
+            self.known_units = [u for u, _ in units]
             self.schedule.keep_only({unit_key(u) for u, _ in units} | {SOURCE, PASS})
         else:
             units = [(u, orphans) for u, orphans in units if unit_key(u) in only]
@@ -318,6 +394,13 @@ class Controller:
     async def _look(
         self, unit: tuple[str, ...], key: str, desired: Desired, *, orphans: bool, woken_by: str
     ) -> None:
+        claim = await self.ctx.ownership.claim(unit)
+        if not claim.owned:
+            return  # another server owns a cluster of it: its pass, not ours
+        if claim.acquired:
+            # Taken over from a server that died or lost its session: its interrupted runs
+            # are ours to bring back first.
+            await recover(self.ctx, claim.acquired)
         async with self.ctx.locks.held(unit):
             try:
                 look = await reconcile_unit(

@@ -4,11 +4,17 @@ Every host such a run touched is rolled back, confirmed phases included, from th
 backups, and each host is proven by its facts (`reconciler.apply.recovery` has the policy and
 why). Pending plans stay pending. A run whose rollback failed is marked interrupted all the
 same, with the error in its recovery detail: it is not retried, a person reads it.
+
+Servers sharing one store recover only the runs of clusters they own: a run whose cluster
+another live server owns is that server's. A server that takes a cluster over (its owner died
+or lost its session) adopts the cluster's interrupted runs under its own epochs first, so the
+former owner can write nothing of them any more, then rolls them back like its own.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from reconciler.apply.recovery import backups as recovery_backups
@@ -18,16 +24,18 @@ from reconciler.logfmt import log_context
 from reconciler.plan.planner import plan_desired
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.retry import GiveUp, retry_decision
-from reconciler.server.store.records import PlanRecord, RunRecord
+from reconciler.server.store.records import FencedOut, PlanRecord, RunRecord
 from reconciler.server.units import restrict, unit_hosts, unit_of
 
 log = logging.getLogger("shoal.controller")
 
 
-async def recover(ctx: ServerContext) -> None:
-    """Find runs a crash left `applying`; roll their hosts back; mark them interrupted."""
+async def recover(ctx: ServerContext, clusters: Collection[str] | None = None) -> None:
+    """Find runs a crash left `applying` (of `clusters` only, when given) that this server
+    owns or can take over; roll their hosts back; mark them interrupted."""
     for run in ctx.store.list_runs(state="applying", limit=10_000):
-        await recover_run(ctx, run)
+        if clusters is None or set(run.cluster.split(",")) & set(clusters):
+            await recover_run(ctx, run)
 
 
 async def recover_run(ctx: ServerContext, run: RunRecord) -> None:
@@ -43,8 +51,25 @@ async def _recover_run(ctx: ServerContext, run: RunRecord, record: PlanRecord) -
     detail: dict[str, Any] = {}
     log.warning("recovering interrupted run")
     async with ctx.locks.held(unit):
+        claim = await ctx.ownership.claim(unit)
+        if not claim.owned:
+            return  # another server owns it, and its run with it
+        if claim.fence is not None and run.fence != claim.fence:
+            try:
+                ctx.store.adopt_run(run.id, claim.fence)
+            except FencedOut:
+                return  # lost again meanwhile: the next owner's
+            ctx.store.audit("run.taken_over", actor=ACTOR, cluster=record.cluster,
+                            plan_id=record.id, run_id=run.id,
+                            detail={"by": ctx.ownership.name, "from_fence": run.fence,
+                                    "fence": dict(claim.fence)})  # fmt: skip
+            adopted = ctx.store.get_run(run.id)
+            if adopted is None or adopted.state != "applying":
+                return
+            run = adopted
+        log.warning("recovering interrupted run", extra={"run_id": run.id, "plan_id": record.id})
         try:
-            detail = await restore_hosts(ctx, record, run.id)
+            detail = await restore_hosts(ctx, record, run)
         except ShoalError as exc:
             _failed(ctx, run, exc, detail)
         except Exception as exc:
@@ -78,6 +103,7 @@ def _interrupted(
         result=None,
         error="the server stopped while this run was applying",
         recovery=detail,
+        fence=run.fence,
     )
     ctx.store.audit(
         "run.interrupted",
@@ -89,7 +115,7 @@ def _interrupted(
     )
 
 
-async def restore_hosts(ctx: ServerContext, record: PlanRecord, run_id: str) -> dict[str, Any]:
+async def restore_hosts(ctx: ServerContext, record: PlanRecord, run: RunRecord) -> dict[str, Any]:
     """Roll every host of the plan back from its on-host backups (confirmed phases too), index
     the backups found, and prove each host by its facts."""
     full = await ctx.load(record.revision)
@@ -100,7 +126,8 @@ async def restore_hosts(ctx: ServerContext, record: PlanRecord, run_id: str) -> 
         phases = await restore_snapshots(plan, transport)
         for p in recovery_backups(phases):
             ctx.store.add_backup(
-                run_id, record.id, p.host, p.backup, {**p.as_dict(), "recovery": True}
+                run.id, record.id, p.host, p.backup, {**p.as_dict(), "recovery": True},
+                fence=run.fence,
             )
         everything = unit_hosts(full, unit_of(record), with_orphans=True)
         hosts_read = sorted(set(everything) | set(plan.hosts))

@@ -85,7 +85,9 @@ async def decide(
     if current.state == "approved" and blocked is None and not plan.empty:
         # Approved while a lock held it back; the facts just gathered are the plan's own
         # (current_plan found it by the plan id they make), so it is not stale.
-        run = ctx.store.start_run(current.id, actor=current_approver(ctx, current))
+        run = ctx.store.start_run(
+            current.id, actor=current_approver(ctx, current), fence=ctx.fence(unit)
+        )
         if run is not None:
             await execute(ctx, run, current, desired, transport, facts)
         return ctx.store.get_plan(current.id)

@@ -22,7 +22,7 @@ from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.notify_events import plan_words
 from reconciler.server.retry import GiveUp, retry_decision
 from reconciler.server.run_record import run_result_records, step_row
-from reconciler.server.store.records import PlanRecord, RunRecord
+from reconciler.server.store.records import FencedOut, PlanRecord, RunRecord
 from reconciler.server.units import unit_of
 from reconciler.transport.protocol import Transport
 
@@ -42,7 +42,9 @@ async def approve_and_apply(
 ) -> None:
     """Approve `record` for a policy (`actor`) and apply it now; nothing if it is no longer
     pending (someone else decided it)."""
-    run = ctx.store.approve_and_start_run(record.id, actor=actor, comment="by policy")
+    run = ctx.store.approve_and_start_run(
+        record.id, actor=actor, comment="by policy", fence=ctx.fence(unit_of(record))
+    )
     if run is None:
         return
     ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster, plan_id=record.id)
@@ -83,6 +85,12 @@ async def _execute(
         result: RunResult = await apply_plan(
             record.plan, desired, transport, facts=facts, on_event=live_steps(ctx, run)
         )
+    except FencedOut as exc:
+        # Another server owns the cluster now: stop here, between phases, and write nothing
+        # (it would be refused); the new owner takes the run over and recovers its hosts.
+        log.warning("fenced out: stopped before the next phase",
+                    extra={"plan_id": record.id, "run_id": run.id, "error": str(exc)})  # fmt: skip
+        return
     except ShoalError as exc:
         _failed(ctx, run, record, exc)
         return
@@ -92,11 +100,18 @@ async def _execute(
         _failed(ctx, run, record, exc)
         raise
     steps, backups, summary = run_result_records(result)
-    store.add_step_results(run.id, steps, replace=True)
-    for backup in backups:
-        store.add_backup(run.id, record.id, backup.host, backup.location, backup.detail)
+    try:
+        store.add_step_results(run.id, steps, replace=True, fence=run.fence)
+        for backup in backups:
+            store.add_backup(run.id, record.id, backup.host, backup.location, backup.detail,
+                             fence=run.fence)  # fmt: skip
+    except FencedOut as exc:
+        log.warning("fenced out: the run's outcome is the new owner's to record",
+                    extra={"plan_id": record.id, "run_id": run.id, "error": str(exc)})  # fmt: skip
+        return
     store.finish_run(
         run.id,
+        fence=run.fence,
         ok=result.ok,
         plan_state="applied" if result.ok else "failed",
         run_state="applied" if result.ok else "failed",
@@ -142,15 +157,35 @@ def _notify_outcome(ctx: ServerContext, run: RunRecord, record: PlanRecord, resu
 def live_steps(ctx: ServerContext, run: RunRecord) -> EventHandler:
     """An event handler that stores each step's result as the executor reports it, so
     GET /runs/{id} (and the run's web page) shows the steps while the run goes on; the final
-    rows replace these when it ends."""
+    rows replace these when it ends.
+
+    Fencing: before each phase the run's owner epochs must still be current, else FencedOut
+    stops the apply there (a server that lost the cluster never starts a new phase); a step
+    row refused mid-phase stops it at the next phase."""
     seq = 0
     phases = ctx.metrics.phase_timer()
+    fenced: list[FencedOut] = []
 
     def on_event(event: ApplyEvent) -> None:
         nonlocal seq
         phases(event)
+        if event.kind == "phase":
+            if fenced:
+                raise fenced[0]
+            unit = run.cluster.split(",")
+            if run.fence is not None and not ctx.ownership.holds(unit):
+                # The lock session is gone: another server may own the cluster any moment.
+                cluster = sorted(unit)[0]
+                raise FencedOut(run.id, cluster, run.fence.get(cluster), None)
+            ctx.store.check_fence(run.fence, run_id=run.id)
         if event.kind == "step" and event.step is not None and event.host is not None:
-            ctx.store.add_step_results(run.id, [step_row(seq, event.host, event.step)])
+            try:
+                ctx.store.add_step_results(
+                    run.id, [step_row(seq, event.host, event.step)], fence=run.fence
+                )
+            except FencedOut as exc:
+                # Mid-phase: the executor finishes (or rolls back) the phase it is in.
+                fenced.append(exc)
             seq += 1
 
     return on_event
@@ -165,14 +200,19 @@ def _failed(ctx: ServerContext, run: RunRecord, record: PlanRecord, exc: Excepti
         log.error("apply raised: a bug", exc_info=exc, extra=extra)
     else:
         log.warning("apply raised", extra={**extra, "error": str(exc)})
-    ctx.store.finish_run(
-        run.id,
-        ok=False,
-        plan_state="failed",
-        run_state="failed",
-        result=None,
-        error=f"{type(exc).__name__}: {exc}",
-    )
+    try:
+        ctx.store.finish_run(
+            run.id,
+            ok=False,
+            plan_state="failed",
+            run_state="failed",
+            result=None,
+            error=f"{type(exc).__name__}: {exc}",
+            fence=run.fence,
+        )
+    except FencedOut:
+        log.warning("fenced out: the failed run is the new owner's to record", extra=extra)
+        return
     ctx.store.audit(
         "run.failed", actor=ACTOR, cluster=record.cluster, plan_id=record.id, run_id=run.id
     )

@@ -42,6 +42,9 @@ class ServerSettings:
     become_password: SecretStr | None = field(default=None, repr=False)
     # Outgoing notifications (`--notify FILE`): receivers, their secrets (kept out of repr).
     notify: NotifySettings = field(default_factory=NotifySettings, repr=False)
+    # A postgresql:// URL: the store in PostgreSQL, which several servers may share; None: the
+    # SQLite file in state_dir. Out of repr: the URL may carry the database password.
+    store_url: str | None = field(default=None, repr=False)
 
     @property
     def key_path(self) -> Path:

@@ -70,19 +70,26 @@ async def sysctl(lab: Lab, host: str, key: str) -> str:
 
 
 class ServeProcess:
-    def __init__(self, lab: Lab, tmp: Path, repo: Path) -> None:
-        self.state = tmp / "serve-state"
+    """`shoal serve` against the lab's hosts; `store_url`: on that PostgreSQL store (several
+    may share one), else the SQLite file of its own state dir. `name` tells several apart."""
+
+    def __init__(
+        self, lab: Lab, tmp: Path, repo: Path, *, store_url: str | None = None, name: str = "serve"
+    ) -> None:
+        self.state = tmp / f"{name}-state"
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
-        self.log = tmp / "serve.log"
+        self.log = tmp / f"{name}.log"
+        store = ["--store", store_url] if store_url else []
         self.argv = [
             SHOAL, "serve", "--repo", str(repo), "--state-dir", str(self.state),
             "--listen", f"{self.host}:{self.port}", "--poll", "3600",
-            "--key", str(lab.client_key_path),
+            "--key", str(lab.client_key_path), *store,
         ]  # fmt: skip
         self.tokens = {
             role: subprocess.run(
-                [SHOAL, "token", "create", "--role", role, "--state-dir", str(self.state)],
+                [SHOAL, "token", "create", "--role", role, "--state-dir", str(self.state),
+                 *store],
                 check=True, capture_output=True, text=True,
             ).stdout.strip()
             for role in ("viewer", "approver", "admin")

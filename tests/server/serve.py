@@ -1,4 +1,5 @@
-"""A real `shoal serve` process (uvicorn, the real app, a SQLite store) that needs no hosts.
+"""A real `shoal serve` process (uvicorn, the real app, a SQLite store or the PostgreSQL one
+given) that needs no hosts.
 
 The repository it watches is a real bare git repository whose head is the `bad-scheduler`
 fixture: invalid, so every pass fetches, validates and records errors without opening an SSH
@@ -73,9 +74,11 @@ def free_port(host: str) -> int:
 class ServeProcess:
     """`shoal serve` on a loopback port; tokens of every role made before it starts."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self, tmp: Path, *, store_url: str | None = None, repo: Repo | None = None
+    ) -> None:
         self.tmp = tmp
-        self.repo = Repo(tmp)
+        self.repo = repo or Repo(tmp)
         self.state = tmp / "state"
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
@@ -88,8 +91,9 @@ class ServeProcess:
         self.argv = [
             SHOAL, "serve", "--repo", str(self.repo.bare), "--state-dir", str(self.state),
             "--listen", f"{self.host}:{self.port}", "--poll", "3600", "--key", str(key),
+            *(["--store", store_url] if store_url else []),
         ]  # fmt: skip
-        store = Store.open(self.state)
+        store = Store.connect(store_url) if store_url else Store.open(self.state)
         try:
             self.tokens = {r: store.create_token(r, r)[1] for r in ("viewer", "approver", "admin")}
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -56,13 +57,16 @@ def make_plan(revision: str, host: str = "web1") -> Plan:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    """A bare repository, the real app and controller over a real store: the SQLite file in
+    `tmp / "state"`, or the store `stores` opens for that directory (tests/conftest.py)."""
+
+    def __init__(self, tmp: Path, stores: Callable[[Path], Store] = Store.open) -> None:
         self.bare = tmp / "repo.git"
         self.work = tmp / "work"
         git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=tmp)
         self.head = push_tree(FIXTURES / "invalid" / "bad-scheduler", self.bare, self.work)
         self.state = tmp / "state"
-        self.store = Store.open(self.state)
+        self.store = stores(self.state)
         self.settings = ServerSettings(
             repo=str(self.bare),
             state_dir=self.state,

@@ -31,10 +31,12 @@ class AuditQueries(Connection):
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO audit (at, actor, action, cluster, plan_id, run_id, detail_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (utcnow(), actor, action, cluster, plan_id, run_id, to_json(detail or {})),
             )
-            return int(cur.lastrowid or 0)
+            row = cur.fetchone()
+            assert row is not None  # RETURNING of the row just inserted
+            return int(row[0])
 
     def list_audit(
         self,

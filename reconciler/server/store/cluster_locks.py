@@ -23,8 +23,8 @@ class ClusterLockQueries(Connection):
         now = utcnow()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO cluster_locks (cluster, reason, actor, locked_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO cluster_locks (cluster, reason, actor, locked_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (cluster) DO NOTHING",
                 (cluster, reason, actor, now),
             )
             if cur.rowcount != 1:

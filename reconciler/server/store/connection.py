@@ -1,24 +1,83 @@
-"""The store's one SQLite connection: opening it, transactions, reads, and the column codecs.
+"""The store's one database connection, as the query modules see it, and the column codecs.
 
-Every write is a committed transaction before the call returns, so a killed server loses nothing
-it has acknowledged. One connection is shared under a lock, so calls are safe from the event
-loop and from FastAPI's worker threads alike. The query modules of this package build on
-`Connection`; none opens a connection of its own.
+`Engine` is the interface the two implementations share: `sqlite_engine.SQLiteEngine` (one file,
+the default) and `postgres_engine.PostgresEngine` (a PostgreSQL database several servers share).
+Each holds one connection under a lock, so calls are safe from the event loop and from
+FastAPI's worker threads alike; each `transaction()` is one committed transaction before it
+returns, so a killed server loses nothing it has acknowledged. The query modules of this package
+build on `Connection` and write SQLite's SQL, which the engine's `dialect` translates.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from reconciler.server.store.dialect import Dialect
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+
+class Row(Protocol):
+    """A result row, read by column position or by column name."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one statement did: rows changed (or -1), and the rows it returned, all read."""
+
+    rowcount: int
+    rows: list[Row]
+
+    def fetchone(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+
+class Tx(Protocol):
+    """An open transaction: statements in SQLite's SQL, translated by the engine."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
+
+
+class Conflict(Exception):
+    """A write broke a unique or foreign key constraint; the transaction was rolled back."""
+
+
+class StoreUnavailable(Exception):
+    """The store's database cannot be reached (the message names it, without a password)."""
+
+
+class Engine(ABC):
+    """One connection to the store's database; see the module docstring."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """One transaction: committed when the block ends, rolled back if it raises (a
+        constraint broken raises `Conflict`). Writers are serialized, as SQLite does."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of one read, outside any transaction of the caller's."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell the other servers on this database (PostgreSQL's NOTIFY); a store of one
+        server has nobody to tell."""
+        return None
 
 
 def from_json(text: str | None) -> Any:
@@ -36,7 +95,7 @@ def optional_bool(value: int | None) -> bool | None:
 _R = TypeVar("_R", bound="DataclassInstance")
 
 
-def as_record(cls: type[_R], row: sqlite3.Row, **stored_otherwise: Any) -> _R:
+def as_record(cls: type[_R], row: Row, **stored_otherwise: Any) -> _R:
     """`cls` from a row whose columns carry its field names.
 
     `stored_otherwise` gives the fields the row keeps in another form (JSON text, 0/1), already
@@ -52,41 +111,23 @@ def equal_to(**columns: Any) -> list[tuple[str, tuple[Any, ...]]]:
 
 
 class Connection:
-    """An open SQLite file in WAL mode, with one transaction per call."""
+    """The query modules' base: transactions and reads on the store's engine."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each method is exactly one
-        # transaction and nothing waits half-written in an implicit one.
-        self._db = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss too, not only a killed process; writes are rare.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.engine.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.engine.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[Tx]:
+        return self.engine.transaction()
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, params).fetchall())
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.engine.query(sql, params)
 
     def _select(
         self,
@@ -95,7 +136,7 @@ class Connection:
         *,
         order_by: str,
         limit: int,
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """Rows of `table` meeting every (clause, params) condition, in order, at most `limit`."""
         sql = f"SELECT * FROM {table}"
         if conditions:

@@ -23,8 +23,8 @@ class FreezeOverrideQueries(Connection):
         now = utcnow()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO freeze_overrides (plan_id, reason, actor, at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT INTO freeze_overrides (plan_id, reason, actor, at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (plan_id) DO NOTHING",
                 (plan_id, reason, actor, now),
             )
             if cur.rowcount != 1:

@@ -1,12 +1,12 @@
 """The SQL schema of the store, as the ordered list of migrations, and how they are applied.
 
 Existing state directories must keep opening: an entry that has shipped is never edited.
+The SQL is SQLite's; on PostgreSQL `dialect` translates it (the same migrations for both).
 """
 
 from __future__ import annotations
 
-import sqlite3
-
+from reconciler.server.store.connection import Tx
 from reconciler.server.store.records import utcnow
 
 # Each entry is one migration, applied once, in order, inside a transaction; never edit an
@@ -181,12 +181,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        # Which server owns a cluster (servers sharing one PostgreSQL store), and the owner
+        # epoch, bumped at each acquisition; a run keeps the epochs it runs under (fence_json),
+        # and its writes are refused once they are not current.
+        """
+        CREATE TABLE cluster_owners (
+            cluster TEXT PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            acquired_at TEXT NOT NULL
+        );
+        ALTER TABLE runs ADD COLUMN fence_json TEXT;
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def migrate(db: sqlite3.Connection) -> None:
+def migrate(db: Tx) -> None:
     """Apply the migrations `db` lacks, in order, inside the caller's transaction."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from reconciler.plan.steps import Plan
-from reconciler.server.store.connection import Connection, as_record, equal_to
+from reconciler.server.store.connection import Conflict, Connection, Row, Tx, as_record, equal_to
 from reconciler.server.store.records import (
     ApprovalRecord,
     PlanExists,
@@ -53,7 +52,7 @@ class PlanQueries(Connection):
                         now,
                     ),
                 )
-        except sqlite3.IntegrityError as exc:
+        except Conflict as exc:
             raise PlanExists(plan.id) from exc
         record = self.get_plan(plan.id)
         assert record is not None
@@ -101,7 +100,7 @@ class PlanQueries(Connection):
             return cur.rowcount == 1
 
     @staticmethod
-    def _plan(row: sqlite3.Row) -> PlanRecord:
+    def _plan(row: Row) -> PlanRecord:
         return as_record(
             PlanRecord,
             row,
@@ -154,7 +153,7 @@ class PlanQueries(Connection):
 
 
 def decide_tx(
-    db: sqlite3.Connection,
+    db: Tx,
     plan_id: str,
     decision: Literal["approve", "reject"],
     actor: str,

@@ -110,6 +110,9 @@ class RunRecord:
     error: str | None
     result: dict[str, Any] | None
     recovery: dict[str, Any] | None
+    # The owner epoch of each of its clusters the run was started (or taken over) under, on a
+    # store several servers share; None on a server that owns every cluster alone (SQLite).
+    fence: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,18 @@ class HostFactsRecord:
     digest: str
     facts: dict[str, Any]
     gathered_at: str
+
+
+class FencedOut(Exception):
+    """A write of a run under an owner epoch that is no longer current: another server owns
+    the cluster now (it took the lock over); nothing was written."""
+
+    def __init__(self, run_id: str | None, cluster: str, epoch: int | None, current: int | None):
+        self.run_id, self.cluster, self.epoch, self.current = run_id, cluster, epoch, current
+        super().__init__(
+            f"run {run_id or '(new)'}: cluster {cluster} is owned under epoch {current}, "
+            f"this write is of epoch {epoch}: refused"
+        )
 
 
 class PlanExists(Exception):

@@ -1,20 +1,27 @@
-"""Store queries of runs: starting one (with its approval), step results, finishing, backups."""
+"""Store queries of runs: starting one (with its approval), step results, finishing, backups.
+
+`fence`: the owner epochs the writer runs under, on a store several servers share
+(`owners`); a run records the fence it was started under, and each later write of it must
+bring that same fence, still current, or it is refused (FencedOut) and nothing is written.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from reconciler.server.store.connection import (
     Connection,
+    Row,
+    Tx,
     as_record,
     equal_to,
     from_json,
     optional_bool,
     to_json,
 )
+from reconciler.server.store.owners import Fence, fence_current_tx, run_fence_tx
 from reconciler.server.store.plans import decide_tx
 from reconciler.server.store.records import (
     BackupRecord,
@@ -29,7 +36,9 @@ from reconciler.server.store.records import (
 class RunQueries(Connection):
     # --- runs --------------------------------------------------------------------------------
 
-    def approve_and_start_run(self, plan_id: str, *, actor: str, comment: str) -> RunRecord | None:
+    def approve_and_start_run(
+        self, plan_id: str, *, actor: str, comment: str, fence: Fence | None = None
+    ) -> RunRecord | None:
         """pending -> approved (recorded) -> applying with a new run, in ONE transaction.
 
         A crash can therefore never leave a plan approved without its run: either nothing
@@ -38,19 +47,23 @@ class RunQueries(Connection):
         run_id = uuid.uuid4().hex[:16]
         now = utcnow()
         with self._tx() as db:
+            fence_current_tx(db, fence, None)
             if not decide_tx(db, plan_id, "approve", actor, comment, now):
                 return None
-            self._start_run_tx(db, plan_id, run_id, actor, now)
+            self._start_run_tx(db, plan_id, run_id, actor, now, fence)
         run = self.get_run(run_id)
         assert run is not None
         return run
 
-    def start_run(self, plan_id: str, *, actor: str) -> RunRecord | None:
+    def start_run(
+        self, plan_id: str, *, actor: str, fence: Fence | None = None
+    ) -> RunRecord | None:
         """approved -> applying and a new run, in one transaction; None if not approved."""
         run_id = uuid.uuid4().hex[:16]
         now = utcnow()
         with self._tx() as db:
-            if not self._start_run_tx(db, plan_id, run_id, actor, now):
+            fence_current_tx(db, fence, None)
+            if not self._start_run_tx(db, plan_id, run_id, actor, now, fence):
                 return None
         run = self.get_run(run_id)
         assert run is not None
@@ -58,7 +71,7 @@ class RunQueries(Connection):
 
     @staticmethod
     def _start_run_tx(
-        db: sqlite3.Connection, plan_id: str, run_id: str, actor: str, now: str
+        db: Tx, plan_id: str, run_id: str, actor: str, now: str, fence: Fence | None
     ) -> bool:
         cur = db.execute(
             "UPDATE plans SET state = 'applying', updated_at = ? "
@@ -67,27 +80,40 @@ class RunQueries(Connection):
         )
         if cur.rowcount != 1:
             return False
-        cluster = db.execute("SELECT cluster FROM plans WHERE id = ?", (plan_id,)).fetchone()[0]
+        row = db.execute("SELECT cluster FROM plans WHERE id = ?", (plan_id,)).fetchone()
+        assert row is not None  # the UPDATE above found it, in this transaction
+        cluster = row[0]
         db.execute(
-            "INSERT INTO runs (id, plan_id, cluster, state, actor, started_at) "
-            "VALUES (?, ?, ?, 'applying', ?, ?)",
-            (run_id, plan_id, cluster, actor, now),
+            "INSERT INTO runs (id, plan_id, cluster, state, actor, started_at, fence_json) "
+            "VALUES (?, ?, ?, 'applying', ?, ?, ?)",
+            (run_id, plan_id, cluster, actor, now, None if fence is None else to_json(dict(fence))),
         )
         return True
 
     def add_step_results(
-        self, run_id: str, results: Sequence[StepResultRecord], *, replace: bool = False
+        self,
+        run_id: str,
+        results: Sequence[StepResultRecord],
+        *,
+        replace: bool = False,
+        fence: Fence | None = None,
     ) -> None:
         """Add step rows; `replace`: the run's final rows, which take the place of those
         written live while it ran (numbered as they came), in one transaction."""
         with self._tx() as db:
+            run_fence_tx(db, run_id, fence)
             if replace:
                 db.execute("DELETE FROM step_results WHERE run_id = ?", (run_id,))
             for r in results:
                 db.execute(
-                    "INSERT OR REPLACE INTO step_results (run_id, seq, host, step_id, name, "
+                    "INSERT INTO step_results (run_id, seq, host, step_id, name, "
                     "result, comment, changes_json, output, rollback, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, seq) DO UPDATE SET host = excluded.host, "
+                    "step_id = excluded.step_id, name = excluded.name, "
+                    "result = excluded.result, comment = excluded.comment, "
+                    "changes_json = excluded.changes_json, output = excluded.output, "
+                    "rollback = excluded.rollback, at = excluded.at",
                     (
                         run_id,
                         r.seq,
@@ -113,10 +139,12 @@ class RunQueries(Connection):
         result: dict[str, Any] | None,
         error: str | None = None,
         recovery: dict[str, Any] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Close a run and move its plan out of `applying`, in one transaction."""
         now = utcnow()
         with self._tx() as db:
+            run_fence_tx(db, run_id, fence)
             db.execute(
                 "UPDATE runs SET state = ?, finished_at = ?, ok = ?, error = ?, "
                 "result_json = COALESCE(?, result_json), recovery_json = ? WHERE id = ?",
@@ -168,21 +196,30 @@ class RunQueries(Connection):
         ]
 
     @staticmethod
-    def _run(row: sqlite3.Row) -> RunRecord:
+    def _run(row: Row) -> RunRecord:
         return as_record(
             RunRecord,
             row,
             ok=optional_bool(row["ok"]),
             result=from_json(row["result_json"]),
             recovery=from_json(row["recovery_json"]),
+            fence=from_json(row["fence_json"]),
         )
 
     # --- backups -----------------------------------------------------------------------------
 
     def add_backup(
-        self, run_id: str, plan_id: str, host: str, location: str, detail: dict[str, Any]
+        self,
+        run_id: str,
+        plan_id: str,
+        host: str,
+        location: str,
+        detail: dict[str, Any],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         with self._tx() as db:
+            run_fence_tx(db, run_id, fence)
             db.execute(
                 "INSERT INTO backups (run_id, plan_id, host, location, detail_json, at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from reconciler.server.store.connection import (
     Connection,
+    Row,
     as_record,
     from_json,
     optional_bool,
@@ -74,7 +74,7 @@ class StatusQueries(Connection):
         return [self._cluster(r) for r in self._query("SELECT * FROM clusters ORDER BY name")]
 
     @staticmethod
-    def _cluster(row: sqlite3.Row) -> ClusterRecord:
+    def _cluster(row: Row) -> ClusterRecord:
         return as_record(
             ClusterRecord,
             row,

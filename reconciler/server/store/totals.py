@@ -33,7 +33,7 @@ class TotalsQueries(Connection):
         )[0][0]
         failed_checks = self._query(
             "SELECT COUNT(*) FROM runs WHERE result_json IS NOT NULL AND "
-            "json_extract(result_json, '$.verification.ok') = 0"
+            + self.dialect.json_is_false("result_json", "verification", "ok")
         )[0][0]
         drift = self._query("SELECT COUNT(*) FROM plans WHERE kind = 'drift'")[0][0]
         applied = {str(r[0]): str(r[1]) for r in self._query(

@@ -17,12 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reconciler.server.store.records import StepResultRecord
+from tests.conftest import StoreMaker
 from tests.support.api_world import SECRET, World, make_plan
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path)
+def world(tmp_path: Path, app_stores: StoreMaker) -> World:
+    return World(tmp_path, app_stores)
 
 
 def test_health_and_openapi(world: World) -> None:

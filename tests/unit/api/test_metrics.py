@@ -16,14 +16,15 @@ from reconciler.apply.runresult import RollbackReport, RunResult
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.run_record import run_result_records
 from reconciler.verify.result import VerificationResult
+from tests.conftest import StoreMaker
 from tests.support.api_world import SECRET, World, make_plan
 
 BODY = b'{"ref": "refs/heads/main"}'
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    world = World(tmp_path)
+def world(tmp_path: Path, app_stores: StoreMaker) -> Iterator[World]:
+    world = World(tmp_path, app_stores)
     yield world
     world.controller.source.close()
 

@@ -27,13 +27,14 @@ from reconciler.verify.result import (
     VerificationFailure,
     VerificationResult,
 )
+from tests.conftest import StoreMaker
 from tests.support.api_world import World, make_plan
 from tests.support.web import csrf_of, fetched_urls, inline_code, sign_in
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    world = World(tmp_path)
+def world(tmp_path: Path, app_stores: StoreMaker) -> Iterator[World]:
+    world = World(tmp_path, app_stores)
     yield world
     # The pages read commit subjects from the mirror: its git helper processes end here.
     world.controller.source.close()

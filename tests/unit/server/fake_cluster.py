@@ -32,6 +32,7 @@ from reconciler.errors import SourceError
 from reconciler.facts.parse import Section, split_sections
 from reconciler.facts.script import MARKER
 from reconciler.server.controller import Controller
+from reconciler.server.ownership import Ownership
 from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
 from reconciler.transport.fake import Call, FakeTransport, Reply
@@ -202,11 +203,18 @@ def set_in(path: str, old: str, new: str) -> Edit:
 class FakeCluster:
     """The fixture config repository's hosts, all fake; a controller watching them."""
 
-    def __init__(self, tmp: Path, *edits: Edit, poll_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *edits: Edit,
+        poll_interval: float = 60.0,
+        stores: Callable[[Path], Store] = Store.open,
+        ownership: Callable[[Store], Ownership] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.source = FakeSource()
         self.clock = FakeClock()
-        self.store = Store.open(tmp / "state")
+        self.store = stores(tmp / "state")
         self.down: set[str] = set()
         self.transports: list[FakeTransport] = []
         self.transport_error: Exception | None = None
@@ -224,6 +232,7 @@ class FakeCluster:
             clock=self.clock,
             poll_interval=poll_interval,
             poll_jitter=0.1,
+            ownership=None if ownership is None else ownership(self.store),
         )
 
     def push(self, *edits: Edit) -> str:

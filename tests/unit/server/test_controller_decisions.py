@@ -29,6 +29,7 @@ from reconciler.server.lifecycle import (
     StaleApproval,
 )
 from reconciler.server.store.records import PlanRecord, RunRecord
+from tests.conftest import StoreMaker
 from tests.unit.server.fake_cluster import ARP_IGNORE, Edit, FakeCluster, set_in
 
 WEB = ("lvs1", "lvs2", "web1", "web2")
@@ -52,8 +53,10 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 # --- approval policy ------------------------------------------------------------------------
 
 
-async def test_manual_approval_leaves_a_pending_plan_and_runs_nothing(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_manual_approval_leaves_a_pending_plan_and_runs_nothing(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     assert (plan.kind, plan.state, plan.revision) == ("change", "pending", fc.source.head)
@@ -63,8 +66,10 @@ async def test_manual_approval_leaves_a_pending_plan_and_runs_nothing(tmp_path: 
     assert web is not None and (web.in_sync, web.last_plan_id) == (False, plan.id)
 
 
-async def test_auto_approval_applies_the_new_plan_at_once(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, AUTO)
+async def test_auto_approval_applies_the_new_plan_at_once(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, AUTO, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     (run,) = fc.store.list_runs()
@@ -79,8 +84,10 @@ async def test_auto_approval_applies_the_new_plan_at_once(tmp_path: Path) -> Non
 # --- drift ------------------------------------------------------------------------------------
 
 
-async def test_drift_is_reported_once_and_not_healed_by_default(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_drift_is_reported_once_and_not_healed_by_default(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     fc.mark_applied(fc.source.head or "")
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
@@ -98,8 +105,10 @@ async def test_drift_is_reported_once_and_not_healed_by_default(tmp_path: Path) 
     assert fc.store.list_runs() == [] and fc.applied_scripts() == []
 
 
-async def test_drift_heal_policy_applies_the_drift_plan(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, HEAL)
+async def test_drift_heal_policy_applies_the_drift_plan(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, HEAL, stores=app_stores)
     fc.mark_applied(fc.source.head or "")
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
@@ -109,9 +118,9 @@ async def test_drift_heal_policy_applies_the_drift_plan(tmp_path: Path) -> None:
 
 
 async def test_a_heal_repeated_too_often_waits_for_a_person_until_the_window_passes(
-    tmp_path: Path,
+    tmp_path: Path, app_stores: StoreMaker
 ) -> None:
-    fc = FakeCluster(tmp_path, HEAL)
+    fc = FakeCluster(tmp_path, HEAL, stores=app_stores)
     fc.mark_applied(fc.source.head or "")
 
     async def heal_that_comes_back() -> None:
@@ -140,9 +149,9 @@ async def test_a_heal_repeated_too_often_waits_for_a_person_until_the_window_pas
 
 
 async def test_facts_moved_since_the_plan_approval_is_refused_and_a_new_plan_made(
-    tmp_path: Path,
+    tmp_path: Path, app_stores: StoreMaker
 ) -> None:
-    fc = FakeCluster(tmp_path)
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     fc.hosts["web1"].sysctls[ARP_IGNORE] = "2"  # a hand change between plan and approval
@@ -157,8 +166,10 @@ async def test_facts_moved_since_the_plan_approval_is_refused_and_a_new_plan_mad
     assert fc.store.list_runs() == [] and fc.applied_scripts() == []
 
 
-async def test_facts_moved_since_the_plan_the_pass_closes_it_as_stale(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_facts_moved_since_the_plan_the_pass_closes_it_as_stale(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (old,) = plans(fc)
     fc.hosts["web2"].sysctls[ARP_IGNORE] = "1"
@@ -170,8 +181,10 @@ async def test_facts_moved_since_the_plan_the_pass_closes_it_as_stale(tmp_path: 
     assert new.id != old.id and new.revision == old.revision
 
 
-async def test_a_new_revision_while_a_plan_waits_supersedes_it(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_a_new_revision_while_a_plan_waits_supersedes_it(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (old,) = plans(fc)
     sha = fc.push(WEIGHT_3)
@@ -186,8 +199,10 @@ async def test_a_new_revision_while_a_plan_waits_supersedes_it(tmp_path: Path) -
     assert fc.store.list_runs() == []
 
 
-async def test_approving_a_plan_after_the_branch_moved_supersedes_it(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_approving_a_plan_after_the_branch_moved_supersedes_it(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (old,) = plans(fc)
     sha = fc.push(WEIGHT_3)
@@ -204,8 +219,10 @@ async def test_approving_a_plan_after_the_branch_moved_supersedes_it(tmp_path: P
 # --- hosts that cannot be read, and retries -------------------------------------------------
 
 
-async def test_unreachable_hosts_keep_the_cluster_out_of_sync(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_unreachable_hosts_keep_the_cluster_out_of_sync(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     fc.down.update(WEB)
     await fc.controller.reconcile_once()
     web = fc.store.get_cluster("web")
@@ -216,9 +233,9 @@ async def test_unreachable_hosts_keep_the_cluster_out_of_sync(tmp_path: Path) ->
 
 
 async def test_unreachable_hosts_are_looked_at_again_with_backoff_then_at_the_poll(
-    tmp_path: Path,
+    tmp_path: Path, app_stores: StoreMaker
 ) -> None:
-    fc = FakeCluster(tmp_path, poll_interval=60)
+    fc = FakeCluster(tmp_path, poll_interval=60, stores=app_stores)
     fc.down.update(WEB)
     fc.clock.budget = 4
 
@@ -243,9 +260,9 @@ async def test_unreachable_hosts_are_looked_at_again_with_backoff_then_at_the_po
 
 
 async def test_a_transport_error_is_recorded_and_retried_sooner_each_time_less(
-    tmp_path: Path,
+    tmp_path: Path, app_stores: StoreMaker
 ) -> None:
-    fc = FakeCluster(tmp_path, poll_interval=3600)
+    fc = FakeCluster(tmp_path, poll_interval=3600, stores=app_stores)
     fc.transport_error = TransportError("lvs1", "no route to the SSH agent")
     await fc.controller.reconcile_once()
     web = fc.store.get_cluster("web")
@@ -261,8 +278,10 @@ async def test_a_transport_error_is_recorded_and_retried_sooner_each_time_less(
     assert len(plans(fc)) == 1
 
 
-async def test_a_failed_fetch_is_retried_with_backoff(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, poll_interval=3600)
+async def test_a_failed_fetch_is_retried_with_backoff(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=3600, stores=app_stores)
     fc.source.failing = SourceError("cannot fetch branch main: connection refused")
     await fc.controller.reconcile_once()
     assert fc.controller.last_source_error == str(fc.source.failing)
@@ -274,8 +293,10 @@ async def test_a_failed_fetch_is_retried_with_backoff(tmp_path: Path) -> None:
     assert fc.controller.last_source_error is None and len(plans(fc)) == 1
 
 
-async def test_a_stalled_unit_waits_for_a_new_revision_or_a_person(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, poll_interval=3600)
+async def test_a_stalled_unit_waits_for_a_new_revision_or_a_person(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=3600, stores=app_stores)
     fc.transport_error = HostKeyRejected("lvs1", "SHA256:changed")
     await fc.controller.reconcile_once()
     assert fc.controller.schedule.held("web", fc.source.head or "")
@@ -287,7 +308,7 @@ async def test_a_stalled_unit_waits_for_a_new_revision_or_a_person(tmp_path: Pat
     await fc.controller.reconcile_once()
     assert len(plans(fc)) == 1
 
-    again = FakeCluster(tmp_path / "again", poll_interval=3600)
+    again = FakeCluster(tmp_path / "again", poll_interval=3600, stores=app_stores)
     again.transport_error = HostKeyRejected("lvs1", "SHA256:changed")
     await again.controller.reconcile_once()
     again.transport_error = None
@@ -302,8 +323,10 @@ TWO = set_in("clusters/web.toml", 'arp_method = "sysctl"',
              'arp_method = "sysctl"\napprovals_required = 2')
 
 
-async def test_two_approvals_by_different_tokens_start_the_run(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, TWO)
+async def test_two_approvals_by_different_tokens_start_the_run(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, TWO, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     first = await fc.controller.approve(plan.id, actor="token:alice", comment="looks right")
@@ -327,8 +350,10 @@ async def test_two_approvals_by_different_tokens_start_the_run(tmp_path: Path) -
     await fc.controller.wait_idle()
 
 
-async def test_approvals_of_a_stale_plan_do_not_carry_over(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, TWO)
+async def test_approvals_of_a_stale_plan_do_not_carry_over(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, TWO, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     assert isinstance(await fc.controller.approve(plan.id, actor="token:alice"), ApprovalRecorded)
@@ -345,8 +370,10 @@ async def test_approvals_of_a_stale_plan_do_not_carry_over(tmp_path: Path) -> No
 # --- cluster locks ----------------------------------------------------------------------------
 
 
-async def test_a_lock_holds_policy_approval_and_the_unlock_releases_it(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, AUTO)
+async def test_a_lock_holds_policy_approval_and_the_unlock_releases_it(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, AUTO, stores=app_stores)
     assert fc.store.lock_cluster("web", reason="incident 42", actor="token:admin") is not None
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
@@ -357,8 +384,8 @@ async def test_a_lock_holds_policy_approval_and_the_unlock_releases_it(tmp_path:
     assert (run.plan_id, run.actor) == (plan.id, AUTO_APPROVER) and fc.applied_scripts()
 
 
-async def test_a_lock_holds_drift_heal(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path, HEAL)
+async def test_a_lock_holds_drift_heal(tmp_path: Path, app_stores: StoreMaker) -> None:
+    fc = FakeCluster(tmp_path, HEAL, stores=app_stores)
     fc.mark_applied(fc.source.head or "")
     fc.store.lock_cluster("web", reason="hands off", actor="token:admin")
     await fc.controller.reconcile_once()
@@ -367,8 +394,10 @@ async def test_a_lock_holds_drift_heal(tmp_path: Path) -> None:
     assert fc.store.list_runs() == [] and fc.applied_scripts() == []
 
 
-async def test_an_approval_under_a_lock_waits_and_starts_after_the_unlock(tmp_path: Path) -> None:
-    fc = FakeCluster(tmp_path)
+async def test_an_approval_under_a_lock_waits_and_starts_after_the_unlock(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    fc = FakeCluster(tmp_path, stores=app_stores)
     await fc.controller.reconcile_once()
     (plan,) = plans(fc)
     fc.store.lock_cluster("web", reason="change freeze", actor="token:admin")

@@ -19,6 +19,7 @@ from reconciler.verify.result import (
     VerificationFailure,
     VerificationResult,
 )
+from tests.conftest import StoreMaker
 from tests.support.api_world import World, make_plan
 
 
@@ -66,8 +67,10 @@ def _stored_run(world: World, result: RunResult) -> str:
     return run.id
 
 
-def test_run_shows_its_verification_and_distribution(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_run_shows_its_verification_and_distribution(
+    tmp_path: Path, app_stores: StoreMaker
+) -> None:
+    world = World(tmp_path, app_stores)
     result = RunResult(
         plan_id="-", revision=world.head, ok=True, started_at=datetime.now(UTC),
         verification=_verification(ok=True), comment="31 steps applied",
@@ -84,8 +87,8 @@ def test_run_shows_its_verification_and_distribution(tmp_path: Path) -> None:
     assert [rs["weight"] for rs in services[0]["real_servers"]] == [1, 2, 3]
 
 
-def test_failed_verification_names_check_and_host(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_failed_verification_names_check_and_host(tmp_path: Path, app_stores: StoreMaker) -> None:
+    world = World(tmp_path, app_stores)
     result = RunResult(
         plan_id="-", revision=world.head, ok=False, started_at=datetime.now(UTC),
         verification=_verification(ok=False),
@@ -103,8 +106,8 @@ def test_failed_verification_names_check_and_host(tmp_path: Path) -> None:
     ]
 
 
-def test_run_without_verification_shows_none(tmp_path: Path) -> None:
-    world = World(tmp_path)
+def test_run_without_verification_shows_none(tmp_path: Path, app_stores: StoreMaker) -> None:
+    world = World(tmp_path, app_stores)
     plain = RunResult(plan_id="-", revision=world.head, ok=True, started_at=datetime.now(UTC))
     run_id = _stored_run(world, plain)
     body = world.client.get(f"/runs/{run_id}", headers=world.auth("viewer")).json()
