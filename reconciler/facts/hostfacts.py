@@ -384,6 +384,15 @@ def _digest(facts: HostFacts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def later_facts_json(facts: HostFacts) -> str:
+    """The facts `digest` may leave out (`_LATER_FACTS`), as JSON: what tells two hosts with
+    equal digests apart, if anything."""
+    return json.dumps(
+        {name: getattr(facts, name).model_dump(mode="json") for name in sorted(_LATER_FACTS)},
+        sort_keys=True,
+    )
+
+
 def _drop_keys(data: Any, keys: frozenset[str]) -> Any:
     if isinstance(data, dict):
         return {k: _drop_keys(v, keys) for k, v in data.items() if k not in keys}

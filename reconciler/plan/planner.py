@@ -44,6 +44,7 @@ from reconciler.plan.compile import compile_desired
 from reconciler.plan.compile_nftables import failover_notes
 from reconciler.plan.invariants import check_host, kept_suppression
 from reconciler.plan.leftovers import has_leftovers, leftover_steps
+from reconciler.plan.reuse import HostKey, PlanReuse, host_key
 from reconciler.plan.steps import (
     HostPlan,
     LowState,
@@ -64,21 +65,30 @@ LEDGER_PATH = "/var/lib/shoal/ledger.json"
 LEDGER_STATE_ID = "shoal-ledger"
 
 
-def plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
-    """The plan that brings every host from `facts` to `desired`; empty when in sync."""
+def plan_desired(
+    desired: Desired, facts: Mapping[str, HostFacts], reuse: PlanReuse | None = None
+) -> Plan:
+    """The plan that brings every host from `facts` to `desired`; empty when in sync.
+
+    `reuse`: the last plan's host plans (of the same unit), handed back for every host whose
+    low states and facts are unchanged under an unchanged desired state
+    (`reconciler.plan.reuse`); it then holds this plan's.
+    """
     # Planning allocates millions of small objects and frees none of them until it returns:
     # the cyclic collector would walk them over and over (about 40% of a 10,000-host plan).
     # Nothing collectable is made here that outlives the plan, so collection waits till then.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _plan_desired(desired, facts)
+        return _plan_desired(desired, facts, reuse)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
+def _plan_desired(
+    desired: Desired, facts: Mapping[str, HostFacts], reuse: PlanReuse | None
+) -> Plan:
     # One plan's validated args: the compiler (ledger keys, boot form) and the states share them.
     cache = ArgsCache()
     low_states = compile_desired(desired, facts, cache)
@@ -88,6 +98,8 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
         by_host[low.host].append(low)
     hosts = set(by_host) | {h for h, f in facts.items() if _ledger_entries(f) or has_leftovers(f)}
     plans: dict[str, HostPlan] = {}
+    if reuse is not None:
+        reuse.begin(desired)
     for host in sorted(hosts):
         hf = facts.get(host)
         if hf is None:
@@ -95,18 +107,18 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
                 host=host, facts_digest="", reachable=False, unknown_reason="no facts gathered"
             )
             continue
-        refused = privilege_refusal(desired, host, hf)
-        if refused is not None:
-            plans[host] = _blocked(host, hf, refused, ())
-            continue
-        reason = unreachable_reason(hf)
-        if reason is not None:
-            plans[host] = HostPlan(
-                host=host, facts_digest=hf.digest(), reachable=False, unknown_reason=reason
-            )
-            continue
-        plans[host] = checked(plan_host(host, by_host.get(host, []), ctx, hf), desired, hf,
-                              by_host.get(host, []))  # fmt: skip
+        lows = by_host.get(host, [])
+        key = _reuse_key(hf, lows) if reuse is not None else None
+        if reuse is not None and key is not None:
+            again = reuse.get(host, key)
+            if again is not None:
+                plans[host] = again
+                continue
+        plans[host] = plan_one_host(host, lows, ctx, hf)
+        if reuse is not None and key is not None:
+            reuse.put(host, key, plans[host])
+    if reuse is not None:
+        reuse.end()
     digests = {h: hp.facts_digest for h, hp in plans.items()}
     return Plan(
         id=plan_id(desired.revision, digests, plans),
@@ -115,6 +127,25 @@ def _plan_desired(desired: Desired, facts: Mapping[str, HostFacts]) -> Plan:
         hosts=plans,
         low_states=tuple(low_states),
     )
+
+
+def plan_one_host(host: str, lows: Sequence[LowState], ctx: PlanContext, hf: HostFacts) -> HostPlan:
+    """One host's plan, safety checks included: a pure function of the desired state, the
+    host's low states and its facts (what `reconciler.plan.reuse` relies on)."""
+    refused = privilege_refusal(ctx.desired, host, hf)
+    if refused is not None:
+        return _blocked(host, hf, refused, ())
+    reason = unreachable_reason(hf)
+    if reason is not None:
+        return HostPlan(host=host, facts_digest=hf.digest(), reachable=False, unknown_reason=reason)
+    return checked(plan_host(host, lows, ctx, hf), ctx.desired, hf, lows)
+
+
+def _reuse_key(hf: HostFacts, lows: Sequence[LowState]) -> HostKey | None:
+    try:
+        return host_key(hf, lows)
+    except TypeError:
+        return None  # args no cache can compare (a TOML date): planned afresh every time
 
 
 def privilege_refusal(desired: Desired, host: str, facts: HostFacts) -> str | None:

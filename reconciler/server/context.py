@@ -20,6 +20,7 @@ from reconciler.errors import DesiredStateInvalid
 from reconciler.facts.gather import gather_facts
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
+from reconciler.plan.reuse import PlanReuse
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
@@ -42,6 +43,8 @@ class ServerContext:
     wake: Callable[[str], None]
     locks: ClusterLocks = field(default_factory=ClusterLocks)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
+    # Per unit, the host plans of its last plan: a pass over unchanged hosts reuses them.
+    _plan_reuse: dict[tuple[str, ...], PlanReuse] = field(default_factory=dict)
     metrics: ServerMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +52,10 @@ class ServerContext:
 
     def now(self) -> str:
         return stamp(self.clock.now())
+
+    def plan_reuse(self, unit: tuple[str, ...]) -> PlanReuse:
+        """The unit's PlanReuse; used only under the unit's locks."""
+        return self._plan_reuse.setdefault(unit, PlanReuse())
 
     def transport(self, desired: Desired) -> Transport:
         return self.transports(desired)
