@@ -28,6 +28,7 @@ it) is blocked the same way, before any step, with the host, the user and what i
 
 from __future__ import annotations
 
+import functools
 import gc
 import graphlib
 import heapq
@@ -200,28 +201,38 @@ def order_low_states(host: str, states: Sequence[LowState]) -> list[LowState]:
     the first ready state in that order goes next. A cycle leaves states that never become
     ready; graphlib then names it.
     """
-    by_id = {low.id: low for low in states}
-    index = {low.id: i for i, low in enumerate(states)}
+    shape = tuple((low.id, int(low.phase), (*low.require, *low.watch, *low.onchanges))
+                  for low in states)  # fmt: skip
+    order = _kahn_order(shape)
+    if order is not None:
+        return [states[i] for i in order]
+    return _order_with_graphlib(host, states)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kahn_order(shape: tuple[tuple[str, int, tuple[str, ...]], ...]) -> tuple[int, ...] | None:
+    """order_low_states on (id, phase, requisites) alone, as indexes; None on a cycle. Kept:
+    the real servers of one template have the same shape."""
+    by_id = {sid: (phase, deps) for sid, phase, deps in shape}
+    index = {sid: i for i, (sid, _, _) in enumerate(shape)}
     waiting: dict[str, int] = {}  # id -> requisites not yet placed
     successors: dict[str, list[str]] = defaultdict(list)
-    for sid, low in by_id.items():
-        deps = {d for d in (*low.require, *low.watch, *low.onchanges) if d in by_id}
+    for sid, (_, requisites) in by_id.items():
+        deps = {d for d in requisites if d in by_id}
         waiting[sid] = len(deps)
         for d in deps:
             successors[d].append(sid)
-    ready = [(by_id[i].phase, index[i], i) for i, n in waiting.items() if n == 0]
+    ready = [(by_id[i][0], index[i], i) for i, n in waiting.items() if n == 0]
     heapq.heapify(ready)
-    out: list[LowState] = []
+    out: list[int] = []
     while ready:
         sid = heapq.heappop(ready)[2]
-        out.append(by_id[sid])
+        out.append(index[sid])
         for nxt in successors.get(sid, ()):
             waiting[nxt] -= 1
             if waiting[nxt] == 0:
-                heapq.heappush(ready, (by_id[nxt].phase, index[nxt], nxt))
-    if len(out) == len(by_id):
-        return out
-    return _order_with_graphlib(host, states)
+                heapq.heappush(ready, (by_id[nxt][0], index[nxt], nxt))
+    return tuple(out) if len(out) == len(by_id) else None
 
 
 def _order_with_graphlib(host: str, states: Sequence[LowState]) -> list[LowState]:
@@ -395,9 +406,18 @@ def updated_ledger(
 
 def ledger_text(ledger: Ledger) -> str:
     """`json.dumps(..., indent=2, sort_keys=True)` of the normalized ledger, plus a newline."""
-    # json's indenting encoder is pure Python and slow; this writes the same text for the
-    # ledger's plain data (dicts with str keys, lists, strings) several times faster.
-    return _indented(normalized(ledger).model_dump(mode="json"), "\n") + "\n"
+    n = normalized(ledger)
+    return _ledger_text(tuple(n.entries.items()), tuple(n.sysctl_originals.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ledger_text(entries: tuple[tuple[str, tuple[str, ...]], ...],
+                 originals: tuple[tuple[str, str], ...]) -> str:  # fmt: skip
+    # Most hosts of a plan write one of a few ledgers (every real server of a service the same):
+    # the text is made once per distinct ledger. json's indenting encoder is pure Python and
+    # slow; `_indented` writes the same text for this plain data several times faster.
+    data = {"entries": {f: list(k) for f, k in entries}, "sysctl_originals": dict(originals)}
+    return _indented(data, "\n") + "\n"
 
 
 def _indented(value: Any, newline: str) -> str:
