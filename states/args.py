@@ -22,7 +22,7 @@ A = TypeVar("A", bound=BaseModel)
 class Args(BaseModel):
     """Base of every state's argument model: frozen, unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class LedgerOp(Args):

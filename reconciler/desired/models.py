@@ -190,7 +190,7 @@ Protocol = Literal["tcp", "udp"]
 class _Model(BaseModel):
     # strict: TOML is typed, so `port = "80"` or `enabled = 1` is a mistake to report, not to
     # coerce. Array fields opt out (strict=False) only to accept lists for tuples.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
 
 # --- shoal.toml -------------------------------------------------------------------------------
@@ -364,7 +364,9 @@ class Service(_Model):
         tuple[RealServer, ...], AfterValidator(_unique_by("host", "real server", lambda r: r.host))
     ] = Field(default=(), alias="real_server", strict=False)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, populate_by_name=True, defer_build=True
+    )
 
     @property
     def family(self) -> Literal[4, 6]:
@@ -461,7 +463,9 @@ class Cluster(_Model):
         tuple[ExtraState, ...], AfterValidator(_unique_by("id", "state id", lambda s: s.id))
     ] = Field(default=(), alias="state", strict=False)
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, populate_by_name=True, defer_build=True
+    )
 
 
 # --- the whole repository ---------------------------------------------------------------------

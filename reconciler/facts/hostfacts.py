@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 class _Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Fact(_Value, Generic[T]):
