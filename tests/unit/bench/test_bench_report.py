@@ -159,3 +159,17 @@ def test_without_shoal_sudo_there_is_no_note_and_no_target() -> None:
     assert sudo_notes(r) == []
     assert not [t for t in evaluate_targets(r, 50) if "shoal-sudo" in t.name]
     assert SUDO_NOTE not in render_markdown(r, "shoal benchmark")
+
+
+def test_fixed_cost_and_plan_memory_targets() -> None:
+    r = _results()
+    fixed = Series("shoal", "fixed", 1)
+    fixed.samples = [Sample(wall=w, cpu=w, ok=True) for w in (0.5, 0.3, 0.35)]
+    r.series.append(fixed)
+    targets = {t.name.split(":")[0]: t for t in evaluate_targets(r, 50)}
+    assert targets["fixed cost"].value == 0.35 and targets["fixed cost"].met is True
+    assert "1 real server(s)" in targets["fixed cost"].name
+    assert targets["peak memory of that load + plan, MiB"].met is True  # 100 <= 200
+    assert "fixed: `shoal plan`" in render_markdown(r, "t")
+    rows = {(row[1], row[2]) for row in table_rows(r)}
+    assert ("fixed", "shoal") in rows
