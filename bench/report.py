@@ -299,13 +299,19 @@ def evaluate_targets(results: Results, hosts: int) -> list[Target]:
     conv = results.find("shoal", "converge", hosts)
     cssh = conv.ssh() if conv else None
     if cssh is not None:
-        # A real server is in one apply phase: facts (1) + that phase (1).
-        exact = cssh.sessions_min == cssh.sessions_max == 2 and cssh.connections_max == 1
+        # A real server is in one apply phase, one that arms the lock-out timer (ARP, VIP):
+        # facts and that phase on one connection, then the confirmation over a NEW connection
+        # (DESIGN.md: it proves the controller still gets in). Issue 22: channels = 1 + phases
+        # + 1, connections = 2.
+        exact = (
+            cssh.sessions_min == cssh.sessions_max == 3
+            and cssh.connections_min == cssh.connections_max == 2
+        )
         out.append(
             Target(
-                "apply: SSH round trips per real server (facts + 1 phase)",
+                "apply: SSH channels per real server (facts + 1 phase + lock-out confirmation)",
                 float(cssh.sessions_max),
-                "== 2",
+                "== 3, over 2 connections",
                 exact,
                 cssh.describe(),
             )

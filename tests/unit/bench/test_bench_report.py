@@ -79,7 +79,11 @@ def test_targets_met_and_not_met() -> None:
     assert targets["converge 50 hosts, Ansible / shoal"].met is True  # 6.5
     assert targets["converge 50 hosts, pyinfra / shoal"].met is False  # 5.5
     assert targets["facts: SSH round trips per host (shoal plan)"].met is True
-    assert targets["apply: SSH round trips per real server (facts + 1 phase)"].met is True
+    apply = "apply: SSH channels per real server (facts + 1 phase + lock-out confirmation)"
+    assert targets[apply].met is False  # 1 conn, 2 ch: no confirmation connection
+    r = _results()
+    r.series[4] = _series("shoal", "converge", [2.0], PerHost(2, 2, 3, 3, 50))
+    assert {t.name: t for t in evaluate_targets(r, 50)}[apply].met is True
     assert targets["plan of 10,000 real servers (load + plan), seconds"].met is False  # 1.4
     growth = targets["growth 1,000 -> 10,000 real servers (load + plan)"]
     assert growth.value == pytest.approx(14.0) and growth.met is False
