@@ -97,7 +97,8 @@ def compile_desired(
     for low in removals:
         removal_ids[low.host] += (low.id,)
     states += removals
-    states += [replace(p, require=p.require + removal_ids[p.host]) for p in persist]
+    states += [replace(p, require=p.require + removal_ids[p.host]) if p.host in removal_ids
+               else p for p in persist]  # fmt: skip
     check_low_states(states)
     return states
 
