@@ -33,6 +33,10 @@ ACTOR = "controller"
 REVISIONS_CACHED = 16
 
 
+# At most this many units keep their last host plans (each holds one plan's worth).
+_UNITS_REUSED = 64
+
+
 @dataclass
 class ServerContext:
     source: Source
@@ -55,6 +59,8 @@ class ServerContext:
 
     def plan_reuse(self, unit: tuple[str, ...]) -> PlanReuse:
         """The unit's PlanReuse; used only under the unit's locks."""
+        if unit not in self._plan_reuse and len(self._plan_reuse) >= _UNITS_REUSED:
+            self._plan_reuse.clear()  # units come and go with the clusters: forget old ones
         return self._plan_reuse.setdefault(unit, PlanReuse())
 
     def transport(self, desired: Desired) -> Transport:
