@@ -30,6 +30,7 @@ from api.schemas import Conflict, Problem
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
 from reconciler.server.lifecycle import (
     AlreadyApproved,
+    AlreadyOverridden,
     PlanNotFound,
     PlanNotPending,
     StaleApproval,
@@ -65,6 +66,15 @@ async def _already_approved(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AlreadyApproved)
     body = Conflict(detail=str(exc), plan_id=exc.plan_id, state="pending",
                     reason=f"needs {exc.required} approvals by different tokens")  # fmt: skip
+    return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
+
+
+async def _already_overridden(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AlreadyOverridden)
+    record = request.app.state.store.get_plan(exc.plan_id)
+    body = Conflict(detail=str(exc), plan_id=exc.plan_id,
+                    state=record.state if record else "missing",
+                    reason="the freeze is overridden for it already")  # fmt: skip
     return JSONResponse(body.model_dump(), status.HTTP_409_CONFLICT)
 
 
@@ -104,6 +114,7 @@ def create_app(controller: ControllerPort, store: Store, settings: ServerSetting
             PlanNotFound: _not_found,
             PlanNotPending: _not_pending,
             AlreadyApproved: _already_approved,
+            AlreadyOverridden: _already_overridden,
             StaleApproval: _stale,
             SourceError: _unavailable,
             TransportError: _unavailable,

@@ -11,11 +11,13 @@ from typing import Any, Protocol, cast
 from fastapi import Request
 
 from reconciler.desired.models import Desired
+from reconciler.server.gate import Hold
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import CommitInfo
 from reconciler.server.store.database import Store
+from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import PlanRecord, RunRecord
 
 
@@ -43,6 +45,12 @@ class ControllerPort(Protocol):
     ) -> RunRecord | ApprovalRecorded: ...
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord: ...
+
+    async def override_freeze(
+        self, plan_id: str, *, actor: str, reason: str
+    ) -> FreezeOverride: ...
+
+    async def hold_of(self, record: PlanRecord) -> Hold | None: ...
 
     async def describe(self, sha: str) -> CommitInfo | None: ...
 

@@ -19,6 +19,25 @@ from reconciler.server.store.database import Store
 router = APIRouter(tags=["locks"])
 
 
+def lock(store: Store, cluster: str, *, reason: str, actor: str) -> ClusterLock | None:
+    """Lock `cluster` and audit it; None (nothing written) if it is locked already."""
+    done = store.lock_cluster(cluster, reason=reason, actor=actor)
+    if done is not None:
+        store.audit("cluster.locked", actor=actor, cluster=cluster, detail={"reason": reason})
+    return done
+
+
+def unlock(store: Store, controller: ControllerPort, cluster: str, *,
+           actor: str) -> ClusterLock | None:  # fmt: skip
+    """Lift the lock, audit it and wake the loop; None if the cluster was not locked."""
+    done = store.unlock_cluster(cluster)
+    if done is not None:
+        store.audit("cluster.unlocked", actor=actor, cluster=cluster,
+                    detail={"reason": done.reason, "locked_by": done.actor})  # fmt: skip
+        controller.wake(f"cluster {cluster} unlocked")
+    return done
+
+
 def lock_out(lock: ClusterLock) -> LockOut:
     return LockOut(cluster=lock.cluster, reason=lock.reason, actor=lock.actor,
                    locked_at=lock.locked_at)  # fmt: skip
@@ -41,14 +60,12 @@ def lock_cluster(
     token: Admin,
     store: Annotated[Store, Depends(get_store)],
 ) -> LockOut:
-    lock = store.lock_cluster(cluster, reason=body.reason, actor=token.actor)
-    if lock is None:
+    done = lock(store, cluster, reason=body.reason, actor=token.actor)
+    if done is None:
         held = store.cluster_locks()[cluster]
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"cluster {cluster} is locked already by {held.actor}: {held.reason}")
-    store.audit("cluster.locked", actor=token.actor, cluster=cluster,
-                detail={"reason": body.reason})  # fmt: skip
-    return lock_out(lock)
+    return lock_out(done)
 
 
 @router.post(
@@ -62,10 +79,7 @@ def unlock_cluster(
     store: Annotated[Store, Depends(get_store)],
     controller: Annotated[ControllerPort, Depends(get_controller)],
 ) -> LockOut:
-    lock = store.unlock_cluster(cluster)
-    if lock is None:
+    done = unlock(store, controller, cluster, actor=token.actor)
+    if done is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"cluster {cluster} is not locked")
-    store.audit("cluster.unlocked", actor=token.actor, cluster=cluster,
-                detail={"reason": lock.reason, "locked_by": lock.actor})  # fmt: skip
-    controller.wake(f"cluster {cluster} unlocked")
-    return lock_out(lock)
+    return lock_out(done)

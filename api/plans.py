@@ -11,13 +11,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from api.auth import Approver, Viewer, auth_responses
+from api.auth import Admin, Approver, Viewer, auth_responses
 from api.deps import ControllerPort, get_controller, get_store
 from api.params import ClusterQuery, LimitQuery, PlanIdPath, PlanStateQuery
 from api.schemas import (
     ApproveResponse,
     Conflict,
     Decision,
+    FreezeOverrideOut,
+    FreezeOverrideRequest,
     PlanDetail,
     PlanSummary,
     Problem,
@@ -25,6 +27,7 @@ from api.schemas import (
     plan_detail,
     plan_summary,
 )
+from reconciler.server.clock import stamp
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.store.database import Store
 
@@ -58,14 +61,19 @@ def list_plans(
     "/plans/{plan_id}",
     responses={**auth_responses("viewer"), 404: {"model": Problem, "description": "no such plan"}},
 )
-def show_plan(
-    plan_id: PlanIdPath, _: Viewer, store: Annotated[Store, Depends(get_store)]
+async def show_plan(
+    plan_id: PlanIdPath,
+    _: Viewer,
+    store: Annotated[Store, Depends(get_store)],
+    controller: Annotated[ControllerPort, Depends(get_controller)],
 ) -> PlanDetail:
     record = store.get_plan(plan_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plan {plan_id}")
     runs = [r.id for r in store.list_runs(plan_id=plan_id)]
-    return plan_detail(record, store.approvals_for(plan_id), runs)
+    hold = await controller.hold_of(record)
+    return plan_detail(record, store.approvals_for(plan_id), runs, hold,
+                       store.freeze_override(plan_id))  # fmt: skip
 
 
 @router.post(
@@ -91,8 +99,10 @@ async def approve_plan(
         # A recorded vote leaves the plan pending; the last approval under a lock approves it,
         # and it waits for the unlock.
         state = "approved" if run.waiting is not None else "pending"
+        until = stamp(run.until) if run.until is not None else None
         return ApproveResponse(plan_id=plan_id, state=state, approvals=len(run.approvers),
-                               approvals_required=run.required, waiting=run.waiting)  # fmt: skip
+                               approvals_required=run.required, waiting=run.waiting,
+                               waiting_until=until)  # fmt: skip
     return ApproveResponse(plan_id=plan_id, state="applying", run_id=run.id)
 
 
@@ -106,3 +116,28 @@ async def reject_plan(
     comment = body.comment if body else ""
     record = await controller.reject(plan_id, actor=token.actor, comment=comment)
     return RejectResponse(plan_id=record.id, state=record.state)
+
+
+@router.post(
+    "/plans/{plan_id}/override-freeze",
+    status_code=201,
+    responses={
+        **auth_responses("admin"),
+        status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "no such plan"},
+        status.HTTP_409_CONFLICT: {
+            "model": Conflict,
+            "description": "the plan is not pending or approved, or is overridden already",
+        },
+    },
+)
+async def override_freeze(
+    plan_id: PlanIdPath,
+    body: FreezeOverrideRequest,
+    token: Admin,
+    controller: Annotated[ControllerPort, Depends(get_controller)],
+) -> FreezeOverrideOut:
+    """Let this plan start although a freeze window of the config repo forbids applies now
+    (audited; a lock still holds it). An approved plan starts at the pass this wakes."""
+    done = await controller.override_freeze(plan_id, actor=token.actor, reason=body.reason)
+    return FreezeOverrideOut(plan_id=done.plan_id, reason=done.reason, actor=done.actor,
+                             at=done.at)  # fmt: skip

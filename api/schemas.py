@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.plan.stepdiff import file_diff
 from reconciler.plan.steps import HostPlan, Step
+from reconciler.server.clock import stamp
+from reconciler.server.gate import Hold
+from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import (
     ApprovalRecord,
     AuditRecord,
@@ -187,6 +190,10 @@ class PlanDetail(PlanSummary):
     hosts: dict[str, HostPlanOut]
     approvals: list[ApprovalOut]
     runs: list[str]
+    # What keeps this open plan from starting now (a lock, a freeze window), and until when.
+    waiting: str | None = None
+    waiting_until: str | None = None
+    freeze_override: FreezeOverrideOut | None = None
 
 
 class Decision(BaseModel):
@@ -218,6 +225,20 @@ class ApproveResponse(_Out):
     approvals: int = 1
     approvals_required: int = 1
     waiting: str | None = Field(default=None, description="what an approved plan waits for")
+    waiting_until: str | None = Field(
+        default=None, description="when the freeze window it waits for ends (UTC)")
+
+
+class FreezeOverrideRequest(_Out):
+    reason: str = Field(min_length=1, max_length=2000,
+                        description="why this plan may start during a freeze")  # fmt: skip
+
+
+class FreezeOverrideOut(_Out):
+    plan_id: str
+    reason: str
+    actor: str
+    at: str
 
 
 class RejectResponse(_Out):
@@ -432,8 +453,19 @@ def host_diff(host_plan: HostPlan) -> str:
     return "\n".join(chunks)
 
 
+def _override_out(override: FreezeOverride | None) -> FreezeOverrideOut | None:
+    if override is None:
+        return None
+    return FreezeOverrideOut(plan_id=override.plan_id, reason=override.reason,
+                             actor=override.actor, at=override.at)  # fmt: skip
+
+
 def plan_detail(
-    record: PlanRecord, approvals: list[ApprovalRecord], run_ids: list[str]
+    record: PlanRecord,
+    approvals: list[ApprovalRecord],
+    run_ids: list[str],
+    hold: Hold | None = None,
+    override: FreezeOverride | None = None,
 ) -> PlanDetail:
     summary = plan_summary(record)
     hosts = {
@@ -458,6 +490,9 @@ def plan_detail(
             for a in approvals
         ],
         runs=run_ids,
+        waiting=hold.reason if hold else None,
+        waiting_until=stamp(hold.until) if hold and hold.until else None,
+        freeze_override=_override_out(override),
     )
 
 

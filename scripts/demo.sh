@@ -42,6 +42,7 @@ fi
 # of approving it over the JSON API itself (SHOAL_DEMO_PAGE_WAIT seconds, 900 by default).
 APPROVE=${SHOAL_DEMO_APPROVE:-api}
 PAGE_WAIT=${SHOAL_DEMO_PAGE_WAIT:-900}
+if [ "$APPROVE" = "page" ]; then APPROVED_WHERE="on the web page"; else APPROVED_WHERE="over HTTP"; fi
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
@@ -391,7 +392,7 @@ VIPS="VIP 10.77.0.100:80"
 if [ -z "$DEMO_DIRECTOR" ]; then VIPS="VIPs 10.77.0.100:80 (http) and [fd77:77:77::100]:80 (http6)"; fi
 bold "4. first commit: cluster web$ON, $VIPS, web1 (weight 1) and web2 (weight 2)"
 push_and_plan "web cluster: lvs1/lvs2, web1 w1, web2 w2"
-bold "approve over HTTP and apply (the run ends with its verification phase)"
+bold "approve $APPROVED_WHERE and apply (the run ends with its verification phase)"
 approve_and_apply "$PLAN"
 bold "verified by the run: requests from client1 through the VIP, counted on each real server"
 show_verification "$RUN"
@@ -411,7 +412,7 @@ push_and_plan "web3 joins http with weight 3"
 # Adding a real server changes the directors and web3 only, and removes nothing anywhere.
 changes=$(api GET "/plans/$PLAN" | json "' '.join(sorted(h for h, hp in d['hosts'].items() if hp['steps'])) + ' removals=' + str(sum(s['state_id'].startswith('remove-') for hp in d['hosts'].values() for s in hp['steps']))")
 [ "$changes" = "lvs1 lvs2 web3 removals=0" ] || die "the web3 plan should change lvs1 lvs2 web3 and remove nothing: $changes"
-bold "approve over HTTP and apply"
+bold "approve $APPROVED_WHERE and apply"
 approve_and_apply "$PLAN"
 bold "verified by the run: web3 (weight 3) now takes about half of the requests"
 show_verification "$RUN"

@@ -43,8 +43,12 @@ async def _plan_page(
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plan {plan_id}")
     runs = store.list_runs(plan_id=plan_id)
-    detail = plan_detail(record, store.approvals_for(plan_id), [r.id for r in runs])
+    controller = get_controller(request)
+    hold = await controller.hold_of(record)
+    detail = plan_detail(record, store.approvals_for(plan_id), [r.id for r in runs], hold,
+                         store.freeze_override(plan_id))  # fmt: skip
     after = successor(store, record)
+    created = store.list_audit(plan_id=plan_id, action="plan.created", limit=1)
     return render(
         request,
         "plan.html",
@@ -52,7 +56,9 @@ async def _plan_page(
         status_code,
         plan=detail,
         why=WHY.get(record.kind, record.kind),
-        commit=await get_controller(request).describe(record.revision),
+        # What started the look that made it (a plan from before this was recorded has none).
+        woken_by=created[0].detail.get("woken_by", "") if created else "",
+        commit=await controller.describe(record.revision),
         hosts=hosts_in_phase_order(record),
         successor_id=new_plan_id or (after.id if after else None),
         runs=runs,
@@ -92,6 +98,9 @@ async def approve(request: Request, plan_id: PlanIdPath) -> Response:
             request, user, plan_id, status_code=503,
             refused=f"Nothing was decided: {exc}. Try again.",
         )  # fmt: skip
+    if isinstance(run, ApprovalRecorded) and run.waiting is not None:
+        words = "Approved. It starts by itself once nothing holds it (see below)."
+        return await _plan_page(request, user, plan_id, status_code=202, recorded=words)
     if isinstance(run, ApprovalRecorded):
         words = (f"Your approval is recorded: {len(run.approvers)} of {run.required} "
                  f"({', '.join(run.approvers)}). It applies once approvers with other tokens "

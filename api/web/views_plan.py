@@ -21,7 +21,7 @@ PHASE_WORDS = {
 }
 
 WHY = {
-    "change": "a new revision of the repository differs from the hosts (a push or a webhook)",
+    "change": "a revision of the repository not applied yet differs from the hosts",
     "drift": "the hosts moved away from the applied revision (drift found between commits)",
     "heal": "drift found, healed by the cluster's policy",
 }

@@ -177,11 +177,26 @@ def serve(
         typer.Option("--webhook-secret-file", help="else $SHOAL_WEBHOOK_SECRET[_FILE]"),
     ] = None,
     become_password_file: BecomePasswordFileOption = None,
+    notify: Annotated[
+        Path | None,
+        typer.Option("--notify", envvar="SHOAL_NOTIFY_FILE",
+                     help="receivers of outgoing notifications (TOML)"),
+    ] = None,
 ) -> None:
     """Watch the repository, plan, serve the API, apply approved plans."""
     from reconciler.cli.serve import run_serve
+    from reconciler.server.notify_settings import (
+        NotifySettings,
+        NotifySettingsError,
+        load_notify_settings,
+    )
     from reconciler.server.settings import ServerSettings, load_webhook_secret, parse_listen
 
+    try:
+        receivers = load_notify_settings(notify) if notify else NotifySettings()
+    except NotifySettingsError as exc:
+        typer.echo(f"shoal serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     host, port = parse_listen(listen)
     settings = ServerSettings(
         repo=repo,
@@ -193,6 +208,7 @@ def serve(
         client_key=key.expanduser() if key else None,
         webhook_secret=load_webhook_secret(webhook_secret_file),
         become_password=become_password(become_password_file),
+        notify=receivers,
     )
     raise typer.Exit(run_serve(settings))
 
@@ -240,6 +256,19 @@ def unlock(cluster: ClusterArgument, state_dir: StateDirOption, by: ByOption = N
     from reconciler.cli.lock import run_unlock
 
     raise typer.Exit(run_unlock(state_dir, cluster, by, typer.echo))
+
+
+@app.command("override-freeze")
+def override_freeze(
+    plan_id: Annotated[str, typer.Argument(help="the plan to let through")],
+    reason: Annotated[str, typer.Option("--reason", help="why it may start during a freeze")],
+    state_dir: StateDirOption,
+    by: ByOption = None,
+) -> None:
+    """Let one pending or approved plan start although a freeze window forbids applies now."""
+    from reconciler.cli.lock import run_override
+
+    raise typer.Exit(run_override(state_dir, plan_id, reason, by, typer.echo))
 
 
 @app.command()

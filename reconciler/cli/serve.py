@@ -37,6 +37,9 @@ def build_app(settings: ServerSettings) -> FastAPI:
         clock=SystemClock(),
         poll_interval=settings.poll_interval,
         poll_jitter=settings.poll_jitter,
+        notify=settings.notify,
+        link_base=settings.notify.link_base
+        or f"http://{settings.listen_host}:{settings.listen_port}",
     )
     return create_app(controller, store, settings)
 
@@ -61,6 +64,7 @@ def run_serve(settings: ServerSettings) -> int:
             "state_dir": str(settings.state_dir),
             "listen": f"{settings.listen_host}:{settings.listen_port}",
             "poll": settings.poll_interval,
+            "notify": [r.name for r in settings.notify.receivers],
         },
     )
     app = build_app(settings)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from reconciler.desired.freeze import FreezeWindow
+
 # A name is something we put on a command line or in a file path: no shell metacharacters,
 # no leading dash (it would read as an option), bounded length.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -462,6 +464,8 @@ class Cluster(_Model):
     states: Annotated[
         tuple[ExtraState, ...], AfterValidator(_unique_by("id", "state id", lambda s: s.id))
     ] = Field(default=(), alias="state", strict=False)
+    # When an apply may not start (`[[freeze]]`, see reconciler.desired.freeze).
+    freeze: tuple[FreezeWindow, ...] = Field(default=(), strict=False)
 
     model_config = ConfigDict(
         frozen=True, extra="forbid", strict=True, populate_by_name=True, defer_build=True

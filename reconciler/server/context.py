@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
@@ -24,8 +25,11 @@ from reconciler.plan.reuse import PlanReuse
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.notify import Notifier
+from reconciler.server.notify_events import notification
 from reconciler.server.source import Source
 from reconciler.server.store.database import Store
+from reconciler.server.store.records import PlanRecord
 from reconciler.transport.protocol import Transport, TransportFactory
 
 ACTOR = "controller"
@@ -45,11 +49,16 @@ class ServerContext:
     clock: Clock
     # Ask the loop for a pass soon (the controller's `wake`).
     wake: Callable[[str], None]
+    # Ask the loop to look at a unit (its key) at a moment (a freeze window's end).
+    look_at: Callable[[str, datetime], None] = lambda key, at: None
     locks: ClusterLocks = field(default_factory=ClusterLocks)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
     # Per unit, the host plans of its last plan: a pass over unchanged hosts reuses them.
     _plan_reuse: dict[tuple[str, ...], PlanReuse] = field(default_factory=dict)
     metrics: ServerMetrics = field(init=False)
+    # Where events go (the receivers file of `shoal serve`); None: nowhere.
+    notifier: Notifier | None = None
+    link_base: str = ""
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.store)
@@ -62,6 +71,13 @@ class ServerContext:
         if unit not in self._plan_reuse and len(self._plan_reuse) >= _UNITS_REUSED:
             self._plan_reuse.clear()  # units come and go with the clusters: forget old ones
         return self._plan_reuse.setdefault(unit, PlanReuse())
+
+    def notify(self, event: str, record: PlanRecord, *, who: str, text: str,
+               run_id: str | None = None) -> None:  # fmt: skip
+        """Queue `event` for the receivers that want it; never waits (`notify`)."""
+        if self.notifier is not None:
+            self.notifier.emit(notification(event, record, at=self.now(), who=who, text=text,
+                                            link_base=self.link_base, run_id=run_id))  # fmt: skip
 
     def transport(self, desired: Desired) -> Transport:
         return self.transports(desired)

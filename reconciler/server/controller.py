@@ -29,30 +29,42 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Coroutine
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from reconciler.desired.models import Desired
 from reconciler.errors import HostUnreachable, ShoalError
+from reconciler.logfmt import log_context
 from reconciler.server import approvals
 from reconciler.server.clock import Clock, SystemClock
 from reconciler.server.context import ServerContext
 from reconciler.server.crash_recovery import recover
+from reconciler.server.gate import Hold, apply_blocked
 from reconciler.server.lifecycle import ApprovalRecorded
 from reconciler.server.metrics import ServerMetrics
+from reconciler.server.notify import Notifier
+from reconciler.server.notify_settings import NotifySettings
 from reconciler.server.passes import UnitLook, pass_units, read_head, reconcile_unit
 from reconciler.server.retry import GiveUp, Requeue, RetryDecision, retry_decision
 from reconciler.server.schedule import PASS, SOURCE, Schedule
 from reconciler.server.source import CommitInfo, Source
 from reconciler.server.status import record_failure
 from reconciler.server.store.database import Store
+from reconciler.server.store.freeze_overrides import FreezeOverride
 from reconciler.server.store.records import PlanRecord, RunRecord
-from reconciler.server.units import unit_key
+from reconciler.server.units import unit_key, unit_of
 from reconciler.transport.connect import transport_for
 from reconciler.transport.protocol import TransportFactory
 
+# Distinct wake reasons kept for one pass (a burst of webhooks is one reason).
+MAX_WAKE_REASONS = 8
+
 log = logging.getLogger("shoal.controller")
+
+# Seconds after a freeze window's end that the loop looks at the unit it held.
+LOOK_MARGIN = 0.1
 
 
 class Controller:
@@ -73,6 +85,8 @@ class Controller:
         poll_interval: float = 60.0,
         poll_jitter: float = 0.1,
         stop_timeout: float = 120.0,
+        notify: NotifySettings | None = None,
+        link_base: str = "",
     ) -> None:
         if transports is None:
             if client_key is None:
@@ -80,8 +94,12 @@ class Controller:
             transports = partial(transport_for, client_key=client_key)
         self.clock: Clock = clock or SystemClock()
         self.ctx = ServerContext(
-            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake
+            source=source, store=store, transports=transports, clock=self.clock, wake=self.wake,
+            look_at=self.look_at,
         )
+        if notify is not None and notify.receivers:
+            self.ctx.notifier = Notifier(notify.receivers, self.ctx.metrics)
+        self.ctx.link_base = link_base
         self.source = source
         self.store = store
         self.poll_interval = poll_interval
@@ -96,6 +114,9 @@ class Controller:
         self.ready = False
         self.recovered = False
         self.wake_requests = 0
+        # What asked for the next pass (webhook, Reconcile now, an unlock ...): the plans that
+        # pass makes say it (`ServerContext.woken_by`).
+        self._wake_reasons: list[str] = []
         self.passes = 0
         self.passes_completed = 0
         self.last_pass_at: str | None = None
@@ -106,6 +127,8 @@ class Controller:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.ctx.notifier is not None:
+            self.ctx.notifier.start()
         if self._loop_task is None:
             self._stopping = False
             self._loop_task = asyncio.create_task(self._run(), name="shoal-controller")
@@ -124,6 +147,8 @@ class Controller:
             if still:
                 await asyncio.wait(still)
         self._loop_task = None
+        if self.ctx.notifier is not None:
+            await self.ctx.notifier.stop()
         await asyncio.to_thread(self.source.close)
         self.ready = False
 
@@ -133,8 +158,18 @@ class Controller:
         A wake also lets go of units held until a new revision: someone asked to look again."""
         self.wake_requests += 1
         log.info("wake requested", extra={"reason": reason})
+        if reason not in self._wake_reasons and len(self._wake_reasons) < MAX_WAKE_REASONS:
+            self._wake_reasons.append(reason)
         self.schedule.release_holds()
         self._wake.set()
+
+    def look_at(self, key: str, at: datetime) -> None:
+        """Look at the unit `key` again at the wall-clock moment `at` (a freeze window's end).
+
+        A little after it: a look that came a hair early would find the window still open and
+        need one more pass."""
+        later = (at - self.clock.now()).total_seconds() + LOOK_MARGIN
+        self.schedule.look_at(key, self.clock.monotonic() + later)
 
     async def wait_idle(self, timeout: float = 300.0) -> None:
         """Wait until no apply started by an approval is running (tests, graceful stop)."""
@@ -157,13 +192,25 @@ class Controller:
             # Cleared before the pass: a wake that lands during the pass keeps the event set,
             # so exactly one more pass follows, however many wakes there were.
             self._wake.clear()
+            woken_by = self._take_wake_reasons(only, first=self.passes == 0)
             try:
-                await self.reconcile_once(only=only)
+                await self.reconcile_once(only=only, woken_by=woken_by)
             except Exception as exc:  # last resort: a bug; the next pass must come all the same
                 self._last_resort("reconciliation pass failed", exc)
             if self._stopping:
                 break
             only = await self.sleep(full=only is None)
+
+    def _take_wake_reasons(self, only: set[str] | None, *, first: bool) -> str:
+        """Why the pass about to start runs, in words; the wakes asked for so far are used up."""
+        reasons, self._wake_reasons = self._wake_reasons, []
+        if reasons:
+            return "; ".join(reasons)
+        if first:
+            return "the server started"
+        if only is None:
+            return f"the poll (every {self.poll_interval:g} s)"
+        return "the end of a freeze window" if self.schedule.last_timed else "a retry"
 
     async def sleep(self, *, full: bool = True) -> set[str] | None:
         """Wait for a wake, the poll, or the earliest requeued work; then what the next pass
@@ -197,15 +244,17 @@ class Controller:
 
     # --- one pass -----------------------------------------------------------------------------
 
-    async def reconcile_once(self, only: Collection[str] | None = None) -> None:
+    async def reconcile_once(
+        self, only: Collection[str] | None = None, *, woken_by: str = "a pass run directly"
+    ) -> None:
         """One level-triggered pass over every cluster of the branch head (`only`: the units
-        with these keys, unless the head moved)."""
+        with these keys, unless the head moved); `woken_by`: why it runs, in words."""
         self.passes += 1
         self.last_pass_at = self.ctx.now()
         started = self.clock.monotonic()
         result = "failed"
         try:
-            await self._pass(only)
+            await self._pass(only, woken_by)
             result = ("source_error" if self.last_source_error is not None
                       else "invalid_revision" if self.head_errors else "ok")  # fmt: skip
         finally:
@@ -213,7 +262,7 @@ class Controller:
             self.metrics.passes.labels(result).inc()
             self.metrics.pass_seconds.observe(self.clock.monotonic() - started)
 
-    async def _pass(self, only: Collection[str] | None) -> None:
+    async def _pass(self, only: Collection[str] | None, woken_by: str) -> None:
         try:
             head = await read_head(self.ctx)
         except ShoalError as exc:
@@ -225,6 +274,9 @@ class Controller:
         self.last_source_error = None
         if head.sha != self.head:
             only = None  # a new revision: every unit is looked at
+            if self.head is not None:
+                woken_by += f", which found the new commit {head.sha[:12]}"
+
         self.head = head.sha
         if head.desired is None:
             # Stalled: nothing is planned from an invalid revision until the next one.
@@ -238,7 +290,10 @@ class Controller:
             units = [(u, orphans) for u, orphans in units if unit_key(u) in only]
         desired = head.desired
         results = await asyncio.gather(
-            *(self._unit(unit, desired, orphans=orphans) for unit, orphans in units),
+            *(
+                self._unit(unit, desired, orphans=orphans, woken_by=woken_by)
+                for unit, orphans in units
+            ),
             return_exceptions=True,
         )
         bugs: list[Exception] = []
@@ -251,13 +306,23 @@ class Controller:
         if bugs:
             raise bugs[0] if len(bugs) == 1 else ExceptionGroup("units failed", bugs)
 
-    async def _unit(self, unit: tuple[str, ...], desired: Desired, *, orphans: bool) -> None:
+    async def _unit(
+        self, unit: tuple[str, ...], desired: Desired, *, orphans: bool, woken_by: str
+    ) -> None:
         key = unit_key(unit)
         if self.schedule.held(key, desired.revision):
             return
+        with log_context(clusters=key):
+            await self._look(unit, key, desired, orphans=orphans, woken_by=woken_by)
+
+    async def _look(
+        self, unit: tuple[str, ...], key: str, desired: Desired, *, orphans: bool, woken_by: str
+    ) -> None:
         async with self.ctx.locks.held(unit):
             try:
-                look = await reconcile_unit(self.ctx, unit, desired, orphans=orphans)
+                look = await reconcile_unit(
+                    self.ctx, unit, desired, orphans=orphans, woken_by=woken_by
+                )
             except ShoalError as exc:
                 record_failure(self.ctx, unit, desired.revision, str(exc))
                 decision = self.schedule.failed(key, exc, desired.revision)
@@ -291,12 +356,24 @@ class Controller:
     ) -> RunRecord | ApprovalRecorded:
         """Approve one pending plan and start applying it (`approvals.approve`); raises
         StaleApproval (409) if git or the hosts moved since it was made."""
-        return await approvals.approve(
-            self.ctx, plan_id, actor=actor, comment=comment, start=self._start_apply
-        )
+        record = self.store.get_plan(plan_id)
+        with log_context(plan_id=plan_id, clusters=record.cluster if record else None):
+            return await approvals.approve(
+                self.ctx, plan_id, actor=actor, comment=comment, start=self._start_apply
+            )
 
     async def reject(self, plan_id: str, *, actor: str, comment: str = "") -> PlanRecord:
         return approvals.reject(self.ctx, plan_id, actor=actor, comment=comment)
+
+    async def override_freeze(self, plan_id: str, *, actor: str, reason: str) -> FreezeOverride:
+        return approvals.override_freeze(self.ctx, plan_id, actor=actor, reason=reason)
+
+    async def hold_of(self, record: PlanRecord) -> Hold | None:
+        """What keeps an open plan from starting now (a lock, a freeze), or None."""
+        if record.state not in ("pending", "approved"):
+            return None
+        return apply_blocked(self.ctx, unit_of(record), await self.desired_at(record.revision),
+                             record.id)  # fmt: skip
 
     # --- what the web pages show (called by the API) ---------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.apply.recovery import backups as recovery_backups
 from reconciler.apply.recovery import host_verdicts, restore_snapshots
 from reconciler.errors import ShoalError
+from reconciler.logfmt import log_context
 from reconciler.plan.planner import plan_desired
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.retry import GiveUp, retry_decision
@@ -33,9 +34,14 @@ async def recover_run(ctx: ServerContext, run: RunRecord) -> None:
     record = ctx.store.get_plan(run.plan_id)
     if record is None:
         return
+    with log_context(run_id=run.id, plan_id=record.id, clusters=record.cluster):
+        await _recover_run(ctx, run, record)
+
+
+async def _recover_run(ctx: ServerContext, run: RunRecord, record: PlanRecord) -> None:
     unit = unit_of(record)
     detail: dict[str, Any] = {}
-    log.warning("recovering interrupted run", extra={"run_id": run.id, "plan_id": record.id})
+    log.warning("recovering interrupted run")
     async with ctx.locks.held(unit):
         try:
             detail = await restore_hosts(ctx, record, run.id)

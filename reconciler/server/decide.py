@@ -24,6 +24,7 @@ from reconciler.server.clock import stamp
 from reconciler.server.context import ACTOR, ServerContext
 from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER, approve_and_apply, execute
 from reconciler.server.gate import apply_blocked
+from reconciler.server.notify_events import plan_words
 from reconciler.server.status import (
     close_plan,
     open_plans,
@@ -49,8 +50,11 @@ async def decide(
     plan: Plan,
     transport: Transport,
     facts: Mapping[str, HostFacts] | None = None,
+    *,
+    woken_by: str = "a direct call",
 ) -> PlanRecord | None:
-    """Record what `plan` means for the unit and run it if policy says so; the current plan."""
+    """Record what `plan` means for the unit and run it if policy says so; the current plan.
+    `woken_by`: why this look happened, recorded with a plan it makes."""
     sha = desired.revision
     key = unit_key(unit)
     now = ctx.now()
@@ -71,10 +75,13 @@ async def decide(
             close_plan(ctx, record, sha, "the hosts' facts changed since it was made")
 
     kind: PlanKind = "drift" if already_applied else "change"
-    current = current_plan(ctx, key, plan, kind)
+    current = current_plan(ctx, key, plan, kind, woken_by)
     record_planned(ctx, unit, sha, plan, current, kind, records, now)
 
-    blocked = apply_blocked(ctx, unit)
+    blocked = apply_blocked(ctx, unit, desired, current.id)
+    if blocked is not None and blocked.until is not None:
+        # The window ends at a known moment: the loop looks at the unit then, not at its poll.
+        ctx.look_at(key, blocked.until)
     if current.state == "approved" and blocked is None and not plan.empty:
         # Approved while a lock held it back; the facts just gathered are the plan's own
         # (current_plan found it by the plan id they make), so it is not stale.
@@ -85,7 +92,7 @@ async def decide(
     if current.state != "pending" or plan.empty:
         return current  # nothing shoal may run: only refused hosts are out of sync
     if blocked is not None:
-        return current  # no policy approval and no heal while an admin's lock holds
+        return current  # no policy approval and no heal while a lock or a freeze holds
     if kind == "change" and all(desired.approval_for(c) == "auto" for c in unit):
         await approve_and_apply(ctx, current, desired, transport, AUTO_APPROVER, facts)
     elif kind == "drift" and all(desired.drift_for(c) == "heal" for c in unit):
@@ -121,7 +128,9 @@ def recent_heals(ctx: ServerContext, plan: Plan, current: PlanRecord) -> Sequenc
     ]
 
 
-def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> PlanRecord:
+def current_plan(
+    ctx: ServerContext, key: str, plan: Plan, kind: PlanKind, woken_by: str
+) -> PlanRecord:
     """The stored plan for this exact plan: the open one, a failed/rejected one, or new."""
     store = ctx.store
     existing = store.list_plans(base_id=plan.id, limit=1000)
@@ -142,10 +151,24 @@ def current_plan(ctx: ServerContext, key: str, plan: Plan, kind: PlanKind) -> Pl
         actor=ACTOR,
         cluster=key,
         plan_id=record.id,
-        detail={"revision": plan.revision, "kind": kind, "hosts": changed},
+        detail={
+            "revision": plan.revision, "kind": kind, "hosts": changed, "woken_by": woken_by
+        },
     )
+    if kind == "drift":
+        ctx.notify("drift_found", record, who=ACTOR, text=f"drift found: the hosts left revision "
+                   f"{plan.revision[:10]}; {plan_words(record)} would bring them back")  # fmt: skip
+    else:
+        ctx.notify("plan_pending", record, who=ACTOR,
+                   text=f"{plan_words(record)} waits for approval")  # fmt: skip
     log.info(
         "plan created",
-        extra={"plan_id": record.id, "clusters": key, "revision": plan.revision, "kind": kind},
+        extra={
+            "plan_id": record.id,
+            "clusters": key,
+            "revision": plan.revision,
+            "kind": kind,
+            "woken_by": woken_by,
+        },
     )
     return record

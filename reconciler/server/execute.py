@@ -17,7 +17,9 @@ from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
 from reconciler.errors import ShoalError
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.logfmt import log_context
 from reconciler.server.context import ACTOR, ServerContext
+from reconciler.server.notify_events import plan_words
 from reconciler.server.retry import GiveUp, retry_decision
 from reconciler.server.run_record import run_result_records, step_row
 from reconciler.server.store.records import PlanRecord, RunRecord
@@ -44,6 +46,8 @@ async def approve_and_apply(
     if run is None:
         return
     ctx.store.audit("plan.approved", actor=actor, cluster=record.cluster, plan_id=record.id)
+    ctx.notify("plan_approved", record, who=actor, run_id=run.id,
+               text=f"{plan_words(record)} approved by {actor}; run {run.id} applies it")
     await execute(ctx, run, record, desired, transport, facts)
 
 
@@ -56,7 +60,20 @@ async def execute(
     facts: Mapping[str, HostFacts] | None = None,
 ) -> None:
     """Apply `record`'s plan. `facts`: just gathered on `transport` (the plan's own, or those
-    the approval's stale check read), so the executor does not read the hosts again."""
+    the approval's stale check read), so the executor does not read the hosts again. Every
+    line logged meanwhile carries the plan, run and cluster ids."""
+    with log_context(plan_id=record.id, run_id=run.id, clusters=record.cluster):
+        await _execute(ctx, run, record, desired, transport, facts)
+
+
+async def _execute(
+    ctx: ServerContext,
+    run: RunRecord,
+    record: PlanRecord,
+    desired: Desired,
+    transport: Transport,
+    facts: Mapping[str, HostFacts] | None,
+) -> None:
     store = ctx.store
     store.audit(
         "run.started", actor=run.actor, cluster=record.cluster, plan_id=record.id, run_id=run.id
@@ -98,6 +115,28 @@ async def execute(
         detail={"ok": result.ok},
     )
     log.info("run finished", extra={"plan_id": record.id, "run_id": run.id, "ok": result.ok})
+    _notify_outcome(ctx, run, record, result, summary.get("error"))
+
+
+def _notify_outcome(ctx: ServerContext, run: RunRecord, record: PlanRecord, result: RunResult,
+                    error: object) -> None:  # fmt: skip
+    if result.ok:
+        ctx.notify("applied", record, who=run.actor, run_id=run.id,
+                   text=f"revision {record.revision[:10]} applied by run {run.id} "
+                   f"({plan_words(record)})")  # fmt: skip
+        if result.verification is not None and result.verification.ok:
+            ctx.notify("verified", record, who=ACTOR, run_id=run.id,
+                       text=f"run {run.id} verified: traffic through every VIP reached its "
+                       "real servers, ARP answered by the active director")  # fmt: skip
+        return
+    rolled = sorted({rb.host for rb in result.rollbacks})
+    if rolled:
+        ctx.notify("rolled_back", record, who=ACTOR, run_id=run.id,
+                   text=f"run {run.id} failed and was rolled back on {', '.join(rolled)}: "
+                   f"{error or 'failed'}")  # fmt: skip
+    else:
+        ctx.notify("failed", record, who=ACTOR, run_id=run.id,
+                   text=f"run {run.id} failed: {error or 'see the run'}")
 
 
 def live_steps(ctx: ServerContext, run: RunRecord) -> EventHandler:
@@ -137,6 +176,8 @@ def _failed(ctx: ServerContext, run: RunRecord, record: PlanRecord, exc: Excepti
     ctx.store.audit(
         "run.failed", actor=ACTOR, cluster=record.cluster, plan_id=record.id, run_id=run.id
     )
+    ctx.notify("failed", record, who=ACTOR, run_id=run.id,
+               text=f"run {run.id} failed: {type(exc).__name__}: {exc}")
 
 
 async def execute_then_release(

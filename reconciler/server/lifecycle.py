@@ -6,6 +6,8 @@ without importing the whole engine. They extend the one error tree in `reconcile
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from reconciler.errors import ShoalError, StalePlan, Waiting
 
 
@@ -38,6 +40,14 @@ class AlreadyApproved(Waiting):
                          "approvals by different tokens")
 
 
+class AlreadyOverridden(Waiting):
+    """An admin overrode the freeze for this plan before (HTTP 409)."""
+
+    def __init__(self, plan_id: str) -> None:
+        self.plan_id = plan_id
+        super().__init__(f"the freeze is overridden for plan {plan_id} already")
+
+
 class StaleApproval(StalePlan):
     """An approval came for a plan that no longer matches git or the hosts (HTTP 409).
 
@@ -56,12 +66,19 @@ class StaleApproval(StalePlan):
 
 class ApprovalRecorded:
     """An approval that counted but did not start the run: the plan needs more approvals
-    (`waiting` None), or it is approved and waits for what `waiting` names (a lock)."""
+    (`waiting` None), or it is approved and waits for what `waiting` names (a lock, a freeze
+    window that ends at `until`)."""
 
     def __init__(
-        self, plan_id: str, approvers: list[str], required: int, waiting: str | None = None
+        self,
+        plan_id: str,
+        approvers: list[str],
+        required: int,
+        waiting: str | None = None,
+        until: datetime | None = None,
     ) -> None:
         self.plan_id = plan_id
         self.approvers = approvers
         self.required = required
         self.waiting = waiting
+        self.until = until

@@ -4,9 +4,10 @@ Two kinds of series. Totals the records already hold (plans by state, runs by ou
 that rolled back, failed verifications, drift reports, the revision in force per cluster) are
 counted from the store at each scrape, so a restarted server tells the same story and nothing
 is counted twice. What only this process sees (reconcile passes and their duration, the facts
-round trip, each apply phase's duration, webhook deliveries, hosts unreachable now) is kept in
-memory. Every label has a bounded set of values (states, outcomes, phases, clusters): no plan,
-run or request id is ever a label. One registry per server, not the library's global one.
+round trip, each apply phase's duration, webhook deliveries, notifications by receiver, hosts
+unreachable now) is kept in memory. Every label has a bounded set of values (states, outcomes,
+phases, clusters, the receivers of the server's file): no plan, run or request id is ever a
+label. One registry per server, not the library's global one.
 """
 
 from __future__ import annotations
@@ -77,6 +78,16 @@ class ServerMetrics:
                                        ["phase"], buckets=_SECONDS, registry=r)  # fmt: skip
         self.webhooks = Counter("shoal_webhook_deliveries", "Webhook deliveries by result",
                                 ["result"], registry=r)  # fmt: skip
+        self.notifications = Counter("shoal_notifications",
+                                     "Notification attempts by receiver and result (delivered, "
+                                     "retried, rejected)", ["receiver", "result"],
+                                     registry=r)  # fmt: skip
+        self.notifications_dropped = Counter("shoal_notifications_dropped",
+                                             "Notifications dropped: the receiver's queue was "
+                                             "full", ["receiver"], registry=r)  # fmt: skip
+        self.notification_queue = Gauge("shoal_notification_queue_depth",
+                                        "Notifications waiting for their receiver",
+                                        ["receiver"], registry=r)  # fmt: skip
         self.unreachable = Gauge("shoal_hosts_unreachable",
                                  "Hosts the last look at their unit could not reach",
                                  registry=r)  # fmt: skip

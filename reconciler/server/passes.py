@@ -55,15 +55,22 @@ class UnitLook:
 
 
 async def reconcile_unit(
-    ctx: ServerContext, unit: tuple[str, ...], desired: Desired, *, orphans: bool
+    ctx: ServerContext,
+    unit: tuple[str, ...],
+    desired: Desired,
+    *,
+    orphans: bool,
+    woken_by: str,
 ) -> UnitLook:
-    """Gather the unit's hosts, plan, decide. The caller holds the unit's locks."""
+    """Gather the unit's hosts, plan, decide. The caller holds the unit's locks; `woken_by`
+    (what asked for this look, in words) goes into the audit entry of a plan it makes."""
     sub = restrict(desired, unit)
     transport = ctx.transport(desired)
     try:
         hosts = unit_hosts(desired, unit, with_orphans=orphans)
         facts = await ctx.gather(transport, sub, hosts)
         plan = plan_desired(sub, facts, reuse=ctx.plan_reuse(unit))
-        return UnitLook(plan, await decide(ctx, unit, sub, plan, transport, facts))
+        record = await decide(ctx, unit, sub, plan, transport, facts, woken_by=woken_by)
+        return UnitLook(plan, record)
     finally:
         await transport.aclose()

@@ -7,7 +7,8 @@ sleeps towards (sooner than its poll); `WaitForRevision` holds a unit out of pas
 branch head is the revision that failed (a person's wake lets it go); `GiveUp` keeps nothing.
 
 Level-triggered all the same: a regular pass (poll or wake) looks at every unit that is not
-held, due or not.
+held, due or not. A unit can also ask to be looked at at a moment (`look_at`: the end of the
+freeze window that holds its plan).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class Schedule:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
+        # Looks asked for at a moment, not after a failure (a freeze window's end).
+        self._timed: dict[str, float] = {}
+        # The timed looks the last `due()` handed out (why the early pass runs).
+        self.last_timed: set[str] = set()
 
     def failed(self, key: str, exc: Exception, revision: str | None = None) -> RetryDecision:
         """Record that `key` failed with `exc` (at `revision`); what the error's class says."""
@@ -47,6 +52,10 @@ class Schedule:
             case GiveUp():
                 self._pending.pop(key, None)
         return decision
+
+    def look_at(self, key: str, due: float) -> None:
+        """Look at `key` at the monotonic time `due` (the earliest, if asked twice)."""
+        self._timed[key] = min(due, self._timed.get(key, due))
 
     def succeeded(self, key: str) -> None:
         self._pending.pop(key, None)
@@ -67,13 +76,19 @@ class Schedule:
     def keep_only(self, keys: Collection[str]) -> None:
         """Forget work that no longer exists (units of an older revision)."""
         self._pending = {k: p for k, p in self._pending.items() if k in keys}
+        self._timed = {k: t for k, t in self._timed.items() if k in keys}
 
     def next_due(self) -> float | None:
         """The monotonic time of the earliest early look, if any is due."""
         dues = [p.due for p in self._pending.values() if p.due is not None]
+        dues.extend(self._timed.values())
         return min(dues) if dues else None
 
     def due(self) -> set[str]:
         """The work whose early look is due now."""
         now = self._clock.monotonic()
-        return {k for k, p in self._pending.items() if p.due is not None and p.due <= now}
+        timed = {k for k, t in self._timed.items() if t <= now}
+        for key in timed:
+            del self._timed[key]
+        self.last_timed = timed
+        return timed | {k for k, p in self._pending.items() if p.due is not None and p.due <= now}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from reconciler.server.notify_settings import NotifySettings
+
 WEBHOOK_SECRET_ENV = "SHOAL_WEBHOOK_SECRET"
 WEBHOOK_SECRET_FILE_ENV = "SHOAL_WEBHOOK_SECRET_FILE"
 DEFAULT_POLL_SECONDS = 60.0
@@ -38,6 +40,8 @@ class ServerSettings:
     session_lifetime: float = DEFAULT_SESSION_SECONDS
     # For hosts with become = "sudo" whose sudoers asks for a password (NOPASSWD is better).
     become_password: SecretStr | None = field(default=None, repr=False)
+    # Outgoing notifications (`--notify FILE`): receivers, their secrets (kept out of repr).
+    notify: NotifySettings = field(default_factory=NotifySettings, repr=False)
 
     @property
     def key_path(self) -> Path:

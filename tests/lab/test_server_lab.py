@@ -12,6 +12,7 @@ starts from the state the previous one left, as a real cluster's history would.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import time
@@ -26,18 +27,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from lab import Lab, Topology
+from lab.httpd import start_services, stop_services
 from reconciler.server.controller import Controller
+from reconciler.server.notify_settings import EVENTS, NotifySettings
+from reconciler.server.notify_settings import Receiver as NotifyTarget
 from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import PlanRecord
 from tests.lab.server_support import SECRET, Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
 from tests.server.serve import git
+from tests.support.notify_receiver import Receiver as NotifyReceiver
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_REPO = ROOT / "fixtures" / "config-repo"
+NOTIFY_SECRET = b"lab-notify-secret"
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
@@ -66,11 +72,16 @@ class Server:
             client_key=lab.client_key_path,
             webhook_secret=SECRET,
         )
+        # A real receiver of the server's notifications, on loopback.
+        self.receiver = NotifyReceiver(NOTIFY_SECRET)
         self.controller = Controller(
             source=GitSource(str(self.repo.bare), self.state),
             store=self.store,
             client_key=lab.client_key_path,
             poll_interval=3600,  # only wakes start passes here
+            notify=NotifySettings((NotifyTarget("chat", self.receiver.url, NOTIFY_SECRET,
+                                                frozenset(EVENTS)),)),
+            link_base="http://shoal",
         )
         self.app = create_app(self.controller, self.store, settings)
         self.http = httpx.AsyncClient(
@@ -153,6 +164,7 @@ async def server(
             await srv.controller.stop()
             await srv.http.aclose()
             srv.store.close()
+            srv.receiver.close()
 
 
 async def test_bad_or_missing_signature_queues_nothing(server: Server) -> None:
@@ -334,6 +346,105 @@ async def test_fifty_concurrent_webhooks_make_one_plan(server: Server) -> None:
     assert web["errors"] == []
 
 
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The samples that changed, by how much (a sample that appeared counts from 0)."""
+    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+
+
+# The plan's own effect breaks web2 (its VIP's port 80 goes to a port nothing listens on):
+# every step applies, the verification with real traffic fails, every host is rolled back.
+WEB2_REDIRECT_AWAY = """
+[[state]]
+id = "web2-port-80-elsewhere"
+function = "iptables.rule_present"
+hosts = ["web2"]
+args = {{ destination = "{vip}", protocol = "tcp", dport = 80, to_ports = 8099 }}
+"""
+
+
+async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
+    server: Server,
+) -> None:
+    # Cost: two applies with verification and one rollback, about 20 s on a loaded machine.
+    lab = server.lab
+    vip = re.sub(r"\.\d+$", ".100", lab.host("web1").address)
+    await start_services(lab, [80], hosts=["web1", "web2"])
+    seen = len(server.receiver.got)
+    try:
+        def verify_on(root: Path) -> None:
+            settings = root / "shoal.toml"
+            # requests_per_server stays 10: the lightest of weights 1 and 4 expects 10 of 50.
+            settings.write_text(settings.read_text().replace("enabled = false", "enabled = true"))
+
+        await server.settle()
+        before = await server.metrics()
+        sha = server.repo.push(verify_on, "verify every apply with real traffic")
+        await server.controller.reconcile_once()
+        (plan,) = server.pending(sha)
+        run = await server.approve(plan.id)
+        assert run["state"] == "applied" and run["verification"]["ok"] is True, run
+        applied = await server.metrics()
+        delta = moved(before, applied)
+        phases = {s.phase.name.lower() for hp in plan.plan.hosts.values() for s in hp.steps}
+        assert delta.pop("shoal_runs_total[outcome=applied]") == 1, delta
+        for p in phases:
+            assert delta.pop(f"shoal_apply_phase_duration_seconds_count[phase={p}]") == 1, delta
+            delta.pop(f"shoal_apply_phase_duration_seconds_sum[phase={p}]")
+        # One pass (this test's) and one approval: each looked at the hosts once.
+        assert delta.pop("shoal_reconcile_passes_total[result=ok]") == 1, delta
+        assert delta.pop("shoal_reconcile_pass_duration_seconds_count") == 1, delta
+        assert delta.pop("shoal_facts_round_trip_duration_seconds_count") == 2, delta
+        assert delta.pop(f"shoal_revision_info[cluster=web][revision={sha}]") == 1, delta
+        assert all(v == -1 for k, v in delta.items() if k.startswith("shoal_revision_info")), delta
+        assert delta.get("shoal_plans[state=applied]") == 1, delta
+        for k in [k for k in delta if k.startswith(("shoal_plans[", "shoal_revision_info")) or
+                  k.endswith("_sum") or "_bucket[" in k or "_sum[" in k or "_created" in k]:
+            delta.pop(k)  # fmt: skip
+        assert {k: v for k, v in delta.items() if not k.startswith("shoal_notification")} == {}
+        assert "shoal_rollbacks_total" not in delta
+        assert applied["shoal_runs_in_progress"] == 0
+
+        def redirect_away(root: Path) -> None:
+            web_toml(root).write_text(web_toml(root).read_text()
+                                      + WEB2_REDIRECT_AWAY.format(vip=vip))  # fmt: skip
+
+        sha2 = server.repo.push(redirect_away, "web2's port 80 elsewhere")
+        await server.controller.reconcile_once()
+        (bad,) = server.pending(sha2)
+        run2 = await server.approve(bad.id)
+        assert run2["state"] == "failed" and run2["verification"]["ok"] is False, run2
+        assert run2["rollbacks"] and all(r["result"] == "proven" for r in run2["rollbacks"]), run2
+        rolled = await server.metrics()
+        delta = moved(applied, rolled)
+        assert delta.pop("shoal_runs_total[outcome=failed]") == 1, delta
+        assert delta.pop("shoal_rollbacks_total") == 1, delta
+        assert delta.pop("shoal_verification_failures_total") == 1, delta
+        assert delta.pop("shoal_reconcile_passes_total[result=ok]") == 1, delta
+        assert delta.pop("shoal_facts_round_trip_duration_seconds_count") == 2, delta
+        # The revision in force is still the verified one.
+        assert not any(k.startswith("shoal_revision_info") for k in delta), delta
+        assert rolled[f"shoal_revision_info[cluster=web][revision={sha}]"] == 1
+        assert "shoal_runs_total[outcome=applied]" not in delta
+
+        # The receiver got each of these events once, signed, in order.
+        def events() -> list[tuple[str, str | None]]:
+            return [(r.payload["event"], r.payload["run_id"])
+                    for r in server.receiver.got[seen:]]  # fmt: skip
+
+        want = [("plan_pending", None), ("plan_approved", run["id"]), ("applied", run["id"]),
+                ("verified", run["id"]), ("plan_pending", None), ("plan_approved", run2["id"]),
+                ("rolled_back", run2["id"])]  # fmt: skip
+        await wait_for(lambda: len(events()) >= len(want), what="the notifications")
+        assert events() == want
+        assert all(r.signed_ok for r in server.receiver.got[seen:])
+        final = await server.metrics()
+        assert final["shoal_notifications_total[receiver=chat][result=delivered]"] == len(
+            server.receiver.got)
+    finally:
+        await stop_services(lab, hosts=["web1", "web2"])
+        await lab.exec("client1", ["ip", "neigh", "del", vip, "dev", "eth0"], check=False)
+
+
 # --- a real `shoal serve` process, killed while applying ---------------------------------------
 
 
@@ -441,6 +552,13 @@ async def test_serve_killed_while_applying_recovers(
             assert edge["state"] == "pending"
             audit = await serve.get("/audit?action=run.interrupted")
             assert audit and audit[0]["run_id"] == run_id
+            # Both processes' logs are JSON lines; the run is followed by its id through the
+            # apply, the kill and the recovery, each line naming its plan and cluster too.
+            lines = [json.loads(line) for line in serve.log.read_text().splitlines() if line]
+            of_run = [line for line in lines if line.get("run_id") == run_id]
+            assert {"applying", "recovering interrupted run"} <= {x["msg"] for x in of_run}, (
+                of_run)
+            assert all((x["plan_id"], x["clusters"]) == (web_plan["id"], "web") for x in of_run)
         finally:
             await serve.stop()
             await serve.http.aclose()

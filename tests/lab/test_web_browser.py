@@ -32,13 +32,16 @@ import pytest_asyncio
 from lab import Lab, Topology
 from lab.httpd import start_services, stop_services
 from tests.conftest import in_ci
-from tests.lab.server_support import FIXTURE_REPO, ServeProcess
+from tests.lab.server_support import FIXTURE_REPO, ServeProcess, set_in_file, sign
 from tests.server.serve import git, pushing_repo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots are rewritten only on request (ids and times differ every run, so an
+# ordinary `make test` would leave the tree changed); otherwise they go to the test's tmp dir.
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+WRITE_DOCS_SCREENSHOTS = os.environ.get("SHOAL_SCREENSHOTS") == "1"
 CHROMIUM = os.environ.get("SHOAL_CHROMIUM", "/usr/bin/chromium")
 # Generous: the machine is shared; each wait ends as soon as its condition holds.
 WAIT_MS = 180_000
@@ -72,6 +75,8 @@ class Site:
     sha: str
     contexts: dict[str, BrowserContext]
     seen: dict[str, Any]
+    tmp: Path
+    work: Path
 
     async def page(self, role: str) -> Page:
         """A tab of `role`'s browser context (its own cookies), signed in on first use."""
@@ -105,9 +110,12 @@ class Site:
         raise AssertionError("no pending plan for the pushed commit")
 
 
-async def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+async def screenshot(site: Site, page: Page, name: str, *, full_page: bool = True) -> None:
+    folder = DOCS_SCREENSHOTS if WRITE_DOCS_SCREENSHOTS else site.tmp / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 10_000, f"{path}: an empty screenshot"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -133,7 +141,8 @@ async def site(
             await serve.start()
             playwright = await _async_playwright().start()
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-            yield Site(lab, serve, browser, str(serve.http.base_url).rstrip("/"), sha, {}, {})
+            url = str(serve.http.base_url).rstrip("/")
+            yield Site(lab, serve, browser, url, sha, {}, {}, tmp, work)
         finally:
             if browser is not None:
                 await browser.close()
@@ -151,6 +160,7 @@ async def test_a_viewer_reads_the_plan_without_javascript_and_cannot_approve(sit
     await page.locator(f'#cluster-web a[href="/ui/plans/{plan["id"]}"]').first.click()
     await expect(page).to_have_url(f"{site.url}/ui/plans/{plan['id']}")
     await expect(page.locator("#host-web1")).to_contain_text("net.ipv4.conf.all.arp_ignore = 1")
+    await expect(page.locator("#woken-by")).to_have_text("the server started")
     await expect(page.locator("#read-only")).to_be_visible()
     assert await page.locator("#approve").count() == 0
     # A forged approval from the viewer's own signed-in browser, with its valid CSRF token.
@@ -190,6 +200,10 @@ async def test_approving_a_plan_the_hosts_moved_under_is_refused_with_the_new_pl
     new_id = page.url.rsplit("/", 1)[1]
     assert new_id != plan["id"]
     await expect(page.locator("h1")).to_contain_text("pending")
+    approver = "token:" + site.serve.tokens["approver"].split("_")[1]
+    await expect(page.locator("#woken-by")).to_have_text(
+        f"{approver}'s approval of plan {plan['id']} (facts changed on web1)"
+    )
     # The old plan's own page says it is stale and links the new one; no Approve there.
     old = await site.page("approver")
     await old.goto(f"{site.url}/ui/plans/{plan['id']}")
@@ -199,7 +213,7 @@ async def test_approving_a_plan_the_hosts_moved_under_is_refused_with_the_new_pl
     await old.close()
     # The top of the plan (its 31 steps' diffs make the whole page very long).
     await page.set_viewport_size({"width": 1200, "height": 1600})
-    await screenshot(page, "plan", full_page=False)
+    await screenshot(site, page, "plan", full_page=False)
     site.seen["plan_page"] = page
     site.seen["plan_id"] = new_id
 
@@ -219,7 +233,7 @@ async def test_approve_and_watch_the_run_reach_verified(site: Site) -> None:
     await expect(page.locator("#backups-h")).to_be_visible()
     run = await site.serve.get(f"/runs/{run_id}")
     assert run["state"] == "applied" and run["verification"]["ok"] is True, run
-    await screenshot(page, "run")
+    await screenshot(site, page, "run")
     site.seen["run_id"] = run_id
 
 
@@ -246,9 +260,65 @@ async def test_the_overview_shows_the_cluster_in_sync_and_verified(site: Site) -
     await expect(web).to_contain_text("verification passed")
     await expect(web).to_contain_text("web cluster: lvs1/lvs2, web1 w1, web2 w2")
     await expect(web.locator(".holders")).to_have_text("lvs1")
-    await screenshot(page, "overview")
+    await screenshot(site, page, "overview")
     # A narrow screen: nothing wider than the window (tables scroll inside their box).
     await page.set_viewport_size({"width": 360, "height": 800})
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 362, width
     await page.close()
+
+
+async def test_a_webhook_plan_is_rejected_then_reconcile_now_and_the_history_show_it(
+    site: Site,
+) -> None:
+    """A commit announced by a signed webhook: its plan says so, an approver rejects it with a
+    comment, an admin asks for a pass (the rejected plan is not proposed again), and the
+    cluster's history lists both plans with who decided and the run of the first."""
+    set_in_file(site.work / "clusters" / "web.toml", r"^  weight = 2$", "  weight = 3")
+    git("commit", "-q", "-am", "web2 weight 3", cwd=site.work)
+    git("push", "-q", "origin", "main", cwd=site.work)
+    site.sha = git("rev-parse", "HEAD", cwd=site.work)
+    body = b'{"ref":"refs/heads/main"}'
+    delivered = await site.serve.http.post(
+        "/webhooks/git", content=body, headers={"X-Hub-Signature-256": sign(body)}
+    )
+    assert delivered.status_code == 202, delivered.text
+    plan = await site.pending_plan()
+    page = await site.page("approver")
+    await page.goto(f"{site.url}/ui/plans/{plan['id']}")
+    await expect(page.locator("#woken-by")).to_contain_text("webhook")
+    await expect(page.locator("#woken-by")).to_contain_text(
+        f"which found the new commit {site.sha[:12]}"
+    )
+    # Weights 1 and 3: lvs1 hashes over four slots, one of them web1's.
+    await expect(page.locator("#host-lvs1")).to_contain_text("mod 4 map { 0 : ")
+    await page.fill("#comment", "not during the sale")
+    await page.click("#reject")
+    await expect(page.locator("h1")).to_contain_text("rejected")
+    assert await page.locator("#approve").count() == 0
+    assert (await site.serve.get(f"/plans/{plan['id']}"))["state"] == "rejected"
+    await page.close()
+
+    admin = await site.page("admin")
+    passes = (await site.serve.get("/clusters"))["loop"]["passes_completed"]
+    await admin.click("#reconcile-now")
+    await expect(admin.locator("#queued")).to_contain_text("A pass was requested")
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while (await site.serve.get("/clusters"))["loop"]["passes_completed"] <= passes:
+        assert time.monotonic() < deadline, "Reconcile now made no pass"
+        await asyncio.sleep(0.2)
+    # The pass found the same plan, rejected: nothing new is proposed for that commit.
+    assert await site.serve.get("/plans?state=pending") == []
+
+    await admin.goto(f"{site.url}/ui/clusters/web")
+    rows = admin.locator("table.history tbody tr")
+    await expect(rows).to_have_count(3)  # the stale plan, the applied one, the rejected one
+    rejected = rows.filter(has=admin.locator(f'a[href="/ui/plans/{plan["id"]}"]'))
+    await expect(rejected).to_contain_text("rejected by token:")
+    await expect(rejected).to_contain_text("not during the sale")
+    applied = rows.filter(has=admin.locator(f'a[href="/ui/runs/{site.seen["run_id"]}"]'))
+    await expect(applied).to_contain_text("approved by token:")
+    await admin.goto(f"{site.url}/ui/audit?action=reconcile.requested")
+    admin_actor = "token:" + site.serve.tokens["admin"].split("_")[1]
+    await expect(admin.locator("tr.audit-entry").first).to_contain_text(admin_actor)
+    await admin.close()

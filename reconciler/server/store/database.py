@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler.server.store.access import AccessQueries
 from reconciler.server.store.audit import AuditQueries
 from reconciler.server.store.cluster_locks import ClusterLockQueries
+from reconciler.server.store.freeze_overrides import FreezeOverrideQueries
 from reconciler.server.store.migrations import migrate
 from reconciler.server.store.plans import PlanQueries
 from reconciler.server.store.runs import RunQueries
@@ -29,6 +30,7 @@ class Store(
     SessionQueries,
     TotalsQueries,
     ClusterLockQueries,
+    FreezeOverrideQueries,
 ):
     """The SQLite store. Open with `Store.open(state_dir)`; close with `close()`."""
 

@@ -169,6 +169,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        5,
+        # An admin's override of the config repo's freeze windows, for one plan.
+        """
+        CREATE TABLE freeze_overrides (
+            plan_id TEXT PRIMARY KEY REFERENCES plans (id),
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

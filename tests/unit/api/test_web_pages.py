@@ -294,3 +294,53 @@ def test_a_clusters_history_lists_its_plans_decisions_and_runs(world: World) -> 
     assert "approved by token:approver" in page
     overview = client.get("/ui/").text
     assert "in sync" in overview and "verification passed" in overview
+
+
+def test_an_admin_locks_and_unlocks_a_cluster_from_its_page(world: World) -> None:
+    world.store.update_cluster("web", head_revision=world.head, in_sync=True)
+    viewer = _signed_in(world, "viewer")
+    page = viewer.get("/ui/clusters/web")
+    assert 'id="lock-form"' not in page.text and 'id="lock"' not in page.text
+    forged = viewer.post("/ui/clusters/web/lock", data={"csrf": csrf_of(page.text),
+                                                       "reason": "x"})  # fmt: skip
+    assert forged.status_code == 403 and world.store.cluster_locks() == {}
+    admin = _signed_in(world, "admin")
+    page = admin.get("/ui/clusters/web").text
+    assert 'id="lock-form"' in page
+    assert admin.post("/ui/clusters/web/lock", data={"reason": "x"}).status_code == 403  # no CSRF
+    empty = admin.post("/ui/clusters/web/lock", data={"csrf": csrf_of(page), "reason": " "})
+    assert empty.status_code == 409 and "needs a reason" in empty.text
+    done = admin.post("/ui/clusters/web/lock", data={"csrf": csrf_of(page),
+                                                    "reason": "incident <42>"},
+                      follow_redirects=False)  # fmt: skip
+    assert done.status_code == 303 and world.store.cluster_locks()["web"].actor == "token:admin"
+    page = admin.get("/ui/clusters/web").text
+    assert 'id="lock"' in page and "incident &lt;42&gt;" in page and 'id="unlock"' in page
+    assert 'id="locked-web"' in viewer.get("/ui/").text
+    assert 'id="unlock"' not in viewer.get("/ui/clusters/web").text
+    again = admin.post("/ui/clusters/web/lock", data={"csrf": csrf_of(page), "reason": "y"})
+    assert again.status_code == 409 and "locked already by token:admin" in again.text
+    wakes = world.controller.wake_requests
+    gone = admin.post("/ui/clusters/web/unlock", data={"csrf": csrf_of(page)},
+                      follow_redirects=False)  # fmt: skip
+    assert gone.status_code == 303 and world.store.cluster_locks() == {}
+    assert world.controller.wake_requests == wakes + 1
+    assert 'id="locked-web"' not in viewer.get("/ui/").text
+    actions = [(e.action, e.actor) for e in world.store.list_audit(cluster="web")]
+    assert ("cluster.locked", "token:admin") in actions
+    assert ("cluster.unlocked", "token:admin") in actions
+
+
+def test_a_plan_page_says_what_started_the_look_that_made_it(world: World) -> None:
+    plan = _pending(world)
+    client = _signed_in(world, "viewer")
+    assert 'id="woken-by"' not in client.get(f"/ui/plans/{plan.id}").text
+    world.store.audit(
+        "plan.created",
+        actor="controller",
+        cluster="web",
+        plan_id=plan.id,
+        detail={"kind": "change", "woken_by": "webhook (gitea) <b>"},
+    )
+    page = client.get(f"/ui/plans/{plan.id}").text
+    assert '<dd id="woken-by">webhook (gitea) &lt;b&gt;</dd>' in page

@@ -9,22 +9,27 @@ whether one was started, by whom, and which scripts went to the hosts.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import HostKeyRejected, SourceError, TransportError
+from reconciler.server.clock import SystemClock
+from reconciler.server.controller import Controller
 from reconciler.server.decide import HEAL_WINDOW, MAX_HEALS_PER_WINDOW
 from reconciler.server.execute import AUTO_APPROVER, HEAL_APPROVER
 from reconciler.server.lifecycle import (
     AlreadyApproved,
+    AlreadyOverridden,
     ApprovalRecorded,
     PlanNotPending,
     StaleApproval,
 )
 from reconciler.server.store.records import PlanRecord, RunRecord
-from tests.unit.server.fake_cluster import ARP_IGNORE, FakeCluster, set_in
+from tests.unit.server.fake_cluster import ARP_IGNORE, Edit, FakeCluster, set_in
 
 WEB = ("lvs1", "lvs2", "web1", "web2")
 AUTO = set_in("shoal.toml", 'approval = "manual"', 'approval = "auto"')
@@ -379,3 +384,166 @@ async def test_an_approval_under_a_lock_waits_and_starts_after_the_unlock(tmp_pa
     await fc.controller.reconcile_once()
     (run,) = fc.store.list_runs()
     assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
+
+
+# --- freeze windows ---------------------------------------------------------------------------
+
+
+def freeze_from(start: datetime, seconds_left: int, kind: str = "deny") -> Edit:
+    """A `[[freeze]]` window of clusters/web.toml open at `start` that ends `seconds_left`
+    seconds after it (the schedule is `start`'s minute, in UTC)."""
+    opened = start.replace(second=0, microsecond=0)
+    duration = int((start - opened).total_seconds()) + seconds_left
+    text = (f'\n[[freeze]]\nkind = "{kind}"\nschedule = "{opened.minute} {opened.hour} * * *"\n'
+            f'duration = "{duration}s"\ntimezone = "UTC"\nreason = "release night"\n')  # fmt: skip
+
+    def edit(root: Path) -> None:
+        with (root / "clusters" / "web.toml").open("a") as f:
+            f.write(text)
+
+    return edit
+
+
+async def test_a_deny_window_holds_an_approved_plan_which_starts_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    start = datetime.now(UTC)
+    fc = FakeCluster(tmp_path, freeze_from(start, 30))
+    fc.clock.start = start
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert plan.state == "pending"  # made and shown all the same
+    waiting = await fc.controller.approve(plan.id, actor="token:alice", comment="after it")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.waiting is not None
+    assert "cluster web is frozen inside the deny window" in waiting.waiting
+    assert "release night" in waiting.waiting
+    ends = start + timedelta(seconds=30)
+    assert waiting.until is not None and abs((waiting.until - ends).total_seconds()) < 1
+    hold = await fc.controller.hold_of(fc.store.get_plan(plan.id))  # type: ignore[arg-type]
+    assert hold is not None and hold.until == waiting.until
+    await fc.controller.reconcile_once()
+    assert fc.store.list_runs() == [] and fc.applied_scripts() == []
+    # The loop sleeps until the window ends (not the 60 s poll), then looks at the unit.
+    only = await fc.controller.sleep()
+    assert only == {"web"}
+    assert fc.clock.waits[-1] == pytest.approx(30, abs=1)
+    await fc.controller.reconcile_once(only=only)
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
+
+
+async def test_an_admin_override_with_a_reason_starts_a_plan_the_freeze_holds(
+    tmp_path: Path,
+) -> None:
+    fc = FakeCluster(tmp_path, AUTO, freeze_from(datetime.now(UTC), 3600))
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    assert plan.state == "pending" and fc.store.list_runs() == []  # no policy approval
+    await fc.controller.override_freeze(plan.id, actor="token:admin", reason="hotfix 7")
+    with pytest.raises(AlreadyOverridden):
+        await fc.controller.override_freeze(plan.id, actor="token:admin", reason="again")
+    (entry,) = [e for e in fc.store.list_audit() if e.action == "plan.freeze_overridden"]
+    assert (entry.actor, entry.plan_id, entry.detail) == ("token:admin", plan.id,
+                                                          {"reason": "hotfix 7"})  # fmt: skip
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, AUTO_APPROVER) and fc.applied_scripts()
+
+
+async def test_outside_every_allow_window_nothing_starts_and_an_override_leaves_a_lock(
+    tmp_path: Path,
+) -> None:
+    # An allow window that opened a minute ago and closed: outside it, nothing starts.
+    fc = FakeCluster(tmp_path, AUTO, freeze_from(datetime.now(UTC) - timedelta(hours=2), 60,
+                                                 kind="allow"))  # fmt: skip
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    hold = await fc.controller.hold_of(plan)
+    assert hold is not None and "outside every allow window" in hold.reason
+    assert hold.until is not None and hold.until > fc.clock.now() + timedelta(hours=21)
+    fc.store.lock_cluster("web", reason="incident", actor="token:admin")
+    await fc.controller.override_freeze(plan.id, actor="token:admin", reason="hotfix")
+    await fc.controller.reconcile_once()
+    assert fc.store.list_runs() == []
+    fc.store.unlock_cluster("web")
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert run.plan_id == plan.id
+
+
+async def test_on_the_real_clock_the_running_loop_starts_the_plan_when_the_window_ends(
+    tmp_path: Path,
+) -> None:
+    # The machine's clock and the controller's own loop (poll: an hour): a deny window that
+    # ends 2 s from now; the approved plan must start at its end, not at the poll.
+    start = datetime.now(UTC)
+    fc = FakeCluster(tmp_path, freeze_from(start, 2))
+    controller = Controller(source=fc.source, store=fc.store, transports=fc.transport,
+                            clock=SystemClock(), poll_interval=3600)  # fmt: skip
+    await controller.reconcile_once()
+    (plan,) = plans(fc)
+    waiting = await controller.approve(plan.id, actor="token:alice")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.until is not None
+    await controller.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not fc.store.list_runs() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        (run,) = fc.store.list_runs()
+    finally:
+        await controller.stop()
+    started = datetime.fromisoformat(run.started_at)
+    assert waiting.until <= started < waiting.until + timedelta(seconds=20)
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice")
+
+
+async def test_an_override_starts_a_plan_approved_during_the_freeze(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, freeze_from(datetime.now(UTC), 3600))
+    await fc.controller.reconcile_once()
+    (plan,) = plans(fc)
+    waiting = await fc.controller.approve(plan.id, actor="token:alice")
+    assert isinstance(waiting, ApprovalRecorded) and waiting.waiting is not None
+    wakes = fc.controller.wake_requests
+    await fc.controller.override_freeze(plan.id, actor="token:admin", reason="customer down")
+    assert fc.controller.wake_requests == wakes + 1
+    assert await fc.controller.hold_of(plans(fc)[0]) is None
+    await fc.controller.reconcile_once()
+    (run,) = fc.store.list_runs()
+    assert (run.plan_id, run.actor) == (plan.id, "token:alice") and fc.applied_scripts()
+    with pytest.raises(PlanNotPending):
+        await fc.controller.override_freeze(plan.id, actor="token:admin", reason="late")
+
+
+# --- why a plan was made ----------------------------------------------------------------------
+
+
+def woken_by(fc: FakeCluster, plan: PlanRecord) -> str:
+    (created,) = fc.store.list_audit(plan_id=plan.id, action="plan.created")
+    return str(created.detail["woken_by"])
+
+
+async def test_each_plan_records_what_started_the_look_that_made_it(tmp_path: Path) -> None:
+    fc = FakeCluster(tmp_path, poll_interval=60)
+    fc.clock.budget = 3
+
+    def meanwhile(waits: int) -> None:
+        # While the loop sleeps: a commit, then its webhook (twice: one reason), then a
+        # commit nobody announces, which the poll finds.
+        if waits == 1:
+            fc.push(WEIGHT_3)
+            fc.controller.wake("webhook (github)")
+            fc.controller.wake("webhook (github)")
+        if waits == 2:
+            fc.push(set_in("clusters/web.toml", "weight = 2", "weight = 4"))
+
+    fc.clock.on_wait = meanwhile
+    await fc.controller.start()
+    await until(lambda: len(fc.clock.waits) > fc.clock.budget, "the loop's sleeps")
+    await fc.controller.stop()
+    third, second, first = plans(fc)  # newest first
+    assert woken_by(fc, first) == "the server started"
+    sha = second.revision[:12]
+    assert woken_by(fc, second) == f"webhook (github), which found the new commit {sha}"
+    assert woken_by(fc, third) == (
+        f"the poll (every 60 s), which found the new commit {third.revision[:12]}"
+    )

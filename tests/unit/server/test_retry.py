@@ -32,6 +32,7 @@ from reconciler.errors import (
 )
 from reconciler.server.lifecycle import (
     AlreadyApproved,
+    AlreadyOverridden,
     PlanNotFound,
     PlanNotPending,
     StaleApproval,
@@ -63,6 +64,7 @@ TREE: list[tuple[Exception, str]] = [
     (StalePlan("p" * 16, ["web1"]), "now"),
     (PlanNotPending("p" * 16, "applied"), "now"),
     (AlreadyApproved("p" * 16, "token:alice", 2), "now"),
+    (AlreadyOverridden("p" * 16), "now"),
     (StaleApproval("p" * 16, ["web1"], "facts changed on web1", None), "now"),
     (Transient("again"), "backoff"),
     (SourceError("cannot fetch"), "backoff"),

@@ -200,6 +200,7 @@ def test_migrations_upgrade_a_version_1_store(tmp_path: Path) -> None:
     db.execute("DROP TABLE webhook_deliveries")
     db.execute("DROP TABLE web_sessions")
     db.execute("DROP TABLE cluster_locks")
+    db.execute("DROP TABLE freeze_overrides")
     db.execute("DROP INDEX audit_actor")
     db.execute("DROP INDEX audit_plan")
     db.execute("DELETE FROM schema_migrations WHERE version >= 2")
@@ -212,6 +213,7 @@ def test_migrations_upgrade_a_version_1_store(tmp_path: Path) -> None:
     assert upgraded.open_session(token, timedelta(hours=1))[0].token_id == token.id
     assert [a.action for a in upgraded.list_audit()] == ["before.upgrade"]
     assert upgraded.lock_cluster("web", reason="upgrade test", actor="t") is not None
+    assert upgraded.freeze_override("p" * 16) is None
 
 
 # Shipped migrations are never edited (existing state directories must keep opening): their SQL
