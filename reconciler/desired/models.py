@@ -366,9 +366,7 @@ class Service(_Model):
         tuple[RealServer, ...], AfterValidator(_unique_by("host", "real server", lambda r: r.host))
     ] = Field(default=(), alias="real_server", strict=False)
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, populate_by_name=True, defer_build=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
     @property
     def family(self) -> Literal[4, 6]:
@@ -467,9 +465,7 @@ class Cluster(_Model):
     # When an apply may not start (`[[freeze]]`, see reconciler.desired.freeze).
     freeze: tuple[FreezeWindow, ...] = Field(default=(), strict=False)
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, populate_by_name=True, defer_build=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 
 
 # --- the whole repository ---------------------------------------------------------------------
