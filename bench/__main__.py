@@ -142,7 +142,8 @@ def plan_scale(sizes: list[int]) -> list[PlanScale]:
         d = json.loads(r.stdout.strip().splitlines()[-1])
         out.append(
             PlanScale(
-                d["real_servers"], d["vips"], d["load_s"], d["plan_s"], d["peak_mib"], d["steps"]
+                d["real_servers"], d["vips"], d["load_s"], d["plan_s"], d["peak_mib"], d["steps"],
+                d["replan_s"],
             )
         )
     return out

@@ -35,6 +35,7 @@ from bench.configrepo import DIRECTOR, SUDO_USER, real_servers, vip_of, write_re
 from bench.proc import Measured, detached_cpu, run_measured
 from bench.sshlog import LogWindow, login_problems, summarise
 from bench.stats import Sample, Series
+from bench.timed_plan import gather_seconds
 from lab import Lab
 from lab.nonroot import prepare_sudo_login
 from reconciler.desired.loader import load_repository
@@ -461,6 +462,31 @@ class LabBench:
         ).samples.append(sample)
         return m, sample
 
+    async def measure_fixed(self, tag: str) -> None:
+        """`shoal plan` on the in-sync hosts, its SSH round trip timed apart
+        (`bench.timed_plan`): the sample's wall is the process's wall time less that."""
+        key = str(self.lab.client_key_path)
+        argv = [str(PROJECT_PY), "-m", "bench.timed_plan", str(self.repo), "--key", key]
+        self.loads.append(os.getloadavg()[0])
+        m = await asyncio.to_thread(
+            run_measured, argv, cwd=ROOT, log=self.work / f"shoal-fixed-{tag}.log"
+        )
+        gather = gather_seconds(m.output)
+        problem = None
+        if m.returncode != 0:
+            problem = f"shoal plan exited {m.returncode} (not in sync?): {m.output[-300:]}"
+        elif gather is None:
+            problem = "no gather time printed"
+        fixed = m.wall - (gather or 0.0)
+        sample = Sample(wall=fixed, cpu=m.cpu, ok=problem is None, note=problem or "")
+        if problem:
+            self.notes.append(f"{self.n} hosts, shoal fixed cost ({tag}): {problem}")
+        log(f"shoal fixed {tag}: {fixed:.3f}s outside the round trip ({m.wall:.3f}s wall, "
+            f"gather {gather or 0:.3f}s)")  # fmt: skip
+        self.series.setdefault(("shoal", "fixed"), Series("shoal", "fixed", self.n)).samples.append(
+            sample
+        )
+
     async def run(self) -> list[Series]:
         t0 = time.monotonic()
         log(f"{self.n} hosts: preparing (reference plan, warm-up apply)")
@@ -478,6 +504,7 @@ class LabBench:
                     # The floor right after shoal's no-op check, on the same converged hosts,
                     # so the two see the same machine load.
                     await self.measure(tools["floor"], "noop", f"r{rep}")
+                    await self.measure_fixed(f"r{rep}")
         log(f"{self.n} hosts: done in {time.monotonic() - t0:.0f}s")
         if self.loads:
             self.notes.append(

@@ -20,6 +20,7 @@ class PlanScale:
     plan_s: float
     peak_mib: float  # tracemalloc peak of load + plan
     steps: int
+    replan_s: float = 0.0  # median: the same plan again with `PlanReuse`, facts built anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ def plan_scale_rows(results: Results) -> list[list[str]]:
                 _f(p.load_s),
                 _f(p.plan_s),
                 _f(p.load_s + p.plan_s),
+                _f(p.replan_s),
                 f"{p.peak_mib:.0f} MiB",
                 str(p.steps),
                 _x(growth),
@@ -134,11 +136,18 @@ def plan_scale_rows(results: Results) -> list[list[str]]:
     return rows
 
 
-PLAN_HEADER = ["real servers", "VIPs", "load", "plan", "load+plan", "peak mem", "steps", "growth"]
+PLAN_HEADER = [
+    "real servers", "VIPs", "load", "plan", "load+plan", "re-plan", "peak mem", "steps", "growth"
+]  # fmt: skip
 
 RATIO_NOTE = (
     "ratio: for shoal-sudo and a peer, its median / shoal median (how many times slower than "
     "shoal); for the floor, shoal median / floor median."
+)
+FIXED_NOTE = (
+    "fixed: `shoal plan` on the in-sync hosts right after shoal's no-op check, run through "
+    "`bench.timed_plan` (the `shoal` entry point with its SSH gather timed): the process's wall "
+    "time less the gather, i.e. interpreter start, imports, load, plan and print."
 )
 SUDO_NOTE = (
     'shoal-sudo: the same repository plus `[login] user = "deploy"`, `become = "sudo"`: shoal '
@@ -212,6 +221,8 @@ def render_markdown(results: Results, title: str) -> str:
     ]
     if any(s.tool == SUDO for s in results.series):
         out += [SUDO_NOTE, ""]
+    if any(s.action == "fixed" for s in results.series):
+        out += [FIXED_NOTE, ""]
     if results.plan_scale:
         out += ["## Plan scale (synthetic, in process)", ""]
         out += [render_markdown_table(plan_scale_rows(results), PLAN_HEADER), ""]
@@ -288,13 +299,19 @@ def evaluate_targets(results: Results, hosts: int) -> list[Target]:
     conv = results.find("shoal", "converge", hosts)
     cssh = conv.ssh() if conv else None
     if cssh is not None:
-        # A real server is in one apply phase: facts (1) + that phase (1).
-        exact = cssh.sessions_min == cssh.sessions_max == 2 and cssh.connections_max == 1
+        # A real server is in one apply phase, one that arms the lock-out timer (ARP, VIP):
+        # facts and that phase on one connection, then the confirmation over a NEW connection
+        # (DESIGN.md: it proves the controller still gets in). Issue 22: channels = 1 + phases
+        # + 1, connections = 2.
+        exact = (
+            cssh.sessions_min == cssh.sessions_max == 3
+            and cssh.connections_min == cssh.connections_max == 2
+        )
         out.append(
             Target(
-                "apply: SSH round trips per real server (facts + 1 phase)",
+                "apply: SSH channels per real server (facts + 1 phase + lock-out confirmation)",
                 float(cssh.sessions_max),
-                "== 2",
+                "== 3, over 2 connections",
                 exact,
                 cssh.describe(),
             )
@@ -310,6 +327,19 @@ def evaluate_targets(results: Results, hosts: int) -> list[Target]:
                     parity.detail(),
                 )
             )
+    fixed = sorted((s for s in results.series if (s.tool, s.action) == ("shoal", "fixed")),
+                   key=lambda s: s.hosts)  # fmt: skip
+    if fixed:
+        f = fixed[0]
+        out.append(
+            _at_most(
+                f"fixed cost: shoal plan in sync, {f.hosts} real server(s) and the director, "
+                "outside the SSH round trip, seconds",
+                f.wall(),
+                0.4,
+                "interpreter start, imports, load, plan, print",
+            )
+        )
     big = [p for p in results.plan_scale if p.real_servers == 10_000]
     small = [p for p in results.plan_scale if p.real_servers == 1_000]
     if big:
@@ -319,9 +349,10 @@ def evaluate_targets(results: Results, hosts: int) -> list[Target]:
                 "plan of 10,000 real servers (load + plan), seconds",
                 b.load_s + b.plan_s,
                 1.0,
-                f"plan alone {b.plan_s:.2f}s",
+                f"plan alone {b.plan_s:.2f}s; re-plan of unchanged hosts {b.replan_s:.2f}s",
             )
         )
+        out.append(_at_most("peak memory of that load + plan, MiB", b.peak_mib, 200))
         if small:
             s = small[0]
             out.append(

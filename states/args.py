@@ -22,7 +22,7 @@ A = TypeVar("A", bound=BaseModel)
 class Args(BaseModel):
     """Base of every state's argument model: frozen, unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class LedgerOp(Args):
@@ -72,19 +72,20 @@ def parse_args(model: type[A], low: LowState) -> A:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _freeze(value: Any) -> Hashable:
+def freeze(value: Any) -> Hashable:
     """A hashable form of TOML-like data that tells 1, 1.0, True and "1" apart."""
     cls = value.__class__
     if cls in _SCALARS:
         return (cls, value)
     if cls is dict:
         return (dict, tuple(
-            (k.__class__, k, v.__class__, v if v.__class__ in _SCALARS else _freeze(v))
+            (k.__class__, k, v.__class__, v if v.__class__ in _SCALARS else freeze(v))
             for k, v in value.items()
         ))  # fmt: skip
     if cls is list or cls is tuple:
-        return (cls, tuple(_freeze(v) for v in value))
+        return (cls, tuple(freeze(v) for v in value))
     raise TypeError(f"not cacheable: {cls.__name__}")
+
 
 
 class ArgsCache:
@@ -97,19 +98,27 @@ class ArgsCache:
     names the low state.
     """
 
-    __slots__ = ("_parsed",)
+    __slots__ = ("_by_identity", "_parsed")
 
     def __init__(self) -> None:
         self._parsed: dict[tuple[type[BaseModel], Hashable], BaseModel] = {}
+        # (model, id(args dict)) -> (that dict, its parsed form). Low states compiled from one
+        # template share their args dict: a hit here skips even freezing the args. The entry
+        # holds the dict, so its id cannot be reused by another dict while the cache lives.
+        self._by_identity: dict[tuple[type[BaseModel], int], tuple[object, BaseModel]] = {}
 
     def parse(self, model: type[A], low: LowState) -> A:
+        args = low.args
+        same = self._by_identity.get((model, id(args)))
+        if same is not None and same[0] is args:
+            return same[1]  # type: ignore[return-value]
         try:
-            key = (model, _freeze(low.args))
+            key = (model, freeze(args))
         except TypeError:
             return parse_args(model, low)
         hit = self._parsed.get(key)
-        if hit is not None:
-            return hit  # type: ignore[return-value]
-        parsed = parse_args(model, low)
-        self._parsed[key] = parsed
-        return parsed
+        if hit is None:
+            hit = parse_args(model, low)
+            self._parsed[key] = hit
+        self._by_identity[(model, id(args))] = (args, hit)
+        return hit  # type: ignore[return-value]

@@ -15,6 +15,7 @@ there before shoal wrote it is never deleted later, whatever the desired state s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Annotated
@@ -60,7 +61,10 @@ def ledger_key(args: FileArgs) -> str:
     return args.path
 
 
+@functools.lru_cache(maxsize=4096)
 def sha256(content: str) -> str:
+    # Kept: the hosts of a plan write a few distinct contents (one restore script for every real
+    # server of a service), often the very same string, whose hash Python keeps.
     return hashlib.sha256(content.encode()).hexdigest()
 
 

@@ -61,12 +61,18 @@ class Persistence(Generic[A]):
     boot_file: Callable[[Sequence[A]], BootFile | None] | None = None
 
 
+# The `Persistence.lines` functions that read neither the host nor the desired state (those
+# `each` makes): hosts with equal low states get equal lines, so the boot form is made once.
+HOST_FREE_LINES: set[object] = set()
+
+
 def each(line: Callable[[A], list[str]]) -> Callable[[str, Sequence[A], Desired], list[str]]:
     """`Persistence.lines` for a kind whose every low state restores on its own."""
 
     def lines(host: str, args: Sequence[A], desired: Desired) -> list[str]:
         return [text for a in args for text in line(a)]
 
+    HOST_FREE_LINES.add(lines)
     return lines
 
 

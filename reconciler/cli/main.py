@@ -3,10 +3,16 @@ the module it names, so this file only wires options to functions."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
+
+# shoal uses no pydantic plugin, and looking plugins up reads the metadata of every installed
+# distribution when the first model is built, on every start of the command. Set
+# PYDANTIC_DISABLE_PLUGINS yourself (even to "") to have them looked up.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer
 from pydantic import SecretStr

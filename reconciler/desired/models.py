@@ -192,7 +192,7 @@ Protocol = Literal["tcp", "udp"]
 class _Model(BaseModel):
     # strict: TOML is typed, so `port = "80"` or `enabled = 1` is a mistake to report, not to
     # coerce. Array fields opt out (strict=False) only to accept lists for tuples.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
 
 # --- shoal.toml -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 class _Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Fact(_Value, Generic[T]):
@@ -382,6 +382,15 @@ def _digest(facts: HostFacts) -> str:
             data.pop(name, None)
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def later_facts_json(facts: HostFacts) -> str:
+    """The facts `digest` may leave out (`_LATER_FACTS`), as JSON: what tells two hosts with
+    equal digests apart, if anything."""
+    return json.dumps(
+        {name: getattr(facts, name).model_dump(mode="json") for name in sorted(_LATER_FACTS)},
+        sort_keys=True,
+    )
 
 
 def _drop_keys(data: Any, keys: frozenset[str]) -> Any:

@@ -44,7 +44,7 @@ from reconciler.plan.compile_keepalived import compile_keepalived
 from reconciler.plan.compile_nftables import compile_nftables
 from reconciler.plan.invariants import adopted_removals
 from reconciler.plan.leftovers import LEFTOVER_FILES
-from reconciler.plan.persistence import RESTORE_UNIT, persistence_states
+from reconciler.plan.persistence import RESTORE_UNIT, persistence_key, persistence_states
 from reconciler.plan.steps import LowState, Phase, replace
 from states.args import ArgsCache
 from states.nft import arp_table_args
@@ -79,8 +79,16 @@ def compile_desired(
     by_host: dict[str, list[LowState]] = defaultdict(list)
     for low in states:
         by_host[low.host].append(low)
-    persist = [p for h in sorted(by_host)
-               for p in persistence_states(h, by_host[h], desired, cache)]  # fmt: skip
+    # Hosts compiled from one template (most real servers) get one boot form, copied.
+    persist: list[LowState] = []
+    made: dict[tuple[object, ...], list[LowState]] = {}
+    for h in sorted(by_host):
+        key = persistence_key(h, by_host[h])
+        if key in made:
+            persist += [replace(p, host=h) for p in made[key]]
+        else:
+            made[key] = persistence_states(h, by_host[h], desired, cache)
+            persist += made[key]
     adopted = {h: adopted_removals(desired, h, facts[h], by_host.get(h, ()))
                for h in facts if h in desired.inventory.hosts}  # fmt: skip
     removals = compile_removals(states + persist, facts, adopted, cache)
@@ -89,7 +97,8 @@ def compile_desired(
     for low in removals:
         removal_ids[low.host] += (low.id,)
     states += removals
-    states += [replace(p, require=p.require + removal_ids[p.host]) for p in persist]
+    states += [replace(p, require=p.require + removal_ids[p.host]) if p.host in removal_ids
+               else p for p in persist]  # fmt: skip
     check_low_states(states)
     return states
 
@@ -131,65 +140,88 @@ def _rs_hosts(desired: Desired) -> dict[str, tuple[ArpMethod, list[tuple[str, in
     return out
 
 
+# Methods whose low states carry the real server's own address (the arptables mangle source,
+# the nft-arp table); the others are the same for every host with the same services.
+_RIP_METHODS = frozenset({"arptables", "nft-arp"})
+
+
 def compile_real_servers(desired: Desired) -> list[LowState]:
+    """Every real server's low states. Hosts with the same ARP method, services and interface
+    (and address, where the method uses it) get the same low states but for the host: they are
+    compiled once and copied per host, sharing their args (so `ArgsCache` parses them once)."""
     out: list[LowState] = []
+    templates: dict[tuple[object, ...], list[LowState]] = {}
     for host, (method, services) in sorted(_rs_hosts(desired).items()):
         inv = desired.inventory.hosts[host]
-        vips = sorted({vip for vip, _, _ in services}, key=address_order)
-        vips4 = [v for v in vips if family_of(v) == 4]
-
-        def low(sid: str, function: str, args: Mapping[str, object], require: Iterable[str] = (),
-                phase: Phase = Phase.REAL_SERVERS_PREPARE, _host: str = host) -> LowState:
-            return LowState(id=sid, function=function, host=_host, args=dict(args),
-                            require=tuple(require), phase=phase)  # fmt: skip
-
-        pkg = low("pkg-lvs-dr", "pkg.installed", {"packages": METHOD_PACKAGES[method]},
-                  phase=Phase.PACKAGES)  # fmt: skip
-        out.append(pkg)
-        if method == "redirect":
-            endpoints = sorted(set(services), key=lambda s: (address_order(s[0]), s[1:]))
-            for vip, port, proto in endpoints:
-                args: dict[str, object] = {"destination": vip, "protocol": proto, "dport": port}
-                out.append(low(f"redirect-{proto}-{vip}-{port}", "iptables.rule_present", args,
-                               [pkg.id]))  # fmt: skip
-            continue
-        # vip -> ids of the states that silence it; the VIP requires all of them. An IPv6 VIP
-        # has nothing to silence (see the module docstring): it requires the packages only.
-        guards: dict[str, list[str]] = {vip: [] for vip in vips}
         rip = inv.ipv4 or ""  # an IPv4 VIP's real server has an IPv4 address (crosscheck)
-        if method == "sysctl" and vips4:
-            for scope in ("all", inv.interface):
-                for name, value in ARP_SYSCTLS:
-                    key = interface_key(scope, name)
-                    state = low(f"sysctl-{key.replace('/', '.')}", "sysctl.present",
-                                {"key": key, "value": value}, [pkg.id])  # fmt: skip
-                    out.append(state)
-                    for vip in vips4:
-                        guards[vip].append(state.id)
-        elif method == "arptables":
-            for vip in vips4:
-                drop = {"chain": "INPUT", "destination": vip, "target": "DROP"}
-                mangle = {"chain": "OUTPUT", "source": vip, "target": "mangle",
-                          "mangle_ip_s": rip}  # fmt: skip
-                out.append(low(f"arptables-input-{vip}", "arptables.rule_present", drop, [pkg.id]))
-                out.append(low(f"arptables-output-{vip}", "arptables.rule_present", mangle,
-                               [pkg.id]))  # fmt: skip
-                guards[vip] += [f"arptables-input-{vip}", f"arptables-output-{vip}"]
-        elif method == "nft-arp" and vips4:
-            table = low("nft-arp-shoal_arp", "nft.table_present",
-                        arp_table_args(vips4, rip), [pkg.id])  # fmt: skip
-            out.append(table)
-            for vip in vips4:
-                guards[vip].append(table.id)
-        # arp_ignore=1 only hides addresses not on the receiving interface: the sysctl method's
-        # IPv4 VIP sits on lo; the other methods' rules silence it on the interface itself.
-        vip4_dev = "lo" if method == "sysctl" else inv.interface
-        for vip in vips:
-            six = family_of(vip) == 6
-            out.append(low(f"vip-{vip}", "addr.present",
-                           {"address": vip, "prefix": 128 if six else 32,
-                            "interface": "lo" if six else vip4_dev},
-                           guards[vip] or ([pkg.id] if six else [])))  # fmt: skip
+        key = (method, tuple(services), inv.interface, rip if method in _RIP_METHODS else None)
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = _real_server_lows(host, method, services, inv.interface,
+                                                          rip)  # fmt: skip
+            out += template
+        else:
+            out += [replace(low, host=host) for low in template]
+    return out
+
+
+def _real_server_lows(host: str, method: ArpMethod, services: list[tuple[str, int, str]],
+                      interface: str, rip: str) -> list[LowState]:  # fmt: skip
+    out: list[LowState] = []
+    vips = sorted({vip for vip, _, _ in services}, key=address_order)
+    vips4 = [v for v in vips if family_of(v) == 4]
+
+    def low(sid: str, function: str, args: Mapping[str, object], require: Iterable[str] = (),
+            phase: Phase = Phase.REAL_SERVERS_PREPARE, _host: str = host) -> LowState:
+        return LowState(id=sid, function=function, host=_host, args=dict(args),
+                        require=tuple(require), phase=phase)  # fmt: skip
+
+    pkg = low("pkg-lvs-dr", "pkg.installed", {"packages": METHOD_PACKAGES[method]},
+              phase=Phase.PACKAGES)  # fmt: skip
+    out.append(pkg)
+    if method == "redirect":
+        endpoints = sorted(set(services), key=lambda s: (address_order(s[0]), s[1:]))
+        for vip, port, proto in endpoints:
+            args: dict[str, object] = {"destination": vip, "protocol": proto, "dport": port}
+            out.append(low(f"redirect-{proto}-{vip}-{port}", "iptables.rule_present", args,
+                           [pkg.id]))  # fmt: skip
+        return out
+    # vip -> ids of the states that silence it; the VIP requires all of them. An IPv6 VIP
+    # has nothing to silence (see the module docstring): it requires the packages only.
+    guards: dict[str, list[str]] = {vip: [] for vip in vips}
+    if method == "sysctl" and vips4:
+        for scope in ("all", interface):
+            for name, value in ARP_SYSCTLS:
+                key = interface_key(scope, name)
+                state = low(f"sysctl-{key.replace('/', '.')}", "sysctl.present",
+                            {"key": key, "value": value}, [pkg.id])  # fmt: skip
+                out.append(state)
+                for vip in vips4:
+                    guards[vip].append(state.id)
+    elif method == "arptables":
+        for vip in vips4:
+            drop = {"chain": "INPUT", "destination": vip, "target": "DROP"}
+            mangle = {"chain": "OUTPUT", "source": vip, "target": "mangle",
+                      "mangle_ip_s": rip}  # fmt: skip
+            out.append(low(f"arptables-input-{vip}", "arptables.rule_present", drop, [pkg.id]))
+            out.append(low(f"arptables-output-{vip}", "arptables.rule_present", mangle,
+                           [pkg.id]))  # fmt: skip
+            guards[vip] += [f"arptables-input-{vip}", f"arptables-output-{vip}"]
+    elif method == "nft-arp" and vips4:
+        table = low("nft-arp-shoal_arp", "nft.table_present",
+                    arp_table_args(vips4, rip), [pkg.id])  # fmt: skip
+        out.append(table)
+        for vip in vips4:
+            guards[vip].append(table.id)
+    # arp_ignore=1 only hides addresses not on the receiving interface: the sysctl method's
+    # IPv4 VIP sits on lo; the other methods' rules silence it on the interface itself.
+    vip4_dev = "lo" if method == "sysctl" else interface
+    for vip in vips:
+        six = family_of(vip) == 6
+        out.append(low(f"vip-{vip}", "addr.present",
+                       {"address": vip, "prefix": 128 if six else 32,
+                        "interface": "lo" if six else vip4_dev},
+                       guards[vip] or ([pkg.id] if six else [])))  # fmt: skip
     return out
 
 

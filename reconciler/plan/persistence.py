@@ -24,7 +24,7 @@ from typing import Any
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import LowState, Phase
 from states.args import ArgsCache
-from states.kind import AnyKind, BootFile
+from states.kind import HOST_FREE_LINES, AnyKind, BootFile
 from states.registry import RESTORED
 
 RESTORE_SCRIPT = "/usr/local/sbin/shoal-restore"
@@ -101,6 +101,23 @@ def restore_script(
 
 def restore_unit() -> str:
     return _UNIT
+
+
+def persistence_key(host: str, states: Sequence[LowState]) -> tuple[object, ...]:
+    """Equal for two hosts whose `persistence_states` differ only in the host, within one
+    compile: the same low state ids and functions, with the very same args objects (low states
+    copied from one template, `compile.compile_real_servers`), and no kind whose lines read the
+    host. The args are compared by identity: the caller keeps `states` alive meanwhile."""
+    restored = {k.function: k for k in RESTORED}
+    host_free = all(
+        kind.persist is None or kind.persist.lines in HOST_FREE_LINES
+        for kind in (restored.get(s.function) for s in states)
+        if kind is not None
+    )
+    return (
+        None if host_free else host,
+        tuple((s.id, s.function, s.phase, id(s.args)) for s in states),
+    )
 
 
 def persistence_states(

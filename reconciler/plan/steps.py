@@ -40,7 +40,7 @@ class Phase(IntEnum):
 
 
 class _Value(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class LowState(_Value):
@@ -179,18 +179,18 @@ def plan_id(revision: str, digests: dict[str, str], hosts: dict[str, HostPlan]) 
     host's steps are serialised once (`host_steps_json`, cached per HostPlan) instead of
     rebuilding one body holding every step of every host.
     """
-    parts = [
-        '{"digests": ',
-        json.dumps(dict(sorted(digests.items())), sort_keys=True),
-        ', "revision": ',
-        json.dumps(revision),
-        ', "steps": {',
-        ", ".join(
-            f"{json.dumps(host)}: {host_steps_json(hp)}" for host, hp in sorted(hosts.items())
-        ),
-        "}}",
-    ]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+    # Fed to the hash piece by piece: the whole text of 10,000 hosts (and its bytes) is never
+    # held at once.
+    h = hashlib.sha256()
+    h.update(b'{"digests": ')
+    h.update(json.dumps(dict(sorted(digests.items())), sort_keys=True).encode())
+    h.update(b', "revision": ')
+    h.update(json.dumps(revision).encode())
+    h.update(b', "steps": {')
+    for i, (host, hp) in enumerate(sorted(hosts.items())):
+        h.update(f"{', ' if i else ''}{json.dumps(host)}: {host_steps_json(hp)}".encode())
+    h.update(b"}}")
+    return h.hexdigest()[:16]
 
 
 # id(host plan) -> (weak reference, its steps as plan_id hashes them); see HostFacts.digest.
@@ -223,6 +223,35 @@ def replace(model: _M, **changes: Any) -> _M:
     object.__setattr__(new, "__pydantic_extra__", None)
     fields_set = model.__pydantic_fields_set__ | changes.keys()
     object.__setattr__(new, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
+
+
+# class -> its fields' defaults (default factories called once: every default here is
+# immutable), for `build`.
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
+_REQUIRED: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def build(cls: type[_M], **fields: Any) -> _M:
+    """`cls(**fields)` without validation, for hot paths whose values have the field's type by
+    construction (a state's steps); cheaper than both `cls(...)` and `model_construct`."""
+    defaults = _DEFAULTS.get(cls)
+    if defaults is None:
+        defaults = _DEFAULTS[cls] = {
+            name: None if f.is_required() else f.get_default(call_default_factory=True)
+            for name, f in cls.model_fields.items()
+        }
+        _REQUIRED[cls] = frozenset(n for n, f in cls.model_fields.items() if f.is_required())
+    unknown = fields.keys() - defaults.keys()
+    absent = _REQUIRED[cls] - fields.keys()
+    if unknown or absent:
+        raise TypeError(f"{cls.__name__}: unknown {sorted(unknown)}, missing {sorted(absent)}")
+    new = cls.__new__(cls)
+    # In field order, as validation leaves it: the JSON dump follows the dict's order.
+    object.__setattr__(new, "__dict__", {**defaults, **fields})
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_fields_set__", set(fields))
     object.__setattr__(new, "__pydantic_private__", None)
     return new
 

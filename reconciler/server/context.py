@@ -21,6 +21,7 @@ from reconciler.errors import DesiredStateInvalid
 from reconciler.facts.gather import gather_facts
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile import managed_paths
+from reconciler.plan.reuse import PlanReuse
 from reconciler.server.clock import Clock, stamp
 from reconciler.server.locks import ClusterLocks
 from reconciler.server.metrics import ServerMetrics
@@ -38,6 +39,10 @@ ACTOR = "controller"
 REVISIONS_CACHED = 16
 
 
+# At most this many units keep their last host plans (each holds one plan's worth).
+_UNITS_REUSED = 64
+
+
 @dataclass
 class ServerContext:
     source: Source
@@ -52,6 +57,8 @@ class ServerContext:
     # Which clusters this server plans, applies and recovers (all of them, on its own store).
     ownership: Ownership = field(default_factory=SoleOwnership)
     _desired: OrderedDict[str, Desired | DesiredStateInvalid] = field(default_factory=OrderedDict)
+    # Per unit, the host plans of its last plan: a pass over unchanged hosts reuses them.
+    _plan_reuse: dict[tuple[str, ...], PlanReuse] = field(default_factory=dict)
     metrics: ServerMetrics = field(init=False)
     # Where events go (the receivers file of `shoal serve`); None: nowhere.
     notifier: Notifier | None = None
@@ -62,6 +69,12 @@ class ServerContext:
 
     def now(self) -> str:
         return stamp(self.clock.now())
+
+    def plan_reuse(self, unit: tuple[str, ...]) -> PlanReuse:
+        """The unit's PlanReuse; used only under the unit's locks."""
+        if unit not in self._plan_reuse and len(self._plan_reuse) >= _UNITS_REUSED:
+            self._plan_reuse.clear()  # units come and go with the clusters: forget old ones
+        return self._plan_reuse.setdefault(unit, PlanReuse())
 
     def notify(self, event: str, record: PlanRecord, *, who: str, text: str,
                run_id: str | None = None) -> None:  # fmt: skip

@@ -69,7 +69,7 @@ async def reconcile_unit(
     try:
         hosts = unit_hosts(desired, unit, with_orphans=orphans)
         facts = await ctx.gather(transport, sub, hosts)
-        plan = plan_desired(sub, facts)
+        plan = plan_desired(sub, facts, reuse=ctx.plan_reuse(unit))
         record = await decide(ctx, unit, sub, plan, transport, facts, woken_by=woken_by)
         return UnitLook(plan, record)
     finally:

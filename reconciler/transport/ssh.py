@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes.util
 import math
+import os
 import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import asyncssh
 from pydantic import SecretStr
 
 from reconciler.desired.models import Host, Inventory
@@ -36,6 +37,24 @@ from reconciler.errors import (
 )
 from reconciler.transport import become
 from reconciler.transport.protocol import SCRIPT_ARGV, Argv, CommandResult
+
+_find_library = ctypes.util.find_library
+
+
+def _without_liboqs(name: str) -> str | None:
+    return None if name in ("oqs", "liboqs") else _find_library(name)
+
+
+# asyncssh looks for liboqs when it is imported, with ctypes.util.find_library, which runs
+# ldconfig, then gcc and ld, as subprocesses: about 50 ms of every shoal start, and more on a
+# loaded machine. liboqs would only add the sntrup761 key exchange; ML-KEM comes from
+# cryptography either way. SHOAL_LIBOQS=1 lets asyncssh look for it.
+if not os.environ.get("SHOAL_LIBOQS"):
+    ctypes.util.find_library = _without_liboqs
+try:
+    import asyncssh
+finally:
+    ctypes.util.find_library = _find_library
 
 # After a timeout the channel is closed; waiting longer than this for the close is pointless.
 _CLOSE_GRACE = 2.0

@@ -79,7 +79,11 @@ def test_targets_met_and_not_met() -> None:
     assert targets["converge 50 hosts, Ansible / shoal"].met is True  # 6.5
     assert targets["converge 50 hosts, pyinfra / shoal"].met is False  # 5.5
     assert targets["facts: SSH round trips per host (shoal plan)"].met is True
-    assert targets["apply: SSH round trips per real server (facts + 1 phase)"].met is True
+    apply = "apply: SSH channels per real server (facts + 1 phase + lock-out confirmation)"
+    assert targets[apply].met is False  # 1 conn, 2 ch: no confirmation connection
+    r = _results()
+    r.series[4] = _series("shoal", "converge", [2.0], PerHost(2, 2, 3, 3, 50))
+    assert {t.name: t for t in evaluate_targets(r, 50)}[apply].met is True
     assert targets["plan of 10,000 real servers (load + plan), seconds"].met is False  # 1.4
     growth = targets["growth 1,000 -> 10,000 real servers (load + plan)"]
     assert growth.value == pytest.approx(14.0) and growth.met is False
@@ -159,3 +163,17 @@ def test_without_shoal_sudo_there_is_no_note_and_no_target() -> None:
     assert sudo_notes(r) == []
     assert not [t for t in evaluate_targets(r, 50) if "shoal-sudo" in t.name]
     assert SUDO_NOTE not in render_markdown(r, "shoal benchmark")
+
+
+def test_fixed_cost_and_plan_memory_targets() -> None:
+    r = _results()
+    fixed = Series("shoal", "fixed", 1)
+    fixed.samples = [Sample(wall=w, cpu=w, ok=True) for w in (0.5, 0.3, 0.35)]
+    r.series.append(fixed)
+    targets = {t.name.split(":")[0]: t for t in evaluate_targets(r, 50)}
+    assert targets["fixed cost"].value == 0.35 and targets["fixed cost"].met is True
+    assert "1 real server(s)" in targets["fixed cost"].name
+    assert targets["peak memory of that load + plan, MiB"].met is True  # 100 <= 200
+    assert "fixed: `shoal plan`" in render_markdown(r, "t")
+    rows = {(row[1], row[2]) for row in table_rows(r)}
+    assert ("fixed", "shoal") in rows
