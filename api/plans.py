@@ -123,6 +123,8 @@ async def reject_plan(
     status_code=201,
     responses={
         **auth_responses("admin"),
+        # FastAPI's own answer to a body it cannot decode, as for the decisions above.
+        status.HTTP_400_BAD_REQUEST: {"model": Problem, "description": "the body cannot be read"},
         status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "no such plan"},
         status.HTTP_409_CONFLICT: {
             "model": Conflict,
