@@ -3,7 +3,10 @@
 keepalived owns the IPVS table and the VIPs (VRRP) on a keepalived director, so shoal manages
 only its config file: rendered by `states.keepalived_conf` (deterministic, sorted), validated on
 the host with `keepalived -t -f TMP` (exit 0 required), installed, and reloaded only when the
-content changed.
+content changed: an installed file that says the same in other words (a hand-written one, say)
+is in sync (`states.keepalived_meaning`). Of the real servers a new file brings, only those the
+host did not serve before become shoal's (its claims); the others stay foreign unless the host
+adopts.
 
 Facts that shape the output (research notes, section 2):
 - `lb_kind DR` is written explicitly and in upper case; a missing or lower-case method is NAT.
@@ -24,8 +27,9 @@ from typing import Any
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, Step
 from states.args import Args, LedgerOp, ledger_of
-from states.base import PlanContext, StateResult
+from states.base import Claim, PlanContext, StateResult, created
 from states.common import skip
+from states.keepalived_meaning import brought_real_servers, installed_text, same_meaning
 from states.kind import StateKind
 
 FUNCTION = "keepalived.config"
@@ -230,7 +234,10 @@ def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateR
     current = info.config_sha256
     existed = current is not None
     before = current_config(facts, path, current) if current is not None else None
-    if current == sha256_text(content):
+    installed = installed_text(facts, path, current)
+    if current == sha256_text(content) or (
+        installed is not None and same_meaning(installed, content)
+    ):
         if info.running:
             return StateResult()
         start = Step(
@@ -271,7 +278,16 @@ def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateR
     steps += _install_steps(
         low, "final", content, path, existed, before, after, info.running, staged
     )
-    return StateResult(steps=tuple(steps))
+    return StateResult(steps=tuple(steps), claims=_created(args, facts, installed, existed))
 
+
+
+def _created(
+    args: KeepalivedArgs, facts: HostFacts, installed: str | None, existed: bool
+) -> tuple[Claim, ...]:
+    """The claims of the real servers the new file brings (`states.keepalived_meaning`)."""
+    wanted = {k for op in args.ledger if op.op == "add" for k in op.keys}
+    new = brought_real_servers(wanted, facts, installed, existed)
+    return created(args.ledger, tuple(sorted(new)))
 
 CONFIG = StateKind(FUNCTION, KeepalivedArgs, plan_config, ledger=ledger_of)
