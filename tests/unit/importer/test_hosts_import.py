@@ -26,7 +26,7 @@ from reconciler.importer.sites import ImportSourceInvalid
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Plan
-from tests.statecases import add_addresses, fresh_facts, gathered
+from tests.statecases import add_addresses, fresh_facts, gathered, set_sysctls
 from tests.unit.importer.live_hosts import (
     IPVS_SAVE,
     VIP1,
@@ -300,3 +300,28 @@ def test_the_command_refuses_a_bad_inventory_known_hosts_or_key(tmp_path: Path) 
                                  "--key", str(tmp_path / "no-key")])  # fmt: skip
     assert result.exit_code == 1 and "no-key: cannot connect" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_ipvs_drain_sysctls_left_off_by_hand_are_named_and_are_the_directors_whole_plan(
+    tmp_path: Path,
+) -> None:
+    """A hand-built IPVS director without shoal's drain sysctls: the import names them, and the
+    directors' runtime steps in the first plan are exactly those two keys."""
+    off = {"net.ipv4.vs.expire_nodest_conn": "0", "net.ipv4.vs.expire_quiescent_template": "0"}
+    lvs = {h: set_sysctls(director(h, holds=(VIP1, VIP2) if h == "lvs1" else ()), off)
+           for h in ("lvs1", "lvs2")}  # fmt: skip
+    facts = seed_site(**lvs)
+    found = run_import(imported(tmp_path / "found", facts)).findings
+    drain = [f for f in found if f.pattern == "IPVS drain sysctls off"]
+    assert [f.host for f in drain] == ["lvs1", "lvs2"] and not any(f.adopt for f in drain)
+    assert "net.ipv4.vs.expire_nodest_conn = 0" in drain[0].detail
+    steps = runtime(first_plan(tmp_path, facts))
+    for h in ("lvs1", "lvs2"):
+        assert steps[h] == ["set net.ipv4.vs.expire_nodest_conn = 1",
+                            "set net.ipv4.vs.expire_quiescent_template = 1"], steps  # fmt: skip
+    # Set by hand already: nothing named, nothing planned on the directors.
+    on = {k: "1" for k in off}
+    facts = seed_site(**{h: set_sysctls(f, on) for h, f in lvs.items()})
+    assert not [f for f in run_import(imported(tmp_path / "on", facts)).findings
+                if f.pattern == "IPVS drain sysctls off"]  # fmt: skip
+    assert not {"lvs1", "lvs2"} & set(runtime(first_plan(tmp_path / "on-plan", facts)))
