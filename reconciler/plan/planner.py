@@ -13,8 +13,8 @@ last. A step never runs before what it requires, so its phase is raised to their
 Ownership: every state result says what it created (claims) and what it removed (releases);
 the director states carry their removals in `args["ledger"]` (their `add` ops enter the ledger
 only on a host that adopts: reconciler.plan.adoption). When that changes what the host's
-ledger lists, the host's last step writes /var/lib/shoal/ledger.json (a file.managed step), keeping each
-sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
+ledger lists, the host's last step writes /var/lib/shoal/ledger.json (a file.managed step),
+keeping each sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
 working files removed instead (`reconciler.plan.leftovers`). A host whose facts could not be read at
 all is marked unreachable, with no steps.
 
