@@ -14,9 +14,9 @@ Ownership: every state result says what it created (claims) and what it removed 
 the director states carry their removals in `args["ledger"]` (their `add` ops enter the ledger
 only on a host that adopts: reconciler.plan.adoption). When that changes what the host's
 ledger lists, the host's last step writes /var/lib/shoal/ledger.json (a file.managed step),
-keeping each sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
-working files removed instead (`reconciler.plan.leftovers`). A host whose facts could not be read at
-all is marked unreachable, with no steps.
+keeping each sysctl's original value; a host left with nothing of shoal's gets its ledger and
+shoal's other working files removed instead (`reconciler.plan.leftovers`). A host whose facts
+could not be read at all is marked unreachable, with no steps.
 
 Blocking: a host whose ledger is unknown, or one of whose states could not be planned because a
 fact it needs is unknown, gets no step at all: its HostPlan is `blocked`, with a message naming
