@@ -41,7 +41,9 @@ CONF_PATH = "/etc/keepalived/keepalived.conf"
 PID_DIR = "/var/lib/shoal"
 
 # Decided on the host at apply time: systemd as PID 1 -> systemctl; else SIGHUP through the pid
-# file when that process is alive; else start keepalived. Every value is a positional parameter.
+# file when that process is alive (shoal's own, or keepalived's default /run/keepalived.pid of a
+# daemon started by hand, if it runs in this host's network namespace: lab hosts share /run);
+# else start keepalived. Every value is a positional parameter.
 # Starting it by hand honours DAEMON_ARGS from /etc/default/keepalived, as Debian's unit and init
 # script do (sourced in a subshell, split into words on purpose: it is a list of options), e.g.
 # `--vrrp` on a host whose kernel has no IPVS (the lab's): there the checker process exits FATAL
@@ -51,8 +53,10 @@ _RELOAD_SCRIPT = (
     "conf=$1; dir=$2; "
     "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then "
     "exec systemctl reload-or-restart keepalived; fi; "
-    'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
-    'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exec kill -HUP "$pid"; fi; '
+    'for f in "$dir/keepalived.pid" /run/keepalived.pid; do pid=$(cat "$f" 2>/dev/null); '
+    '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue; '
+    '[ "$f" = /run/keepalived.pid ] && [ "$(readlink /proc/"$pid"/ns/net)" != '
+    '"$(readlink /proc/self/ns/net)" ] && continue; exec kill -HUP "$pid"; done; '
     'mkdir -p "$dir" || exit; opts=; '
     "if [ -r /etc/default/keepalived ]; then "
     'opts=$(. /etc/default/keepalived >/dev/null 2>&1; printf %s "${DAEMON_ARGS-}"); fi; '
