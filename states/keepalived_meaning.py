@@ -8,6 +8,7 @@ plan. Both texts are read with `states.keepalived_syntax` and brought to one for
   (statements are sorted; keepalived keeps the last of a repeated single-valued keyword, which
   shoal never writes twice, so a file that repeats one differs);
 - the old keyword names are the new ones: `lb_algo` = `lvs_sched`, `lb_kind` = `lvs_method`;
+- `delay_loop` of a virtual server without checkers is dropped (it is the checkers' interval);
 - a statement that only repeats keepalived's documented default is dropped where shoal renders
   it: `weight 1` (real_server), `delay_loop 60` and `protocol TCP` (virtual_server),
   `connect_timeout 5` and a checker's `connect_port` equal to its real server's port,
@@ -109,6 +110,10 @@ def _top(s: Statement) -> Node:
     if s.keyword == "virtual_server" and s.block is not None and len(s.words) == 3:
         head = ("virtual_server", (_address(s.words[1]), s.words[2]))
         kept = _dropping(s.block, "virtual_server")
+        servers = s.children("real_server")
+        if not any(k.keyword in CHECKERS for rs in servers for k in rs.block or []):
+            # delay_loop is the checkers' interval: without a checker it says nothing.
+            kept = [c for c in kept if c.keyword != "delay_loop"]
         return (*head, _sorted(_virtual_server_child(c) for c in kept))
     if s.keyword == "vrrp_instance" and s.block is not None:
         iface = s.value("interface")
