@@ -10,7 +10,8 @@ plan. Both texts are read with `states.keepalived_syntax` and brought to one for
 - the old keyword names are the new ones: `lb_algo` = `lvs_sched`, `lb_kind` = `lvs_method`;
 - `delay_loop` of a virtual server without checkers is dropped (it is the checkers' interval);
 - a statement that only repeats keepalived's documented default is dropped where shoal renders
-  it: `weight 1` (real_server), `delay_loop 60` and `protocol TCP` (virtual_server),
+  it: `weight 1` (real_server), `delay_loop 60` (virtual_server; not `protocol TCP`: a
+  virtual server without `protocol` was measured to become UDP),
   `connect_timeout 5` and a checker's `connect_port` equal to its real server's port,
   `advert_int 1` (vrrp_instance); a VIP without a prefix is /32 (IPv4) or /128 (IPv6), without
   `dev` on the instance's interface;
@@ -37,7 +38,9 @@ ALIASES = {"lb_algo": "lvs_sched", "lb_kind": "lvs_method"}
 CHECKERS = frozenset({"HTTP_GET", "SSL_GET", "TCP_CHECK", "UDP_CHECK", "DNS_CHECK", "SMTP_CHECK"})
 # Per kind of block: statements that say only what keepalived does without them.
 DEFAULTS: dict[str, frozenset[tuple[str, ...]]] = {
-    "virtual_server": frozenset({("delay_loop", "60"), ("protocol", "TCP")}),
+    # Not `protocol TCP`: keepalived 2.2.7 programmed a virtual server without `protocol` as
+    # UDP (next to a UDP one, on the VM directors: tests/lab/test_import_vm_keepalived.py).
+    "virtual_server": frozenset({("delay_loop", "60")}),
     "real_server": frozenset({("weight", "1")}),
     "checker": frozenset({("connect_timeout", "5")}),
     "vrrp_instance": frozenset({("advert_int", "1")}),
@@ -167,7 +170,9 @@ def _real_servers(statements: list[Statement]) -> set[str]:
         if s.keyword != "virtual_server" or s.block is None or len(s.words) != 3:
             continue
         proto = s.value("protocol")
-        protocol = (proto.words[1] if proto is not None and len(proto.words) == 2 else "TCP")
+        if proto is None or len(proto.words) != 2:
+            continue  # which protocol keepalived uses then is not known here (see DEFAULTS)
+        protocol = proto.words[1]
         try:
             vip, port = str(ipaddress.ip_address(s.words[1])), int(s.words[2])
         except ValueError:

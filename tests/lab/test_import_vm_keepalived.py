@@ -125,11 +125,12 @@ vrrp_instance VI_web {{
     }}
 }}
 
-# the web site
+# the web site (protocol written out: without it keepalived 2.2.7 made this one UDP too)
 virtual_server {web} {PORT} {{
     delay_loop 2
     lb_algo wlc
-    lb_kind DR{tcp}
+    lb_kind DR
+    protocol TCP{tcp}
 }}
 
 # DNS, sticky for ten minutes

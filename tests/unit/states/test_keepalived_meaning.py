@@ -36,6 +36,7 @@ virtual_server 10.77.0.100 80 {
 SAME = """# by hand
 virtual_server 10.77.0.100 80 { lvs_sched wlc
   lvs_method DR ! direct routing
+  protocol TCP
   delay_loop 2
   real_server 10.77.0.21 80 { TCP_CHECK { } }
 }
@@ -56,7 +57,8 @@ def test_comments_order_aliases_and_defaults_do_not_matter() -> None:
 def test_a_real_difference_is_one() -> None:
     for old, new in (("weight 1", "weight 2"), ("lb_kind DR", "lb_kind NAT"),
                      ("priority 150", "priority 151"), ("VI_web", "web"),
-                     ("connect_port 80", "connect_port 8080"), ("delay_loop 2", "delay_loop 3")):
+                     ("connect_port 80", "connect_port 8080"), ("delay_loop 2", "delay_loop 3"),
+                     ("    protocol TCP\n", "")):
         assert not same_meaning(BASE, BASE.replace(old, new)), old
 
 
