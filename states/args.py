@@ -26,8 +26,12 @@ class Args(BaseModel):
 
 
 class LedgerOp(Args):
-    """One ledger update a director state applies once its steps succeeded (or it was in sync);
-    the director compiler knows what it adds and removes, the state function does not."""
+    """One ledger update a director state carries; the director compiler knows the keys.
+
+    `remove` applies once the state's steps succeeded (or it was in sync). `add` names what the
+    state would own: it enters the ledger only as the state's claims when it creates the object
+    (`states.base.created`), or when the host adopts and finds it in sync
+    (`reconciler.plan.adoption`): without adoption, an object found in place is never shoal's."""
 
     function: str
     op: Literal["add", "remove", "replace"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import SkippedRemoval, Step
-from states.args import ArgsCache
+from states.args import ArgsCache, LedgerOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +46,16 @@ class StateResult:
     # Objects this result creates (recorded in the ledger) or removes/finds gone (dropped).
     claims: tuple[Claim, ...] = ()
     releases: tuple[Claim, ...] = ()
+
+
+def created(ops: tuple[LedgerOp, ...], keys: tuple[str, ...] | None = None) -> tuple[Claim, ...]:
+    """The claims of a director state that creates the objects its `add` ops name (`keys`:
+    only those). An add op is what the state would own; only what the state makes, or what an
+    adopting host hands over (reconciler.plan.adoption), enters the ledger."""
+    return tuple(
+        Claim(op.function, key)
+        for op in ops
+        if op.op == "add"
+        for key in op.keys
+        if keys is None or key in keys
+    )

@@ -24,7 +24,7 @@ from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
 from reconciler.plan.steps import Change, DrainWait, LowState, Step
 from states.args import Args, LedgerOp, ledger_of
-from states.base import PlanContext, StateResult
+from states.base import PlanContext, StateResult, created
 from states.common import skip
 from states.ipvs_argv import (
     FWD_FLAG,
@@ -140,7 +140,8 @@ def service_present(low: LowState, args: ServiceArgs, ctx: PlanContext) -> State
                     commands=(service_add_argv(protocol, vip, port, scheduler, persistence),),
                     undo=((IPVSADM, "-D", *svc_argv(protocol, vip, port)),),
                 ),
-            )
+            ),
+            claims=created(args.ledger),
         )  # fmt: skip
     observed = observed_spec(have)
     if observed == want:
@@ -176,7 +177,7 @@ def real_server_present(low: LowState, args: RealServerArgs, ctx: PlanContext) -
             undo=(dest_delete_argv(protocol, vip, port, address),),
         )  # fmt: skip
         if weight == 0:
-            return StateResult(steps=(add,))
+            return StateResult(steps=(add,), claims=created(args.ledger))
         ramp = _step(
             low, "weight", f"raise real server {name} to weight {weight}",
             change=Change(before=f"{name} -g -w 0", after=f"{name} -g -w {weight}"),
@@ -184,7 +185,7 @@ def real_server_present(low: LowState, args: RealServerArgs, ctx: PlanContext) -
             undo=(dest_argv("-e", protocol, vip, port, address, 0),),
             require=(add.id,),
         )  # fmt: skip
-        return StateResult(steps=(add, ramp))
+        return StateResult(steps=(add, ramp), claims=created(args.ledger))
     if have.weight == weight and have.forward == "route":
         return StateResult()
     old = f"{name} {FWD_FLAG[have.forward]} -w {have.weight}"

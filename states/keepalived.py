@@ -3,7 +3,10 @@
 keepalived owns the IPVS table and the VIPs (VRRP) on a keepalived director, so shoal manages
 only its config file: rendered by `states.keepalived_conf` (deterministic, sorted), validated on
 the host with `keepalived -t -f TMP` (exit 0 required), installed, and reloaded only when the
-content changed.
+content changed: an installed file that says the same in other words (a hand-written one, say)
+is in sync (`states.keepalived_meaning`). Of the real servers a new file brings, only those the
+host did not serve before become shoal's (its claims); the others stay foreign unless the host
+adopts.
 
 Facts that shape the output (research notes, section 2):
 - `lb_kind DR` is written explicitly and in upper case; a missing or lower-case method is NAT.
@@ -24,8 +27,9 @@ from typing import Any
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.steps import Argv, Change, DrainWait, FileWrite, LowState, Step
 from states.args import Args, LedgerOp, ledger_of
-from states.base import PlanContext, StateResult
+from states.base import Claim, PlanContext, StateResult, created
 from states.common import skip
+from states.keepalived_meaning import brought_real_servers, installed_text, same_meaning
 from states.kind import StateKind
 
 FUNCTION = "keepalived.config"
@@ -37,7 +41,9 @@ CONF_PATH = "/etc/keepalived/keepalived.conf"
 PID_DIR = "/var/lib/shoal"
 
 # Decided on the host at apply time: systemd as PID 1 -> systemctl; else SIGHUP through the pid
-# file when that process is alive; else start keepalived. Every value is a positional parameter.
+# file when that process is alive (shoal's own, or keepalived's default /run/keepalived.pid of a
+# daemon started by hand, if it runs in this host's network namespace: lab hosts share /run);
+# else start keepalived. Every value is a positional parameter.
 # Starting it by hand honours DAEMON_ARGS from /etc/default/keepalived, as Debian's unit and init
 # script do (sourced in a subshell, split into words on purpose: it is a list of options), e.g.
 # `--vrrp` on a host whose kernel has no IPVS (the lab's): there the checker process exits FATAL
@@ -47,8 +53,10 @@ _RELOAD_SCRIPT = (
     "conf=$1; dir=$2; "
     "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then "
     "exec systemctl reload-or-restart keepalived; fi; "
-    'pid=$(cat "$dir/keepalived.pid" 2>/dev/null); '
-    'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then exec kill -HUP "$pid"; fi; '
+    'for f in "$dir/keepalived.pid" /run/keepalived.pid; do pid=$(cat "$f" 2>/dev/null); '
+    '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || continue; '
+    '[ "$f" = /run/keepalived.pid ] && [ "$(readlink /proc/"$pid"/ns/net)" != '
+    '"$(readlink /proc/self/ns/net)" ] && continue; exec kill -HUP "$pid"; done; '
     'mkdir -p "$dir" || exit; opts=; '
     "if [ -r /etc/default/keepalived ]; then "
     'opts=$(. /etc/default/keepalived >/dev/null 2>&1; printf %s "${DAEMON_ARGS-}"); fi; '
@@ -230,7 +238,10 @@ def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateR
     current = info.config_sha256
     existed = current is not None
     before = current_config(facts, path, current) if current is not None else None
-    if current == sha256_text(content):
+    installed = installed_text(facts, path, current)
+    if current == sha256_text(content) or (
+        installed is not None and same_meaning(installed, content)
+    ):
         if info.running:
             return StateResult()
         start = Step(
@@ -271,7 +282,16 @@ def plan_config(low: LowState, args: KeepalivedArgs, ctx: PlanContext) -> StateR
     steps += _install_steps(
         low, "final", content, path, existed, before, after, info.running, staged
     )
-    return StateResult(steps=tuple(steps))
+    return StateResult(steps=tuple(steps), claims=_created(args, facts, installed, existed))
 
+
+
+def _created(
+    args: KeepalivedArgs, facts: HostFacts, installed: str | None, existed: bool
+) -> tuple[Claim, ...]:
+    """The claims of the real servers the new file brings (`states.keepalived_meaning`)."""
+    wanted = {k for op in args.ledger if op.op == "add" for k in op.keys}
+    new = brought_real_servers(wanted, facts, installed, existed)
+    return created(args.ledger, tuple(sorted(new)))
 
 CONFIG = StateKind(FUNCTION, KeepalivedArgs, plan_config, ledger=ledger_of)

@@ -53,7 +53,7 @@ from reconciler.facts.hostfacts import HostFacts
 from reconciler.facts.parsers.nft_dsr import DsrTable, Unreadable, decode_table, fwd_interface
 from reconciler.plan.steps import Argv, Change, FileWrite, LowState, Step
 from states.args import ledger_of
-from states.base import PlanContext, StateResult
+from states.base import PlanContext, StateResult, created
 from states.common import skip
 from states.kind import Persistence, StateKind
 from states.nft_dsr_model import (
@@ -143,7 +143,8 @@ def plan_dsr_table(low: LowState, args: DsrTableArgs, ctx: PlanContext) -> State
         )
     ]
     steps.extend(_drain_steps(low, want, current, apply_id, args.drain_timeout))
-    return StateResult(steps=tuple(steps))
+    # Only a table shoal makes is shoal's: one found in place (in sync or rewritten) is not.
+    return StateResult(steps=tuple(steps), claims=created(args.ledger) if present is None else ())
 
 
 def _drain_steps(

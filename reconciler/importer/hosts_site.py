@@ -34,6 +34,7 @@ from reconciler.importer.hosts_arp import (
     need,
     read_arp_method,
 )
+from reconciler.importer.hosts_ipvs import drain_sysctl_finding
 from reconciler.importer.sites import (
     Dropped,
     ImportedCluster,
@@ -298,6 +299,11 @@ def _group_clusters(
     backup = next((v for v in group if v is not primary), None)
     if backup is not None:
         _check_agree(r, primary, backup)
+    if primary.backend != "nftables":
+        for member in group:
+            drain = drain_sysctl_finding(member.name, r.facts[member.name])
+            if drain is not None:
+                r.site.findings.append(drain)
     if primary.backend != "keepalived":  # keepalived.conf itself is keepalived's boot form
         vips = sorted({k[0] for k in primary.services})
         for member in group:

@@ -37,7 +37,15 @@ class DirectorFile:
 
 
 def cluster_name(instance: str) -> str:
-    """A shoal name from a VRRP instance name (`VI_1` -> `vi_1`)."""
+    """A shoal name from a VRRP instance name (`VI_1` -> `vi_1`).
+
+    shoal names a cluster's instance `VI_<cluster>`: an instance already named so keeps its
+    name (`VI_web` -> cluster `web`), since keepalived takes a renamed instance for a new one
+    (its VIPs released and taken again) and the first plan would rewrite the file for it."""
+    rest = instance.removeprefix("VI_")
+    if rest != instance and rest and not _NAME_CHARS.search(rest) and rest == rest.lower() \
+            and rest[0].isalpha():  # fmt: skip
+        return rest
     name = _NAME_CHARS.sub("-", instance).strip("-.").lower()
     return name or "imported"
 

@@ -18,6 +18,7 @@ from reconciler.desired.loader import load_inventory_file, load_repository
 from reconciler.desired.models import Desired, Inventory
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
+from reconciler.importer.hosts_keepalived import gathered_files, keepalived_directors
 from reconciler.importer.hosts_merge import merge_keepalived
 from reconciler.importer.hosts_site import site_from_hosts
 from reconciler.importer.keepalived_read import read_director_conf
@@ -64,7 +65,9 @@ class ImportRefused(Exception):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-def read_sources(req: ImportRequest, known: Inventory | None = None) -> ImportedSite:
+def read_sources(
+    req: ImportRequest, known: Inventory | None = None, gathered: list[DirectorFile] | None = None
+) -> ImportedSite:
     if req.host_facts is not None:
         if known is None:
             raise ImportRefused([ConfigIssue("shoal import", "--from-hosts needs its inventory")])
@@ -72,8 +75,16 @@ def read_sources(req: ImportRequest, known: Inventory | None = None) -> Imported
             raise ImportRefused([ConfigIssue(str(req.lvs_cf), "--lvs-cf with --from-hosts is not "
                                              "supported: import one of them")])  # fmt: skip
         hosts = site_from_hosts(known, req.host_facts, req.cluster_name)
+        # A keepalived director without a given file: its gathered one. An unnamed given file
+        # could be any director's, so then nothing is taken from the hosts.
+        given = {h for h, _ in req.keepalived_confs}
+        missing = [] if None in given else [
+            h for h in keepalived_directors(hosts) if h not in given]  # fmt: skip
+        gathered = gathered_files(req.host_facts, missing)
+        confs = None
+        if req.keepalived_confs or gathered:
+            confs = read_sources(replace(req, host_facts=None), gathered=gathered)
         # Without files a keepalived cluster is refused there (its VRRP settings are unknown).
-        confs = read_sources(replace(req, host_facts=None)) if req.keepalived_confs else None
         return merge_keepalived(confs or ImportedSite(), hosts)
     site = ImportedSite()
     if req.lvs_cf is not None:
@@ -81,8 +92,8 @@ def read_sources(req: ImportRequest, known: Inventory | None = None) -> Imported
         site.clusters += part.clusters
         site.dropped += part.dropped
         site.notes += part.notes
-    if req.keepalived_confs:
-        files = []
+    if req.keepalived_confs or gathered:
+        files = list(gathered or ())
         for host, path in req.keepalived_confs:
             statements = parse_keepalived_conf(path)
             files.append(DirectorFile(read_director_conf(statements, str(path)), host))

@@ -12,16 +12,10 @@ from typing import Literal
 
 from reconciler.errors import ConfigIssue
 
+# Shared with the keepalived state, which reads installed files with the same reader.
+from states.keepalived_syntax import Origin as Origin
+
 CheckType = Literal["tcp", "http", "none"]
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    file: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,19 @@ the repository removes it from the host like anything shoal made.
 
 sysctls are not adopted: the ledger keeps each one's value from before shoal changed it, to
 give it back when the host leaves; for a value set by hand that earlier value is unknown, so
-shoal leaves the setting as it is. The director backends record what they serve on their own
-(their ledger updates), adopting or not.
+shoal leaves the setting as it is.
+
+Director states (IPVS services and real servers, the nftables DSR table, keepalived's real
+servers) follow the same rule: their `add` ledger ops name what the state would own; the state
+claims only what it creates, and an object found already in sync becomes shoal's only here, on a
+host that adopts. Without adoption a hand-made IPVS service that matches the repository stays
+foreign, so removing it from the repository later leaves it alone.
 """
 
 from __future__ import annotations
 
 from reconciler.plan.steps import LowState
-from states.base import Claim, StateResult
+from states.base import Claim, StateResult, created
 from states.kind import AnyKind
 
 # Kinds whose objects carry a value from before shoal that adoption cannot know.
@@ -26,8 +31,10 @@ NOT_ADOPTED = frozenset({"sysctl.present"})
 def adoption_claims(low: LowState, kind: AnyKind, args: object, result: StateResult) -> list[Claim]:
     """The ledger entry an adopting host gives shoal for `low`: one, when the host already has
     the object exactly as wanted (no step, nothing skipped); none otherwise."""
-    if result.steps or result.skipped or kind.owns is None or low.origin == "ledger":
+    if result.steps or result.skipped or low.origin == "ledger":
         return []
-    if low.function in NOT_ADOPTED:
+    if kind.ledger is not None:
+        return list(created(kind.ledger(args)))
+    if kind.owns is None or low.function in NOT_ADOPTED:
         return []
     return [Claim(low.function, kind.owns.key(args))]

@@ -20,8 +20,11 @@ host that is primary of any cluster counts as primary). Removals come from the h
 (only what shoal created goes away) and the facts; an unknown ledger or IPVS table plans no
 removal and says so (`director.skipped`).
 
-Every low state carries `ledger`: the ledger updates the executor applies once the state's steps
-succeeded (or the state was in sync), as `states.args.LedgerOp`s.
+Every low state carries `ledger`, as `states.args.LedgerOp`s: `remove` ops apply once the
+state's steps succeeded (or it was in sync); `add` ops only name what the state would own. It
+owns only what it creates (the state's claims) or what an adopting host hands over
+(`reconciler.plan.adoption`): a hand-made IPVS service, DSR table or keepalived real server that
+already matches the repository stays foreign without `adopt`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> list
             args = _config(desired, host, wanted, skip_reason=f"{owned}: {CONF} not planned")
         elif leaving := sorted(set(owned.entries.get(LEDGER_KEEPALIVED_RS, ())) - wanted):
             args = _config(
-                desired, host, wanted,
+                desired, host, wanted, leaving,
                 drain_content=render_keepalived_conf(desired, host, leaving),
                 drains=tuple(_drains(leaving)),
             )  # fmt: skip
@@ -57,13 +57,19 @@ def compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> list
     return out
 
 
-def _config(desired: Desired, host: str, wanted: set[str], **extra: Any) -> KeepalivedArgs:
-    """The host's `keepalived.config` args; `extra`: a skip reason, or the drain config."""
+def _config(
+    desired: Desired, host: str, wanted: set[str], leaving: list[str] | None = None, **extra: Any
+) -> KeepalivedArgs:
+    """The host's `keepalived.config` args; `extra`: a skip reason, or the drain config.
+
+    Ledger: the leaving real servers go; the wanted ones are what the file would own, which the
+    state claims only for those it brings (or an adopting host hands over)."""
+    ops = ledger(LEDGER_KEEPALIVED_RS, "remove", leaving) if leaving else ()
     return KeepalivedArgs(
         path=keepalived.CONF_PATH,
         content=render_keepalived_conf(desired, host),
         drain_timeout=desired.settings.apply.drain_timeout,
-        ledger=ledger(LEDGER_KEEPALIVED_RS, "replace", sorted(wanted)),
+        ledger=ops + ledger(LEDGER_KEEPALIVED_RS, "add", sorted(wanted)),
         **extra,
     )
 

@@ -11,11 +11,12 @@ directors send them traffic, the backup director changes before the primary, rem
 last. A step never runs before what it requires, so its phase is raised to theirs if needed.
 
 Ownership: every state result says what it created (claims) and what it removed (releases);
-the director states say it in `args["ledger"]`. When that changes what the host's ledger lists,
-the host's last step writes /var/lib/shoal/ledger.json (a file.managed step), keeping each
-sysctl's original value; a host left with nothing of shoal's gets its ledger and shoal's other
-working files removed instead (`reconciler.plan.leftovers`). A host whose facts could not be read at
-all is marked unreachable, with no steps.
+the director states carry their removals in `args["ledger"]` (their `add` ops enter the ledger
+only on a host that adopts: reconciler.plan.adoption). When that changes what the host's
+ledger lists, the host's last step writes /var/lib/shoal/ledger.json (a file.managed step),
+keeping each sysctl's original value; a host left with nothing of shoal's gets its ledger and
+shoal's other working files removed instead (`reconciler.plan.leftovers`). A host whose facts
+could not be read at all is marked unreachable, with no steps.
 
 Blocking: a host whose ledger is unknown, or one of whose states could not be planned because a
 fact it needs is unknown, gets no step at all: its HostPlan is `blocked`, with a message naming
@@ -310,7 +311,8 @@ def plan_host(host: str, states: Sequence[LowState], ctx: PlanContext, hf: HostF
         if adopting:
             adopted += adoption_claims(low, kind, args, result)
         if not result.skipped and kind.ledger is not None:
-            ops += kind.ledger(args)
+            # `add` ops are what the state would own: it claims what it creates (adoption.py).
+            ops += [op for op in kind.ledger(args) if op.op != "add"]
     steps.sort(key=lambda s: (s.phase, position[s.id]))
     if not hf.ledger.known or hf.ledger.value is None:
         why = hf.ledger.unknown_reason or "unknown"

@@ -5,6 +5,7 @@ does not adopt, hand-made state is never touched."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,16 +52,36 @@ def without(repo: Path, cluster: str, host: str) -> Desired:
     return load_repository(repo)
 
 
+def adopting(repo: Path, *hosts: str) -> Desired:
+    """The imported repository with `adopt = true` on `hosts`, as the operator writes it."""
+    path = repo / "inventory.toml"
+    text = path.read_text()
+    for host in hosts:
+        assert f"[hosts.{host}]\n" in text, text
+        text = text.replace(f"[hosts.{host}]\n", f"[hosts.{host}]\nadopt = true\n")
+    path.write_text(text)
+    return load_repository(repo)
+
+
+def imported(tmp_path: Path, facts: dict[str, HostFacts]) -> Path:
+    repo = tmp_path / "repo"
+    req = ImportRequest(target=repo, known_hosts=REPO / "known_hosts",
+                        from_hosts=REPO / "inventory.toml", host_facts=facts)  # fmt: skip
+    assert run_import(req).desired is not None
+    return repo
+
+
 def test_an_adopting_host_hands_over_what_matches_and_a_removal_takes_it_away(
     tmp_path: Path,
 ) -> None:
     facts = seed_site()
-    repo = tmp_path / "repo"
-    req = ImportRequest(target=repo, known_hosts=REPO / "known_hosts",
-                        from_hosts=REPO / "inventory.toml", host_facts=facts)  # fmt: skip
-    result = run_import(req)
-    assert result.desired is not None
-    first = plan(result.desired, facts)
+    # The directors adopt too: their hand-made IPVS tables become shoal's, so a real server
+    # that leaves the repository leaves the directors as well.
+    repo = imported(tmp_path, facts)
+    desired = adopting(repo, "lvs1", "lvs2")
+    first = plan(desired, facts)
+    assert "ipvs.real_server_present tcp 10.77.0.100:80 10.77.0.21:80" in ledger_description(
+        first, "lvs1")
     # web1 adopts (its correction removes the seed rule): the VIP and the INPUT rule it already
     # has become shoal's; web2 (REDIRECT, nothing to correct) adopts nothing.
     assert ledger_description(first, "web1") == (
@@ -69,7 +90,7 @@ def test_an_adopting_host_hands_over_what_matches_and_a_removal_takes_it_away(
     assert "adopt" not in ledger_description(first, "web2")
 
     after = applied(facts, first)
-    again = plan(result.desired, after)
+    again = plan(desired, after)
     assert again.empty, [(s.host, s.description) for hp in again.hosts.values() for s in hp.steps]
 
     # web1 leaves: its hand-made VIP and INPUT rule go with shoal's OUTPUT rule, VIP first.
@@ -84,10 +105,37 @@ def test_an_adopting_host_hands_over_what_matches_and_a_removal_takes_it_away(
                  if s.subsystem == "ipvs"]  # fmt: skip
     assert directors and all("10.77.0.21" in d for d in directors), directors
 
-    # web2 did not adopt: when it leaves, the directors stop sending to it, and its hand-made
-    # REDIRECT rule stays (foreign state is never touched).
+    # web2 did not adopt: when it leaves, the (adopting) directors stop sending to it, and its
+    # hand-made REDIRECT rule stays (foreign state is never touched).
     gone = plan(without(repo, "lvs-redirect", "web2"), applied(facts, first))
     web2 = gone.hosts.get("web2")
     assert web2 is None or not [s for s in web2.steps if s.subsystem == "iptables"]
     rule = method2("web2").iptables_nat.value
     assert rule is not None and VIP2 in rule.rules[0].spec[1]
+
+
+def test_directors_that_do_not_adopt_never_own_the_hand_made_ipvs_tables(tmp_path: Path) -> None:
+    """A hand-made IPVS service and its real servers that match the repository are in sync, not
+    shoal's: without adoption none enters the directors' ledgers, and removing a real server
+    from the repository plans nothing on the directors for it."""
+    facts = seed_site()
+    repo = imported(tmp_path, facts)
+    first = plan(load_repository(repo), facts)
+    for host in ("lvs1", "lvs2"):
+        owned = ledger_entries(first, host)
+        assert not owned.get("ipvs.service_present") and not owned.get(
+            "ipvs.real_server_present"), (host, owned)
+    gone = plan(without(repo, "lvs-redirect", "web2"), applied(facts, first))
+    for host in ("lvs1", "lvs2"):
+        hp = gone.hosts.get(host)
+        assert hp is None or not [s for s in hp.steps if s.subsystem == "ipvs"], host
+
+
+def ledger_entries(p: Plan, host: str) -> dict[str, list[str]]:
+    """What the plan's ledger step writes on `host` ({} when it writes none)."""
+    hp = p.hosts.get(host)
+    step = next((s for s in hp.steps if s.state_id == LEDGER_STEP), None) if hp else None
+    if step is None or step.change is None or step.change.after is None:
+        return {}
+    entries: dict[str, list[str]] = json.loads(step.change.after)["entries"]
+    return entries

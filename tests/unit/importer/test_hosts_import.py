@@ -7,6 +7,7 @@ live_hosts.py); the lab test (tests/lab/test_import_lab.py) does the same on rea
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,19 @@ from reconciler.desired.loader import load_inventory_file
 from reconciler.facts.hostfacts import (
     ArptablesRules,
     Fact,
+    FileInfo,
     HostFacts,
     NftRuleset,
     NftTable,
 )
+from reconciler.facts.script import KEEPALIVED_CONF
 from reconciler.importer.hosts_site import site_from_hosts
 from reconciler.importer.run import ImportRefused, ImportRequest, run_import
 from reconciler.importer.sites import ImportSourceInvalid
 from reconciler.plan.compile import managed_paths
 from reconciler.plan.planner import plan_desired
 from reconciler.plan.steps import Plan
-from tests.statecases import add_addresses, fresh_facts, gathered
+from tests.statecases import add_addresses, fresh_facts, gathered, set_sysctls
 from tests.unit.importer.live_hosts import (
     IPVS_SAVE,
     VIP1,
@@ -300,3 +303,73 @@ def test_the_command_refuses_a_bad_inventory_known_hosts_or_key(tmp_path: Path) 
                                  "--key", str(tmp_path / "no-key")])  # fmt: skip
     assert result.exit_code == 1 and "no-key: cannot connect" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_ipvs_drain_sysctls_left_off_by_hand_are_named_and_are_the_directors_whole_plan(
+    tmp_path: Path,
+) -> None:
+    """A hand-built IPVS director without shoal's drain sysctls: the import names them, and the
+    directors' runtime steps in the first plan are exactly those two keys."""
+    off = {"net.ipv4.vs.expire_nodest_conn": "0", "net.ipv4.vs.expire_quiescent_template": "0"}
+    lvs = {h: set_sysctls(director(h, holds=(VIP1, VIP2) if h == "lvs1" else ()), off)
+           for h in ("lvs1", "lvs2")}  # fmt: skip
+    facts = seed_site(**lvs)
+    found = run_import(imported(tmp_path / "found", facts)).findings
+    drain = [f for f in found if f.pattern == "IPVS drain sysctls off"]
+    assert [f.host for f in drain] == ["lvs1", "lvs2"] and not any(f.adopt for f in drain)
+    assert "net.ipv4.vs.expire_nodest_conn = 0" in drain[0].detail
+    steps = runtime(first_plan(tmp_path, facts))
+    for h in ("lvs1", "lvs2"):
+        assert steps[h] == ["set net.ipv4.vs.expire_nodest_conn = 1",
+                            "set net.ipv4.vs.expire_quiescent_template = 1"], steps  # fmt: skip
+    # Set by hand already: nothing named, nothing planned on the directors.
+    on = {k: "1" for k in off}
+    facts = seed_site(**{h: set_sysctls(f, on) for h, f in lvs.items()})
+    assert not [f for f in run_import(imported(tmp_path / "on", facts)).findings
+                if f.pattern == "IPVS drain sysctls off"]  # fmt: skip
+    assert not {"lvs1", "lvs2"} & set(runtime(first_plan(tmp_path / "on-plan", facts)))
+
+
+def with_conf(hf: HostFacts, text: str) -> HostFacts:
+    """`hf` with /etc/keepalived/keepalived.conf gathered, its content included."""
+    files = dict(hf.files.value or {})
+    files[KEEPALIVED_CONF] = FileInfo(path=KEEPALIVED_CONF, exists=True, mode="0644",
+                                      kind="regular file", content=text,
+                                      sha256=hashlib.sha256(text.encode()).hexdigest())  # fmt: skip
+    return hf.model_copy(update={"files": Fact.of(files)})
+
+
+def test_from_hosts_reads_the_vrrp_settings_from_the_gathered_keepalived_conf(
+    tmp_path: Path,
+) -> None:
+    """No --keepalived-conf: each keepalived director's gathered file gives VRRP and checks; a
+    gathered file with includes is refused naming the host's file and line."""
+    save = ("-A -t 10.77.0.100:443 -s wlc -p 300\n-a -t 10.77.0.100:443 -r 10.77.0.21:443 -g -w 1\n"
+            "-a -t 10.77.0.100:443 -r 10.77.0.22:443 -g -w 1\n-A -u 10.77.0.101:53 -s rr\n"
+            "-a -u 10.77.0.101:53 -r 10.77.0.22:53 -g -w 3\n"
+            "-a -u 10.77.0.101:53 -r 10.77.0.23:53 -g -w 1\n")  # fmt: skip
+    texts = {d: (KEEPALIVED / f"{d}.conf").read_text() for d in ("lvs1", "lvs2")}
+    facts = {h: fresh_facts(h) for h in INVENTORY.hosts}
+    facts.update(
+        lvs1=with_conf(director("lvs1", save, holds=("10.77.0.100", "10.77.0.101"),
+                                keepalived=True), texts["lvs1"]),
+        lvs2=with_conf(director("lvs2", save, keepalived=True), texts["lvs2"]),
+        web1=sysctl_method("web1", ("10.77.0.100",)),
+        web2=sysctl_method("web2", ("10.77.0.100", "10.77.0.101")),
+        web3=sysctl_method("web3", ("10.77.0.101",)),
+    )  # fmt: skip
+    result = run_import(imported(tmp_path, facts))
+    assert result.desired is not None
+    (cluster,) = result.desired.clusters.values()
+    assert cluster.cluster.director == "keepalived"
+    assert (cluster.cluster.vrrp.virtual_router_id, cluster.cluster.vrrp.advert_interval) == (60, 2)
+    assert {s.port: (s.check.type, s.check.timeout) for s in cluster.services} == {
+        443: ("tcp", 4), 53: ("tcp", 2)}
+    written = "".join(p.read_text() for p in (tmp_path / "repo" / "clusters").glob("*.toml"))
+    assert f"lvs1:{KEEPALIVED_CONF}:" in written, written
+    included = {**facts, "lvs2": with_conf(facts["lvs2"], texts["lvs2"] + "include extra.conf\n")}
+    with pytest.raises(ImportRefused) as exc:
+        run_import(imported(tmp_path / "inc", included))
+    lines = len(texts["lvs2"].splitlines()) + 1
+    assert f"lvs2:{KEEPALIVED_CONF}:{lines}" in str(exc.value)
+    assert "--keepalived-conf lvs2=FILE" in str(exc.value)

@@ -213,3 +213,13 @@ def test_a_director_of_unknown_address_is_an_error(tmp_path: Path) -> None:
                                  str(case / "lvs1.conf")])  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "the primary director (primary): its address is unknown" in result.output
+
+
+def test_an_instance_named_as_shoal_names_it_keeps_its_name() -> None:
+    """`VI_web` -> cluster `web` (rendered back as `VI_web`: keepalived would take a renamed
+    instance for a new one); any other name is made a valid shoal name."""
+    from reconciler.importer.keepalived_site import cluster_name
+
+    assert cluster_name("VI_web") == "web"
+    assert (cluster_name("VI_1"), cluster_name("web"), cluster_name("VI_Web")) == (
+        "vi_1", "web", "vi_web")

@@ -116,7 +116,8 @@ def test_fresh_director_steps() -> None:
     ledger = next(lw for lw in lows if lw.id == "keepalived-conf" and lw.host == "lvs2").args[
         "ledger"
     ]
-    assert ledger[0]["op"] == "replace" and len(ledger[0]["keys"]) == 4
+    # What the file would own; a fresh host had none of it, so the state claims all four.
+    assert ledger[0]["op"] == "add" and len(ledger[0]["keys"]) == 4
 
 
 def test_in_sync_is_empty_and_stopped_daemon_is_started() -> None:

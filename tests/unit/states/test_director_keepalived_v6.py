@@ -89,7 +89,9 @@ def test_ledger_keys_and_drain_of_a_leaving_ipv6_real_server(tmp_path: Path) -> 
                                    "real_server": "[fd78:1::23]:80"}]  # fmt: skip
     assert "        fd78:1::23 80 {" not in low.args["drain_content"]
     assert "    real_server fd78:1::23 80 {\n        weight 0\n    }" in low.args["drain_content"]
-    assert f"tcp [{VIP6}]:80 [{ADDRESSES6['web1']}]:80" in low.args["ledger"][0]["keys"]
+    assert low.args["ledger"][0] == {"function": "keepalived.real_server", "op": "remove",
+                                     "keys": [key]}  # fmt: skip
+    assert f"tcp [{VIP6}]:80 [{ADDRESSES6['web1']}]:80" in low.args["ledger"][1]["keys"]
     assert steps
     res = _check(low.args["drain_content"], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -103,7 +103,7 @@ def test_every_kind_reads_back_exactly_the_args_the_compiler_wrote() -> None:
 def test_director_args_are_typed_models_not_dicts() -> None:
     lows = {low.function: low for low in COMPILED}
     ka = kind_of("keepalived.config").parse(lows["keepalived.config"])
-    assert type(ka).__name__ == "KeepalivedArgs" and ka.ledger[0].op == "replace"
+    assert type(ka).__name__ == "KeepalivedArgs" and ka.ledger[-1].op == "add"
     rs = kind_of("ipvs.real_server_absent").parse(lows["ipvs.real_server_absent"])
     assert (rs.protocol, rs.port, rs.drain_timeout) == ("tcp", 80, 30.0)
     assert all(issubclass(k.args, Args) and k.args.model_config.get("extra") == "forbid"
