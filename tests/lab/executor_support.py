@@ -322,3 +322,15 @@ def tables_in_name_order(ruleset: str) -> str:
         else:
             tables[-1] += line
     return "".join(sorted(tables))
+
+
+# A [[state]] whose own effect breaks web2 (its VIP's port 80 redirected to a port nothing
+# listens on): every step applies, the verification with real traffic fails, every host is
+# rolled back. `.format(vip=...)`.
+WEB2_REDIRECT_AWAY = """
+[[state]]
+id = "web2-port-80-elsewhere"
+function = "iptables.rule_present"
+hosts = ["web2"]
+args = {{ destination = "{vip}", protocol = "tcp", dport = 80, to_ports = 8099 }}
+"""

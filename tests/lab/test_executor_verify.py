@@ -34,7 +34,7 @@ from reconciler.plan.planner import plan_desired
 from reconciler.transport.ssh import SSHTransport
 from reconciler.verify.result import VerificationResult
 from reconciler.verify.run import verify_desired
-from tests.lab.executor_support import raw_state
+from tests.lab.executor_support import WEB2_REDIRECT_AWAY, raw_state
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="session")]
 
@@ -225,15 +225,6 @@ async def test_apply_verifies_and_a_hand_broken_real_server_is_named(
         assert blamed == {"web2"}, explain
     print(f"{method}: apply + verification {applied_in:.1f}s")
 
-
-# The plan's own effect breaks web2: its VIP's port 80 redirected to a port nothing listens on.
-WEB2_REDIRECT_AWAY = """
-[[state]]
-id = "web2-port-80-elsewhere"
-function = "iptables.rule_present"
-hosts = ["web2"]
-args = {{ destination = "{vip}", protocol = "tcp", dport = 80, to_ports = 8099 }}
-"""
 
 # A plan that would put the VIP on web2's client-facing interface, where arp_ignore=1 no longer
 # hides it: an LVS-DR safety rule broken by the plan itself.

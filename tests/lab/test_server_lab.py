@@ -35,6 +35,7 @@ from reconciler.server.settings import ServerSettings
 from reconciler.server.source import GitSource
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import PlanRecord
+from tests.lab.executor_support import WEB2_REDIRECT_AWAY
 from tests.lab.server_support import SECRET, Repo, ServeProcess, set_in_file, sign, sysctl, web_toml
 from tests.server.serve import git
 from tests.support.notify_receiver import Receiver as NotifyReceiver
@@ -351,15 +352,6 @@ def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
 
 
-# The plan's own effect breaks web2 (its VIP's port 80 goes to a port nothing listens on):
-# every step applies, the verification with real traffic fails, every host is rolled back.
-WEB2_REDIRECT_AWAY = """
-[[state]]
-id = "web2-port-80-elsewhere"
-function = "iptables.rule_present"
-hosts = ["web2"]
-args = {{ destination = "{vip}", protocol = "tcp", dport = 80, to_ports = 8099 }}
-"""
 
 
 async def test_metrics_and_notifications_follow_a_verified_run_and_a_rollback(
