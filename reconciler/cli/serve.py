@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.server.settings import ServerSettings
 from reconciler.server.store.database import Store
 from reconciler.server.store.records import Role
@@ -59,7 +60,7 @@ def run_serve(settings: ServerSettings) -> int:
             "repo": redact_url(settings.repo),
             "branch": settings.branch,
             "state_dir": str(settings.state_dir),
-            "listen": f"{settings.listen_host}:{settings.listen_port}",
+            "listen": endpoint(settings.listen_host, settings.listen_port),
             "poll": settings.poll_interval,
         },
     )
