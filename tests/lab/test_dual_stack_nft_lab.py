@@ -27,6 +27,11 @@ Then once, since the director side of a rollout does not depend on the method: w
 is then drained and removed, each under a steady stream of IPv6 requests from client1 (none
 fails; web3 serves after the join and not after the removal), and every solicitation round from
 client1 and from lvs2 during both applies is answered by exactly one MAC, lvs1's.
+
+Last, a takeover: lvs2 becomes the primary and takes the IPv6 VIP; its unsolicited Neighbour
+Advertisement (states/nd_announce.py) is heard on client1, and the neighbour entries client1 and
+web3 had for the VIP (lvs1's MAC) point at lvs2's right after the apply, before either sends
+the VIP anything that would make the kernel ask again.
 """
 
 from __future__ import annotations
@@ -103,16 +108,18 @@ class DualLab:
     workdir: Path
 
     def desired(self, arp_method: str | None, servers: tuple[str, ...] = ("web1", "web2"),
-                *, verify: bool = True, extra: str = "") -> Desired:  # fmt: skip
-        """The dual-stack cluster with `arp_method` and `servers` (and `extra` TOML after it);
-        None: no cluster at all."""
+                *, verify: bool = True, extra: str = "",
+                directors: tuple[str, str] = DIRECTORS) -> Desired:  # fmt: skip
+        """The dual-stack cluster with `arp_method` and `servers` (and `extra` TOML after it),
+        `directors[0]` primary; None: no cluster at all."""
         dest = self.workdir / f"repo-{secrets.token_hex(4)}"
         cluster = None if arp_method is None else dual_stack_toml(
-            self.vip4, self.vip6, arp_method, servers) + extra  # fmt: skip
+            self.vip4, self.vip6, arp_method, servers, directors) + extra  # fmt: skip
         return write_repo(self.lab, dest, cluster, settings_toml(verify=verify))
 
 
-def dual_stack_toml(vip4: str, vip6: str, arp_method: str, servers: tuple[str, ...]) -> str:
+def dual_stack_toml(vip4: str, vip6: str, arp_method: str, servers: tuple[str, ...],
+                    directors: tuple[str, str] = DIRECTORS) -> str:  # fmt: skip
     members = "".join(
         f'\n  [[service.real_server]]\n  host = "{h}"\n  weight = 1\n' for h in servers
     )
@@ -126,7 +133,8 @@ scheduler = "wlc"
 check = {check}
 {members}"""
     return (
-        f'[cluster]\nname = "web"\ndirectors = ["lvs1", "lvs2"]\ndirector = "nftables"\n'
+        f'[cluster]\nname = "web"\ndirectors = {json.dumps(list(directors))}\n'
+        'director = "nftables"\n'
         f'arp_method = "{arp_method}"\n'
         + service.format(name="http", vip=vip4, port=PORT, check=HTTP_CHECK, members=members)
         + service.format(name="http6", vip=vip6, port=PORT, check=HTTP_CHECK, members=members)
@@ -404,3 +412,43 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         step_times = {s.id: s.duration for s in result.steps() if (s.duration or 0) > 1}
         print(f"\n{'join' if joins else 'drain+remove'}: {load.summary()}; slow steps {step_times}")
     print(f"ND {'; '.join(summary)}")
+
+
+async def neighbour_mac(lab: Lab, host: str, vip: str) -> str | None:
+    argv = ["ip", "-6", "-j", "neigh", "show", "to", vip, "dev", "eth0"]
+    out = (await lab.exec(host, argv)).stdout
+    entries = json.loads(out or "[]")
+    return str(entries[0]["lladdr"]) if entries and "lladdr" in entries[0] else None
+
+
+async def test_a_director_taking_the_ipv6_vip_advertises_it_and_neighbour_entries_move(
+    dual: DualLab,
+) -> None:
+    """Costs two applies without verification (~15-25 s): lvs1 primary (already, after the
+    rollout test), then lvs2. Neither client1 nor web3 talks to the VIP between the entry seen on
+    lvs1's MAC and the one read after the takeover, so only an advertisement can have moved it
+    (Linux would otherwise keep the old MAC until the entry goes stale and is probed again)."""
+    lab, vip6 = dual.lab, dual.vip6
+    method = METHODS[-1]
+    old, new = lab.hosts["lvs1"].mac, lab.hosts["lvs2"].mac
+    result, plan_after = await converge(lab, dual.desired(method, verify=False))
+    assert result is None or result.ok, explain(result)
+    assert plan_after.empty, pending(plan_after)
+    watchers = ("client1", "web3")  # web3 is no real server of the cluster here: a lab host
+    for h in watchers:
+        await lab.exec(h, ["ping", "-6", "-c", "1", "-W", "5", vip6])
+        assert await neighbour_mac(lab, h, vip6) == old, h
+    takeover = dual.desired(method, verify=False, directors=("lvs2", "lvs1"))
+    async with listening(lab, vip6) as heard:
+        t0 = time.time()
+        result, plan_after = await converge(lab, takeover)
+        t1 = time.time()
+    assert result is not None and result.ok, explain(result) if result else "nothing planned"
+    assert plan_after.empty, pending(plan_after)
+    moved = {h: await neighbour_mac(lab, h, vip6) for h in watchers}
+    assert moved == {h: new for h in watchers}, (moved, heard)
+    unsolicited = [(t, str(mac)) for t, mac, dst in heard["adverts"]
+                   if dst == "ff02::1" and isinstance(t, float)]  # fmt: skip
+    assert unsolicited and {mac for _, mac in unsolicited} == {new}, heard["adverts"]
+    assert all(t0 <= t <= t1 for t, _ in unsolicited), (t0, t1, unsolicited)
+    print(f"\ntakeover: {len(unsolicited)} unsolicited advertisements from lvs2, entries {moved}")
