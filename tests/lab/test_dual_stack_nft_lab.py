@@ -37,7 +37,6 @@ the VIP anything that would make the kernel ask again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import ipaddress
 import json
@@ -47,7 +46,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -56,9 +54,9 @@ from lab.httpd import start_services, stop_services
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import Plan
-from reconciler.verify.probe_nd import nd_probe_source
 from tests.conftest import require_lab
 from tests.lab.executor_support import raw_state
+from tests.lab.nd_support import listening, nd_watched, neighbour_mac, only_the_director
 from tests.lab.rollout_support import (
     HTTP_CHECK,
     PORT,
@@ -80,7 +78,6 @@ METHODS = ("redirect", "arptables", "nft-arp", "sysctl")
 DIRECTORS = ("lvs1", "lvs2")
 REAL_SERVERS = ("web1", "web2", "web3")
 ASKERS = ("client1", "lvs2")  # a client and a second lab host on the segment
-LISTENER = (Path(__file__).parent / "nd_listen.py").read_text()
 
 
 # The plan's own effect breaks web2 for IPv6 whatever the method: client1's IPv6 connections
@@ -153,81 +150,6 @@ async def dual(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DualLa
             yield DualLab(lab, vip4, vip6, tmp_path_factory.mktemp("dual"))
         finally:
             await stop_services(lab)
-
-
-async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[Any]) -> None:
-    """Until `path` exists on `host` (a background program's "I have started"), 30 s at most."""
-    deadline = time.monotonic() + 30
-    while (await lab.exec(host, ["test", "-e", path], check=False)).returncode:
-        assert time.monotonic() < deadline and not task.done(), f"{path} never appeared on {host}"
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def soliciting(lab: Lab, host: str, vip: str) -> AsyncIterator[list[list[str]]]:
-    """Neighbour Solicitation rounds for `vip` from `host`, back to back, for the block.
-
-    Each round is the verification's own probe (two solicitations, a 0.3 s window); the list
-    yielded is filled, when the block ends, with each round's responders (MACs) in order.
-    """
-    token = secrets.token_hex(4)
-    src, stop, ready = (f"/tmp/shoal-ndw-{token}.{x}" for x in ("py", "stop", "ready"))
-    await lab.exec(host, ["sh", "-c", f"cat >{src}"], input=nd_probe_source())
-    loop = (f"while [ ! -e {stop} ]; do python3 {src} --iface eth0 --vip {vip} --count 2 "
-            f"--interval 0.05 --window 0.3 || exit $?; echo; touch {ready}; done")  # fmt: skip
-    task = asyncio.ensure_future(lab.exec(host, ["sh", "-c", loop], timeout=600))
-    rounds: list[list[str]] = []
-    try:
-        await wait_for_file(lab, host, ready, task)
-        yield rounds
-    finally:
-        await lab.exec(host, ["touch", stop])
-        out = await task
-        await lab.exec(host, ["rm", "-f", src, stop, ready])
-        for line in out.stdout.splitlines():
-            if line.strip():
-                rounds.append([str(mac) for mac, _ in json.loads(line)["responders"]])
-
-
-@contextlib.asynccontextmanager
-async def nd_watched(lab: Lab, vip: str) -> AsyncIterator[dict[str, list[list[str]]]]:
-    """Solicitation rounds from every asker for the block: {asker: rounds}."""
-    async with contextlib.AsyncExitStack() as stack:
-        seen = {a: await stack.enter_async_context(soliciting(lab, a, vip)) for a in ASKERS}
-        yield seen
-
-
-def only_the_director(seen: dict[str, list[list[str]]], mac: str, *, from_start: bool) -> str:
-    """Every round from every asker answered by `mac` alone (or, before the VIP first appears
-    in a converge from nothing, by nobody); a summary for the log."""
-    for asker, rounds in seen.items():
-        assert len(rounds) >= 3, (asker, rounds)
-        if from_start:  # the VIP is not there yet at first: nobody, then lvs1 for good
-            first = next((i for i, r in enumerate(rounds) if r), len(rounds))
-            assert all(r == [] for r in rounds[:first]), (asker, rounds)
-            rounds = rounds[first:]
-            assert rounds, (asker, "lvs1 never answered")
-        assert all(r == [mac] for r in rounds), (asker, rounds)
-    return ", ".join(f"{a}: {len(r)} rounds" for a, r in seen.items())
-
-
-@contextlib.asynccontextmanager
-async def listening(lab: Lab, vip: str) -> AsyncIterator[dict[str, list[list[object]]]]:
-    """What client1 hears about `vip` during the block (filled in when the block ends)."""
-    token = secrets.token_hex(4)
-    until, ready = f"/tmp/nd-listen-{token}.stop", f"/tmp/nd-listen-{token}.ready"
-    heard: dict[str, list[list[object]]] = {}
-    task = asyncio.ensure_future(lab.exec(
-        "client1", ["python3", "-", "--vip", vip, "--until", until, "--ready", ready,
-                    "--duration", "300"], input=LISTENER, timeout=400,
-    ))  # fmt: skip
-    await wait_for_file(lab, "client1", ready, task)
-    try:
-        yield heard
-    finally:
-        await lab.exec("client1", ["touch", until])
-        heard.update(json.loads((await task).stdout))
-        await lab.exec("client1", ["rm", "-f", until, ready])
 
 
 XTABLES = ("table ip nat ", "table ip6 nat ", "table arp filter ")
@@ -346,7 +268,7 @@ async def test_every_method_converges_verifies_restores_and_rolls_back_exactly(
 
     # The cluster converges and verifies; only lvs1 is ever heard for the IPv6 VIP (before the
     # first apply puts it on lvs1, nobody is).
-    async with listening(lab, vip6) as heard, nd_watched(lab, vip6) as seen:
+    async with listening(lab, vip6) as heard, nd_watched(lab, vip6, ASKERS) as seen:
         result, plan_after = await converge(lab, dual.desired(method))
     verified(result, dual, {"web1", "web2"})
     assert plan_after.empty, pending(plan_after)
@@ -391,7 +313,7 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         async def apply(change: Desired = change) -> tuple[RunResult | None, Plan]:
             return await converge(lab, change)
 
-        async with nd_watched(lab, vip6) as seen:
+        async with nd_watched(lab, vip6, ASKERS) as seen:
             (ran, plan_after), load = await under_load(lab, vip6, apply)
         assert ran is not None and ran.ok, explain(ran) if ran else "nothing planned"
         result = ran
@@ -412,13 +334,6 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         step_times = {s.id: s.duration for s in result.steps() if (s.duration or 0) > 1}
         print(f"\n{'join' if joins else 'drain+remove'}: {load.summary()}; slow steps {step_times}")
     print(f"ND {'; '.join(summary)}")
-
-
-async def neighbour_mac(lab: Lab, host: str, vip: str) -> str | None:
-    argv = ["ip", "-6", "-j", "neigh", "show", "to", vip, "dev", "eth0"]
-    out = (await lab.exec(host, argv)).stdout
-    entries = json.loads(out or "[]")
-    return str(entries[0]["lladdr"]) if entries and "lladdr" in entries[0] else None
 
 
 async def test_a_director_taking_the_ipv6_vip_advertises_it_and_neighbour_entries_move(
