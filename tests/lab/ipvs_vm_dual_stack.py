@@ -13,17 +13,17 @@ real path (config repo, facts over SSH, plan_desired, apply_plan):
    both real servers, the replies bypass the director, ARP and Neighbour Solicitations are
    answered by lvs1 alone), the live tables hold the `[v6]:80` services, and client1 hears
    lvs1's unsolicited Neighbour Advertisement for the IPv6 VIP.
-3. A rollout: web3 joins and is then drained and removed, each under a steady stream of IPv6
-   requests (none fails), while client1 and lvs2 solicit the IPv6 VIP round after round: every
-   round is answered by exactly one MAC, lvs1's.
+3. A rollout: web3 joins and is then drained and removed while client1 and lvs2 solicit the
+   IPv6 VIP round after round: every round is answered by exactly one MAC, lvs1's, and the
+   live tables follow (`[v6]:80` real servers and weights, exactly).
 4. keepalived only: its daemon on lvs1 stops, lvs2 takes both VIPs; shoal's verification then
    passes through lvs2 (traffic to every real server, replies direct, lvs2 alone answers ND)
    and every solicitation round from client1 and lvs1 names lvs2 alone; keepalived on lvs1
    starts again and takes the VIPs back.
 5. Back to the IPv4 cluster, for whatever runs after.
 
-Cost: about six applies through the emulated VMs, 2-4 minutes per backend on a loaded machine
-(the VMs are the session's, not booted again).
+Cost: six applies through the emulated VMs (the session's, not booted again), about 2 minutes
+per backend on a loaded machine; the rollout runs without load to keep it there.
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import secrets
 import time
 
 from reconciler.apply.executor import apply_plan
-from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
 from reconciler.plan.compile_director import IPVS_SYSCTLS
-from reconciler.plan.steps import Plan
 from reconciler.verify.run import verify_desired
 from states.keepalived import CONF_PATH, PID_DIR, reload_argv
 from tests.lab.executor_support import raw_state
@@ -52,15 +50,18 @@ from tests.lab.ipvs_vm_support import (
 )
 from tests.lab.nd_support import listening, nd_watched, only_the_director
 from tests.lab.rollout_support import (
-    assert_lossless,
     explain,
     pending,
     plan_and_facts,
-    under_load,
 )
 
 MV = "/usr/bin/mv"  # what the executor's file writes end with (reconciler/apply/phase_script.py)
 LEDGER = "/var/lib/shoal/ledger.json"
+# Each solicitation round waits 1 s for answers, as the verification's probe does: with 0.3 s an
+# emulated director on a loaded machine, busy with keepalived's reload, now and then answers
+# too late (seen: 2 silent rounds of 83 from client1, never another MAC). A silent round still
+# fails the test.
+ND_WINDOW = 1.0
 SETTLE = 60.0  # seconds for keepalived to (re)program IPVS and VRRP to place the VIPs
 # The director state a rollback must give back, beside raw_state's.
 _DIRECTOR_STATE = {
@@ -126,11 +127,13 @@ async def _rolled_back(vm: VmDrLab, backend: str) -> None:
 
 
 def _tables_have(save: str, vm: VmDrLab, weights: dict[str, int]) -> None:
+    """The IPv6 service and exactly these real servers at these weights, as -Sn prints them."""
     vip6 = vm.vip6(100)
     assert f"-A -t [{vip6}]:{PORT} -s wlc" in save, save
-    for h, w in weights.items():
-        rs = vm.lab.hosts[h].address6
-        assert f"-a -t [{vip6}]:{PORT} -r [{rs}]:{PORT} -g -w {w}" in save, save
+    have = sorted(ln for ln in save.splitlines() if ln.startswith(f"-a -t [{vip6}]:{PORT} "))
+    want = sorted(f"-a -t [{vip6}]:{PORT} -r [{vm.lab.hosts[h].address6}]:{PORT} -g -w {w}"
+                  for h, w in weights.items())  # fmt: skip
+    assert have == want, save
 
 
 async def _ipvs_settled(vm: VmDrLab, weights: dict[str, int]) -> None:
@@ -147,23 +150,25 @@ async def _ipvs_settled(vm: VmDrLab, weights: dict[str, int]) -> None:
 
 
 async def _rollout(vm: VmDrLab, backend: str) -> list[str]:
+    """web3 joins, then is drained and removed, with solicitations from client1 and lvs2 all
+    along. No load: the IPv6 zero-loss join and removal are test_dual_stack_nft_lab's (the
+    director's data path is the kernel's either way), and load doubles the VMs' apply time."""
     lab, vip6 = vm.lab, vm.vip6(100)
     mac = lab.hosts["lvs1"].mac.lower()
     summary = []
     for weights, joins in ((THREE, True), (START, False)):
-        change = _desired(vm, backend, weights)
-
-        async def apply(change: Desired = change) -> tuple[RunResult | None, Plan]:
-            return await converge(lab, change)
-
-        async with nd_watched(lab, vip6, ("client1", "lvs2")) as seen:
-            (ran, after), load = await under_load(lab, vip6, apply, timeout=10.0)
+        started = time.monotonic()
+        async with nd_watched(lab, vip6, ("client1", "lvs2"), ND_WINDOW) as seen:
+            ran, after = await converge(lab, _desired(vm, backend, weights))
         assert ran is not None and ran.ok, explain(ran) if ran else "nothing planned"
         assert after.empty, pending(after)
-        assert_lossless(load, {"web1", "web2", "web3"})
-        assert (load.after["web3"] > 0) if joins else ("web3" not in load.after), load.summary()
+        if not joins:
+            drains = {s.host for s in ran.steps() if "drain" in s.comment}
+            assert drains == {"lvs1", "lvs2"}, explain(ran)
+            assert not any("timed out" in s.comment for s in ran.steps()), explain(ran)
         await _ipvs_settled(vm, weights)
-        summary.append(f"{'join' if joins else 'removal'}: {load.summary()}; ND "
+        summary.append(f"{'join' if joins else 'removal'} "
+                       f"{time.monotonic() - started:.0f} s: ND "
                        f"{only_the_director(seen, mac, from_start=False)}")  # fmt: skip
     return summary
 
@@ -175,7 +180,7 @@ async def _failover(vm: VmDrLab, desired: Desired) -> str:
     try:
         for vip in (vip4, vip6):
             await vm.wait_holders(vip, ["lvs2"], SETTLE)
-        async with nd_watched(lab, vip6, ("client1", "lvs1")) as seen, transport_for(
+        async with nd_watched(lab, vip6, ("client1", "lvs1"), ND_WINDOW) as seen, transport_for(
             lab, desired
         ) as t:
             v = await verify_desired(desired, t)
@@ -233,6 +238,7 @@ async def dual_stack(vm: VmDrLab, backend: str) -> None:
     assert result is not None and result.ok, explain(result) if result else "nothing planned"
     assert after.empty, pending(after)
     assert vm.vip6(100) not in await vm.ipvs_save("lvs1")
+    await vm.wait_holders(vm.vip6(100), [], SETTLE)  # the IPv6 VIP is gone from both directors
     mark("back to IPv4")
     print(f"\n{backend} dual stack: {'; '.join(marks)}\n  " + "\n  ".join(rollout)
           + f"\n  failover ND: {failover}")  # fmt: skip

@@ -28,17 +28,19 @@ async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[Any
 
 
 @contextlib.asynccontextmanager
-async def soliciting(lab: Lab, host: str, vip: str) -> AsyncIterator[list[list[str]]]:
+async def soliciting(
+    lab: Lab, host: str, vip: str, window: float = 0.3
+) -> AsyncIterator[list[list[str]]]:
     """Neighbour Solicitation rounds for `vip` from `host`, back to back, for the block.
 
-    Each round is the verification's own probe (two solicitations, a 0.3 s window); the list
-    yielded is filled, when the block ends, with each round's responders (MACs) in order.
+    Each round is the verification's own probe (two solicitations, a `window` second wait); the
+    list yielded is filled, when the block ends, with each round's responders (MACs) in order.
     """
     token = secrets.token_hex(4)
     src, stop, ready = (f"/tmp/shoal-ndw-{token}.{x}" for x in ("py", "stop", "ready"))
     await lab.exec(host, ["sh", "-c", f"cat >{src}"], input=nd_probe_source())
     loop = (f"while [ ! -e {stop} ]; do python3 {src} --iface eth0 --vip {vip} --count 2 "
-            f"--interval 0.05 --window 0.3 || exit $?; echo; touch {ready}; done")  # fmt: skip
+            f"--interval 0.05 --window {window} || exit $?; echo; touch {ready}; done")  # fmt: skip
     task = asyncio.ensure_future(lab.exec(host, ["sh", "-c", loop], timeout=600))
     rounds: list[list[str]] = []
     try:
@@ -55,11 +57,12 @@ async def soliciting(lab: Lab, host: str, vip: str) -> AsyncIterator[list[list[s
 
 @contextlib.asynccontextmanager
 async def nd_watched(
-    lab: Lab, vip: str, askers: Sequence[str]
+    lab: Lab, vip: str, askers: Sequence[str], window: float = 0.3
 ) -> AsyncIterator[dict[str, list[list[str]]]]:
     """Solicitation rounds from every asker for the block: {asker: rounds}."""
     async with contextlib.AsyncExitStack() as stack:
-        seen = {a: await stack.enter_async_context(soliciting(lab, a, vip)) for a in askers}
+        seen = {a: await stack.enter_async_context(soliciting(lab, a, vip, window))
+                for a in askers}  # fmt: skip
         yield seen
 
 
