@@ -278,6 +278,6 @@ async def test_boot_restore_brings_the_director_back(vm_dr_lab: VmDrLab) -> None
 async def test_dual_stack_converges_rolls_out_and_rolls_back_one_director_heard(
     vm_dr_lab: VmDrLab,
 ) -> None:
-    """Issue 16 on ipvsadm VM directors (tests/lab/ipvs_vm_dual_stack.py): about five applies
-    through the emulated VMs, 2-3 minutes."""
+    """Issue 16 on ipvsadm VM directors (tests/lab/ipvs_vm_dual_stack.py): six applies through
+    the emulated VMs, about 3 minutes on a loaded machine (185 s measured on 2 shared cores)."""
     await ipvs_vm_dual_stack.dual_stack(vm_dr_lab, BACKEND)

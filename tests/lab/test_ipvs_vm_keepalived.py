@@ -139,6 +139,6 @@ async def test_keepalived_failover_between_vm_directors_reports_loss_window(
 async def test_dual_stack_converges_rolls_out_fails_over_and_rolls_back(
     vm_dr_lab: VmDrLab,
 ) -> None:
-    """Issue 16 on keepalived VM directors (tests/lab/ipvs_vm_dual_stack.py): about five applies
-    and a failover through the emulated VMs, 3-4 minutes."""
+    """Issue 16 on keepalived VM directors (tests/lab/ipvs_vm_dual_stack.py): six applies and a
+    failover through the emulated VMs, about 3 minutes on a loaded machine (90-200 s measured)."""
     await ipvs_vm_dual_stack.dual_stack(vm_dr_lab, BACKEND)
