@@ -20,10 +20,14 @@ LISTENER = (Path(__file__).parent / "nd_listen.py").read_text()
 
 
 async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[Any]) -> None:
-    """Until `path` exists on `host` (a background program's "I have started"), 30 s at most."""
-    deadline = time.monotonic() + 30
+    """Until `path` exists on `host` (a background program's "I have started"), 60 s at most
+    (an emulated VM on a machine with a load of 20 took over 30 s for one probe round)."""
+    deadline = time.monotonic() + 60
     while (await lab.exec(host, ["test", "-e", path], check=False)).returncode:
-        assert time.monotonic() < deadline and not task.done(), f"{path} never appeared on {host}"
+        if task.done():
+            ended = task.exception() or task.result()
+            raise AssertionError(f"{path} never appeared on {host}: the program ended: {ended!r}")
+        assert time.monotonic() < deadline, f"{path} never appeared on {host} in 60 s"
         await asyncio.sleep(0.05)
 
 
