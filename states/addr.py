@@ -4,8 +4,9 @@ An IPv4 VIP is added as /32: on `lo` for the sysctl ARP method, on the client-fa
 for the arptables and nft-arp methods (whose rules already silence it). An IPv6 address is added
 with `nodad`: duplicate address detection would hold a VIP tentative (unusable) for a second,
 and fail it for good while the other director still answers for it during a takeover.
-`ip addr add` sends no gratuitous ARP or unsolicited neighbour advertisement, and neither add nor
-del is idempotent, so both are planned only from the facts.
+`ip addr add` sends no gratuitous ARP or unsolicited neighbour advertisement (a director's
+`announce` adds one: `arping -U`, or states.nd_announce for IPv6), and neither add nor del is
+idempotent, so both are planned only from the facts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from states.args import Args
 from states.base import Claim, PlanContext, StateResult
 from states.common import FactUnknown, host_facts, known, make_step, skip
 from states.kind import Ownership, Persistence, StateKind, each
+from states.nd_announce import announce_argv
 
 FUNCTION = "addr.present"
 _KEY_RE = re.compile(
@@ -74,19 +76,15 @@ def _argv(verb: str, args: AddrArgs) -> tuple[str, ...]:
 
 
 def _announce_argv(args: AddrArgs) -> tuple[str, ...]:
-    """One gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6, ndisc6's
-    `ndsend`) for the address, best effort: clients otherwise keep the old MAC until their
-    neighbour entry expires. The values reach the shell as positional parameters only."""
+    """One gratuitous ARP (IPv4, `arping -U`) or unsolicited neighbour advertisement (IPv6,
+    states.nd_announce) for the address, best effort: clients otherwise keep the old MAC until
+    their neighbour entry expires. The values reach the shell as positional parameters only."""
     if args.family == 6:
-        script = (
-            "command -v ndsend >/dev/null 2>&1 || exit 0; "
-            'ndsend "$2" "$1" >/dev/null || true'
-        )
-    else:
-        script = (
-            "command -v arping >/dev/null 2>&1 || exit 0; "
-            'arping -U -c 1 -I "$1" "$2" >/dev/null || true'
-        )
+        return announce_argv(args.interface, args.address)
+    script = (
+        "command -v arping >/dev/null 2>&1 || exit 0; "
+        'arping -U -c 1 -I "$1" "$2" >/dev/null || true'
+    )
     return ("sh", "-c", script, "sh", args.interface, args.address)
 
 

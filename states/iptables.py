@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import IPAddress, Port, family_of
 from reconciler.plan.steps import LowState
 from states.appended_rule import AppendedRule, plan_absent, plan_present
@@ -127,7 +128,7 @@ def present(low: LowState, args: RedirectArgs, ctx: PlanContext) -> StateResult:
         low,
         _rule(args),
         lambda: _count(low, ctx, args),
-        f"redirect {args.protocol} {args.destination}:{args.dport} to the local host",
+        f"redirect {args.protocol} {endpoint(args.destination, args.dport)} to the local host",
     )
 
 
@@ -140,7 +141,7 @@ def absent(low: LowState, absent_args: RedirectAbsentArgs, ctx: PlanContext) -> 
         low,
         _rule(args),
         lambda: _count(low, ctx, args),
-        f"remove the redirect of {args.protocol} {args.destination}:{args.dport}",
+        f"remove the redirect of {args.protocol} {endpoint(args.destination, args.dport)}",
     )
 
 

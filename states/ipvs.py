@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts, IpvsDestination, IpvsService, IpvsTable
 from reconciler.plan.steps import Change, DrainWait, LowState, Step
@@ -33,7 +34,6 @@ from states.ipvs_argv import (
     dest_argv,
     dest_delete_argv,
     destination_key,
-    endpoint,
     ipvs_restore_lines,
     observed_spec,
     service_add_argv,

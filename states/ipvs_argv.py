@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 from typing import Literal
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import IpvsService
 from reconciler.plan.steps import Argv
@@ -27,11 +28,6 @@ DEFAULT_PERSISTENCE_MASK = "255.255.255.255"
 DEFAULT_PERSISTENCE_MASK6 = "128"
 PROTO_FLAG = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 FWD_FLAG = {"route": "-g", "tunnel": "-i", "masq": "-m"}
-
-
-def endpoint(address: str, port: int) -> str:
-    """`10.77.0.100:80` or `[fd77::100]:80`."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def split_endpoint(text: str) -> tuple[str, int]:

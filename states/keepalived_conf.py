@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Cluster, Desired, Service, address_order, family_of
-from states.ipvs_argv import endpoint, real_server_address, split_endpoint
+from states.ipvs_argv import real_server_address, split_endpoint
 
 
 def rs_key(protocol: str, vip: str, port: int, address: str) -> str:

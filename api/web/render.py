@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from api.web.session import WebUser
+from reconciler.desired.endpoint import endpoint
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -82,7 +83,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(short_sha=short_sha, when=when, diff_class=diff_class)
+_env.filters.update(short_sha=short_sha, when=when, diff_class=diff_class, endpoint=endpoint)
 _env.globals.update(duration=duration)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.schemas import ArpCheckOut, ServiceTrafficOut
+from reconciler.desired.endpoint import service_endpoint
 
 BAR_AREA = 300.0  # SVG units of the longest bar
 ROW = 34
@@ -60,8 +61,8 @@ def chart(service: ServiceTrafficOut) -> Chart:
         for i, (rs, n, exp) in enumerate(zip(service.real_servers, got, expected, strict=True))
     ]
     return Chart(
-        title=f"{service.cluster}/{service.service} {service.vip}:{service.port}/"
-        f"{service.protocol} from {service.client}",
+        title=f"{service.cluster}/{service.service} "
+        f"{service_endpoint(service.vip, service.port, service.protocol)} from {service.client}",
         director=service.director,
         ok=service.ok,
         requests=service.requests,

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.loader import load_repository
 from reconciler.errors import DesiredStateInvalid
 from reconciler.facts.gather import gather_facts
@@ -71,12 +72,13 @@ def _summary(name: str, fact: Fact[object]) -> str:
         detail = getattr(value, "detail", "")
         lines = [head + (f" ({detail})" if detail else "")]
         for s in services:
-            where = f"fwmark {s.fwmark}" if s.fwmark is not None else f"{s.address}:{s.port}"
+            where = f"fwmark {s.fwmark}" if s.fwmark is not None else endpoint(s.address, s.port)
             lines.append(f"{s.protocol} {where} {s.scheduler}")
             for d in dests:
                 if d.service_key == s.key:
                     conns = f" conns {d.active_connections}/{d.inactive_connections}"
-                    lines.append(f"  -> {d.address}:{d.port} {d.forward} w={d.weight}{conns}")
+                    to = endpoint(d.address, d.port)
+                    lines.append(f"  -> {to} {d.forward} w={d.weight}{conns}")
         return "\n".join(lines)
     if name == "files" and isinstance(value, dict):
         return "\n".join(

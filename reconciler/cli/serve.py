@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.server.settings import ServerSettings
 from reconciler.server.store.connection import StoreUnavailable
 from reconciler.server.store.database import StoreUrlError, open_store, redact_store_url
@@ -59,7 +60,7 @@ def build_app(settings: ServerSettings) -> FastAPI:
         poll_jitter=settings.poll_jitter,
         notify=settings.notify,
         link_base=settings.notify.link_base
-        or f"http://{settings.listen_host}:{settings.listen_port}",
+        or f"http://{endpoint(settings.listen_host, settings.listen_port)}",
         ownership=ownership,
         peers=peers,
     )
@@ -91,7 +92,7 @@ def run_serve(settings: ServerSettings) -> int:
             "branch": settings.branch,
             "state_dir": str(settings.state_dir),
             "store": redact_store_url(settings.store_url) if settings.store_url else "sqlite",
-            "listen": f"{settings.listen_host}:{settings.listen_port}",
+            "listen": endpoint(settings.listen_host, settings.listen_port),
             "poll": settings.poll_interval,
             "notify": [r.name for r in settings.notify.receivers],
         },

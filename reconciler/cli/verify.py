@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from reconciler.desired.endpoint import service_endpoint
 from reconciler.desired.loader import load_repository
 from reconciler.desired.models import Desired
 from reconciler.errors import DesiredStateInvalid
@@ -36,7 +37,8 @@ def render(result: VerificationResult) -> list[str]:
     for svc in result.services:
         via = f"via {svc.director}" if svc.director else "no active director"
         lines.append(
-            f"{svc.cluster}/{svc.service} {svc.vip}:{svc.port}/{svc.protocol} from {svc.client} "
+            f"{svc.cluster}/{svc.service} {service_endpoint(svc.vip, svc.port, svc.protocol)} "
+            f"from {svc.client} "
             f"({via}): {svc.ok}/{svc.requests} ok"
         )
         total = sum(svc.distribution.values()) or 1

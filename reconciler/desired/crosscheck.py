@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from reconciler.desired.endpoint import service_endpoint
 from reconciler.desired.models import ClusterHeader, ExtraState, Host, Service, Settings, quoted
 from reconciler.desired.tomlpos import KeyPath
 
@@ -179,7 +180,8 @@ def _check_vips(repo: RepoParts, report: Report) -> None:
                 report(
                     cluster.file,
                     ("service", si, "vip"),
-                    f"{service.vip}:{service.port}/{service.protocol} is already served by "
+                    f"{service_endpoint(service.vip, service.port, service.protocol)} is already "
+                    "served by "
                     f"service {quoted(other_service)} in {other_file}",
                 )
             else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.desired.endpoint import service_endpoint
 from reconciler.desired.models import ArpMethod, Host
 from reconciler.facts.hostfacts import ArpRule, Fact, FileInfo, HostFacts, IptablesRule
 from reconciler.importer.sites import Finding
@@ -183,7 +184,8 @@ def read_arp_method(
             if missing:
                 e = missing[0]
                 return ArpReading(name, None, problem=(
-                    f"{name} serves {vip}:{e.port}/{e.protocol} but neither holds {vip} nor "
+                    f"{name} serves {service_endpoint(vip, e.port, e.protocol)} but neither holds "
+                    f"{vip} nor "
                     "redirects it (iptables -t nat -A PREROUTING -d VIP -p PROTO --dport PORT "
                     "-j REDIRECT): it cannot accept what the director sends it"
                 ))  # fmt: skip

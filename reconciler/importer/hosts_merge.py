@@ -11,6 +11,7 @@ the one running, and only the operator knows which. The ARP method is the hosts'
 
 from __future__ import annotations
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.errors import ConfigIssue
 from reconciler.importer.sites import (
     ImportedCluster,
@@ -69,7 +70,8 @@ def _merge_one(hosts: ImportedCluster, files: list[ImportedCluster],
         return []
     for key in sorted(set(host_svcs) - file_keys):
         s = host_svcs[key]
-        issues.append(ConfigIssue(str(s.origin), f"{key[2]} {key[0]}:{key[1]} runs on the host "
+        issues.append(ConfigIssue(str(s.origin), f"{key[2]} {endpoint(key[0], key[1])} runs on "
+                                  "the host "
                                   "but no keepalived.conf given has it"))  # fmt: skip
     for f in mine:
         if f.directors[0].name != primary:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Inventory
 from reconciler.errors import ConfigIssue
 from reconciler.facts.hostfacts import HostFacts, IpvsTable, NftRuleset
@@ -97,7 +98,7 @@ def _ipvs_services(r: _Reading, name: str, table: IpvsTable) -> dict[ServiceKey,
         origin = Origin(f"{name}: {IPVS_SAVE}", line)
         dests = [d for d in table.destinations if d.service_key == svc.key]
         what = (f"fwmark {svc.fwmark}" if svc.protocol == "fwmark"
-                else f"{svc.protocol} {svc.address}:{svc.port}")  # fmt: skip
+                else f"{svc.protocol} {endpoint(svc.address, svc.port)}")  # fmt: skip
         unsupported = []
         if svc.protocol not in ("tcp", "udp"):
             unsupported.append(f"{svc.protocol} virtual service (shoal has tcp and udp)")
@@ -124,7 +125,7 @@ def _ipvs_services(r: _Reading, name: str, table: IpvsTable) -> dict[ServiceKey,
         for d in dests:
             line += 1
             at = Origin(f"{name}: {IPVS_SAVE}", line)
-            entry = f"real server {d.address}:{d.port} of {what}"
+            entry = f"real server {endpoint(d.address, d.port)} of {what}"
             if d.forward != "route":
                 r.site.dropped.append(Dropped(at, entry, f"{d.forward} forwarding (shoal does "
                                               "Direct Routing, -g, only)"))  # fmt: skip
@@ -241,10 +242,12 @@ def _check_agree(r: _Reading, primary: DirectorView, other: DirectorView) -> Non
         if a is None or b is None:
             has, lacks = (b, primary) if a is None else (a, other)
             assert has is not None
-            r.bad(str(has.origin), f"{proto} {vip}:{port} is not on {lacks.name}: make the "
+            r.bad(str(has.origin), f"{proto} {endpoint(vip, port)} is not on {lacks.name}: "
+                  "make the "
                   "directors' tables agree first")  # fmt: skip
         elif not _same(a, b):
-            r.bad(str(b.origin), f"{proto} {vip}:{port} differs from {a.origin} (scheduler, "
+            r.bad(str(b.origin), f"{proto} {endpoint(vip, port)} differs from {a.origin} "
+                  "(scheduler, "
                   "persistence, real servers or weights): make the directors agree first")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile_director import (
@@ -26,7 +27,7 @@ from reconciler.plan.compile_director import (
 )
 from reconciler.plan.steps import LowState
 from states import keepalived
-from states.ipvs_argv import endpoint, service_key
+from states.ipvs_argv import service_key
 from states.keepalived import DrainArgs, KeepalivedArgs
 from states.keepalived_conf import desired_rs_keys, parse_rs_key, render_keepalived_conf
 

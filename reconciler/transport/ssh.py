@@ -27,6 +27,7 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Host, Inventory
 from reconciler.errors import (
     CommandTimeout,
@@ -201,14 +202,15 @@ class SSHTransport:
         except asyncssh.PermissionDenied as exc:
             raise HostUnreachable(name, f"login as {host.user} refused: {exc.reason}") from None
         except asyncssh.DisconnectError as exc:
-            raise HostUnreachable(name, f"ssh to {host.address}:{host.port}: {exc}") from None
+            where = endpoint(host.address, host.port)
+            raise HostUnreachable(name, f"ssh to {where}: {exc}") from None
         except TimeoutError:
             raise HostUnreachable(
-                name, f"connect to {host.address}:{host.port} timed out"
+                name, f"connect to {endpoint(host.address, host.port)} timed out"
             ) from None
         except OSError as exc:
             raise HostUnreachable(
-                name, f"connect to {host.address}:{host.port}: {exc.strerror or exc}"
+                name, f"connect to {endpoint(host.address, host.port)}: {exc.strerror or exc}"
             ) from None
         return conn
 

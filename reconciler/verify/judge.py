@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.desired.endpoint import service_endpoint
 from reconciler.desired.models import ClusterHeader
 from reconciler.facts.hostfacts import HostFacts, Interface
 from reconciler.verify.result import ArpCheck, CheckKind, ServiceTraffic, VerificationFailure
@@ -103,7 +104,7 @@ def judge_traffic(t: ServiceTraffic) -> list[VerificationFailure]:
     def fail(host: str | None, message: str) -> None:
         failures.append(VerificationFailure(check="traffic", host=host, message=message))
 
-    where = f"{t.service} {t.vip}:{t.port}/{t.protocol}"
+    where = f"{t.service} {service_endpoint(t.vip, t.port, t.protocol)}"
     if t.failed:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(t.errors.items()))
         fail(None, f"{t.client}: {t.failed} of {t.requests} requests to {where} failed ({detail})")

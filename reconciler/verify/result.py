@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconciler.desired.endpoint import service_endpoint
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -98,5 +100,6 @@ class VerificationResult(_Out):
     def distribution(self) -> dict[str, dict[str, int]]:
         """`vip:port/proto (client)` -> real server -> requests."""
         return {
-            f"{s.vip}:{s.port}/{s.protocol} ({s.client})": s.distribution for s in self.services
+            f"{service_endpoint(s.vip, s.port, s.protocol)} ({s.client})": s.distribution
+            for s in self.services
         }

@@ -37,6 +37,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
+from reconciler.desired.endpoint import endpoint
 from reconciler.desired.models import Desired, family_of
 from reconciler.errors import TransportError
 from reconciler.facts.hostfacts import HostFacts
@@ -184,7 +185,8 @@ async def _verify(
                 vips[key] = director_of(v, cname, svc.vip)
             director = vips[key]
             if not any(rs.weight > 0 for rs in svc.real_servers):
-                v.notes.append(f"{svc.name} {svc.vip}:{svc.port}: no real server has weight > 0")
+                where = endpoint(svc.vip, svc.port)
+                v.notes.append(f"{svc.name} {where}: no real server has weight > 0")
                 continue
             jobs.extend(tr.job(cname, svc, client, director) for client in clients)
 

@@ -34,7 +34,7 @@ from tests.lab.rollout_support import (
 START = {"web1": 1, "web2": 2}
 
 
-def _verified(result: RunResult | None, vm: VmDrLab, vips: list[str]) -> None:
+def verified(result: RunResult | None, vm: VmDrLab, vips: list[str]) -> None:
     """The run applied and its verification saw DR through lvs1, and ARP only from lvs1."""
     assert result is not None, "nothing was planned"
     assert result.ok, explain(result)
@@ -71,7 +71,7 @@ async def apply_and_verify(vm: VmDrLab, backend: str) -> None:
     started = time.monotonic()
     result, after = await converge(lab, vm.desired(backend, START))
     print(f"\n{backend}: first apply and verification in {time.monotonic() - started:.1f} s")
-    _verified(result, vm, [vip])
+    verified(result, vm, [vip])
     assert after.empty, pending(after)
     web = {h: lab.hosts[h].address for h in ("web1", "web2")}
     for host in DIRECTORS:

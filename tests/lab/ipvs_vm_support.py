@@ -54,8 +54,8 @@ timeout = 2.0
 """
 
 # Test-side reset of a VM director (never shoal's way: the VMs are the tests' own): stop the
-# keepalived shoal started (by its pid file), empty IPVS, drop the VIPs (.100-.199) and shoal's
-# files, so the next module plans from a clean director.
+# keepalived shoal started (by its pid file), empty IPVS, drop the VIPs (.100-.199 and
+# ::100-::199) and shoal's files, so the next module plans from a clean director.
 _RESET = f"""set -u
 p=$(cat {PID_DIR}/keepalived.pid 2>/dev/null) && kill "$p" 2>/dev/null
 i=0; while [ -n "${{p:-}}" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do
@@ -63,6 +63,9 @@ i=0; while [ -n "${{p:-}}" ] && kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do
 ipvsadm -C
 for a in $(ip -o -4 addr show dev eth0 | awk '{{ print $4 }}'); do
   case ${{a%/*}} in *.1[0-9][0-9]) ip addr del "$a" dev eth0 ;; esac
+done
+for a in $(ip -o -6 addr show dev eth0 | awk '{{ print $4 }}'); do
+  case $a in *::1[0-9][0-9]/128) ip addr del "$a" dev eth0 ;; esac
 done
 rm -rf /var/lib/shoal {CONF_PATH} /usr/local/sbin/shoal-restore
 exit 0
@@ -166,6 +169,10 @@ class VmDrLab:
     def vip(self, octet: int) -> str:
         return str(ipaddress.IPv4Network(self.lab.subnet)[octet])
 
+    def vip6(self, n: int) -> str:
+        """The lab ULA's `::n` (hex digits as written: 100 is `::100`)."""
+        return str(ipaddress.IPv6Network(self.lab.subnet6).network_address + int(str(n), 16))
+
     def desired(
         self, backend: str, weights: dict[str, int], extra_vip: bool = False, verify: bool = True
     ) -> Desired:
@@ -203,9 +210,11 @@ class VmDrLab:
             self.backend = backend
 
     async def holders(self, vip: str) -> list[str]:
+        """The directors holding `vip` on an interface (IPv4 /32 or IPv6 /128)."""
+        family, held = ("-6", f" {vip}/128 ") if ":" in vip else ("-4", f" {vip}/32 ")
         out = []
         for h in DIRECTORS:
-            if f" {vip}/32 " in await self.addresses(h):
+            if held in (await self.lab.exec(h, ["ip", "-o", family, "addr", "show"])).stdout:
                 out.append(h)
         return out
 

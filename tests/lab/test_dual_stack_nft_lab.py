@@ -27,12 +27,16 @@ Then once, since the director side of a rollout does not depend on the method: w
 is then drained and removed, each under a steady stream of IPv6 requests from client1 (none
 fails; web3 serves after the join and not after the removal), and every solicitation round from
 client1 and from lvs2 during both applies is answered by exactly one MAC, lvs1's.
+
+Last, a takeover: lvs2 becomes the primary and takes the IPv6 VIP; its unsolicited Neighbour
+Advertisement (states/nd_announce.py) is heard on client1, and the neighbour entries client1 and
+web3 had for the VIP (lvs1's MAC) point at lvs2's right after the apply, before either sends
+the VIP anything that would make the kernel ask again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import ipaddress
 import json
@@ -42,7 +46,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -51,9 +54,9 @@ from lab.httpd import start_services, stop_services
 from reconciler.apply.runresult import RunResult
 from reconciler.desired.models import Desired
 from reconciler.plan.steps import Plan
-from reconciler.verify.probe_nd import nd_probe_source
 from tests.conftest import require_lab
 from tests.lab.executor_support import raw_state
+from tests.lab.nd_support import listening, nd_watched, neighbour_mac, only_the_director
 from tests.lab.rollout_support import (
     HTTP_CHECK,
     PORT,
@@ -75,7 +78,6 @@ METHODS = ("redirect", "arptables", "nft-arp", "sysctl")
 DIRECTORS = ("lvs1", "lvs2")
 REAL_SERVERS = ("web1", "web2", "web3")
 ASKERS = ("client1", "lvs2")  # a client and a second lab host on the segment
-LISTENER = (Path(__file__).parent / "nd_listen.py").read_text()
 
 
 # The plan's own effect breaks web2 for IPv6 whatever the method: client1's IPv6 connections
@@ -103,16 +105,18 @@ class DualLab:
     workdir: Path
 
     def desired(self, arp_method: str | None, servers: tuple[str, ...] = ("web1", "web2"),
-                *, verify: bool = True, extra: str = "") -> Desired:  # fmt: skip
-        """The dual-stack cluster with `arp_method` and `servers` (and `extra` TOML after it);
-        None: no cluster at all."""
+                *, verify: bool = True, extra: str = "",
+                directors: tuple[str, str] = DIRECTORS) -> Desired:  # fmt: skip
+        """The dual-stack cluster with `arp_method` and `servers` (and `extra` TOML after it),
+        `directors[0]` primary; None: no cluster at all."""
         dest = self.workdir / f"repo-{secrets.token_hex(4)}"
         cluster = None if arp_method is None else dual_stack_toml(
-            self.vip4, self.vip6, arp_method, servers) + extra  # fmt: skip
+            self.vip4, self.vip6, arp_method, servers, directors) + extra  # fmt: skip
         return write_repo(self.lab, dest, cluster, settings_toml(verify=verify))
 
 
-def dual_stack_toml(vip4: str, vip6: str, arp_method: str, servers: tuple[str, ...]) -> str:
+def dual_stack_toml(vip4: str, vip6: str, arp_method: str, servers: tuple[str, ...],
+                    directors: tuple[str, str] = DIRECTORS) -> str:  # fmt: skip
     members = "".join(
         f'\n  [[service.real_server]]\n  host = "{h}"\n  weight = 1\n' for h in servers
     )
@@ -126,7 +130,8 @@ scheduler = "wlc"
 check = {check}
 {members}"""
     return (
-        f'[cluster]\nname = "web"\ndirectors = ["lvs1", "lvs2"]\ndirector = "nftables"\n'
+        f'[cluster]\nname = "web"\ndirectors = {json.dumps(list(directors))}\n'
+        'director = "nftables"\n'
         f'arp_method = "{arp_method}"\n'
         + service.format(name="http", vip=vip4, port=PORT, check=HTTP_CHECK, members=members)
         + service.format(name="http6", vip=vip6, port=PORT, check=HTTP_CHECK, members=members)
@@ -145,81 +150,6 @@ async def dual(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DualLa
             yield DualLab(lab, vip4, vip6, tmp_path_factory.mktemp("dual"))
         finally:
             await stop_services(lab)
-
-
-async def wait_for_file(lab: Lab, host: str, path: str, task: asyncio.Future[Any]) -> None:
-    """Until `path` exists on `host` (a background program's "I have started"), 30 s at most."""
-    deadline = time.monotonic() + 30
-    while (await lab.exec(host, ["test", "-e", path], check=False)).returncode:
-        assert time.monotonic() < deadline and not task.done(), f"{path} never appeared on {host}"
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def soliciting(lab: Lab, host: str, vip: str) -> AsyncIterator[list[list[str]]]:
-    """Neighbour Solicitation rounds for `vip` from `host`, back to back, for the block.
-
-    Each round is the verification's own probe (two solicitations, a 0.3 s window); the list
-    yielded is filled, when the block ends, with each round's responders (MACs) in order.
-    """
-    token = secrets.token_hex(4)
-    src, stop, ready = (f"/tmp/shoal-ndw-{token}.{x}" for x in ("py", "stop", "ready"))
-    await lab.exec(host, ["sh", "-c", f"cat >{src}"], input=nd_probe_source())
-    loop = (f"while [ ! -e {stop} ]; do python3 {src} --iface eth0 --vip {vip} --count 2 "
-            f"--interval 0.05 --window 0.3 || exit $?; echo; touch {ready}; done")  # fmt: skip
-    task = asyncio.ensure_future(lab.exec(host, ["sh", "-c", loop], timeout=600))
-    rounds: list[list[str]] = []
-    try:
-        await wait_for_file(lab, host, ready, task)
-        yield rounds
-    finally:
-        await lab.exec(host, ["touch", stop])
-        out = await task
-        await lab.exec(host, ["rm", "-f", src, stop, ready])
-        for line in out.stdout.splitlines():
-            if line.strip():
-                rounds.append([str(mac) for mac, _ in json.loads(line)["responders"]])
-
-
-@contextlib.asynccontextmanager
-async def nd_watched(lab: Lab, vip: str) -> AsyncIterator[dict[str, list[list[str]]]]:
-    """Solicitation rounds from every asker for the block: {asker: rounds}."""
-    async with contextlib.AsyncExitStack() as stack:
-        seen = {a: await stack.enter_async_context(soliciting(lab, a, vip)) for a in ASKERS}
-        yield seen
-
-
-def only_the_director(seen: dict[str, list[list[str]]], mac: str, *, from_start: bool) -> str:
-    """Every round from every asker answered by `mac` alone (or, before the VIP first appears
-    in a converge from nothing, by nobody); a summary for the log."""
-    for asker, rounds in seen.items():
-        assert len(rounds) >= 3, (asker, rounds)
-        if from_start:  # the VIP is not there yet at first: nobody, then lvs1 for good
-            first = next((i for i, r in enumerate(rounds) if r), len(rounds))
-            assert all(r == [] for r in rounds[:first]), (asker, rounds)
-            rounds = rounds[first:]
-            assert rounds, (asker, "lvs1 never answered")
-        assert all(r == [mac] for r in rounds), (asker, rounds)
-    return ", ".join(f"{a}: {len(r)} rounds" for a, r in seen.items())
-
-
-@contextlib.asynccontextmanager
-async def listening(lab: Lab, vip: str) -> AsyncIterator[dict[str, list[list[object]]]]:
-    """What client1 hears about `vip` during the block (filled in when the block ends)."""
-    token = secrets.token_hex(4)
-    until, ready = f"/tmp/nd-listen-{token}.stop", f"/tmp/nd-listen-{token}.ready"
-    heard: dict[str, list[list[object]]] = {}
-    task = asyncio.ensure_future(lab.exec(
-        "client1", ["python3", "-", "--vip", vip, "--until", until, "--ready", ready,
-                    "--duration", "300"], input=LISTENER, timeout=400,
-    ))  # fmt: skip
-    await wait_for_file(lab, "client1", ready, task)
-    try:
-        yield heard
-    finally:
-        await lab.exec("client1", ["touch", until])
-        heard.update(json.loads((await task).stdout))
-        await lab.exec("client1", ["rm", "-f", until, ready])
 
 
 XTABLES = ("table ip nat ", "table ip6 nat ", "table arp filter ")
@@ -338,15 +268,17 @@ async def test_every_method_converges_verifies_restores_and_rolls_back_exactly(
 
     # The cluster converges and verifies; only lvs1 is ever heard for the IPv6 VIP (before the
     # first apply puts it on lvs1, nobody is).
-    async with listening(lab, vip6) as heard, nd_watched(lab, vip6) as seen:
+    async with listening(lab, vip6) as heard, nd_watched(lab, vip6, ASKERS) as seen:
         result, plan_after = await converge(lab, dual.desired(method))
     verified(result, dual, {"web1", "web2"})
     assert plan_after.empty, pending(plan_after)
     summary = only_the_director(seen, director, from_start=first)
     assert {str(mac) for _, mac, _ in heard["adverts"]} == {director}, heard["adverts"]
-    # What client1 hears from the VIP is the replies to its own requests, nothing to others.
+    # What client1 hears from the VIP is the replies to its own requests and, from lvs1 alone,
+    # the unsolicited advertisement to all nodes of a director taking the VIP; nothing else.
     client6 = lab.hosts["client1"].address6
-    assert {str(dst) for _, _, dst in heard["from_vip"]} <= {client6}, heard["from_vip"]
+    others = {(str(mac), str(dst)) for _, mac, dst in heard["from_vip"] if dst != client6}
+    assert others <= {(director, "ff02::1")}, heard["from_vip"]
     mark("converged")
     await assert_vip_held(lab, method, vip6, ("web1", "web2"))
 
@@ -383,7 +315,7 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         async def apply(change: Desired = change) -> tuple[RunResult | None, Plan]:
             return await converge(lab, change)
 
-        async with nd_watched(lab, vip6) as seen:
+        async with nd_watched(lab, vip6, ASKERS) as seen:
             (ran, plan_after), load = await under_load(lab, vip6, apply)
         assert ran is not None and ran.ok, explain(ran) if ran else "nothing planned"
         result = ran
@@ -404,3 +336,36 @@ async def test_join_drain_and_removal_under_ipv6_load_lose_nothing_one_director_
         step_times = {s.id: s.duration for s in result.steps() if (s.duration or 0) > 1}
         print(f"\n{'join' if joins else 'drain+remove'}: {load.summary()}; slow steps {step_times}")
     print(f"ND {'; '.join(summary)}")
+
+
+async def test_a_director_taking_the_ipv6_vip_advertises_it_and_neighbour_entries_move(
+    dual: DualLab,
+) -> None:
+    """Costs two applies without verification (~15-25 s): lvs1 primary (already, after the
+    rollout test), then lvs2. Neither client1 nor web3 talks to the VIP between the entry seen on
+    lvs1's MAC and the one read after the takeover, so only an advertisement can have moved it
+    (Linux would otherwise keep the old MAC until the entry goes stale and is probed again)."""
+    lab, vip6 = dual.lab, dual.vip6
+    method = METHODS[-1]
+    old, new = lab.hosts["lvs1"].mac, lab.hosts["lvs2"].mac
+    result, plan_after = await converge(lab, dual.desired(method, verify=False))
+    assert result is None or result.ok, explain(result)
+    assert plan_after.empty, pending(plan_after)
+    watchers = ("client1", "web3")  # web3 is no real server of the cluster here: a lab host
+    for h in watchers:
+        await lab.exec(h, ["ping", "-6", "-c", "1", "-W", "5", vip6])
+        assert await neighbour_mac(lab, h, vip6) == old, h
+    takeover = dual.desired(method, verify=False, directors=("lvs2", "lvs1"))
+    async with listening(lab, vip6) as heard:
+        t0 = time.time()
+        result, plan_after = await converge(lab, takeover)
+        t1 = time.time()
+    assert result is not None and result.ok, explain(result) if result else "nothing planned"
+    assert plan_after.empty, pending(plan_after)
+    moved = {h: await neighbour_mac(lab, h, vip6) for h in watchers}
+    assert moved == {h: new for h in watchers}, (moved, heard)
+    unsolicited = [(t, str(mac)) for t, mac, dst in heard["adverts"]
+                   if dst == "ff02::1" and isinstance(t, float)]  # fmt: skip
+    assert unsolicited and {mac for _, mac in unsolicited} == {new}, heard["adverts"]
+    assert all(t0 <= t <= t1 for t, _ in unsolicited), (t0, t1, unsolicited)
+    print(f"\ntakeover: {len(unsolicited)} unsolicited advertisements from lvs2, entries {moved}")

@@ -41,6 +41,7 @@ from reconciler.apply.executor import apply_plan
 from reconciler.desired.models import Desired
 from reconciler.plan.compile_director import IPVS_SYSCTLS
 from reconciler.plan.persistence import RESTORE_SCRIPT
+from tests.lab import ipvs_vm_dual_stack
 from tests.lab import ipvs_vm_scenarios as scenarios
 from tests.lab.ipvs_vm_inject import clear_failure, inject_failure_when
 from tests.lab.ipvs_vm_support import (
@@ -272,3 +273,11 @@ async def test_boot_restore_brings_the_director_back(vm_dr_lab: VmDrLab) -> None
     async with transport_for(lab, one) as t:
         after = await plan_for(one, t)
     assert after.empty, pending(after)
+
+
+async def test_dual_stack_converges_rolls_out_and_rolls_back_one_director_heard(
+    vm_dr_lab: VmDrLab,
+) -> None:
+    """Issue 16 on ipvsadm VM directors (tests/lab/ipvs_vm_dual_stack.py): six applies through
+    the emulated VMs, about 3 minutes on a loaded machine (185 s measured on 2 shared cores)."""
+    await ipvs_vm_dual_stack.dual_stack(vm_dr_lab, BACKEND)

@@ -196,9 +196,9 @@ def test_no_page_fetches_anything_from_outside(world: World) -> None:
         assert "<script>" not in page.text  # only <script src="/ui/static/...">
 
 
-def _run_with_verification(world: World, ok: bool) -> str:
+def _run_with_verification(world: World, ok: bool, vip: str = "10.77.0.100") -> str:
     traffic = ServiceTraffic(
-        cluster="web", service="http", vip="10.77.0.100", port=80, protocol="tcp",
+        cluster="web", service="http", vip=vip, port=80, protocol="tcp",
         client="client1", director="lvs1", requests=30, ok=30, failed=0, rounds=1,
         real_servers=(
             RealServerTraffic(host="web1", weight=1, received=11, answered=11, via_director=0),
@@ -247,6 +247,13 @@ def test_a_run_page_draws_the_distribution_against_the_weights(world: World) -> 
     assert '<td class="arp-owner">lvs1</td>' in page
     live = client.get(f"/ui/runs/{run_id}/live").text
     assert live.lstrip().startswith('<div id="run-live" data-state="applied"')
+
+
+def test_a_run_page_brackets_an_ipv6_vip_beside_its_port(world: World) -> None:
+    run_id = _run_with_verification(world, ok=True, vip="fd77::100")
+    page = _signed_in(world, "viewer").get(f"/ui/runs/{run_id}").text
+    assert "web/http [fd77::100]:80/tcp from client1" in page
+    assert "fd77::100:80" not in page
 
 
 def test_a_failed_verification_says_what_failed_in_words(world: World) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from reconciler.apply.drain_poll import drain_poll
+from reconciler.desired.endpoint import endpoint
 from reconciler.facts.parsers.ipvsadm import ipvs_table
 from states.ipvs_argv import (
     destination_key,
-    endpoint,
     ipvs_restore_lines,
     observed_spec,
     service_key,

@@ -119,6 +119,13 @@ def test_a_weighted_server_without_requests_and_a_drained_one_with_them_are_name
     ]
 
 
+def test_a_message_about_an_ipv6_service_brackets_its_vip() -> None:
+    failures = judge_traffic(_traffic(_rs("web1", 1, 0), _rs("web2", 1, 60), vip="fd77::100"))
+    assert failures[0].message == (
+        "web1 (weight 1) received none of 60 requests to http [fd77::100]:80/tcp from client1"
+    )
+
+
 def test_failed_requests_name_the_server_that_received_them_and_answered_none() -> None:
     failures = judge_traffic(
         _traffic(_rs("web1", 1, 30, 30), _rs("web2", 1, 30, 0), ok=30, failed=30,
