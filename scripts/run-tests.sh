@@ -1,67 +1,75 @@
 #!/usr/bin/env bash
-# The pytest part of `make test`: four pytest processes side by side, so both cores are used.
-# - the IPVS director VMs' tests: busy with qemu's emulated CPUs;
-# - the ARP-invariant lab module: a few minutes of namespace hosts that mostly wait (ARP probes,
-#   pings from the VIP), so it costs the others little CPU, yet run after the VM tests it
-#   made that process the longest by minutes;
-# - the lab modules of sudo, IPv6, import, the browser and the three servers on PostgreSQL:
-#   mostly waiting on hosts too;
+# The pytest part of `make test`: five pytest processes side by side, so both cores are used.
+# - two processes of IPVS director VM tests, each with its own pair of VMs (busy with qemu's
+#   emulated CPUs): the ipvsadm backend with connection sync, and keepalived with the import of
+#   a hand-written keepalived.conf; in one process they took 15 minutes, the long pole;
+# - the ARP-invariant lab module with the crash-recovery and VRRP failover modules: a few
+#   minutes of namespace hosts that mostly wait (ARP probes, kill points, VRRP timers);
+# - the lab modules of sudo, IPv6, import, the browser and the server replicas: mostly waiting
+#   on hosts too;
 # - everything else, printing as it runs.
 # Each process brings up its own labs and checks its own leftovers (tests/conftest.py). The
 # background processes' output follows when all are done. Any failing fails the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-VM_TESTS=(tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_keepalived.py
-          tests/lab/test_ipvs_vm_sync.py tests/lab/test_vm_director.py)
-# With the ARP invariants, two more modules that mostly wait (kill points, VRRP timers).
-ARP_TESTS=(tests/lab/test_invariants_lab.py tests/lab/test_serve_crash_recovery.py
-           tests/lab/test_failover_keepalived.py)
-LAB_TESTS=()
-for f in tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py tests/lab/test_web_browser.py \
-         tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py tests/lab/test_lab_ipv6.py \
-         tests/lab/test_serve_replicas_lab.py; do
-  [ -e "$f" ] && LAB_TESTS+=("$f")
-done
-others=()
-for f in "${VM_TESTS[@]}" "${ARP_TESTS[@]}" "${LAB_TESTS[@]}"; do others+=(--ignore "$f"); done
+existing() {  # the given test files that exist, one per line
+  local f
+  for f in "$@"; do [ -e "$f" ] && printf '%s\n' "$f"; done
+}
 
-vm_log=$(mktemp /tmp/shoal-vm-tests.XXXXXX)
-arp_log=$(mktemp /tmp/shoal-arp-tests.XXXXXX)
-lab_log=$(mktemp /tmp/shoal-lab-tests.XXXXXX)
-trap 'rm -f "$vm_log" "$arp_log" "$lab_log"' EXIT
+mapfile -t VM_IPVSADM < <(existing tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_sync.py \
+  tests/lab/test_vm_director.py)
+mapfile -t VM_KEEPALIVED < <(existing tests/lab/test_ipvs_vm_keepalived.py \
+  tests/lab/test_import_vm_keepalived.py)
+mapfile -t ARP_TESTS < <(existing tests/lab/test_invariants_lab.py \
+  tests/lab/test_serve_crash_recovery.py tests/lab/test_failover_keepalived.py)
+mapfile -t LAB_TESTS < <(existing tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py \
+  tests/lab/test_web_browser.py tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py \
+  tests/lab/test_lab_ipv6.py tests/lab/test_serve_replicas_lab.py)
+others=()
+for f in "${VM_IPVSADM[@]}" "${VM_KEEPALIVED[@]}" "${ARP_TESTS[@]}" "${LAB_TESTS[@]}"; do
+  others+=(--ignore "$f")
+done
+
+GROUPS_NAMES=("VM directors, ipvsadm" "VM directors, keepalived" "ARP invariants"
+              "sudo/IPv6/import/browser/replicas")
+logs=() pids=()
+trap 'rm -f "${logs[@]}"' EXIT
 # --durations: every run says where its time went, so the split can follow it.
 set -- --durations=12 "$@"
-.venv/bin/pytest -q "$@" "${VM_TESTS[@]}" >"$vm_log" 2>&1 &
-vm_pid=$!
-.venv/bin/pytest -q "$@" "${ARP_TESTS[@]}" >"$arp_log" 2>&1 &
-arp_pid=$!
-.venv/bin/pytest -q "$@" "${LAB_TESTS[@]}" >"$lab_log" 2>&1 &
-lab_pid=$!
+start() {  # start PYTEST_ARGS...: one background pytest process, its output to a log
+  local log
+  log=$(mktemp /tmp/shoal-tests.XXXXXX)
+  logs+=("$log")
+  .venv/bin/pytest -q "$@" >"$log" 2>&1 &
+  pids+=($!)
+}
+start "$@" "${VM_IPVSADM[@]}"
+start "$@" "${VM_KEEPALIVED[@]}"
+start "$@" "${ARP_TESTS[@]}"
+start "$@" "${LAB_TESTS[@]}"
 # A Ctrl-C (or CI's timeout) stops every process, not only the one in the foreground.
-trap 'kill -INT "$vm_pid" "$arp_pid" "$lab_pid" 2>/dev/null; wait "$vm_pid" "$arp_pid" "$lab_pid"
-      rm -f "$vm_log" "$arp_log" "$lab_log"; exit 130' INT TERM
+trap 'kill -INT "${pids[@]}" 2>/dev/null; wait "${pids[@]}"; rm -f "${logs[@]}"; exit 130' INT TERM
 
 .venv/bin/pytest -q "$@" "${others[@]}"
 others_status=$?
-wait "$vm_pid"
-vm_status=$?
-wait "$arp_pid"
-arp_status=$?
-wait "$lab_pid"
-lab_status=$?
+statuses=()
+for pid in "${pids[@]}"; do
+  wait "$pid"
+  statuses+=($?)
+done
 
-echo
-echo "== beside them: ${LAB_TESTS[*]}"
-cat "$lab_log"
-echo
-echo "== beside them: ${ARP_TESTS[*]}"
-cat "$arp_log"
-echo
-echo "== beside them: ${VM_TESTS[*]}"
-cat "$vm_log"
-if ((others_status != 0 || vm_status != 0 || arp_status != 0 || lab_status != 0)); then
-  echo "make test: failed (other tests: exit $others_status, VM tests: exit $vm_status," \
-    "ARP invariant tests: exit $arp_status, sudo/IPv6/import/browser: exit $lab_status)" >&2
+failed=$((others_status != 0))
+summary="other tests: exit $others_status"
+for i in "${!pids[@]}"; do
+  echo
+  echo "== beside them (${GROUPS_NAMES[$i]})"
+  cat "${logs[$i]}"
+  summary+=", ${GROUPS_NAMES[$i]}: exit ${statuses[$i]}"
+  ((statuses[i] != 0)) && failed=1
+done
+if ((failed)); then
+  echo "make test: failed ($summary)" >&2
   exit 1
 fi
