@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from reconciler.desired.checks import HealthCheck
+
 # A name is something we put on a command line or in a file path: no shell metacharacters,
 # no leading dash (it would read as an option), bounded length.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -23,9 +25,6 @@ NAME_PATTERN = _NAME_RE.pattern  # the same rule, for the API's OpenAPI paramete
 # Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are refused by the kernel, ':' is
 # only an alias label, which we do not accept as an interface.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
-
-# A health check URL path goes into keepalived.conf and probe argv: no quotes, spaces or '?'.
-_URL_PATH_RE = re.compile(r"/[A-Za-z0-9_./~%-]*")
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
 
@@ -132,15 +131,6 @@ def _check_scheduler(value: str) -> str:
     if value not in SCHEDULERS:
         raise ValueError(
             f"{quoted(value)} is not an IPVS scheduler (one of: {' '.join(SCHEDULERS)})"
-        )
-    return value
-
-
-def _check_url_path(value: str) -> str:
-    if _URL_PATH_RE.fullmatch(value) is None:
-        raise ValueError(
-            f"{quoted(value)} is not a URL path (starts with '/'; letters, digits, '_', '.', "
-            "'/', '~', '%', '-')"
         )
     return value
 
@@ -333,14 +323,6 @@ class Inventory(_Model):
 
 
 # --- clusters/<name>.toml ---------------------------------------------------------------------
-
-
-class HealthCheck(_Model):
-    type: Literal["tcp", "http", "none"] = "tcp"
-    path: Annotated[str, AfterValidator(_check_url_path)] = "/"
-    expect: int = Field(default=200, ge=100, le=599)
-    interval: int = Field(default=5, ge=1, le=3600)
-    timeout: int = Field(default=3, ge=1, le=3600)
 
 
 class RealServer(_Model):
