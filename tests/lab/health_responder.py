@@ -80,7 +80,7 @@ def tls_conn(conn: socket.socket, ctx: ssl.SSLContext) -> None:
     def on_sni(_s: ssl.SSLObject, name: str | None, _c: ssl.SSLContext) -> None:
         names.append(name)
 
-    ctx.sni_callback = on_sni  # type: ignore[assignment]
+    ctx.sni_callback = on_sni
     try:
         conn.settimeout(3)
         wrapped = ctx.wrap_socket(conn, server_side=True)
@@ -118,8 +118,9 @@ def echo_loop() -> None:
 def main() -> None:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(CERT, KEY)
-    for target, args in ((tcp_loop, (80, "web", None)), (tcp_loop, (8080, "regex", None)),
-                         (tcp_loop, (443, "tls", tls)), (dns_loop, ()), (echo_loop, ())):  # fmt: skip
+    loops = ((tcp_loop, (80, "web", None)), (tcp_loop, (8080, "regex", None)),
+             (tcp_loop, (443, "tls", tls)), (dns_loop, ()), (echo_loop, ()))  # fmt: skip
+    for target, args in loops:
         threading.Thread(target=target, args=args, daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ import pytest
 from reconciler.desired.loader import load_tree
 from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import Fact, FileInfo, HostFacts, Interface, NftRuleset, NftTable
-from reconciler.plan import compile_health
+from reconciler.plan import compile_health, healthd_agent
 from reconciler.plan.compile import compile_desired
 from reconciler.plan.steps import LowState
 from states import nft_dsr
@@ -42,7 +43,7 @@ SUBNET = "10.97.0"
 VIP = f"{SUBNET}.100"
 HOSTS = {"cli": 31, "dir": 11, "rs1": 21, "rs2": 22}
 HERE = Path(__file__).parent
-AGENT = Path(compile_health.healthd_agent.__file__)
+AGENT = Path(healthd_agent.__file__)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHuLTizNh4bR1Umbtg/D4TW6dGG0+WSBQnESDz2066Lw"
 
 CLUSTER = f"""
@@ -78,7 +79,8 @@ name = "dns"
 vip = "{VIP}"
 port = 53
 protocol = "udp"
-check = {{ type = "dns", query_name = "www.lab.test", answer = "192.0.2.1", interval = 1, timeout = 1 }}
+check = {{ type = "dns", query_name = "www.lab.test", answer = "192.0.2.1", interval = 1,
+          timeout = 1 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 
 [[service]]
@@ -156,7 +158,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             n.exec(host, "ip", "link", "set", "lo", "up")
             n.exec(host, "ip", "link", "set", "eth0", "up")
             n.exec(host, "ip", "addr", "add", f"{SUBNET}.{octet}/24", "dev", "eth0")
-            n.macs[host] = json.loads(n.exec(host, "ip", "-j", "link", "show", "eth0"))[0]["address"]
+            link = json.loads(n.exec(host, "ip", "-j", "link", "show", "eth0"))
+            n.macs[host] = link[0]["address"]
         n.exec("dir", "ip", "addr", "add", f"{VIP}/32", "dev", "eth0")
         cert, key = n.tmp / "cert.pem", n.tmp / "key.pem"
         _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -306,11 +309,11 @@ def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> N
     agent = net.spawn("dir", "python3", str(AGENT), str(config), str(state),
                       log=net.tmp / "healthd.log")  # fmt: skip
     for kind in KINDS:
-        _until(f"{kind}: both real servers through the VIP", lambda: _answers_both(net, kind))
+        _until(f"{kind}: both real servers through the VIP", partial(_answers_both, net, kind))
     for kind, key in KINDS.items():
         mode = net.tmp / "rs1" / f"mode-{kind}"
         mode.write_text("bad")
-        _until(f"{kind}: rs1 out", lambda: _answers_rs2_only(net, kind))
+        _until(f"{kind}: rs1 out", partial(_answers_rs2_only, net, kind))
         held = json.loads(state.read_text())["down"]
         assert list(held) == [f"{key} rs1"], held
         # The plan made from the director's facts now: the checker's change is not drift.
@@ -324,7 +327,7 @@ def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> N
         other = next(k for k in KINDS if k != kind)
         assert set(_through_vip(net, other)) == {"rs1", "rs2"}
         mode.write_text("good")
-        _until(f"{kind}: rs1 back", lambda: _answers_both(net, kind))
+        _until(f"{kind}: rs1 back", partial(_answers_both, net, kind))
         _until(f"{kind}: state file empty",
                lambda: json.loads(state.read_text())["down"] == {})  # fmt: skip
     assert agent.poll() is None, (net.tmp / "healthd.log").read_text()
