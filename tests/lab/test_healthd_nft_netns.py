@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from reconciler.desired.models import Desired
 from reconciler.facts.hostfacts import Fact, FileInfo, HostFacts, Interface, NftRuleset, NftTable
 from reconciler.plan import compile_health, healthd_agent
 from reconciler.plan.compile import compile_desired
+from reconciler.plan.persistence import RESTORE_SCRIPT
 from reconciler.plan.steps import LowState
 from states import nft_dsr
 from states.base import PlanContext
@@ -79,9 +81,12 @@ name = "dns"
 vip = "{VIP}"
 port = 53
 protocol = "udp"
-check = {{ type = "dns", query_name = "www.lab.test", answer = "192.0.2.1", interval = 1,
-          timeout = 1 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
+check.type = "dns"
+check.query_name = "www.lab.test"
+check.answer = "192.0.2.1"
+check.interval = 1
+check.timeout = 1
 
 [[service]]
 name = "echo"
@@ -298,6 +303,30 @@ KINDS = {"web": "tcp 10.97.0.100:80", "regex": "tcp 10.97.0.100:8080",
          "echo": "udp 10.97.0.100:9000"}  # fmt: skip
 
 
+def _reboot_director(net: Net, desired: Desired, config: Path, state: Path) -> Any:
+    """What a reboot does to the director, then what the checker does at start: the boot
+    restore loads the table with every configured weight (rs1 back in), the checker starts and
+    takes rs1 out again from its state file. Its config here needs 1000 failed checks to take a
+    server out, so only the state file can have done it."""
+    for p in net.procs:
+        if list(p.args)[-2:] == [str(config), str(state)]:  # type: ignore[arg-type]
+            p.terminate()
+            p.wait(timeout=10)
+    facts = _facts(net, state)
+    lows = [s for s in compile_desired(desired, facts) if s.host == "dir"]
+    script = next(s for s in lows if s.args.get("path") == RESTORE_SCRIPT).args["content"]
+    net.exec("dir", "sh", "-c", script)
+    _until("web: rs1 back after the boot restore", partial(_answers_both, net, "web"))
+    slow = net.tmp / "healthd-slow.json"
+    slow.write_text(json.dumps({**json.loads(config.read_text()), "fall": 1000}))
+    agent = net.spawn("dir", "python3", str(AGENT), str(slow), str(state),
+                      log=net.tmp / "healthd-2.log")  # fmt: skip
+    _until("web: rs1 out again from the state file", partial(_answers_rs2_only, net, "web"))
+    # The rest of the test goes on with the usual config (it is read again without a restart).
+    slow.write_text(config.read_text())
+    return agent
+
+
 def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> None:
     desired = _desired()
     _apply_table(net, desired)
@@ -326,6 +355,8 @@ def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> N
         # The other services still reach both.
         other = next(k for k in KINDS if k != kind)
         assert set(_through_vip(net, other)) == {"rs1", "rs2"}
+        if kind == "web":
+            agent = _reboot_director(net, desired, config, state)
         mode.write_text("good")
         _until(f"{kind}: rs1 back", partial(_answers_both, net, kind))
         _until(f"{kind}: state file empty",
