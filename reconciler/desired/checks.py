@@ -64,6 +64,13 @@ def _check_dns_name(value: str) -> str:
     return value
 
 
+def _check_digest(value: str) -> str:
+    # keepalived's HTTP_GET digest is the MD5 of the body, as its genhash prints it.
+    if re.fullmatch(r"[0-9a-f]{32}", value) is None:
+        raise ValueError(f"{_quoted(value)} is not an MD5 digest (32 digits 0-9 a-f)")
+    return value
+
+
 def _check_hex(value: str) -> str:
     if not value or len(value) % 2 or re.fullmatch(r"[0-9a-f]+", value) is None:
         raise ValueError(f"{_quoted(value)} is not bytes in hex (pairs of 0-9 a-f)")
@@ -98,7 +105,7 @@ class HealthCheck(BaseModel):
     interval: int = Field(default=5, ge=1, le=3600)
     timeout: int = Field(default=3, ge=1, le=3600)
     body_regex: Annotated[str, AfterValidator(_check_regex)] | None = None
-    digest: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+    digest: Annotated[str, AfterValidator(_check_digest)] | None = None
     sni: Annotated[str, AfterValidator(_check_dns_name)] | None = None
     query_name: Annotated[str, AfterValidator(_check_dns_name)] | None = None
     query_type: DnsType = "A"
