@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.facts.hostfacts import Fact, FileInfo, HostFacts, IpvsTable
 from reconciler.facts.parsers.nft_dsr import DsrService, DsrTable
-from reconciler.plan import compile_health, healthd_agent
+from reconciler.plan import healthd_agent
 from reconciler.plan.compile_health import STATE_PATH, health_notes, held_down
 from reconciler.plan.compile_health import compile_health as compile_checker
 from states import nft_dsr
@@ -47,7 +48,7 @@ def test_every_director_gets_the_checker_and_its_config(backend: str) -> None:
     members = {m["host"]: m for m in service["members"]}
     assert members["web2"]["weight"] == 2 and members["web2"]["address"] == "10.77.0.22"
     assert ("mac" in members["web1"]) is (backend == "nftables")
-    assert lows[0].args["content"] == open(healthd_agent.__file__).read()
+    assert lows[0].args["content"] == Path(healthd_agent.__file__).read_text()
     assert "After=network.target shoal-restore.service" in lows[2].args["content"]
 
 
@@ -80,10 +81,10 @@ def test_an_ipvs_weight_the_checker_set_to_zero_is_not_drift() -> None:
     table = IpvsTable(available=True, services=(svc(),),
                       destinations=(dest("web1", 0), dest("web2", 2)))  # fmt: skip
     f = _all_facts(ipvs=table)
-    _, steps, skipped = plan(d, f)
+    _, steps, _ = plan(d, f)
     assert "ipvsadm -e -t 10.77.0.100:80 -r 10.77.0.21:80 -g -w 1" in commands(steps, "lvs1")
     f["lvs1"] = _with_state(f["lvs1"], _held(KEY))
-    lows, steps, skipped = plan(d, f)
+    lows, steps, _ = plan(d, f)
     assert not any("10.77.0.21" in c for c in commands(steps, "lvs1")), commands(steps, "lvs1")
     rs = next(s for s in lows if s.host == "lvs1" and s.id == "ipvs-rs:web:http:web1")
     assert rs.args["held_down"] is True and rs.args["weight"] == 1
@@ -126,4 +127,3 @@ def test_an_unreadable_checker_state_plans_no_weight(
         assert not [s for s in steps if s.host == "lvs1" and re.search(r"web\d", s.description)]
     unknown = _all_facts()["lvs1"].model_copy(update={"files": Fact.unknown("sh failed")})
     assert held_down({"lvs1": unknown}, "lvs1") == "files unknown (sh failed)"
-    assert compile_health.member_key  # the key both sides use
