@@ -80,7 +80,8 @@ def _check_hex(value: str) -> str:
 
 
 CheckType = Literal["tcp", "http", "https", "dns", "udp", "none"]
-DnsType = Literal["A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "TXT"]
+# The query types keepalived 2.2's DNS_CHECK knows (keepalived.conf(5)).
+DnsType = Literal["A", "AAAA", "CNAME", "MX", "NS", "SOA", "TXT"]
 # Which check types take which of the optional keys (the rest are refused by name).
 _CHECK_KEYS: dict[str, tuple[str, ...]] = {
     "path": ("http", "https"),

@@ -37,7 +37,7 @@ NFT_TABLE = ("netdev", "shoal_dsr")
 MODULUS = "@MODULUS@"
 BUCKETS = "@BUCKETS@"
 READ_MAX = 1 << 20
-DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
+DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
 
 
 def log(msg: str) -> None:
