@@ -137,9 +137,12 @@ def compile_health(desired: Desired, facts: Mapping[str, HostFacts]) -> list[Low
                 for svc in sorted(cl.services, key=lambda s: s.name):
                     if svc.check.type == "none":
                         continue
+                    # The files are planned whatever the facts say (managed_paths compiles
+                    # without facts); a service whose MACs are unknown is left out of the config.
+                    entries = per_host.setdefault(host, [])
                     entry = _service_entry(desired, backend, svc, host, macs)
                     if entry is not None:
-                        per_host.setdefault(host, []).append(entry)
+                        entries.append(entry)
     out: list[LowState] = []
     agent = Path(healthd_agent.__file__).read_text(encoding="utf-8")
     for host in sorted(per_host):
