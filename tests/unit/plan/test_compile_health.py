@@ -127,3 +127,16 @@ def test_an_unreadable_checker_state_plans_no_weight(
         assert not [s for s in steps if s.host == "lvs1" and re.search(r"web\d", s.description)]
     unknown = _all_facts()["lvs1"].model_copy(update={"files": Fact.unknown("sh failed")})
     assert held_down({"lvs1": unknown}, "lvs1") == "files unknown (sh failed)"
+
+
+def test_where_systemd_runs_the_checker_is_started_and_restarted_for_a_new_program() -> None:
+    f = _all_facts()
+    f["lvs1"] = f["lvs1"].model_copy(
+        update={"services": Fact.of({"shoal-healthd.service": False})})
+    lows = {s.id: s for s in compile_checker(desired("ipvsadm"), f) if s.host == "lvs1"}
+    running = lows["healthd-running"]
+    assert running.function == "service.running"
+    assert running.args["name"] == "shoal-healthd.service"
+    assert running.watch == ("healthd-agent",)  # the config is read again without a restart
+    assert "healthd-running" not in {s.id for s in compile_checker(desired("ipvsadm"), f)
+                                     if s.host == "lvs2"}  # fmt: skip
