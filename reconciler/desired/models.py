@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from reconciler.desired.checks import HealthCheck
+from reconciler.desired.checks import HealthCheck as HealthCheck  # re-exported: a Service field
 
 # A name is something we put on a command line or in a file path: no shell metacharacters,
 # no leading dash (it would read as an option), bounded length.
