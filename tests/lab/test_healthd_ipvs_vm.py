@@ -84,7 +84,9 @@ async def test_a_dead_real_server_goes_to_weight_zero_and_comes_back(vm_dr_lab: 
 
         await _until("web1 back at weight 1 on lvs1", web1_back)
         load = await run_load(lab, "client1", vip, PORT, count=20)
-        assert set(load["answered_by"]) == {"web1", "web2"}, load
+        # wlc: web2 still counts the closed connections of the round above (TIME_WAIT), so the
+        # new ones go to web1 first; that it gets traffic again is the point.
+        assert load["failed"] == 0 and load["answered_by"].get("web1", 0) > 0, load
     finally:
         await lab.exec("lvs1", ["kill", pid], check=False)
         await lab.exec("lvs1", ["rm", "-f", STATE_PATH], check=False)
