@@ -149,9 +149,13 @@ def _udp(address: str, port: int, c: dict[str, Any]) -> str | None:
     return None
 
 
-def run_check(address: str, port: int, c: dict[str, Any]) -> str | None:
+def run_check(address: str, port: int, c: dict[str, Any], protocol: str = "tcp") -> str | None:
     try:
         kind = c["type"]
+        if kind == "tcp" and protocol == "udp":
+            # The default check of a udp service, as keepalived's UDP_CHECK without a payload:
+            # a datagram, and down only on an ICMP error.
+            return _udp(address, port, {**c, "send": "00", "receive": None})
         if kind == "tcp":
             with socket.create_connection((address, port), timeout=float(c["timeout"])):
                 return None
@@ -264,7 +268,7 @@ class Checker:
         c = svc["check"]
         fall, rise = int(self.config.get("fall", 2)), int(self.config.get("rise", 2))
         while not stop.is_set():
-            why = run_check(member["address"], int(svc["port"]), c)
+            why = run_check(member["address"], int(svc["port"]), c, svc["protocol"])
             with self.lock:
                 fails, oks = self.results.get(key, (0, 0))
                 fails, oks = (fails + 1, 0) if why else (0, oks + 1)
