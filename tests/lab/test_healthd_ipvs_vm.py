@@ -7,7 +7,8 @@ web1's HTTP service stops: lvs1's `ipvsadm -Sn` must show web1 at `-w 0`, client
 through the VIP reach web2 only, and a plan made now must not raise web1's weight (it notes
 that the checker holds it). web1 starts again: its weight comes back and traffic reaches it.
 
-Cost: the session's VM lab (shared with the other VM modules) plus about 30-60 s here.
+Cost: the session's VM lab (shared with the other VM modules) plus about 130 s here on a loaded
+machine (most of it the converge and the two 2-s-interval transitions).
 """
 
 from __future__ import annotations
