@@ -63,6 +63,8 @@ class ServiceArgs(_ServiceArgs):
 class RealServerArgs(_ServiceArgs):
     address: str
     weight: int = 1
+    # shoal-healthd holds it at weight 0 (its check fails): that weight is the checker's.
+    held_down: bool = False
     ledger: tuple[LedgerOp, ...] = ()
 
 
@@ -166,7 +168,7 @@ def real_server_present(low: LowState, args: RealServerArgs, ctx: PlanContext) -
     if isinstance(table, str):
         return skip(low, f"{table}; real server not planned", unknown=True)
     protocol, vip, port, address = args.protocol, args.vip, args.port, args.address
-    weight = args.weight
+    weight = 0 if args.held_down else args.weight
     name = destination_key(protocol, vip, port, address)
     have = _find_dest(table, protocol, vip, port, address)
     if have is None:

@@ -66,24 +66,31 @@ def _checker(svc: Service, indent: str) -> list[str]:
     i2 = indent + "    "
     if c.type == "none":
         return []
-    if c.type == "http":
-        return [
-            f"{indent}HTTP_GET {{",
-            f"{i2}url {{",
-            f"{i2}    path {c.path}",
-            f"{i2}    status_code {c.expect}",
-            f"{i2}}}",
-            f"{i2}connect_port {svc.port}",
-            f"{i2}connect_timeout {c.timeout}",
-            f"{indent}}}",
-        ]
+    connect = [f"{i2}connect_port {svc.port}", f"{i2}connect_timeout {c.timeout}"]
+    if c.type in ("http", "https"):
+        url = [f"{i2}    path {c.path}", f"{i2}    status_code {c.expect}"]
+        if c.digest is not None:
+            url.append(f"{i2}    digest {c.digest}")
+        if c.body_regex is not None:
+            # Debian 12's keepalived is built with --enable-regex (PCRE2); the model keeps
+            # quotes and line breaks out of the pattern.
+            url.append(f'{i2}    regex "{c.body_regex}"')
+        if c.sni is not None:
+            # keepalived 2.2 sends the url's virtualhost as SNI when enable_sni is set.
+            url.append(f"{i2}    virtualhost {c.sni}")
+        kind = "SSL_GET" if c.type == "https" else "HTTP_GET"
+        sni = [f"{i2}enable_sni"] if c.sni is not None else []
+        return [f"{indent}{kind} {{", f"{i2}url {{", *url, f"{i2}}}", *connect, *sni,
+                f"{indent}}}"]  # fmt: skip
+    if c.type == "dns":
+        return [f"{indent}DNS_CHECK {{", f"{i2}type {c.query_type}", f"{i2}name {c.query_name}",
+                *connect, f"{indent}}}"]  # fmt: skip
+    if c.type == "udp":
+        reply = [f"{i2}require_reply {c.receive}"] if c.receive is not None else []
+        return [f"{indent}UDP_CHECK {{", f"{i2}payload {c.send}", *reply, *connect,
+                f"{indent}}}"]  # fmt: skip
     kind = "UDP_CHECK" if svc.protocol == "udp" else "TCP_CHECK"
-    return [
-        f"{indent}{kind} {{",
-        f"{i2}connect_port {svc.port}",
-        f"{i2}connect_timeout {c.timeout}",
-        f"{indent}}}",
-    ]
+    return [f"{indent}{kind} {{", *connect, f"{indent}}}"]
 
 
 def _vip_line(vip: str, interface: str) -> str:

@@ -173,7 +173,8 @@ def _drain_steps(
 
 def _restore_lines(host: str, args: Sequence[DsrTableArgs], desired: Desired) -> list[str]:
     """The full table at boot (replacing whatever is there)."""
-    return [line for a in args for line in heredoc(render_replace(table_from_args(a)))]
+    tables = [table_from_args(a, at_boot=True) for a in args]
+    return [line for t in tables for line in heredoc(render_replace(t))]
 
 
 def plan_dsr_table_absent(

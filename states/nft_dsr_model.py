@@ -24,6 +24,8 @@ class MemberArgs(Args):
     host: str
     mac: str
     weight: int
+    # shoal-healthd holds it out (its check fails): no buckets now, its weight at boot.
+    held_down: bool = False
 
 
 class DsrServiceArgs(Args):
@@ -65,11 +67,14 @@ def weighted_buckets(members: Sequence[tuple[str, int]]) -> tuple[Bucket, ...]:
     return tuple(out)
 
 
-def table_from_args(args: DsrTableArgs) -> DsrTable:
-    """The model of the table a low state asks for (see `reconciler.plan.compile_nftables`)."""
+def table_from_args(args: DsrTableArgs, *, at_boot: bool = False) -> DsrTable:
+    """The model of the table a low state asks for (see `reconciler.plan.compile_nftables`);
+    without the members shoal-healthd holds out, unless `at_boot` (the restore script's)."""
     services = []
     for s in args.services:
-        buckets = weighted_buckets([(m.mac, m.weight) for m in s.members])
+        buckets = weighted_buckets(
+            [(m.mac, 0 if m.held_down and not at_boot else m.weight) for m in s.members]
+        )
         services.append(
             DsrService(
                 protocol=s.protocol,

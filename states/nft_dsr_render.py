@@ -109,15 +109,23 @@ def _service_rules(t: DsrTable, svc: DsrService) -> list[str]:
     # An established flow keeps its real server, whatever the buckets say now.
     rules.append(f"{lookup} {update} ether saddr set {t.director_mac} {fwd}")
     if svc.buckets:
-        rules.append(
-            f"ether saddr set {t.director_mac} ether daddr set jhash {_hash_expr(svc)} "
-            f"mod {svc.modulus} map {_bucket_map(svc)} {update} {fwd}"
-        )
+        rules.append(bucket_rule(t, svc, str(svc.modulus), _bucket_map(svc)))
     else:
         # Every real server drained: refuse new flows rather than let the director's own stack
         # answer for the VIP with resets.
         rules.append("drop")
     return rules
+
+
+def bucket_rule(t: DsrTable, svc: DsrService, modulus: str, bucket_map: str) -> str:
+    """A service chain's last rule: new flows hashed into the buckets. shoal-healthd rewrites
+    it with sentinels in place of `modulus` and `bucket_map` (reconciler.plan.compile_health)."""
+    key = _flow_key(svc)
+    return (
+        f"ether saddr set {t.director_mac} ether daddr set jhash {_hash_expr(svc)} "
+        f"mod {modulus} map {bucket_map} update @{svc.flow_map} {{ {key} : ether daddr }} "
+        f'fwd to "{t.interface}"'
+    )
 
 
 def render_table(t: DsrTable, *, with_digest: bool = True) -> str:

@@ -61,6 +61,7 @@ def cross_check(repo: RepoParts, report: Report) -> None:
     _check_arp_methods(repo, report)
     _check_vrrp_ids(repo, report)
     _check_sync(repo, report)
+    _check_keepalived_checks(repo, report)
 
 
 def _check_inventory(repo: RepoParts, report: Report) -> None:
@@ -271,3 +272,16 @@ def _check_sync(repo: RepoParts, report: Report) -> None:
                 report(cluster.file, path, f"director {quoted(director)} already runs the "
                        f"connection sync daemon for {other}; keepalived runs one")
                 break
+
+
+def _check_keepalived_checks(repo: RepoParts, report: Report) -> None:
+    # keepalived's DNS_CHECK asks and wants an answer, but cannot compare it with an address;
+    # shoal-healthd (the ipvsadm and nftables backends) can.
+    for cluster in repo.clusters:
+        if cluster.header is None or cluster.header.director != "keepalived":
+            continue
+        for si, svc in cluster.services:
+            if svc.check.answer is not None:
+                report(cluster.file, ("service", si, "check", "answer"),
+                       "keepalived's DNS_CHECK cannot check the answer; leave answer out on "
+                       "the keepalived backend")  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from reconciler.desired.checks import HealthCheck as HealthCheck  # re-exported: a Service field
 from reconciler.desired.freeze import FreezeWindow
 
 # A name is something we put on a command line or in a file path: no shell metacharacters,
@@ -25,9 +26,6 @@ NAME_PATTERN = _NAME_RE.pattern  # the same rule, for the API's OpenAPI paramete
 # Linux IFNAMSIZ is 16 including the NUL; '/' and whitespace are refused by the kernel, ':' is
 # only an alias label, which we do not accept as an interface.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
-
-# A health check URL path goes into keepalived.conf and probe argv: no quotes, spaces or '?'.
-_URL_PATH_RE = re.compile(r"/[A-Za-z0-9_./~%-]*")
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh")
 
@@ -134,15 +132,6 @@ def _check_scheduler(value: str) -> str:
     if value not in SCHEDULERS:
         raise ValueError(
             f"{quoted(value)} is not an IPVS scheduler (one of: {' '.join(SCHEDULERS)})"
-        )
-    return value
-
-
-def _check_url_path(value: str) -> str:
-    if _URL_PATH_RE.fullmatch(value) is None:
-        raise ValueError(
-            f"{quoted(value)} is not a URL path (starts with '/'; letters, digits, '_', '.', "
-            "'/', '~', '%', '-')"
         )
     return value
 
@@ -335,14 +324,6 @@ class Inventory(_Model):
 
 
 # --- clusters/<name>.toml ---------------------------------------------------------------------
-
-
-class HealthCheck(_Model):
-    type: Literal["tcp", "http", "none"] = "tcp"
-    path: Annotated[str, AfterValidator(_check_url_path)] = "/"
-    expect: int = Field(default=200, ge=100, le=599)
-    interval: int = Field(default=5, ge=1, le=3600)
-    timeout: int = Field(default=3, ge=1, le=3600)
 
 
 class RealServer(_Model):

@@ -45,6 +45,8 @@ DEFAULT_FILES: tuple[str, ...] = (
     "/etc/sysctl.d/90-shoal-lvs-dr.conf",
     "/usr/local/sbin/shoal-restore",
     "/etc/systemd/system/shoal-restore.service",
+    # What shoal-healthd holds down (reconciler.plan.compile_health): a fact of every plan.
+    "/var/lib/shoal/healthd/state.json",
 )
 TOOLS: tuple[str, ...] = (
     "ip",
@@ -70,6 +72,7 @@ SERVICES: tuple[str, ...] = (
     "keepalived",
     "nftables",
     "shoal-restore",
+    "shoal-healthd",
     "arptables",
     "iptables",
     "netfilter-persistent",

@@ -39,6 +39,7 @@ from reconciler.desired.models import ArpMethod, Desired, address_order, family_
 from reconciler.errors import ConfigIssue, DesiredStateInvalid
 from reconciler.facts.hostfacts import HostFacts
 from reconciler.plan.compile_director import IPVS_SYSCTL_IDS, KMOD_IPVS
+from reconciler.plan.compile_health import compile_health
 from reconciler.plan.compile_ipvsadm import compile_ipvsadm
 from reconciler.plan.compile_keepalived import compile_keepalived
 from reconciler.plan.compile_nftables import compile_nftables
@@ -109,6 +110,7 @@ def compile_directors(desired: Desired, facts: Mapping[str, HostFacts]) -> list[
         compile_ipvsadm(desired, facts)
         + compile_nftables(desired, facts)
         + compile_keepalived(desired, facts)
+        + compile_health(desired, facts)
     )
     # A host directing both an ipvsadm and a keepalived cluster loads ip_vs and sets its sysctls
     # once: the ipvsadm backend's states come first, and its module is the required one.

@@ -35,6 +35,7 @@ from reconciler.plan.compile_director import (
     skipped,
     vip_states,
 )
+from reconciler.plan.compile_health import held_down, member_key
 from reconciler.plan.steps import LowState
 from states import ipvs
 from states.ipvs_argv import (
@@ -57,6 +58,7 @@ def compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[Lo
         vip_require: dict[str, list[str]] = {}
         for host in cl.cluster.directors:
             phase = host_phase(desired, host)
+            held = held_down(facts, host)
             if host not in kmod_hosts:
                 # A kernel without IPVS shows up here, first, not as a failing ipvsadm -A.
                 kmod_hosts.add(host)
@@ -77,10 +79,15 @@ def compile_ipvsadm(desired: Desired, facts: Mapping[str, HostFacts]) -> list[Lo
                     dkey = destination_key(svc.protocol, svc.vip, svc.port, address)
                     wanted_dests.setdefault(host, set()).add(dkey)
                     rid = sid("ipvs-rs", name, svc.name, rs.host)
+                    if isinstance(held, str):
+                        out.append(skipped(host, rid, f"shoal-healthd state: {held}; weight "
+                                           "not planned", phase))  # fmt: skip
+                        continue
                     ids.append(rid)
                     rs_args = ipvs.RealServerArgs(
                         protocol=svc.protocol, vip=svc.vip, port=svc.port, address=address,
                         weight=rs.weight, ledger=ledger(LEDGER_IPVS_DEST, "add", [dkey]),
+                        held_down=member_key(svc, rs.host) in held,
                     )  # fmt: skip
                     out.append(low_state(rid, ipvs.REAL_SERVER_PRESENT.function, host, rs_args,
                                          phase, require=(svc_id,)))  # fmt: skip

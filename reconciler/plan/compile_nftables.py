@@ -22,6 +22,7 @@ from reconciler.plan.compile_director import (
     skipped,
     vip_states,
 )
+from reconciler.plan.compile_health import held_down, member_key
 from reconciler.plan.steps import LowState
 from states import nft_dsr
 from states.nft_dsr_model import (
@@ -46,6 +47,12 @@ def compile_nftables(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
     table_ok: dict[str, bool] = {}
     for host in hosts:
         phase = host_phase(desired, host)
+        held = held_down(facts, host)
+        if isinstance(held, str):
+            out.append(skipped(host, "nft-dsr", f"shoal-healthd state: {held}; DSR table not "
+                               "planned", phase))  # fmt: skip
+            table_ok[host] = False
+            continue
         iface = desired.inventory.hosts[host].interface
         missing: list[str] = []
         director_mac = macs.get(host, {}).get(iface)
@@ -63,7 +70,8 @@ def compile_nftables(desired: Desired, facts: Mapping[str, HostFacts]) -> list[L
                     if mac is None:
                         missing.append(f"{rs.host}:{rs_iface}")
                         continue
-                    members.append(MemberArgs(host=rs.host, mac=mac, weight=rs.weight))
+                    members.append(MemberArgs(host=rs.host, mac=mac, weight=rs.weight,
+                                              held_down=member_key(svc, rs.host) in held))
                 services.append(DsrServiceArgs(
                     protocol=svc.protocol, vip=svc.vip, port=svc.port,
                     persistence=svc.persistence, members=tuple(members),

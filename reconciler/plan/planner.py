@@ -43,6 +43,7 @@ from reconciler.errors import RequisiteCycle
 from reconciler.facts.hostfacts import FileInfo, HostFacts, Ledger
 from reconciler.plan.adoption import adoption_claims
 from reconciler.plan.compile import compile_desired
+from reconciler.plan.compile_health import health_notes
 from reconciler.plan.compile_nftables import failover_notes
 from reconciler.plan.invariants import check_host, kept_suppression
 from reconciler.plan.leftovers import has_leftovers, leftover_steps
@@ -358,7 +359,7 @@ def _blocked(host: str, hf: HostFacts, why: str, skipped: Sequence[SkippedRemova
 def checked(hp: HostPlan, desired: Desired, hf: HostFacts, states: Sequence[LowState]) -> HostPlan:
     """`hp` with the safety invariants' findings; a host that breaks one keeps no step."""
     found = check_host(hp.host, hf, desired, hp.steps, {low.id: low for low in states})
-    notes = found.notes + failover_notes(desired, hp.host)
+    notes = found.notes + failover_notes(desired, hp.host) + health_notes(desired, hf)
     if not found.violations and not notes:
         return hp
     steps = () if found.violations else hp.steps

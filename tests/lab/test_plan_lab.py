@@ -147,6 +147,18 @@ def _persist(h: str, sysctl_conf: bool = False) -> list[tuple[str, str, object]]
     ]  # fmt: skip
 
 
+def _healthd(h: str) -> list[tuple[str, str, object]]:
+    # shoal-healthd on an ipvsadm or nftables director (reconciler.plan.compile_health); the
+    # lab's hosts run no systemd, so nothing starts it (a note of the plan says so).
+    return [
+        (f"{h}/healthd-agent/write", "file.managed", ()),
+        (f"{h}/healthd-config/write", "file.managed", ()),
+        (f"{h}/healthd-unit/write", "file.managed", ()),
+        (f"{h}/healthd-enabled/enable", "service.enabled",
+         (("systemctl", "enable", "shoal-healthd.service"),)),
+    ]  # fmt: skip
+
+
 def expected_director(lab: Lab, backend: str, host: str) -> list[tuple[str, str, object]]:
     vip, h = _a(lab, 100), host
     primary = host == "lvs1"
@@ -160,7 +172,7 @@ def expected_director(lab: Lab, backend: str, host: str) -> list[tuple[str, str,
     if backend == "nftables":
         nft = [(f"{h}/nft-dsr/apply", "nft.dsr_table",
                 (("nft", "-c", "-f", SCRIPT_PATH), ("nft", "-f", SCRIPT_PATH)))]  # fmt: skip
-        return nft + vip_add + _persist(h)
+        return nft + vip_add + _healthd(h) + _persist(h)
     if backend == "keepalived":
         new, conf = "/etc/keepalived/keepalived.conf.shoal-new", "/etc/keepalived/keepalived.conf"
         return [
@@ -184,7 +196,7 @@ def expected_director(lab: Lab, backend: str, host: str) -> list[tuple[str, str,
             (f"{h}/ipvs-rs:web:http:{rs}/weight", "ipvs.real_server_present",
              (("ipvsadm", "-e", "-t", svc, "-r", rip, "-g", "-w", str(weight)),)),
         ]  # fmt: skip
-    return ipvs + vip_add + _persist(h, sysctl_conf=True)
+    return ipvs + vip_add + _healthd(h) + _persist(h, sysctl_conf=True)
 
 
 def check_exact(got: Sequence[tuple[str, str, tuple[tuple[str, ...], ...]]],

@@ -82,7 +82,8 @@ def facts(
     return HostFacts(
         host=host, hostname=Fact.of(host),
         interfaces=Fact.of((Interface(name="eth0", mac=MACS[host], up=True),)),
-        sysctls=u, arptables=u, iptables_nat=u, files=u, tools=u, services=u,
+        # No shoal-healthd state file: nothing held down (reconciler.plan.compile_health).
+        sysctls=u, arptables=u, iptables_nat=u, files=Fact.of({}), tools=u, services=u,
         ipvs=Fact[IpvsTable].unknown(ipvs_unknown) if ipvs_unknown
         else Fact.of(ipvs or IpvsTable(available=True)),
         keepalived=Fact.of(keepalived or KeepalivedInfo(installed=True)),
