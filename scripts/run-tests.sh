@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pytest part of `make test`: five pytest processes side by side, so both cores are used.
 # - two processes of IPVS director VM tests, each with its own pair of VMs (busy with qemu's
-#   emulated CPUs): the ipvsadm backend with connection sync, and keepalived with the import of
+#   emulated CPUs): the ipvsadm backend with connection sync and shoal-healthd, and keepalived
+#   with the import of
 #   a hand-written keepalived.conf; in one process they took 15 minutes, the long pole;
 # - the ARP-invariant lab module with the crash-recovery and VRRP failover modules: a few
 #   minutes of namespace hosts that mostly wait (ARP probes, kill points, VRRP timers);
@@ -19,7 +20,7 @@ existing() {  # the given test files that exist, one per line
 }
 
 mapfile -t VM_IPVSADM < <(existing tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_sync.py \
-  tests/lab/test_vm_director.py)
+  tests/lab/test_vm_director.py tests/lab/test_healthd_ipvs_vm.py)
 mapfile -t VM_KEEPALIVED < <(existing tests/lab/test_ipvs_vm_keepalived.py \
   tests/lab/test_import_vm_keepalived.py)
 mapfile -t ARP_TESTS < <(existing tests/lab/test_invariants_lab.py \
