@@ -2,8 +2,8 @@
 # The pytest part of `make test`: five pytest processes side by side, so both cores are used.
 # - two processes of IPVS director VM tests, each with its own pair of VMs (busy with qemu's
 #   emulated CPUs): the ipvsadm backend with connection sync and shoal-healthd, and keepalived
-#   with the import of
-#   a hand-written keepalived.conf; in one process they took 15 minutes, the long pole;
+#   with the import of a hand-written keepalived.conf (in one process they would take about
+#   15 minutes, the long pole);
 # - the ARP-invariant lab module with the crash-recovery and VRRP failover modules: a few
 #   minutes of namespace hosts that mostly wait (ARP probes, kill points, VRRP timers);
 # - the lab modules of sudo, IPv6, import, the browser and the server replicas: mostly waiting
