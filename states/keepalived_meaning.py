@@ -205,11 +205,19 @@ def brought_real_servers(
     table) had before was made by hand and stays foreign until an adopting host hands it over.
     When the installed file's real servers cannot be known (content not gathered, includes)
     and the IPVS table is unknown too, none: a real server shoal cannot tell from a foreign one
-    is treated as foreign (its later removal is then not drained, but nothing foreign is
-    claimed).
+    is treated as foreign (nothing foreign is claimed).
     """
+    present = served_real_servers(facts, installed)
+    if present is None:
+        return wanted if not existed else set()
+    return wanted - present
+
+
+def served_real_servers(facts: HostFacts, installed: str | None) -> set[str] | None:
+    """The real servers the host serves now, from the installed file read by meaning and the
+    IPVS table (ledger keys); None when neither can be read."""
     present: set[str] = set()
-    known = not existed
+    known = False
     if installed is not None:
         try:
             present |= meaning_of(installed, "installed").real_servers
@@ -222,4 +230,4 @@ def brought_real_servers(
             destination_key(d.protocol, d.service_address, d.service_port, d.address)
             for d in facts.ipvs.value.destinations
         }
-    return wanted - present if known else set()
+    return present if known else None

@@ -30,6 +30,7 @@ from states import keepalived
 from states.ipvs_argv import service_key
 from states.keepalived import DrainArgs, KeepalivedArgs
 from states.keepalived_conf import desired_rs_keys, parse_rs_key, render_keepalived_conf
+from states.keepalived_meaning import installed_text, served_real_servers
 
 CONF = "keepalived.conf"
 
@@ -45,7 +46,7 @@ def compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> list
         if isinstance(owned, str):
             # Without the ledger we cannot tell which real servers would leave undrained.
             args = _config(desired, host, wanted, skip_reason=f"{owned}: {CONF} not planned")
-        elif leaving := sorted(set(owned.entries.get(LEDGER_KEEPALIVED_RS, ())) - wanted):
+        elif leaving := sorted((_owned_or_served(owned.entries, facts.get(host))) - wanted):
             args = _config(
                 desired, host, wanted, leaving,
                 drain_content=render_keepalived_conf(desired, host, leaving),
@@ -55,6 +56,18 @@ def compile_keepalived(desired: Desired, facts: Mapping[str, HostFacts]) -> list
             args = _config(desired, host, wanted)
         out.append(low_state("keepalived-conf", keepalived.FUNCTION, host, args, phase,
                              require=IPVS_SYSCTL_IDS))  # fmt: skip
+    return out
+
+
+def _owned_or_served(entries: Mapping[str, Any], hf: HostFacts | None) -> set[str]:
+    """The real servers that leave the host when the new file is written: shoal's (ledger) and
+    those it serves now by hand. shoal writes the whole file, so a hand-made real server the
+    repository does not want leaves with it; drained first, like one of shoal's, rather than cut
+    off (it is not claimed: the ledger's remove of a key it lacks changes nothing)."""
+    out = set(entries.get(LEDGER_KEEPALIVED_RS, ()))
+    if hf is not None and hf.keepalived.known and hf.keepalived.value is not None:
+        sha = hf.keepalived.value.config_sha256
+        out |= served_real_servers(hf, installed_text(hf, keepalived.CONF_PATH, sha)) or set()
     return out
 
 

@@ -59,21 +59,23 @@ arp_method = "sysctl"
 name = "web"
 vip = "{VIP}"
 port = 80
-check = {{ type = "http", path = "/status", expect = 200, interval = 1, timeout = 1 }}
+# Timeouts of 3 s: a loaded machine must not make a slow TLS handshake look like a failure
+# (each case fails by a wrong answer, which the checker sees at once).
+check = {{ type = "http", path = "/status", expect = 200, interval = 1, timeout = 3 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 
 [[service]]
 name = "regex"
 vip = "{VIP}"
 port = 8080
-check = {{ type = "http", path = "/", body_regex = "^ok ", interval = 1, timeout = 1 }}
+check = {{ type = "http", path = "/", body_regex = "^ok ", interval = 1, timeout = 3 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 
 [[service]]
 name = "tls"
 vip = "{VIP}"
 port = 443
-check = {{ type = "https", sni = "www.lab.test", path = "/status", interval = 1, timeout = 1 }}
+check = {{ type = "https", sni = "www.lab.test", path = "/status", interval = 1, timeout = 3 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 
 [[service]]
@@ -86,14 +88,14 @@ check.type = "dns"
 check.query_name = "www.lab.test"
 check.answer = "192.0.2.1"
 check.interval = 1
-check.timeout = 1
+check.timeout = 3
 
 [[service]]
 name = "echo"
 vip = "{VIP}"
 port = 9000
 protocol = "udp"
-check = {{ type = "udp", send = "70696e67", receive = "706f6e67", interval = 1, timeout = 1 }}
+check = {{ type = "udp", send = "70696e67", receive = "706f6e67", interval = 1, timeout = 3 }}
 real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 """
 

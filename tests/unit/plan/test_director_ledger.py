@@ -137,6 +137,28 @@ def test_keepalived_rewrite_claims_only_the_real_servers_it_brings() -> None:
     assert owned(p, "lvs1")["keepalived.real_server"] == ["tcp 10.77.0.100:80 10.77.0.22:80"]
 
 
+
+def test_keepalived_drains_a_hand_made_real_server_the_new_file_leaves_out() -> None:
+    """shoal writes the whole file: a real server served by hand that the repository does not
+    want leaves with it, so it is drained first (weight 0, wait) like one of shoal's, not cut
+    off; it is not claimed."""
+    both = df.desired("keepalived")
+    only_web1 = df.desired("keepalived", [{
+        "name": "http", "vip": "10.77.0.100", "port": 80,
+        "check": {"type": "http", "path": "/healthz", "expect": 200},
+        "real_server": [{"host": "web1", "weight": 1}]}])  # fmt: skip
+    by_hand = hand_written(render_keepalived_conf(both, "lvs1"))
+    p = plan_desired(only_web1, keepalived_facts(by_hand))
+    steps = subsystem_steps(p, "lvs1", "keepalived")
+    assert steps[:4] == [
+        "validate drain keepalived.conf with keepalived -t",
+        "install drain /etc/keepalived/keepalived.conf",
+        "reload keepalived (SIGHUP, or start it)",
+        "drain 10.77.0.22:80 of tcp 10.77.0.100:80",
+    ], steps
+    assert "keepalived.real_server" not in owned(p, "lvs1"), owned(p, "lvs1")
+
+
 # --- nftables -------------------------------------------------------------------------------------
 
 
