@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The pytest part of `make test`: five pytest processes side by side, so both cores are used.
-# - two processes of IPVS director VM tests, each with its own pair of VMs (busy with qemu's
-#   emulated CPUs): the ipvsadm backend with connection sync and shoal-healthd, and keepalived
-#   with the import of a hand-written keepalived.conf (in one process they would take about
-#   15 minutes, the long pole);
-# - the ARP-invariant lab module with the crash-recovery and VRRP failover modules: a few
-#   minutes of namespace hosts that mostly wait (ARP probes, kill points, VRRP timers);
+# The pytest part of `make test`: six pytest processes side by side, so both cores are used.
+# - three processes of IPVS director VM tests, each with its own pair of VMs (their emulated
+#   CPUs mostly wait on the lab): the ipvsadm backend with connection sync and shoal-healthd;
+#   keepalived with the import of a hand-written keepalived.conf; and the two dual-stack
+#   scenarios of both backends (about 4.5 minutes each; in one process all of it took 25);
+# - the ARP-invariant lab module with the crash-recovery and VRRP failover modules and the
+#   executor's verification and real-plan modules: namespace hosts that mostly wait (ARP probes,
+#   kill points, VRRP timers, traffic);
 # - the lab modules of sudo, IPv6, import, the browser and the server replicas: mostly waiting
 #   on hosts too;
 # - everything else, printing as it runs.
@@ -24,7 +25,8 @@ mapfile -t VM_IPVSADM < <(existing tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/t
 mapfile -t VM_KEEPALIVED < <(existing tests/lab/test_ipvs_vm_keepalived.py \
   tests/lab/test_import_vm_keepalived.py)
 mapfile -t ARP_TESTS < <(existing tests/lab/test_invariants_lab.py \
-  tests/lab/test_serve_crash_recovery.py tests/lab/test_failover_keepalived.py)
+  tests/lab/test_serve_crash_recovery.py tests/lab/test_failover_keepalived.py \
+  tests/lab/test_executor_verify.py tests/lab/test_executor_plans.py)
 mapfile -t LAB_TESTS < <(existing tests/lab/test_sudo_lab.py tests/lab/test_import_lab.py \
   tests/lab/test_web_browser.py tests/lab/test_dual_stack_*lab.py tests/lab/test_nd_probe_lab.py \
   tests/lab/test_lab_ipv6.py tests/lab/test_serve_replicas_lab.py)
@@ -33,8 +35,11 @@ for f in "${VM_IPVSADM[@]}" "${VM_KEEPALIVED[@]}" "${ARP_TESTS[@]}" "${LAB_TESTS
   others+=(--ignore "$f")
 done
 
-GROUPS_NAMES=("VM directors, ipvsadm" "VM directors, keepalived" "ARP invariants"
-              "sudo/IPv6/import/browser/replicas")
+GROUPS_NAMES=("VM directors, ipvsadm" "VM directors, keepalived" "VM directors, dual stack"
+              "ARP invariants, executor" "sudo/IPv6/import/browser/replicas")
+# The dual-stack scenario is the last test of each IPVS backend's VM module.
+DUAL=(-k dual_stack)
+NOT_DUAL=(-k "not dual_stack")
 logs=() pids=()
 trap 'rm -f "${logs[@]}"' EXIT
 # --durations: every run says where its time went, so the split can follow it.
@@ -46,8 +51,9 @@ start() {  # start PYTEST_ARGS...: one background pytest process, its output to 
   .venv/bin/pytest -q "$@" >"$log" 2>&1 &
   pids+=($!)
 }
-start "$@" "${VM_IPVSADM[@]}"
-start "$@" "${VM_KEEPALIVED[@]}"
+start "$@" "${NOT_DUAL[@]}" "${VM_IPVSADM[@]}"
+start "$@" "${NOT_DUAL[@]}" "${VM_KEEPALIVED[@]}"
+start "$@" "${DUAL[@]}" tests/lab/test_ipvs_vm_ipvsadm.py tests/lab/test_ipvs_vm_keepalived.py
 start "$@" "${ARP_TESTS[@]}"
 start "$@" "${LAB_TESTS[@]}"
 # A Ctrl-C (or CI's timeout) stops every process, not only the one in the foreground.
