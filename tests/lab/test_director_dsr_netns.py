@@ -36,10 +36,12 @@ VIP = f"{SUBNET}.100"
 HOSTS = {"cli": 31, "dir": 11, "rs1": 21, "rs2": 22}
 
 
-def _need_root() -> None:
-    missing = [t for t in ("ip", "nft", "python3") if shutil.which(t) is None]
+def _need_root(*tools: str) -> None:
+    """Skip (fail under CI=true) unless root with `tools` (default: ip, nft, python3)."""
+    tools = tools or ("ip", "nft", "python3")
+    missing = [t for t in tools if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
-        msg = f"needs root and {missing or 'ip/nft'}"
+        msg = f"needs root and {missing or '/'.join(tools)}"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)

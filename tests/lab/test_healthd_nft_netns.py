@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from reconciler.plan.persistence import RESTORE_SCRIPT
 from reconciler.plan.steps import LowState
 from states import nft_dsr
 from states.base import PlanContext
+from tests.lab.test_director_dsr_netns import _need_root, _run
 
 pytestmark = pytest.mark.lab
 
@@ -100,22 +100,6 @@ real_server = [{{ host = "rs1" }}, {{ host = "rs2" }}]
 """
 
 
-def _need_root() -> None:
-    missing = [t for t in ("ip", "nft", "openssl") if shutil.which(t) is None]
-    if os.geteuid() != 0 or missing:
-        msg = f"needs root and {missing or 'ip/nft/openssl'}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
-def _run(*argv: str, input: str | None = None, check: bool = True) -> str:
-    res = subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{argv} failed ({res.returncode}): {res.stderr}")
-    return res.stdout
-
-
 @dataclass
 class Net:
     prefix: str
@@ -147,7 +131,7 @@ def _desired() -> Desired:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    _need_root()
+    _need_root("ip", "nft", "openssl")
     prefix = f"hchk{os.getpid() % 100000}"
     n = Net(prefix, tmp_path_factory.mktemp("healthd"))
     sw = f"{prefix}-sw"
