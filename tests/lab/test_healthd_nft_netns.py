@@ -313,6 +313,10 @@ def _reboot_director(net: Net, desired: Desired, config: Path, state: Path) -> A
     return agent
 
 
+def _held_only(state: Path, entry: str) -> bool:
+    return list(json.loads(state.read_text())["down"]) == [entry]
+
+
 def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> None:
     desired = _desired()
     _apply_table(net, desired)
@@ -329,8 +333,9 @@ def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> N
         mode = net.tmp / "rs1" / f"mode-{kind}"
         mode.write_text("bad")
         _until(f"{kind}: rs1 out", partial(_answers_rs2_only, net, kind))
-        held = json.loads(state.read_text())["down"]
-        assert list(held) == [f"{key} rs1"], held
+        # Only this service's rs1 held: on a loaded machine another check can time out for a
+        # pass or two (a TLS handshake) and recover, so this is waited for, with a deadline.
+        _until(f"{kind}: only {key} rs1 held", partial(_held_only, state, f"{key} rs1"))
         # The plan made from the director's facts now: the checker's change is not drift.
         low, ctx = _table_state(desired, _facts(net, state))
         member = [m for s in low.args["services"] for m in s["members"]
@@ -340,7 +345,7 @@ def test_each_check_type_takes_a_failing_real_server_out_and_back(net: Net) -> N
         assert result.steps == () and result.skipped == (), result.steps
         # The other services still reach both.
         other = next(k for k in KINDS if k != kind)
-        assert set(_through_vip(net, other)) == {"rs1", "rs2"}
+        _until(f"{other}: both real servers", partial(_answers_both, net, other))
         if kind == "web":
             agent = _reboot_director(net, desired, config, state)
         mode.write_text("good")
